@@ -1,0 +1,94 @@
+//! `pylon.toml` → a validated [`Config`]; every problem is reported as `file:line:col: sentence`.
+
+mod interpolate;
+mod model;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the config file: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// One or more problems at known places in the file.
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// One problem at a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+/// Reads, interpolates, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
+}
+
+/// Parses config text; `env` resolves `${VAR}` references (injectable for tests).
+pub fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let at = |offset: usize, message: String| {
+        let (line, col) = line_col(text, offset);
+        Diagnostic { file: file.to_owned(), line, col, message }
+    };
+    let expanded = interpolate::expand(text, env)
+        .map_err(|errs| ConfigError::Invalid(errs.into_iter().map(|(o, m)| at(o, m)).collect()))?;
+    let config: Config = toml::from_str(&expanded).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let (line, col) = line_col(&expanded, offset);
+        ConfigError::Invalid(vec![Diagnostic {
+            file: file.to_owned(),
+            line,
+            col,
+            message: e.message().trim().to_owned(),
+        }])
+    })?;
+    let problems = validate::check(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        let diags = problems
+            .into_iter()
+            .map(|(o, m)| {
+                let (line, col) = line_col(&expanded, o);
+                Diagnostic { file: file.to_owned(), line, col, message: m }
+            })
+            .collect();
+        Err(ConfigError::Invalid(diags))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+//! The configuration's shape: the public contract of `pylon.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub data: Data,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
+    pub resilience: Resilience,
+    #[serde(default)]
+    pub providers: Vec<Provider>,
+    #[serde(default)]
+    pub models: Vec<Model>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`: the listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+/// `[data]`: where durable state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("./pylon-data")
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data { dir: default_dir() }
+    }
+}
+
+/// `[auth]`: who may call the data plane.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub mode: AuthMode,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// No authentication: the gateway is open to whoever can reach it.
+    #[default]
+    None,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A `tracing` filter, e.g. `info` or `pylon=debug,info`.
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: default_level(), format: LogFormat::default() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// JSON, or pretty when stdout is a terminal.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// `[resilience]`: retries, backoff and circuit breakers for every model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resilience {
+    /// Consecutive failures that open a target's breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before one probe is let through.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// First backoff before retrying a target already tried; doubled each time, with full jitter.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+    /// Upper bound of one backoff.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// A `Retry-After` longer than this takes the target out of rotation instead of waiting.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Resilience {
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown: default_cooldown(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            max_retry_after: default_max_retry_after(),
+        }
+    }
+}
+
+/// `[[providers]]`: an upstream model API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub name: Spanned<String>,
+    pub kind: ProviderKind,
+    /// Defaults to the kind's public API.
+    #[serde(default)]
+    pub base_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+impl Provider {
+    /// The base URL, or the kind's public default.
+    pub fn base_url(&self) -> &str {
+        self.base_url.as_ref().map_or(self.kind.default_base_url(), |u| u.get_ref())
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server (Ollama, vLLM, …).
+    Openai,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    /// The public API base URL of this kind.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+        }
+    }
+}
+
+/// Upstream timeouts; unset fields take the defaults of where they are used.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    /// Until the response headers (and, for streams, the first chunk) arrive.
+    #[serde(default, with = "humantime_serde")]
+    pub first_byte: Option<Duration>,
+    /// Longest silence between two chunks of a body.
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+    /// The whole exchange.
+    #[serde(default, with = "humantime_serde")]
+    pub total: Option<Duration>,
+}
+
+/// Timeouts with every field resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedTimeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    /// `None`: no bound (long-lived app connections such as WebSockets).
+    pub total: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Defaults for model providers: 2s connect, 30s first byte, 30s idle, 600s total.
+    pub fn for_provider(&self) -> ResolvedTimeouts {
+        ResolvedTimeouts {
+            connect: self.connect.unwrap_or(Duration::from_secs(2)),
+            first_byte: self.first_byte.unwrap_or(Duration::from_secs(30)),
+            idle: self.idle.unwrap_or(Duration::from_secs(30)),
+            total: Some(self.total.unwrap_or(Duration::from_secs(600))),
+        }
+    }
+
+    /// Defaults for app routes: 2s connect, 60s first byte, 300s idle, no total (SSE, WebSockets).
+    pub fn for_route(&self) -> ResolvedTimeouts {
+        ResolvedTimeouts {
+            connect: self.connect.unwrap_or(Duration::from_secs(2)),
+            first_byte: self.first_byte.unwrap_or(Duration::from_secs(60)),
+            idle: self.idle.unwrap_or(Duration::from_secs(300)),
+            total: self.total,
+        }
+    }
+}
+
+/// `[[models]]`: a name clients send as `model`, and where it goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub targets: Spanned<Vec<Target>>,
+    /// Other model names, tried in order once every target of this one failed.
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<String>>,
+    /// Extra attempts after the first, across this model's targets.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// How a model picks among its targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Random in proportion to weight.
+    #[default]
+    Weighted,
+    /// In the order listed.
+    Priority,
+    /// Lowest recent time to first byte.
+    LeastLatency,
+    /// Fewest requests in flight.
+    LeastBusy,
+}
+
+/// One provider model a model alias can use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub provider: Spanned<String>,
+    pub model: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `[[routes]]`: a plain reverse-proxy route to the application.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub prefix: Spanned<String>,
+    pub upstream: Spanned<String>,
+    /// Remove the prefix before forwarding (`/app/x` → `/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Speak HTTP/2 (prior knowledge) to the upstream.
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Config {
+    /// The configuration used when no file is given: defaults plus providers found in the
+    /// environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`, `OLLAMA_HOST`).
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Config {
+        let mut config = Config::default();
+        let mut add = |name: &str, kind: ProviderKind, base: Option<String>, key: Option<String>| {
+            config.providers.push(Provider {
+                name: Spanned::new(0..0, name.to_owned()),
+                kind,
+                base_url: base.map(|b| Spanned::new(0..0, b)),
+                api_key: key.map(Secret),
+                timeouts: Timeouts::default(),
+            });
+        };
+        let set = |k: &str| env(k).filter(|v| !v.is_empty());
+        if let Some(key) = set("OPENAI_API_KEY") {
+            add("openai", ProviderKind::Openai, None, Some(key));
+        }
+        if let Some(key) = set("ANTHROPIC_API_KEY") {
+            add("anthropic", ProviderKind::Anthropic, None, Some(key));
+        }
+        if let Some(key) = set("GEMINI_API_KEY") {
+            add("gemini", ProviderKind::Gemini, None, Some(key));
+        }
+        if let Some(host) = set("OLLAMA_HOST") {
+            let host = host.trim_end_matches('/');
+            let base = if host.contains("://") {
+                format!("{host}/v1")
+            } else {
+                format!("http://{host}/v1")
+            };
+            add("ollama", ProviderKind::Openai, Some(base), None);
+        }
+        config
+    }
+
+    /// The provider with this name.
+    pub fn provider(&self, name: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.name.get_ref() == name)
+    }
+}

@@ -1,0 +1,147 @@
+//! Config parsing and diagnostics.
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-test".to_owned()),
+        "QUOTED" => Some("a\"b".to_owned()),
+        _ => None,
+    }
+}
+
+fn check(text: &str) -> Result<Config, Vec<String>> {
+    parse(text, "pylon.toml", &env).map_err(|e| match e {
+        ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
+        other => vec![other.to_string()],
+    })
+}
+
+const EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+max_body_bytes = 8_388_608
+shutdown_grace = "30s"
+
+[data]
+dir = "./pylon-data"
+
+[auth]
+mode = "none"
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key = "${OPENAI_API_KEY}"
+timeouts = { connect = "2s", first_byte = "30s", idle = "30s", total = "600s" }
+
+[[providers]]
+name = "local"
+kind = "openai"
+base_url = "http://127.0.0.1:11434/v1"   # e.g. Ollama ${NOT_SET_BUT_IN_COMMENT}
+
+[[models]]
+name = "chat"
+strategy = "weighted"
+targets = [ { provider = "openai", model = "gpt-4o-mini", weight = 9 },
+            { provider = "local",  model = "llama3.2",    weight = 1 } ]
+fallbacks = ["chat-backup"]
+retries = 2
+
+[[models]]
+name = "chat-backup"
+targets = [ { provider = "local", model = "llama3.2" } ]
+
+[[routes]]
+prefix = "/app/"
+upstream = "http://127.0.0.1:3000"
+"#;
+
+#[test]
+fn the_documented_example_parses() {
+    let c = check(EXAMPLE).unwrap();
+    assert_eq!(c.providers.len(), 2);
+    assert_eq!(c.providers[0].api_key.as_ref().unwrap().expose(), "sk-test");
+    assert_eq!(c.models[0].targets.get_ref()[0].weight, 9);
+    assert_eq!(c.providers[0].timeouts.for_provider().connect, std::time::Duration::from_secs(2));
+    assert_eq!(c.routes[0].prefix.get_ref(), "/app/");
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let c = check(EXAMPLE).unwrap();
+    assert!(!format!("{c:?}").contains("sk-test"));
+}
+
+#[test]
+fn unknown_key_is_reported_with_position() {
+    let errs = check("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
+    assert!(errs[0].starts_with("pylon.toml:3:1: unknown field `listn`"), "{errs:?}");
+}
+
+#[test]
+fn bad_duration_is_reported() {
+    let errs = check("[server]\nshutdown_grace = \"30 parsecs\"\n").unwrap_err();
+    assert!(errs[0].starts_with("pylon.toml:2:"), "{errs:?}");
+    assert!(errs[0].contains("parsecs") || errs[0].contains("unit"), "{errs:?}");
+}
+
+#[test]
+fn unresolved_variable_names_the_variable() {
+    let errs = check("[[providers]]\nname = \"x\"\nkind = \"openai\"\napi_key = \"${NOPE}\"\n").unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("pylon.toml:4:12:"), "{errs:?}");
+    assert!(errs[0].contains("`NOPE` is not set"), "{errs:?}");
+}
+
+#[test]
+fn variable_default_and_escape() {
+    let c = check("[data]\ndir = \"${NOPE:-/tmp/x}/$${literal}\"\n").unwrap();
+    assert_eq!(c.data.dir, std::path::PathBuf::from("/tmp/x/${literal}"));
+    let c = check("[data]\ndir = \"${QUOTED}\"\n").unwrap();
+    assert_eq!(c.data.dir, std::path::PathBuf::from("a\"b"));
+}
+
+#[test]
+fn semantic_errors_point_at_the_culprit() {
+    let text = r#"[[providers]]
+name = "p"
+kind = "openai"
+
+[[providers]]
+name = "p"
+kind = "gemini"
+
+[[models]]
+name = "m"
+targets = [ { provider = "nope", model = "x" } ]
+fallbacks = ["ghost"]
+"#;
+    let errs = check(text).unwrap_err();
+    assert!(errs.iter().any(|e| e.starts_with("pylon.toml:6:8:") && e.contains("defined twice")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("pylon.toml:11:26:") && e.contains("unknown provider `nope`")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("pylon.toml:12:") && e.contains("fallback `ghost`")), "{errs:?}");
+}
+
+#[test]
+fn bad_kind_and_url() {
+    let errs = check("[[providers]]\nname = \"p\"\nkind = \"cohere\"\n").unwrap_err();
+    assert!(errs[0].starts_with("pylon.toml:3:8:") && errs[0].contains("cohere"), "{errs:?}");
+    let errs = check("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n").unwrap_err();
+    assert!(errs[0].contains("http://"), "{errs:?}");
+}
+
+#[test]
+fn env_defaults_find_providers() {
+    let env = |k: &str| match k {
+        "ANTHROPIC_API_KEY" => Some("a".to_owned()),
+        "OLLAMA_HOST" => Some("127.0.0.1:11434".to_owned()),
+        _ => None,
+    };
+    let c = Config::from_env(&env);
+    let names: Vec<_> = c.providers.iter().map(|p| p.name.get_ref().clone()).collect();
+    assert_eq!(names, ["anthropic", "ollama"]);
+    assert_eq!(c.providers[1].base_url(), "http://127.0.0.1:11434/v1");
+    assert_eq!(c.server.listen.port(), 8080);
+}

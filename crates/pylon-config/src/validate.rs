@@ -1,0 +1,106 @@
+//! Checks the parser cannot make: names unique, references resolvable, URLs usable.
+
+use std::collections::HashSet;
+
+use crate::{Config, Strategy};
+
+/// Every problem found, each with the byte offset it points at.
+pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
+    let mut problems = Vec::new();
+    let mut providers = HashSet::new();
+    for p in &config.providers {
+        let name = p.name.get_ref();
+        if !providers.insert(name.as_str()) {
+            problems.push((p.name.span().start, format!("provider `{name}` is defined twice")));
+        }
+        if name.is_empty() || name.contains('/') {
+            problems.push((
+                p.name.span().start,
+                format!("provider name `{name}` must be non-empty and contain no `/`"),
+            ));
+        }
+        if let Some(url) = &p.base_url {
+            if let Some(why) = bad_url(url.get_ref()) {
+                problems.push((url.span().start, format!("base_url `{}` {why}", url.get_ref())));
+            }
+        }
+    }
+    let models: HashSet<&str> = config.models.iter().map(|m| m.name.get_ref().as_str()).collect();
+    let mut seen = HashSet::new();
+    for m in &config.models {
+        let name = m.name.get_ref();
+        if !seen.insert(name.as_str()) {
+            problems.push((m.name.span().start, format!("model `{name}` is defined twice")));
+        }
+        if m.targets.get_ref().is_empty() {
+            problems.push((
+                m.targets.span().start,
+                format!("model `{name}` has no targets; add at least one {{ provider, model }}"),
+            ));
+        }
+        for t in m.targets.get_ref() {
+            let p = t.provider.get_ref();
+            if !providers.contains(p.as_str()) {
+                problems.push((
+                    t.provider.span().start,
+                    format!("model `{name}` points at unknown provider `{p}`; define it under [[providers]]"),
+                ));
+            }
+        }
+        if m.strategy == Strategy::Weighted
+            && !m.targets.get_ref().is_empty()
+            && m.targets.get_ref().iter().all(|t| t.weight == 0)
+        {
+            problems.push((
+                m.targets.span().start,
+                format!("model `{name}` is weighted but every target has weight 0"),
+            ));
+        }
+        for f in &m.fallbacks {
+            let f_name = f.get_ref();
+            if f_name == name {
+                problems.push((f.span().start, format!("model `{name}` lists itself as a fallback")));
+            } else if !models.contains(f_name.as_str()) {
+                problems.push((
+                    f.span().start,
+                    format!("fallback `{f_name}` of model `{name}` is not a defined model"),
+                ));
+            }
+        }
+    }
+    let mut prefixes = HashSet::new();
+    for r in &config.routes {
+        let prefix = r.prefix.get_ref();
+        if !prefix.starts_with('/') {
+            problems.push((r.prefix.span().start, format!("route prefix `{prefix}` must start with `/`")));
+        }
+        if prefix.starts_with("/v1/") || prefix == "/v1" || prefix == "/livez" {
+            problems.push((
+                r.prefix.span().start,
+                format!("route prefix `{prefix}` would shadow Pylon's own endpoints"),
+            ));
+        }
+        if !prefixes.insert(prefix.as_str()) {
+            problems.push((r.prefix.span().start, format!("route prefix `{prefix}` is defined twice")));
+        }
+        if let Some(why) = bad_url(r.upstream.get_ref()) {
+            problems.push((r.upstream.span().start, format!("upstream `{}` {why}", r.upstream.get_ref())));
+        }
+    }
+    if config.server.max_body_bytes == 0 {
+        problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
+    }
+    problems
+}
+
+fn bad_url(url: &str) -> Option<&'static str> {
+    match url.parse::<http::Uri>() {
+        Err(_) => Some("is not a valid URL"),
+        Ok(u) if !matches!(u.scheme_str(), Some("http" | "https")) => {
+            Some("must start with http:// or https://")
+        }
+        Ok(u) if u.authority().is_none() => Some("has no host"),
+        Ok(u) if u.query().is_some() => Some("must not have a query string"),
+        Ok(_) => None,
+    }
+}

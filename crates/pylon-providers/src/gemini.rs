@@ -1,0 +1,444 @@
+//! Gemini `generateContent` / `streamGenerateContent` ↔ OpenAI chat.
+
+use pylon_types::openai::{
+    AssistantMessage, ChatRequest, ChatResponse, Choice, Chunk, Content, Delta, FunctionCall,
+    FunctionDelta, Part as OPart, Stop, ToolCall, ToolCallDelta, Usage,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{sse, unix_now, TranslateError};
+
+/// A `generateContent` request body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateRequest {
+    pub contents: Vec<GContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_instruction: Option<GContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_config: Option<GenerationConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<GTool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_config: Option<Value>,
+}
+
+/// A turn: role (`user` or `model`) and parts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GContent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub parts: Vec<GPart>,
+}
+
+/// One part; exactly one field is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GPart {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_data: Option<Blob>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<FileData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<GFunctionCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_response: Option<GFunctionResponse>,
+}
+
+/// Inline bytes (base64).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Blob {
+    pub mime_type: String,
+    pub data: String,
+}
+
+/// A file by URI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileData {
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    pub file_uri: String,
+}
+
+/// A function call made by the model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GFunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub args: Value,
+}
+
+/// A function result sent back to the model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GFunctionResponse {
+    pub name: String,
+    pub response: Value,
+}
+
+/// Sampling settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_sequences: Option<Vec<String>>,
+}
+
+/// Tools: function declarations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GTool {
+    pub function_declarations: Vec<Value>,
+}
+
+/// A `generateContent` response, or one event of a stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateResponse {
+    #[serde(default)]
+    pub candidates: Vec<Candidate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_metadata: Option<UsageMetadata>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+}
+
+/// One candidate answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    #[serde(default)]
+    pub content: Option<GContent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub index: u32,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageMetadata {
+    #[serde(default)]
+    pub prompt_token_count: u64,
+    #[serde(default)]
+    pub candidates_token_count: u64,
+    #[serde(default)]
+    pub total_token_count: u64,
+}
+
+/// The URL path (after the base URL) for a model.
+pub fn path(model: &str, stream: bool) -> String {
+    if stream {
+        format!("/models/{model}:streamGenerateContent?alt=sse")
+    } else {
+        format!("/models/{model}:generateContent")
+    }
+}
+
+/// Translates an OpenAI chat request into a `generateContent` request.
+pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError> {
+    let mut system = Vec::new();
+    let mut contents: Vec<GContent> = Vec::new();
+    for m in &req.messages {
+        let (role, parts) = match m.role.as_str() {
+            "system" | "developer" => {
+                system.push(GPart { text: Some(m.content.as_ref().map(Content::text).unwrap_or_default()), ..GPart::default() });
+                continue;
+            }
+            "user" => ("user", user_parts(m.content.as_ref())),
+            "assistant" => {
+                let mut parts = Vec::new();
+                let text = m.content.as_ref().map(Content::text).unwrap_or_default();
+                if !text.is_empty() {
+                    parts.push(GPart { text: Some(text), ..GPart::default() });
+                }
+                for call in m.tool_calls.iter().flatten() {
+                    let args = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
+                    parts.push(GPart {
+                        function_call: Some(GFunctionCall { name: call.function.name.clone(), args }),
+                        ..GPart::default()
+                    });
+                }
+                ("model", parts)
+            }
+            "tool" | "function" => {
+                let name = tool_name(req, m.tool_call_id.as_deref()).or(m.name.clone()).ok_or_else(|| {
+                    TranslateError::Unsupported(
+                        "a tool message must answer a tool call of an earlier assistant message".into(),
+                    )
+                })?;
+                let text = m.content.as_ref().map(Content::text).unwrap_or_default();
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => json!({ "result": text }),
+                };
+                ("user", vec![GPart { function_response: Some(GFunctionResponse { name, response }), ..GPart::default() }])
+            }
+            other => return Err(TranslateError::Unsupported(format!("unknown role `{other}`"))),
+        };
+        match contents.last_mut() {
+            Some(last) if last.role.as_deref() == Some(role) => last.parts.extend(parts),
+            _ => contents.push(GContent { role: Some(role.to_owned()), parts }),
+        }
+    }
+    let config = GenerationConfig {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_output_tokens: req.max_output_tokens(),
+        stop_sequences: req.stop.clone().map(Stop::into_vec),
+    };
+    Ok(GenerateRequest {
+        contents,
+        system_instruction: (!system.is_empty()).then_some(GContent { role: None, parts: system }),
+        generation_config: Some(config),
+        tools: req.tools.as_ref().map(|tools| {
+            vec![GTool {
+                function_declarations: tools
+                    .iter()
+                    .map(|t| {
+                        let mut decl = json!({ "name": t.function.name });
+                        if let Some(d) = &t.function.description {
+                            decl["description"] = json!(d);
+                        }
+                        if let Some(p) = &t.function.parameters {
+                            decl["parameters"] = p.clone();
+                        }
+                        decl
+                    })
+                    .collect(),
+            }]
+        }),
+        tool_config: req.tool_choice.as_ref().and_then(|c| match c {
+            Value::String(s) if s == "required" => Some(json!({"functionCallingConfig": {"mode": "ANY"}})),
+            Value::String(s) if s == "none" => Some(json!({"functionCallingConfig": {"mode": "NONE"}})),
+            Value::Object(o) => o.get("function").and_then(|f| f.get("name")).map(|n| {
+                json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [n]}})
+            }),
+            _ => None,
+        }),
+    })
+}
+
+fn user_parts(content: Option<&Content>) -> Vec<GPart> {
+    match content {
+        None => Vec::new(),
+        Some(Content::Text(t)) => vec![GPart { text: Some(t.clone()), ..GPart::default() }],
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .map(|p| match p {
+                OPart::Text { text } => GPart { text: Some(text.clone()), ..GPart::default() },
+                OPart::ImageUrl { image_url } => {
+                    match image_url.url.strip_prefix("data:").and_then(|r| r.split_once(',')) {
+                        Some((meta, data)) => GPart {
+                            inline_data: Some(Blob {
+                                mime_type: meta.trim_end_matches(";base64").to_owned(),
+                                data: data.to_owned(),
+                            }),
+                            ..GPart::default()
+                        },
+                        None => GPart {
+                            file_data: Some(FileData { mime_type: None, file_uri: image_url.url.clone() }),
+                            ..GPart::default()
+                        },
+                    }
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The function name of the tool call a tool message answers.
+fn tool_name(req: &ChatRequest, call_id: Option<&str>) -> Option<String> {
+    let id = call_id?;
+    req.messages
+        .iter()
+        .flat_map(|m| m.tool_calls.iter().flatten())
+        .find(|c| c.id == id)
+        .map(|c| c.function.name.clone())
+}
+
+fn finish_reason(reason: Option<&str>, called_tools: bool) -> Option<String> {
+    let r = reason?;
+    Some(
+        match r {
+            _ if called_tools => "tool_calls",
+            "MAX_TOKENS" => "length",
+            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => "content_filter",
+            _ => "stop",
+        }
+        .to_owned(),
+    )
+}
+
+/// Translates a `generateContent` response into a chat completion.
+pub fn response_to_openai(resp: GenerateResponse, model: &str) -> ChatResponse {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    let candidate = resp.candidates.into_iter().next().unwrap_or_default();
+    for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+        if let Some(t) = part.text {
+            text.push_str(&t);
+        }
+        if let Some(fc) = part.function_call {
+            calls.push(ToolCall {
+                id: format!("call_{}", calls.len()),
+                kind: "function".into(),
+                function: FunctionCall { name: fc.name, arguments: fc.args.to_string() },
+            });
+        }
+    }
+    let usage = resp.usage_metadata.unwrap_or_default();
+    ChatResponse {
+        id: resp.response_id.unwrap_or_else(|| "chatcmpl-gemini".into()),
+        object: "chat.completion".into(),
+        created: unix_now(),
+        model: resp.model_version.unwrap_or_else(|| model.to_owned()),
+        choices: vec![Choice {
+            index: 0,
+            finish_reason: finish_reason(candidate.finish_reason.as_deref(), !calls.is_empty()),
+            message: AssistantMessage {
+                role: "assistant".into(),
+                content: (!text.is_empty() || calls.is_empty()).then_some(text),
+                tool_calls: (!calls.is_empty()).then_some(calls),
+            },
+        }],
+        usage: Some(Usage::new(usage.prompt_token_count, usage.candidates_token_count)),
+    }
+}
+
+/// Turns a Gemini SSE stream into OpenAI chunks.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    id: String,
+    model: String,
+    created: u64,
+    started: bool,
+    tool_calls: u32,
+    usage: Usage,
+}
+
+impl StreamDecoder {
+    /// A decoder for a stream of `model`.
+    pub fn new(model: &str) -> Self {
+        StreamDecoder {
+            id: format!("chatcmpl-{}", unix_now()),
+            model: model.to_owned(),
+            created: unix_now(),
+            started: false,
+            tool_calls: 0,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Decodes one event; pushes the chunks it yields. `Ok(true)` once a finish reason arrived.
+    pub fn decode(&mut self, ev: &sse::Event<'_>, out: &mut Vec<Chunk>) -> Result<bool, TranslateError> {
+        let value: Value = serde_json::from_str(&ev.data).map_err(TranslateError::json("Gemini stream event"))?;
+        if let Some(message) = value.get("error").and_then(|e| e.get("message")).and_then(Value::as_str) {
+            return Err(TranslateError::Upstream(message.to_owned()));
+        }
+        let resp: GenerateResponse = serde_json::from_value(value).map_err(TranslateError::json("Gemini stream event"))?;
+        if let Some(u) = resp.usage_metadata {
+            self.usage = Usage::new(u.prompt_token_count, u.candidates_token_count);
+        }
+        if let Some(id) = resp.response_id {
+            self.id = id;
+        }
+        let mut delta = Delta::default();
+        if !self.started {
+            self.started = true;
+            delta.role = Some("assistant".into());
+        }
+        let candidate = resp.candidates.into_iter().next().unwrap_or_default();
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+            if let Some(t) = part.text {
+                text.push_str(&t);
+            }
+            if let Some(fc) = part.function_call {
+                calls.push(ToolCallDelta {
+                    index: self.tool_calls,
+                    id: Some(format!("call_{}", self.tool_calls)),
+                    kind: Some("function".into()),
+                    function: FunctionDelta { name: Some(fc.name), arguments: Some(fc.args.to_string()) },
+                });
+                self.tool_calls += 1;
+            }
+        }
+        if !text.is_empty() || delta.role.is_some() {
+            delta.content = Some(text);
+        }
+        if !calls.is_empty() {
+            delta.tool_calls = Some(calls);
+        }
+        let finish = finish_reason(candidate.finish_reason.as_deref(), self.tool_calls > 0);
+        let done = finish.is_some();
+        out.push(Chunk::delta(&self.id, &self.model, self.created, delta, finish));
+        if done {
+            out.push(Chunk::usage(&self.id, &self.model, self.created, self.usage));
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pylon_types::openai::{Message, ToolCall};
+
+    #[test]
+    fn tool_round_trip_names_the_function() {
+        let req = ChatRequest {
+            model: "g".into(),
+            messages: vec![
+                Message { role: "system".into(), content: Some(Content::Text("be brief".into())), ..Message::default() },
+                Message { role: "user".into(), content: Some(Content::Text("weather?".into())), ..Message::default() },
+                Message {
+                    role: "assistant".into(),
+                    tool_calls: Some(vec![ToolCall {
+                        id: "c1".into(),
+                        kind: "function".into(),
+                        function: FunctionCall { name: "get_weather".into(), arguments: "{\"city\":\"Oslo\"}".into() },
+                    }]),
+                    ..Message::default()
+                },
+                Message { role: "tool".into(), tool_call_id: Some("c1".into()), content: Some(Content::Text("rain".into())), ..Message::default() },
+            ],
+            ..ChatRequest::default()
+        };
+        let g = serde_json::to_value(to_generate(&req).unwrap()).unwrap();
+        assert_eq!(g["systemInstruction"]["parts"][0]["text"], "be brief");
+        assert_eq!(g["contents"][1]["role"], "model");
+        assert_eq!(g["contents"][1]["parts"][0]["functionCall"]["args"]["city"], "Oslo");
+        assert_eq!(g["contents"][2]["parts"][0]["functionResponse"]["name"], "get_weather");
+        assert_eq!(g["contents"][2]["parts"][0]["functionResponse"]["response"]["result"], "rain");
+    }
+
+    #[test]
+    fn stream_ends_with_finish_and_usage() {
+        let mut d = StreamDecoder::new("gemini-x");
+        let mut out = Vec::new();
+        let ev = |data: &str| sse::Event { name: None, data: data.to_owned() };
+        assert!(!d.decode(&ev(r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi "}]}}]}"#), &mut out).unwrap());
+        assert!(d
+            .decode(&ev(r#"{"candidates":[{"content":{"parts":[{"text":"there"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}"#), &mut out)
+            .unwrap());
+        assert_eq!(out[0].choices[0].delta.role.as_deref(), Some("assistant"));
+        assert_eq!(out[1].choices[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(out[2].usage, Some(Usage::new(3, 2)));
+    }
+}

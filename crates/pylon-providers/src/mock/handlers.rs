@@ -1,0 +1,359 @@
+//! The mock's HTTP surface: one handler per wire format, plus its control endpoints.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream;
+use pylon_types::anthropic::{self as an, Block, BlockDelta, MessagesResponse, StreamEvent};
+use serde_json::{json, Value};
+
+use super::script::{embedding, text_of, Script};
+use super::{Behaviour, Mock, Stats};
+use crate::{sse, unix_now};
+
+/// The mock's routes.
+pub fn router(mock: Arc<Mock>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{*rest}", post(gemini))
+        .route("/mock/behaviour", get(get_behaviour).put(put_behaviour))
+        .route("/mock/stats", get(stats))
+        .route("/mock/reset", post(reset))
+        .with_state(mock)
+}
+
+async fn get_behaviour(State(m): State<Arc<Mock>>) -> Json<Behaviour> {
+    Json(m.behaviour())
+}
+
+async fn put_behaviour(State(m): State<Arc<Mock>>, Json(b): Json<Behaviour>) -> StatusCode {
+    m.set(b);
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(m): State<Arc<Mock>>) -> Json<Stats> {
+    Json(m.stats())
+}
+
+async fn reset(State(m): State<Arc<Mock>>) -> StatusCode {
+    m.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn models() -> Json<Value> {
+    let data: Vec<Value> = ["mock-gpt", "mock-claude", "mock-gemini", "mock-embed"]
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "mock"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+#[derive(Clone, Copy)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// Records the request, applies latency and error injection. `Err` is the response to send.
+async fn admit(m: &Mock, wire: Wire, path: &str, headers: &HeaderMap, body: &Bytes) -> Result<Behaviour, Response> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let credential = header("authorization").or_else(|| header("x-api-key")).or_else(|| header("x-goog-api-key"));
+    let body_json: Option<Value> = serde_json::from_slice(body).ok();
+    m.record(|s| {
+        s.requests += 1;
+        s.last_credential = credential;
+        s.last_request_id = header("x-request-id");
+        s.last_traceparent = header("traceparent");
+        s.last_path = Some(path.to_owned());
+        s.last_body = body_json;
+    });
+    let b = m.behaviour();
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency).await;
+    }
+    if let Some(status) = m.fails(&b) {
+        m.record(|s| s.errors += 1);
+        let msg = format!("mock provider injected error {status}");
+        let body = match wire {
+            Wire::OpenAi => json!({"error": {"message": msg, "type": "server_error", "code": null}}),
+            Wire::Anthropic => json!({"type": "error", "error": {"type": "api_error", "message": msg}}),
+            Wire::Gemini => json!({"error": {"code": status, "message": msg, "status": "UNAVAILABLE"}}),
+        };
+        let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response();
+        if let Some(secs) = b.retry_after {
+            if let Ok(v) = secs.to_string().parse() {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        return Err(resp);
+    }
+    Ok(b)
+}
+
+fn bad_request(msg: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": msg, "type": "invalid_request_error"}}))).into_response()
+}
+
+async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let b = match admit(&m, Wire::OpenAi, "/v1/chat/completions", &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
+    let Some(messages) = req["messages"].as_array() else { return bad_request("messages required") };
+    let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| text_of(&m["content"])).unwrap_or_default();
+    let last_is_tool_result = messages.last().is_some_and(|m| m["role"] == "tool");
+    let tool = req["tools"][0]["function"]["name"].as_str().filter(|_| !last_is_tool_result).map(str::to_owned);
+    let chars = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
+    let model = req["model"].as_str().unwrap_or("mock");
+    let s = Script::new(model, &last_user, tool, chars, &b);
+    let usage = json!({"prompt_tokens": s.input_tokens, "completion_tokens": s.output_tokens, "total_tokens": s.input_tokens + s.output_tokens});
+    let id = "chatcmpl-mock";
+    if req["stream"].as_bool() != Some(true) {
+        let (content, calls, finish) = match &s.tool {
+            Some((name, args)) => (Value::Null, json!([{"id": "call_0", "type": "function", "function": {"name": name, "arguments": args}}]), "tool_calls"),
+            None => (json!(s.text()), Value::Null, "stop"),
+        };
+        let mut message = json!({"role": "assistant", "content": content});
+        if !calls.is_null() {
+            message["tool_calls"] = calls;
+        }
+        let body = json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": s.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
+        return json_after(&m, &b, body).await;
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let finish = match &s.tool {
+        Some((name, args)) => {
+            events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_0", "type": "function", "function": {"name": name, "arguments": ""}}]}), Value::Null));
+            for piece in args.as_bytes().chunks(8) {
+                let piece = String::from_utf8_lossy(piece);
+                events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), Value::Null));
+            }
+            "tool_calls"
+        }
+        None => {
+            events.extend(s.pieces.iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+            "stop"
+        }
+    };
+    events.push(chunk(json!({}), json!(finish)));
+    if req["stream_options"]["include_usage"].as_bool() == Some(true) {
+        events.push(json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model, "choices": [], "usage": usage}));
+    }
+    let mut frames: Vec<Bytes> = events.iter().map(|e| frame(None, &e.to_string())).collect();
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(m, b, frames)
+}
+
+async fn openai_embeddings(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let b = match admit(&m, Wire::OpenAi, "/v1/embeddings", &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
+    let inputs: Vec<String> = match &req["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
+        _ => return bad_request("input must be a string or an array"),
+    };
+    let dims = req["dimensions"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": embedding(t, dims)}))
+        .collect();
+    let tokens: u64 = inputs.iter().map(|t| (t.len() as u64).div_ceil(4)).sum();
+    let body = json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    json_after(&m, &b, body).await
+}
+
+async fn anthropic_messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let b = match admit(&m, Wire::Anthropic, "/v1/messages", &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
+    let Some(messages) = req["messages"].as_array() else { return bad_request("messages required") };
+    if req["max_tokens"].as_u64().is_none() {
+        return bad_request("max_tokens: Field required");
+    }
+    let last = messages.last();
+    let last_is_tool_result = last.is_some_and(|m| m["content"].as_array().is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result")));
+    let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| text_of(&m["content"])).unwrap_or_default();
+    let tool = req["tools"][0]["name"].as_str().filter(|_| !last_is_tool_result).map(str::to_owned);
+    let chars = messages.iter().map(|m| text_of(&m["content"]).len()).sum::<usize>() + text_of(&req["system"]).len();
+    let s = Script::new(req["model"].as_str().unwrap_or("mock"), &last_user, tool, chars, &b);
+    let (content, stop) = match &s.tool {
+        Some((name, args)) => (
+            vec![Block::ToolUse { id: "toolu_0".into(), name: name.clone(), input: serde_json::from_str(args).unwrap_or_default() }],
+            "tool_use",
+        ),
+        None => (vec![Block::Text { text: s.text() }], "end_turn"),
+    };
+    let message = |content: Vec<Block>, stop: Option<&str>, out: u64| MessagesResponse {
+        id: "msg_mock".into(),
+        kind: "message".into(),
+        role: "assistant".into(),
+        model: s.model.clone(),
+        content,
+        stop_reason: stop.map(str::to_owned),
+        stop_sequence: None,
+        usage: an::Usage { input_tokens: s.input_tokens, output_tokens: out },
+    };
+    if req["stream"].as_bool() != Some(true) {
+        let body = serde_json::to_value(message(content, Some(stop), s.output_tokens)).unwrap_or_default();
+        return json_after(&m, &b, body).await;
+    }
+    let mut events = vec![StreamEvent::MessageStart { message: message(Vec::new(), None, 1) }];
+    match &s.tool {
+        Some((name, args)) => {
+            events.push(StreamEvent::ContentBlockStart {
+                index: 0,
+                content_block: Block::ToolUse { id: "toolu_0".into(), name: name.clone(), input: json!({}) },
+            });
+            for piece in args.as_bytes().chunks(8) {
+                let partial_json = String::from_utf8_lossy(piece).into_owned();
+                events.push(StreamEvent::ContentBlockDelta { index: 0, delta: BlockDelta::InputJsonDelta { partial_json } });
+            }
+        }
+        None => {
+            events.push(StreamEvent::ContentBlockStart { index: 0, content_block: Block::Text { text: String::new() } });
+            events.push(StreamEvent::Ping);
+            for p in &s.pieces {
+                events.push(StreamEvent::ContentBlockDelta { index: 0, delta: BlockDelta::TextDelta { text: p.clone() } });
+            }
+        }
+    }
+    events.push(StreamEvent::ContentBlockStop { index: 0 });
+    events.push(StreamEvent::MessageDelta {
+        delta: an::MessageDelta { stop_reason: Some(stop.into()), stop_sequence: None },
+        usage: an::Usage { input_tokens: 0, output_tokens: s.output_tokens },
+    });
+    events.push(StreamEvent::MessageStop);
+    let frames = events
+        .iter()
+        .map(|e| frame(Some(e.name()), &serde_json::to_string(e).unwrap_or_default()))
+        .collect();
+    sse_response(m, b, frames)
+}
+
+async fn gemini(State(m): State<Arc<Mock>>, Path(rest): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some((model, action)) = rest.split_once(':') else { return bad_request("expected models/{model}:{action}") };
+    let stream = match action {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => return bad_request("unknown action"),
+    };
+    let b = match admit(&m, Wire::Gemini, &format!("/v1beta/models/{rest}"), &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
+    let Some(contents) = req["contents"].as_array() else { return bad_request("contents required") };
+    let parts_text = |c: &Value| text_of(&c["parts"]);
+    let last_user = contents.iter().rev().find(|c| c["role"] == "user" && c["parts"][0]["text"].is_string()).map(parts_text).unwrap_or_default();
+    let last_is_tool_result = contents.last().is_some_and(|c| c["parts"][0]["functionResponse"].is_object());
+    let tool = req["tools"][0]["functionDeclarations"][0]["name"].as_str().filter(|_| !last_is_tool_result).map(str::to_owned);
+    let chars = contents.iter().map(|c| parts_text(c).len()).sum();
+    let s = Script::new(model, &last_user, tool, chars, &b);
+    let usage = json!({"promptTokenCount": s.input_tokens, "candidatesTokenCount": s.output_tokens, "totalTokenCount": s.input_tokens + s.output_tokens});
+    let candidate = |parts: Value, finish: Option<&str>| {
+        let mut c = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = json!(f);
+        }
+        c
+    };
+    let tool_parts = s.tool.as_ref().map(|(name, args)| {
+        json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(args).unwrap_or_default()}}])
+    });
+    if !stream {
+        let parts = tool_parts.unwrap_or_else(|| json!([{"text": s.text()}]));
+        let body = json!({"candidates": [candidate(parts, Some("STOP"))], "usageMetadata": usage, "modelVersion": model, "responseId": "mock-gemini"});
+        return json_after(&m, &b, body).await;
+    }
+    let mut events: Vec<Value> = match tool_parts {
+        Some(parts) => vec![json!({"candidates": [candidate(parts, None)]})],
+        None => s.pieces.iter().map(|p| json!({"candidates": [candidate(json!([{"text": p}]), None)]})).collect(),
+    };
+    events.push(json!({"candidates": [candidate(json!([{"text": ""}]), Some("STOP"))], "usageMetadata": usage, "modelVersion": model}));
+    let frames = events.iter().map(|e| Bytes::from(format!("data: {e}\r\n\r\n"))).collect();
+    sse_response(m, b, frames)
+}
+
+fn frame(name: Option<&str>, data: &str) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    sse::write(&mut out, name, data);
+    Bytes::from(out)
+}
+
+async fn json_after(m: &Mock, b: &Behaviour, body: Value) -> Response {
+    if !b.ttft.is_zero() {
+        tokio::time::sleep(b.ttft).await;
+    }
+    if b.drop_after_chunks.is_some() {
+        // A non-stream answer that breaks off: headers, then a body that fails.
+        m.record(|s| s.errors += 1);
+        let failing = stream::once(async { Err::<Bytes, _>(std::io::Error::other("mock drop")) });
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(failing))
+            .unwrap_or_default();
+    }
+    Json(body).into_response()
+}
+
+/// Counts a stream as completed or cancelled when the server drops it.
+struct StreamGuard {
+    mock: Arc<Mock>,
+    done: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let done = self.done;
+        self.mock.record(|s| if done { s.streams_completed += 1 } else { s.streams_cancelled += 1 });
+    }
+}
+
+fn sse_response(mock: Arc<Mock>, b: Behaviour, frames: Vec<Bytes>) -> Response {
+    let guard = StreamGuard { mock, done: false };
+    let state = (frames.into_iter(), 0usize, b, guard);
+    let body = stream::unfold(state, |(mut frames, sent, b, mut guard)| async move {
+        let delay = if sent == 0 { b.ttft } else { b.chunk_delay };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if b.drop_after_chunks == Some(sent) {
+            guard.done = true;
+            return Some((Err(std::io::Error::other("mock drop")), (frames, sent, b, guard)));
+        }
+        match frames.next() {
+            Some(f) => Some((Ok::<Bytes, std::io::Error>(f), (frames, sent + 1, b, guard))),
+            None => {
+                guard.done = true;
+                drop(guard);
+                None
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_default()
+}

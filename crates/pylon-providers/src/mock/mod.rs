@@ -1,0 +1,143 @@
+//! A deterministic model provider speaking the OpenAI, Anthropic and Gemini wire formats.
+//!
+//! Used by tests, `pylon demo` and the benchmarks. Its behaviour (latency, time to first token,
+//! delay between chunks, error status and rate, dropped connections) is steered in-process through
+//! [`Mock::set`] or over HTTP with `PUT /mock/behaviour`; `GET /mock/stats` reports what it saw.
+
+mod handlers;
+mod script;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use handlers::router;
+
+/// How the mock behaves; every field has a harmless default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Behaviour {
+    /// Wait before the response headers.
+    #[serde(with = "humantime_serde")]
+    pub latency: Duration,
+    /// Wait before the first chunk of a stream (and before a non-stream body).
+    #[serde(with = "humantime_serde")]
+    pub ttft: Duration,
+    /// Wait between stream chunks.
+    #[serde(with = "humantime_serde")]
+    pub chunk_delay: Duration,
+    /// Answer with this status instead of a completion.
+    pub error_status: Option<u16>,
+    /// Share of requests that get `error_status` (deterministic: spread evenly by request count).
+    pub error_rate: f64,
+    /// `Retry-After` seconds sent with errors.
+    pub retry_after: Option<u64>,
+    /// Break the connection after this many stream chunks (0: before the first).
+    pub drop_after_chunks: Option<usize>,
+    /// Reply text instead of the default echo.
+    pub reply: Option<String>,
+    /// Repeat the reply this many times (long streams for tests and benchmarks).
+    pub repeat: usize,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            latency: Duration::ZERO,
+            ttft: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            error_status: None,
+            error_rate: 1.0,
+            retry_after: None,
+            drop_after_chunks: None,
+            reply: None,
+            repeat: 1,
+        }
+    }
+}
+
+/// What the mock has seen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Requests received on any model endpoint.
+    pub requests: u64,
+    /// Streams that ran to their end.
+    pub streams_completed: u64,
+    /// Streams whose client went away before the end.
+    pub streams_cancelled: u64,
+    /// Requests answered with an injected error.
+    pub errors: u64,
+    /// The credential header of the last request (`authorization`, `x-api-key` or `x-goog-api-key`).
+    pub last_credential: Option<String>,
+    /// The `x-request-id` of the last request.
+    pub last_request_id: Option<String>,
+    /// The `traceparent` of the last request.
+    pub last_traceparent: Option<String>,
+    /// The path of the last request.
+    pub last_path: Option<String>,
+    /// The body of the last request.
+    pub last_body: Option<serde_json::Value>,
+}
+
+/// A mock provider's shared state.
+#[derive(Debug, Default)]
+pub struct Mock {
+    behaviour: RwLock<Behaviour>,
+    seen: Mutex<Stats>,
+    counter: AtomicU64,
+}
+
+impl Mock {
+    /// A mock with default behaviour.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Mock::default())
+    }
+
+    /// Replaces the behaviour.
+    pub fn set(&self, b: Behaviour) {
+        if let Ok(mut guard) = self.behaviour.write() {
+            *guard = b;
+        }
+    }
+
+    /// The current behaviour.
+    pub fn behaviour(&self) -> Behaviour {
+        self.behaviour.read().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    /// A copy of the statistics.
+    pub fn stats(&self) -> Stats {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Forgets statistics and restores default behaviour.
+    pub fn reset(&self) {
+        self.set(Behaviour::default());
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Stats::default();
+        }
+        self.counter.store(0, Ordering::Relaxed);
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Stats)) {
+        if let Ok(mut s) = self.seen.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Whether request number `n` (1-based) gets the injected error.
+    fn fails(&self, b: &Behaviour) -> Option<u16> {
+        let status = b.error_status?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let rate = b.error_rate.clamp(0.0, 1.0);
+        let hit = (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor();
+        hit.then_some(status)
+    }
+}
+
+/// Serves the mock on a bound listener until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, mock: Arc<Mock>) -> std::io::Result<()> {
+    axum::serve(listener, router(mock)).await
+}

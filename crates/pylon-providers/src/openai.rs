@@ -1,0 +1,156 @@
+//! OpenAI wire: the fields the gateway reads from a body it otherwise passes through untouched.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::Bytes;
+use pylon_types::openai::{StreamOptions, Usage};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::TranslateError;
+
+/// The fields of a chat request the gateway needs, borrowed from the body.
+#[derive(Debug, Deserialize)]
+pub struct ChatHead<'a> {
+    #[serde(borrow)]
+    pub model: &'a RawValue,
+    #[serde(borrow)]
+    pub messages: Vec<MessageHead<'a>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// Each message must at least say who speaks.
+#[derive(Debug, Deserialize)]
+pub struct MessageHead<'a> {
+    #[serde(borrow)]
+    pub role: Cow<'a, str>,
+}
+
+const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+
+/// A validated request head: model name and where it sits in the body.
+#[derive(Debug)]
+pub struct Head<'a> {
+    pub model: Cow<'a, str>,
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Reads and checks the head of a chat-completions body.
+pub fn chat_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
+    let head: ChatHead<'_> = serde_json::from_slice(body).map_err(TranslateError::json("chat request"))?;
+    if head.messages.is_empty() {
+        return Err(TranslateError::Unsupported("`messages` must contain at least one message".into()));
+    }
+    if let Some(bad) = head.messages.iter().find(|m| !ROLES.contains(&m.role.as_ref())) {
+        return Err(TranslateError::Unsupported(format!(
+            "message role `{}` is not one of {}",
+            bad.role,
+            ROLES.join(", ")
+        )));
+    }
+    Ok(Head {
+        model: model_name(head.model)?,
+        model_span: span_of(body, head.model),
+        stream: head.stream.unwrap_or(false),
+        include_usage: head.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+/// Reads and checks the head of an embeddings body.
+pub fn embeddings_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
+    let head: pylon_types::openai::EmbeddingsHead<'_> =
+        serde_json::from_slice(body).map_err(TranslateError::json("embeddings request"))?;
+    Ok(Head {
+        model: model_name(head.model)?,
+        model_span: span_of(body, head.model),
+        stream: false,
+        include_usage: false,
+    })
+}
+
+fn model_name(raw: &RawValue) -> Result<Cow<'_, str>, TranslateError> {
+    let name: Cow<'_, str> = serde_json::from_str(raw.get())
+        .map_err(|_| TranslateError::Unsupported("`model` must be a string".into()))?;
+    if name.is_empty() {
+        return Err(TranslateError::Unsupported("`model` must not be empty".into()));
+    }
+    Ok(name)
+}
+
+/// Byte range of a borrowed raw value inside the body it was parsed from.
+fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
+    let start = (raw.get().as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    start..start + raw.get().len()
+}
+
+/// The body with the model value replaced, every other byte as the client sent it.
+pub fn with_model(body: &[u8], span: Range<usize>, model: &str) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + model.len() + 2);
+    out.extend_from_slice(&body[..span.start]);
+    push_json_string(&mut out, model);
+    out.extend_from_slice(&body[span.end..]);
+    Bytes::from(out)
+}
+
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.extend_from_slice(quoted.as_bytes()),
+        Err(_) => out.extend_from_slice(b"\"\""),
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// The `usage` of a response body or stream chunk, if it carries one.
+pub fn usage_of(json: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<UsageOnly>(json).ok()?.usage
+}
+
+/// The message of a provider error body; OpenAI, Anthropic and Gemini all use `error.message`.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("error")?.get("message")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_replaced_and_nothing_else_changes() {
+        let body = br#"{ "messages":[{"role":"user","content":"hi"}], "model" : "chat", "x":{"y":[1,2.50]}}"#;
+        let head = chat_head(body).unwrap();
+        assert_eq!(head.model, "chat");
+        let out = with_model(body, head.model_span, "gpt-4o\"mini");
+        assert_eq!(
+            &out[..],
+            br#"{ "messages":[{"role":"user","content":"hi"}], "model" : "gpt-4o\"mini", "x":{"y":[1,2.50]}}"#
+        );
+    }
+
+    #[test]
+    fn escaped_model_names_are_decoded() {
+        let body = br#"{"model":"a\/b","messages":[{"role":"user"}]}"#;
+        assert_eq!(chat_head(body).unwrap().model, "a/b");
+    }
+
+    #[test]
+    fn bad_heads_are_rejected() {
+        assert!(chat_head(b"{").is_err());
+        assert!(chat_head(br#"{"model":"m","messages":[]}"#).is_err());
+        assert!(chat_head(br#"{"model":"m"}"#).is_err());
+        assert!(chat_head(br#"{"model":3,"messages":[{"role":"user"}]}"#).is_err());
+        assert!(chat_head(br#"{"model":"m","messages":[{"role":"wizard"}]}"#).is_err());
+        assert!(chat_head(br#"{"model":"m","messages":[{"content":"x"}]}"#).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! Wire types shared by every layer: OpenAI chat and Anthropic Messages bodies, and API errors. No I/O.
+
+pub mod anthropic;
+pub mod error;
+pub mod openai;
+
+pub use error::{ApiError, Dialect, ErrorKind};
