@@ -63,7 +63,10 @@ fn expand_line(
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            errors.push((pos + i, format!("`${{{inner}}}` is not a valid variable reference")));
+            errors.push((
+                pos + i,
+                format!("`${{{inner}}}` is not a valid variable reference"),
+            ));
         } else {
             match env(name).or_else(|| default.map(str::to_owned)) {
                 // The value lands inside a TOML string, so quotes and backslashes are escaped.

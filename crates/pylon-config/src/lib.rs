@@ -13,7 +13,10 @@ pub use model::*;
 pub enum ConfigError {
     /// The file could not be read.
     #[error("{path}: cannot read the config file: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// One or more problems at known places in the file.
     #[error("{}", render(.0))]
     Invalid(Vec<Diagnostic>),
@@ -30,19 +33,31 @@ pub struct Diagnostic {
 
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
 fn render(diags: &[Diagnostic]) -> String {
-    diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Reads, interpolates, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
 }
 
 /// Parses config text; `env` resolves `${VAR}` references (injectable for tests).
@@ -53,7 +68,12 @@ pub fn parse(
 ) -> Result<Config, ConfigError> {
     let at = |offset: usize, message: String| {
         let (line, col) = line_col(text, offset);
-        Diagnostic { file: file.to_owned(), line, col, message }
+        Diagnostic {
+            file: file.to_owned(),
+            line,
+            col,
+            message,
+        }
     };
     let expanded = interpolate::expand(text, env)
         .map_err(|errs| ConfigError::Invalid(errs.into_iter().map(|(o, m)| at(o, m)).collect()))?;
@@ -75,7 +95,12 @@ pub fn parse(
             .into_iter()
             .map(|(o, m)| {
                 let (line, col) = line_col(&expanded, o);
-                Diagnostic { file: file.to_owned(), line, col, message: m }
+                Diagnostic {
+                    file: file.to_owned(),
+                    line,
+                    col,
+                    message: m,
+                }
             })
             .collect();
         Err(ConfigError::Invalid(diags))
@@ -86,7 +111,10 @@ pub fn parse(
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 

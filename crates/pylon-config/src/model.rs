@@ -113,7 +113,10 @@ fn default_level() -> String {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: default_level(), format: LogFormat::default() }
+        Log {
+            level: default_level(),
+            format: LogFormat::default(),
+        }
     }
 }
 
@@ -195,7 +198,9 @@ pub struct Provider {
 impl Provider {
     /// The base URL, or the kind's public default.
     pub fn base_url(&self) -> &str {
-        self.base_url.as_ref().map_or(self.kind.default_base_url(), |u| u.get_ref())
+        self.base_url
+            .as_ref()
+            .map_or(self.kind.default_base_url(), |u| u.get_ref())
     }
 }
 
@@ -362,15 +367,16 @@ impl Config {
     /// environment (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`, `OLLAMA_HOST`).
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Config {
         let mut config = Config::default();
-        let mut add = |name: &str, kind: ProviderKind, base: Option<String>, key: Option<String>| {
-            config.providers.push(Provider {
-                name: Spanned::new(0..0, name.to_owned()),
-                kind,
-                base_url: base.map(|b| Spanned::new(0..0, b)),
-                api_key: key.map(Secret),
-                timeouts: Timeouts::default(),
-            });
-        };
+        let mut add =
+            |name: &str, kind: ProviderKind, base: Option<String>, key: Option<String>| {
+                config.providers.push(Provider {
+                    name: Spanned::new(0..0, name.to_owned()),
+                    kind,
+                    base_url: base.map(|b| Spanned::new(0..0, b)),
+                    api_key: key.map(Secret),
+                    timeouts: Timeouts::default(),
+                });
+            };
         let set = |k: &str| env(k).filter(|v| !v.is_empty());
         if let Some(key) = set("OPENAI_API_KEY") {
             add("openai", ProviderKind::Openai, None, Some(key));

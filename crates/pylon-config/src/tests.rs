@@ -64,7 +64,10 @@ fn the_documented_example_parses() {
     assert_eq!(c.providers.len(), 2);
     assert_eq!(c.providers[0].api_key.as_ref().unwrap().expose(), "sk-test");
     assert_eq!(c.models[0].targets.get_ref()[0].weight, 9);
-    assert_eq!(c.providers[0].timeouts.for_provider().connect, std::time::Duration::from_secs(2));
+    assert_eq!(
+        c.providers[0].timeouts.for_provider().connect,
+        std::time::Duration::from_secs(2)
+    );
     assert_eq!(c.routes[0].prefix.get_ref(), "/app/");
 }
 
@@ -77,19 +80,26 @@ fn secrets_do_not_print() {
 #[test]
 fn unknown_key_is_reported_with_position() {
     let errs = check("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n").unwrap_err();
-    assert!(errs[0].starts_with("pylon.toml:3:1: unknown field `listn`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("pylon.toml:3:1: unknown field `listn`"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn bad_duration_is_reported() {
     let errs = check("[server]\nshutdown_grace = \"30 parsecs\"\n").unwrap_err();
     assert!(errs[0].starts_with("pylon.toml:2:"), "{errs:?}");
-    assert!(errs[0].contains("parsecs") || errs[0].contains("unit"), "{errs:?}");
+    assert!(
+        errs[0].contains("parsecs") || errs[0].contains("unit"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn unresolved_variable_names_the_variable() {
-    let errs = check("[[providers]]\nname = \"x\"\nkind = \"openai\"\napi_key = \"${NOPE}\"\n").unwrap_err();
+    let errs = check("[[providers]]\nname = \"x\"\nkind = \"openai\"\napi_key = \"${NOPE}\"\n")
+        .unwrap_err();
     assert_eq!(errs.len(), 1);
     assert!(errs[0].starts_with("pylon.toml:4:12:"), "{errs:?}");
     assert!(errs[0].contains("`NOPE` is not set"), "{errs:?}");
@@ -119,16 +129,32 @@ targets = [ { provider = "nope", model = "x" } ]
 fallbacks = ["ghost"]
 "#;
     let errs = check(text).unwrap_err();
-    assert!(errs.iter().any(|e| e.starts_with("pylon.toml:6:8:") && e.contains("defined twice")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("pylon.toml:11:26:") && e.contains("unknown provider `nope`")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("pylon.toml:12:") && e.contains("fallback `ghost`")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pylon.toml:6:8:") && e.contains("defined twice")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pylon.toml:11:26:") && e.contains("unknown provider `nope`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("pylon.toml:12:") && e.contains("fallback `ghost`")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn bad_kind_and_url() {
     let errs = check("[[providers]]\nname = \"p\"\nkind = \"cohere\"\n").unwrap_err();
-    assert!(errs[0].starts_with("pylon.toml:3:8:") && errs[0].contains("cohere"), "{errs:?}");
-    let errs = check("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n").unwrap_err();
+    assert!(
+        errs[0].starts_with("pylon.toml:3:8:") && errs[0].contains("cohere"),
+        "{errs:?}"
+    );
+    let errs = check("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\n")
+        .unwrap_err();
     assert!(errs[0].contains("http://"), "{errs:?}");
 }
 
@@ -140,7 +166,11 @@ fn env_defaults_find_providers() {
         _ => None,
     };
     let c = Config::from_env(&env);
-    let names: Vec<_> = c.providers.iter().map(|p| p.name.get_ref().clone()).collect();
+    let names: Vec<_> = c
+        .providers
+        .iter()
+        .map(|p| p.name.get_ref().clone())
+        .collect();
     assert_eq!(names, ["anthropic", "ollama"]);
     assert_eq!(c.providers[1].base_url(), "http://127.0.0.1:11434/v1");
     assert_eq!(c.server.listen.port(), 8080);

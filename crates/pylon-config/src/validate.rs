@@ -11,7 +11,10 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
     for p in &config.providers {
         let name = p.name.get_ref();
         if !providers.insert(name.as_str()) {
-            problems.push((p.name.span().start, format!("provider `{name}` is defined twice")));
+            problems.push((
+                p.name.span().start,
+                format!("provider `{name}` is defined twice"),
+            ));
         }
         if name.is_empty() || name.contains('/') {
             problems.push((
@@ -21,16 +24,26 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
         }
         if let Some(url) = &p.base_url {
             if let Some(why) = bad_url(url.get_ref()) {
-                problems.push((url.span().start, format!("base_url `{}` {why}", url.get_ref())));
+                problems.push((
+                    url.span().start,
+                    format!("base_url `{}` {why}", url.get_ref()),
+                ));
             }
         }
     }
-    let models: HashSet<&str> = config.models.iter().map(|m| m.name.get_ref().as_str()).collect();
+    let models: HashSet<&str> = config
+        .models
+        .iter()
+        .map(|m| m.name.get_ref().as_str())
+        .collect();
     let mut seen = HashSet::new();
     for m in &config.models {
         let name = m.name.get_ref();
         if !seen.insert(name.as_str()) {
-            problems.push((m.name.span().start, format!("model `{name}` is defined twice")));
+            problems.push((
+                m.name.span().start,
+                format!("model `{name}` is defined twice"),
+            ));
         }
         if m.targets.get_ref().is_empty() {
             problems.push((
@@ -59,7 +72,10 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
         for f in &m.fallbacks {
             let f_name = f.get_ref();
             if f_name == name {
-                problems.push((f.span().start, format!("model `{name}` lists itself as a fallback")));
+                problems.push((
+                    f.span().start,
+                    format!("model `{name}` lists itself as a fallback"),
+                ));
             } else if !models.contains(f_name.as_str()) {
                 problems.push((
                     f.span().start,
@@ -72,7 +88,10 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
     for r in &config.routes {
         let prefix = r.prefix.get_ref();
         if !prefix.starts_with('/') {
-            problems.push((r.prefix.span().start, format!("route prefix `{prefix}` must start with `/`")));
+            problems.push((
+                r.prefix.span().start,
+                format!("route prefix `{prefix}` must start with `/`"),
+            ));
         }
         if prefix.starts_with("/v1/") || prefix == "/v1" || prefix == "/livez" {
             problems.push((
@@ -81,10 +100,16 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             ));
         }
         if !prefixes.insert(prefix.as_str()) {
-            problems.push((r.prefix.span().start, format!("route prefix `{prefix}` is defined twice")));
+            problems.push((
+                r.prefix.span().start,
+                format!("route prefix `{prefix}` is defined twice"),
+            ));
         }
         if let Some(why) = bad_url(r.upstream.get_ref()) {
-            problems.push((r.upstream.span().start, format!("upstream `{}` {why}", r.upstream.get_ref())));
+            problems.push((
+                r.upstream.span().start,
+                format!("upstream `{}` {why}", r.upstream.get_ref()),
+            ));
         }
     }
     if config.server.max_body_bytes == 0 {

@@ -38,19 +38,32 @@ pub fn to_messages(req: &ChatRequest, model: &str) -> Result<MessagesRequest, Tr
             }
             "user" => ("user", user_blocks(m.content.as_ref())),
             "assistant" => ("assistant", assistant_blocks(m)?),
-            "tool" | "function" => ("user", vec![Block::ToolResult {
-                tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
-                content: Some(ToolResultContent::Text(m.content.as_ref().map(Content::text).unwrap_or_default())),
-                is_error: None,
-            }]),
-            other => return Err(TranslateError::Unsupported(format!("unknown role `{other}`"))),
+            "tool" | "function" => (
+                "user",
+                vec![Block::ToolResult {
+                    tool_use_id: m.tool_call_id.clone().unwrap_or_default(),
+                    content: Some(ToolResultContent::Text(
+                        m.content.as_ref().map(Content::text).unwrap_or_default(),
+                    )),
+                    is_error: None,
+                }],
+            ),
+            other => {
+                return Err(TranslateError::Unsupported(format!(
+                    "unknown role `{other}`"
+                )))
+            }
         };
         // Anthropic wants alternating turns: consecutive same-role messages become one.
         match messages.last_mut() {
-            Some(AMessage { role: last, content: MessageContent::Blocks(prev) }) if last == role => {
-                prev.extend(blocks)
-            }
-            _ => messages.push(AMessage { role: role.to_owned(), content: MessageContent::Blocks(blocks) }),
+            Some(AMessage {
+                role: last,
+                content: MessageContent::Blocks(prev),
+            }) if last == role => prev.extend(blocks),
+            _ => messages.push(AMessage {
+                role: role.to_owned(),
+                content: MessageContent::Blocks(blocks),
+            }),
         }
     }
     Ok(MessagesRequest {
@@ -69,7 +82,11 @@ pub fn to_messages(req: &ChatRequest, model: &str) -> Result<MessagesRequest, Tr
                 .map(|t| ATool {
                     name: t.function.name.clone(),
                     description: t.function.description.clone(),
-                    input_schema: t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"})),
+                    input_schema: t
+                        .function
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| json!({"type": "object"})),
                 })
                 .collect()
         }),
@@ -86,7 +103,9 @@ fn user_blocks(content: Option<&Content>) -> Vec<Block> {
             .iter()
             .map(|p| match p {
                 Part::Text { text } => Block::Text { text: text.clone() },
-                Part::ImageUrl { image_url } => Block::Image { source: image_source(&image_url.url) },
+                Part::ImageUrl { image_url } => Block::Image {
+                    source: image_source(&image_url.url),
+                },
             })
             .collect(),
     }
@@ -96,10 +115,15 @@ fn image_source(url: &str) -> ImageSource {
     // `data:image/png;base64,AAAA` becomes an inline image; anything else is fetched by URL.
     if let Some((meta, data)) = url.strip_prefix("data:").and_then(|r| r.split_once(',')) {
         if let Some(media_type) = meta.strip_suffix(";base64") {
-            return ImageSource::Base64 { media_type: media_type.to_owned(), data: data.to_owned() };
+            return ImageSource::Base64 {
+                media_type: media_type.to_owned(),
+                data: data.to_owned(),
+            };
         }
     }
-    ImageSource::Url { url: url.to_owned() }
+    ImageSource::Url {
+        url: url.to_owned(),
+    }
 }
 
 fn assistant_blocks(m: &Message) -> Result<Vec<Block>, TranslateError> {
@@ -119,7 +143,11 @@ fn assistant_blocks(m: &Message) -> Result<Vec<Block>, TranslateError> {
                 ))
             })?
         };
-        blocks.push(Block::ToolUse { id: call.id.clone(), name: call.function.name.clone(), input });
+        blocks.push(Block::ToolUse {
+            id: call.id.clone(),
+            name: call.function.name.clone(),
+            input,
+        });
     }
     Ok(blocks)
 }
@@ -136,20 +164,24 @@ fn tool_choice_to_anthropic(choice: &Value) -> Option<ToolChoice> {
             .get("function")
             .and_then(|f| f.get("name"))
             .and_then(Value::as_str)
-            .map(|name| ToolChoice::Tool { name: name.to_owned() }),
+            .map(|name| ToolChoice::Tool {
+                name: name.to_owned(),
+            }),
         _ => None,
     }
 }
 
 /// Maps an Anthropic stop reason to OpenAI's finish reason.
 pub fn finish_reason(stop: Option<&str>) -> Option<String> {
-    stop.map(|s| match s {
-        "max_tokens" => "length",
-        "tool_use" => "tool_calls",
-        "refusal" => "content_filter",
-        _ => "stop",
-    }
-    .to_owned())
+    stop.map(|s| {
+        match s {
+            "max_tokens" => "length",
+            "tool_use" => "tool_calls",
+            "refusal" => "content_filter",
+            _ => "stop",
+        }
+        .to_owned()
+    })
 }
 
 /// Translates a Messages response into a chat completion.
@@ -162,7 +194,10 @@ pub fn response_to_openai(resp: MessagesResponse) -> ChatResponse {
             Block::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".to_owned(),
-                function: FunctionCall { name, arguments: input.to_string() },
+                function: FunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
             }),
             _ => {}
         }
@@ -181,7 +216,10 @@ pub fn response_to_openai(resp: MessagesResponse) -> ChatResponse {
             },
             finish_reason: finish_reason(resp.stop_reason.as_deref()),
         }],
-        usage: Some(Usage::new(resp.usage.input_tokens, resp.usage.output_tokens)),
+        usage: Some(Usage::new(
+            resp.usage.input_tokens,
+            resp.usage.output_tokens,
+        )),
     }
 }
 
@@ -199,12 +237,21 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     /// Decodes one event; pushes the chunks it yields. `Ok(true)` when the stream is complete.
-    pub fn decode(&mut self, ev: &sse::Event<'_>, out: &mut Vec<Chunk>) -> Result<bool, TranslateError> {
+    pub fn decode(
+        &mut self,
+        ev: &sse::Event<'_>,
+        out: &mut Vec<Chunk>,
+    ) -> Result<bool, TranslateError> {
         let event: StreamEvent = match serde_json::from_str(&ev.data) {
             Ok(e) => e,
             // Unknown event types are allowed by the API's versioning policy: skip them.
             Err(_) if ev.name.is_some_and(|n| !KNOWN_EVENTS.contains(&n)) => return Ok(false),
-            Err(e) => return Err(TranslateError::Json { what: "Anthropic stream event", source: e }),
+            Err(e) => {
+                return Err(TranslateError::Json {
+                    what: "Anthropic stream event",
+                    source: e,
+                })
+            }
         };
         let delta = |d: Delta| Chunk::delta(&self.id, &self.model, self.created, d, None);
         match event {
@@ -218,11 +265,18 @@ impl StreamDecoder {
                     &self.id,
                     &self.model,
                     self.created,
-                    Delta { role: Some("assistant".into()), content: Some(String::new()), tool_calls: None },
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                        tool_calls: None,
+                    },
                     None,
                 ));
             }
-            StreamEvent::ContentBlockStart { index, content_block: Block::ToolUse { id, name, .. } } => {
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block: Block::ToolUse { id, name, .. },
+            } => {
                 let tool_index = self.tool_blocks.len() as u32;
                 self.tool_blocks.push((index, tool_index));
                 out.push(delta(Delta {
@@ -230,22 +284,38 @@ impl StreamDecoder {
                         index: tool_index,
                         id: Some(id),
                         kind: Some("function".into()),
-                        function: FunctionDelta { name: Some(name), arguments: Some(String::new()) },
+                        function: FunctionDelta {
+                            name: Some(name),
+                            arguments: Some(String::new()),
+                        },
                     }]),
                     ..Delta::default()
                 }));
             }
-            StreamEvent::ContentBlockDelta { delta: BlockDelta::TextDelta { text }, .. } => {
-                out.push(delta(Delta { content: Some(text), ..Delta::default() }));
+            StreamEvent::ContentBlockDelta {
+                delta: BlockDelta::TextDelta { text },
+                ..
+            } => {
+                out.push(delta(Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                }));
             }
-            StreamEvent::ContentBlockDelta { index, delta: BlockDelta::InputJsonDelta { partial_json } } => {
-                let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|(b, _)| *b == index) else {
+            StreamEvent::ContentBlockDelta {
+                index,
+                delta: BlockDelta::InputJsonDelta { partial_json },
+            } => {
+                let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
+                else {
                     return Ok(false);
                 };
                 out.push(delta(Delta {
                     tool_calls: Some(vec![ToolCallDelta {
                         index: tool_index,
-                        function: FunctionDelta { name: None, arguments: Some(partial_json) },
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: Some(partial_json),
+                        },
                         ..ToolCallDelta::default()
                     }]),
                     ..Delta::default()
@@ -315,7 +385,11 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
         let mut parts = Vec::new();
         for b in blocks {
             match b {
-                Block::ToolResult { tool_use_id, content, .. } => messages.push(Message {
+                Block::ToolResult {
+                    tool_use_id,
+                    content,
+                    ..
+                } => messages.push(Message {
                     role: "tool".into(),
                     content: Some(Content::Text(content.map(|c| c.text()).unwrap_or_default())),
                     tool_call_id: Some(tool_use_id),
@@ -325,7 +399,9 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
                 Block::Image { source } => parts.push(Part::ImageUrl {
                     image_url: ImageUrl {
                         url: match source {
-                            ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+                            ImageSource::Base64 { media_type, data } => {
+                                format!("data:{media_type};base64,{data}")
+                            }
                             ImageSource::Url { url } => url,
                         },
                     },
@@ -338,7 +414,11 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
                 [Part::Text { text }] => Content::Text(text.clone()),
                 _ => Content::Parts(parts),
             };
-            messages.push(Message { role: "user".into(), content: Some(content), ..Message::default() });
+            messages.push(Message {
+                role: "user".into(),
+                content: Some(content),
+                ..Message::default()
+            });
         }
     }
     let stream = req.stream.unwrap_or(false);
@@ -351,7 +431,9 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
         stop: req.stop_sequences.map(Stop::Many),
         stream: Some(stream),
         // The gateway needs usage to answer with Anthropic's usage fields.
-        stream_options: stream.then_some(StreamOptions { include_usage: true }),
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
         tools: req.tools.map(|tools| {
             tools
                 .into_iter()
@@ -385,7 +467,10 @@ fn assistant_message(blocks: Vec<Block>) -> Message {
             Block::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".into(),
-                function: FunctionCall { name, arguments: input.to_string() },
+                function: FunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
             }),
             _ => {}
         }
@@ -435,7 +520,10 @@ pub fn response_from_openai(resp: ChatResponse) -> MessagesResponse {
         content,
         stop_reason: Some(stop_reason(finish.as_deref())),
         stop_sequence: None,
-        usage: AUsage { input_tokens: usage.prompt_tokens, output_tokens: usage.completion_tokens },
+        usage: AUsage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        },
     }
 }
 
@@ -489,19 +577,33 @@ impl StreamEncoder {
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 if !matches!(self.open, Some(Open::Text(_))) {
-                    self.open_block(out, Open::Text(self.next_block), Block::Text { text: String::new() });
+                    self.open_block(
+                        out,
+                        Open::Text(self.next_block),
+                        Block::Text {
+                            text: String::new(),
+                        },
+                    );
                 }
                 let index = self.current_index();
-                emit(out, &StreamEvent::ContentBlockDelta {
-                    index,
-                    delta: BlockDelta::TextDelta { text: text.to_owned() },
-                });
+                emit(
+                    out,
+                    &StreamEvent::ContentBlockDelta {
+                        index,
+                        delta: BlockDelta::TextDelta {
+                            text: text.to_owned(),
+                        },
+                    },
+                );
             }
             for call in choice.delta.tool_calls.iter().flatten() {
                 let same = matches!(self.open, Some(Open::Tool(_, t)) if t == call.index);
                 if !same {
                     let block = Block::ToolUse {
-                        id: call.id.clone().unwrap_or_else(|| format!("toolu_{}", call.index)),
+                        id: call
+                            .id
+                            .clone()
+                            .unwrap_or_else(|| format!("toolu_{}", call.index)),
                         name: call.function.name.clone().unwrap_or_default(),
                         input: json!({}),
                     };
@@ -509,10 +611,15 @@ impl StreamEncoder {
                 }
                 if let Some(args) = call.function.arguments.as_deref().filter(|a| !a.is_empty()) {
                     let index = self.current_index();
-                    emit(out, &StreamEvent::ContentBlockDelta {
-                        index,
-                        delta: BlockDelta::InputJsonDelta { partial_json: args.to_owned() },
-                    });
+                    emit(
+                        out,
+                        &StreamEvent::ContentBlockDelta {
+                            index,
+                            delta: BlockDelta::InputJsonDelta {
+                                partial_json: args.to_owned(),
+                            },
+                        },
+                    );
                 }
             }
             if let Some(f) = &choice.finish_reason {
@@ -527,13 +634,23 @@ impl StreamEncoder {
             return;
         }
         self.close_block(out);
-        emit(out, &StreamEvent::MessageDelta {
-            delta: MessageDelta {
-                stop_reason: Some(self.stop_reason.clone().unwrap_or_else(|| "end_turn".into())),
-                stop_sequence: None,
+        emit(
+            out,
+            &StreamEvent::MessageDelta {
+                delta: MessageDelta {
+                    stop_reason: Some(
+                        self.stop_reason
+                            .clone()
+                            .unwrap_or_else(|| "end_turn".into()),
+                    ),
+                    stop_sequence: None,
+                },
+                usage: AUsage {
+                    input_tokens: self.usage.prompt_tokens,
+                    output_tokens: self.usage.completion_tokens,
+                },
             },
-            usage: AUsage { input_tokens: self.usage.prompt_tokens, output_tokens: self.usage.completion_tokens },
-        });
+        );
         emit(out, &StreamEvent::MessageStop);
     }
 
@@ -549,7 +666,13 @@ impl StreamEncoder {
         let index = self.next_block;
         self.next_block += 1;
         self.open = Some(open);
-        emit(out, &StreamEvent::ContentBlockStart { index, content_block: block });
+        emit(
+            out,
+            &StreamEvent::ContentBlockStart {
+                index,
+                content_block: block,
+            },
+        );
     }
 
     fn close_block(&mut self, out: &mut Vec<u8>) {
@@ -567,7 +690,12 @@ fn emit(out: &mut Vec<u8>, event: &StreamEvent) {
 
 /// An Anthropic `error` event (used by the mock and by tests).
 pub fn error_event(kind: &str, message: &str) -> StreamEvent {
-    StreamEvent::Error { error: ErrorDetail { kind: kind.into(), message: message.into() } }
+    StreamEvent::Error {
+        error: ErrorDetail {
+            kind: kind.into(),
+            message: message.into(),
+        },
+    }
 }
 
 #[cfg(test)]

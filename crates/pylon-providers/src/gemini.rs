@@ -156,7 +156,10 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
     for m in &req.messages {
         let (role, parts) = match m.role.as_str() {
             "system" | "developer" => {
-                system.push(GPart { text: Some(m.content.as_ref().map(Content::text).unwrap_or_default()), ..GPart::default() });
+                system.push(GPart {
+                    text: Some(m.content.as_ref().map(Content::text).unwrap_or_default()),
+                    ..GPart::default()
+                });
                 continue;
             }
             "user" => ("user", user_parts(m.content.as_ref())),
@@ -164,12 +167,19 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
                 let mut parts = Vec::new();
                 let text = m.content.as_ref().map(Content::text).unwrap_or_default();
                 if !text.is_empty() {
-                    parts.push(GPart { text: Some(text), ..GPart::default() });
+                    parts.push(GPart {
+                        text: Some(text),
+                        ..GPart::default()
+                    });
                 }
                 for call in m.tool_calls.iter().flatten() {
-                    let args = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
+                    let args = serde_json::from_str(&call.function.arguments)
+                        .unwrap_or_else(|_| json!({}));
                     parts.push(GPart {
-                        function_call: Some(GFunctionCall { name: call.function.name.clone(), args }),
+                        function_call: Some(GFunctionCall {
+                            name: call.function.name.clone(),
+                            args,
+                        }),
                         ..GPart::default()
                     });
                 }
@@ -186,13 +196,26 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
                     Ok(v @ Value::Object(_)) => v,
                     _ => json!({ "result": text }),
                 };
-                ("user", vec![GPart { function_response: Some(GFunctionResponse { name, response }), ..GPart::default() }])
+                (
+                    "user",
+                    vec![GPart {
+                        function_response: Some(GFunctionResponse { name, response }),
+                        ..GPart::default()
+                    }],
+                )
             }
-            other => return Err(TranslateError::Unsupported(format!("unknown role `{other}`"))),
+            other => {
+                return Err(TranslateError::Unsupported(format!(
+                    "unknown role `{other}`"
+                )))
+            }
         };
         match contents.last_mut() {
             Some(last) if last.role.as_deref() == Some(role) => last.parts.extend(parts),
-            _ => contents.push(GContent { role: Some(role.to_owned()), parts }),
+            _ => contents.push(GContent {
+                role: Some(role.to_owned()),
+                parts,
+            }),
         }
     }
     let config = GenerationConfig {
@@ -203,7 +226,10 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
     };
     Ok(GenerateRequest {
         contents,
-        system_instruction: (!system.is_empty()).then_some(GContent { role: None, parts: system }),
+        system_instruction: (!system.is_empty()).then_some(GContent {
+            role: None,
+            parts: system,
+        }),
         generation_config: Some(config),
         tools: req.tools.as_ref().map(|tools| {
             vec![GTool {
@@ -223,11 +249,15 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
             }]
         }),
         tool_config: req.tool_choice.as_ref().and_then(|c| match c {
-            Value::String(s) if s == "required" => Some(json!({"functionCallingConfig": {"mode": "ANY"}})),
-            Value::String(s) if s == "none" => Some(json!({"functionCallingConfig": {"mode": "NONE"}})),
-            Value::Object(o) => o.get("function").and_then(|f| f.get("name")).map(|n| {
-                json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [n]}})
-            }),
+            Value::String(s) if s == "required" => {
+                Some(json!({"functionCallingConfig": {"mode": "ANY"}}))
+            }
+            Value::String(s) if s == "none" => {
+                Some(json!({"functionCallingConfig": {"mode": "NONE"}}))
+            }
+            Value::Object(o) => o.get("function").and_then(|f| f.get("name")).map(
+                |n| json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [n]}}),
+            ),
             _ => None,
         }),
     })
@@ -236,13 +266,23 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
 fn user_parts(content: Option<&Content>) -> Vec<GPart> {
     match content {
         None => Vec::new(),
-        Some(Content::Text(t)) => vec![GPart { text: Some(t.clone()), ..GPart::default() }],
+        Some(Content::Text(t)) => vec![GPart {
+            text: Some(t.clone()),
+            ..GPart::default()
+        }],
         Some(Content::Parts(parts)) => parts
             .iter()
             .map(|p| match p {
-                OPart::Text { text } => GPart { text: Some(text.clone()), ..GPart::default() },
+                OPart::Text { text } => GPart {
+                    text: Some(text.clone()),
+                    ..GPart::default()
+                },
                 OPart::ImageUrl { image_url } => {
-                    match image_url.url.strip_prefix("data:").and_then(|r| r.split_once(',')) {
+                    match image_url
+                        .url
+                        .strip_prefix("data:")
+                        .and_then(|r| r.split_once(','))
+                    {
                         Some((meta, data)) => GPart {
                             inline_data: Some(Blob {
                                 mime_type: meta.trim_end_matches(";base64").to_owned(),
@@ -251,7 +291,10 @@ fn user_parts(content: Option<&Content>) -> Vec<GPart> {
                             ..GPart::default()
                         },
                         None => GPart {
-                            file_data: Some(FileData { mime_type: None, file_uri: image_url.url.clone() }),
+                            file_data: Some(FileData {
+                                mime_type: None,
+                                file_uri: image_url.url.clone(),
+                            }),
                             ..GPart::default()
                         },
                     }
@@ -277,7 +320,9 @@ fn finish_reason(reason: Option<&str>, called_tools: bool) -> Option<String> {
         match r {
             _ if called_tools => "tool_calls",
             "MAX_TOKENS" => "length",
-            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => "content_filter",
+            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => {
+                "content_filter"
+            }
             _ => "stop",
         }
         .to_owned(),
@@ -297,7 +342,10 @@ pub fn response_to_openai(resp: GenerateResponse, model: &str) -> ChatResponse {
             calls.push(ToolCall {
                 id: format!("call_{}", calls.len()),
                 kind: "function".into(),
-                function: FunctionCall { name: fc.name, arguments: fc.args.to_string() },
+                function: FunctionCall {
+                    name: fc.name,
+                    arguments: fc.args.to_string(),
+                },
             });
         }
     }
@@ -316,7 +364,10 @@ pub fn response_to_openai(resp: GenerateResponse, model: &str) -> ChatResponse {
                 tool_calls: (!calls.is_empty()).then_some(calls),
             },
         }],
-        usage: Some(Usage::new(usage.prompt_token_count, usage.candidates_token_count)),
+        usage: Some(Usage::new(
+            usage.prompt_token_count,
+            usage.candidates_token_count,
+        )),
     }
 }
 
@@ -345,12 +396,22 @@ impl StreamDecoder {
     }
 
     /// Decodes one event; pushes the chunks it yields. `Ok(true)` once a finish reason arrived.
-    pub fn decode(&mut self, ev: &sse::Event<'_>, out: &mut Vec<Chunk>) -> Result<bool, TranslateError> {
-        let value: Value = serde_json::from_str(&ev.data).map_err(TranslateError::json("Gemini stream event"))?;
-        if let Some(message) = value.get("error").and_then(|e| e.get("message")).and_then(Value::as_str) {
+    pub fn decode(
+        &mut self,
+        ev: &sse::Event<'_>,
+        out: &mut Vec<Chunk>,
+    ) -> Result<bool, TranslateError> {
+        let value: Value =
+            serde_json::from_str(&ev.data).map_err(TranslateError::json("Gemini stream event"))?;
+        if let Some(message) = value
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+        {
             return Err(TranslateError::Upstream(message.to_owned()));
         }
-        let resp: GenerateResponse = serde_json::from_value(value).map_err(TranslateError::json("Gemini stream event"))?;
+        let resp: GenerateResponse =
+            serde_json::from_value(value).map_err(TranslateError::json("Gemini stream event"))?;
         if let Some(u) = resp.usage_metadata {
             self.usage = Usage::new(u.prompt_token_count, u.candidates_token_count);
         }
@@ -374,7 +435,10 @@ impl StreamDecoder {
                     index: self.tool_calls,
                     id: Some(format!("call_{}", self.tool_calls)),
                     kind: Some("function".into()),
-                    function: FunctionDelta { name: Some(fc.name), arguments: Some(fc.args.to_string()) },
+                    function: FunctionDelta {
+                        name: Some(fc.name),
+                        arguments: Some(fc.args.to_string()),
+                    },
                 });
                 self.tool_calls += 1;
             }
@@ -387,9 +451,20 @@ impl StreamDecoder {
         }
         let finish = finish_reason(candidate.finish_reason.as_deref(), self.tool_calls > 0);
         let done = finish.is_some();
-        out.push(Chunk::delta(&self.id, &self.model, self.created, delta, finish));
+        out.push(Chunk::delta(
+            &self.id,
+            &self.model,
+            self.created,
+            delta,
+            finish,
+        ));
         if done {
-            out.push(Chunk::usage(&self.id, &self.model, self.created, self.usage));
+            out.push(Chunk::usage(
+                &self.id,
+                &self.model,
+                self.created,
+                self.usage,
+            ));
         }
         Ok(done)
     }
@@ -405,35 +480,68 @@ mod tests {
         let req = ChatRequest {
             model: "g".into(),
             messages: vec![
-                Message { role: "system".into(), content: Some(Content::Text("be brief".into())), ..Message::default() },
-                Message { role: "user".into(), content: Some(Content::Text("weather?".into())), ..Message::default() },
+                Message {
+                    role: "system".into(),
+                    content: Some(Content::Text("be brief".into())),
+                    ..Message::default()
+                },
+                Message {
+                    role: "user".into(),
+                    content: Some(Content::Text("weather?".into())),
+                    ..Message::default()
+                },
                 Message {
                     role: "assistant".into(),
                     tool_calls: Some(vec![ToolCall {
                         id: "c1".into(),
                         kind: "function".into(),
-                        function: FunctionCall { name: "get_weather".into(), arguments: "{\"city\":\"Oslo\"}".into() },
+                        function: FunctionCall {
+                            name: "get_weather".into(),
+                            arguments: "{\"city\":\"Oslo\"}".into(),
+                        },
                     }]),
                     ..Message::default()
                 },
-                Message { role: "tool".into(), tool_call_id: Some("c1".into()), content: Some(Content::Text("rain".into())), ..Message::default() },
+                Message {
+                    role: "tool".into(),
+                    tool_call_id: Some("c1".into()),
+                    content: Some(Content::Text("rain".into())),
+                    ..Message::default()
+                },
             ],
             ..ChatRequest::default()
         };
         let g = serde_json::to_value(to_generate(&req).unwrap()).unwrap();
         assert_eq!(g["systemInstruction"]["parts"][0]["text"], "be brief");
         assert_eq!(g["contents"][1]["role"], "model");
-        assert_eq!(g["contents"][1]["parts"][0]["functionCall"]["args"]["city"], "Oslo");
-        assert_eq!(g["contents"][2]["parts"][0]["functionResponse"]["name"], "get_weather");
-        assert_eq!(g["contents"][2]["parts"][0]["functionResponse"]["response"]["result"], "rain");
+        assert_eq!(
+            g["contents"][1]["parts"][0]["functionCall"]["args"]["city"],
+            "Oslo"
+        );
+        assert_eq!(
+            g["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "get_weather"
+        );
+        assert_eq!(
+            g["contents"][2]["parts"][0]["functionResponse"]["response"]["result"],
+            "rain"
+        );
     }
 
     #[test]
     fn stream_ends_with_finish_and_usage() {
         let mut d = StreamDecoder::new("gemini-x");
         let mut out = Vec::new();
-        let ev = |data: &str| sse::Event { name: None, data: data.to_owned() };
-        assert!(!d.decode(&ev(r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi "}]}}]}"#), &mut out).unwrap());
+        let ev = |data: &str| sse::Event {
+            name: None,
+            data: data.to_owned(),
+        };
+        assert!(!d
+            .decode(
+                &ev(r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi "}]}}]}"#),
+                &mut out
+            )
+            .unwrap());
         assert!(d
             .decode(&ev(r#"{"candidates":[{"content":{"parts":[{"text":"there"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}"#), &mut out)
             .unwrap());

@@ -15,7 +15,10 @@ pub mod stream;
 pub enum TranslateError {
     /// The body is not the JSON the format requires.
     #[error("malformed {what}: {source}")]
-    Json { what: &'static str, source: serde_json::Error },
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     /// The body is JSON but cannot be expressed in the other format.
     #[error("{0}")]
     Unsupported(String),

@@ -30,7 +30,14 @@ pub struct MessageHead<'a> {
     pub role: Cow<'a, str>,
 }
 
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// A validated request head: model name and where it sits in the body.
 #[derive(Debug)]
@@ -43,11 +50,18 @@ pub struct Head<'a> {
 
 /// Reads and checks the head of a chat-completions body.
 pub fn chat_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
-    let head: ChatHead<'_> = serde_json::from_slice(body).map_err(TranslateError::json("chat request"))?;
+    let head: ChatHead<'_> =
+        serde_json::from_slice(body).map_err(TranslateError::json("chat request"))?;
     if head.messages.is_empty() {
-        return Err(TranslateError::Unsupported("`messages` must contain at least one message".into()));
+        return Err(TranslateError::Unsupported(
+            "`messages` must contain at least one message".into(),
+        ));
     }
-    if let Some(bad) = head.messages.iter().find(|m| !ROLES.contains(&m.role.as_ref())) {
+    if let Some(bad) = head
+        .messages
+        .iter()
+        .find(|m| !ROLES.contains(&m.role.as_ref()))
+    {
         return Err(TranslateError::Unsupported(format!(
             "message role `{}` is not one of {}",
             bad.role,
@@ -74,11 +88,26 @@ pub fn embeddings_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
     })
 }
 
+#[derive(Deserialize)]
+struct ModelOnly<'a> {
+    #[serde(borrow)]
+    model: &'a RawValue,
+}
+
+/// The `model` of any JSON body and its byte range, for pass-through with the model replaced.
+pub fn model_field(body: &[u8]) -> Result<(Cow<'_, str>, Range<usize>), TranslateError> {
+    let head: ModelOnly<'_> =
+        serde_json::from_slice(body).map_err(TranslateError::json("request"))?;
+    Ok((model_name(head.model)?, span_of(body, head.model)))
+}
+
 fn model_name(raw: &RawValue) -> Result<Cow<'_, str>, TranslateError> {
     let name: Cow<'_, str> = serde_json::from_str(raw.get())
         .map_err(|_| TranslateError::Unsupported("`model` must be a string".into()))?;
     if name.is_empty() {
-        return Err(TranslateError::Unsupported("`model` must not be empty".into()));
+        return Err(TranslateError::Unsupported(
+            "`model` must not be empty".into(),
+        ));
     }
     Ok(name)
 }

@@ -64,8 +64,10 @@ pub fn events(block: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let end = (0..rest.len())
-            .find(|&i| rest[i] == b'\n' && (rest[i + 1..].starts_with(b"\n") || rest[i + 1..].starts_with(b"\r\n")));
+        let end = (0..rest.len()).find(|&i| {
+            rest[i] == b'\n'
+                && (rest[i + 1..].starts_with(b"\n") || rest[i + 1..].starts_with(b"\r\n"))
+        });
         let (event, next) = match end {
             Some(i) => {
                 let skip = if rest[i + 1] == b'\r' { 3 } else { 2 };
@@ -86,7 +88,9 @@ pub fn parse(event: &[u8]) -> Event<'_> {
     let mut first = true;
     for line in event.split(|&c| c == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Ok(line) = std::str::from_utf8(line) else { continue };
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
         if line.starts_with(':') {
             continue;
         }
@@ -126,11 +130,20 @@ mod tests {
     #[test]
     fn framer_passes_whole_chunks_and_joins_torn_ones() {
         let mut f = Framer::default();
-        assert_eq!(f.push(Bytes::from_static(b"data: a\n\n")).unwrap(), "data: a\n\n");
+        assert_eq!(
+            f.push(Bytes::from_static(b"data: a\n\n")).unwrap(),
+            "data: a\n\n"
+        );
         assert!(f.push(Bytes::from_static(b"data: b")).is_none());
-        assert_eq!(f.push(Bytes::from_static(b"c\n\ndata: d")).unwrap(), "data: bc\n\n");
+        assert_eq!(
+            f.push(Bytes::from_static(b"c\n\ndata: d")).unwrap(),
+            "data: bc\n\n"
+        );
         assert_eq!(f.pending(), 7);
-        assert_eq!(f.push(Bytes::from_static(b"\r\n\r\n")).unwrap(), "data: d\r\n\r\n");
+        assert_eq!(
+            f.push(Bytes::from_static(b"\r\n\r\n")).unwrap(),
+            "data: d\r\n\r\n"
+        );
     }
 
     #[test]

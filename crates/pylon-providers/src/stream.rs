@@ -18,7 +18,11 @@ pub enum Decoder {
 
 impl Decoder {
     /// Decodes one event; `Ok(true)` when the provider said the stream is complete.
-    pub fn decode(&mut self, ev: &sse::Event<'_>, out: &mut Vec<Chunk>) -> Result<bool, TranslateError> {
+    pub fn decode(
+        &mut self,
+        ev: &sse::Event<'_>,
+        out: &mut Vec<Chunk>,
+    ) -> Result<bool, TranslateError> {
         match self {
             Decoder::OpenAi => {
                 let data = ev.data.trim();
@@ -28,12 +32,19 @@ impl Decoder {
                 if data.is_empty() {
                     return Ok(false);
                 }
-                let v: Value = serde_json::from_str(data).map_err(TranslateError::json("OpenAI stream chunk"))?;
+                let v: Value = serde_json::from_str(data)
+                    .map_err(TranslateError::json("OpenAI stream chunk"))?;
                 if let Some(err) = v.get("error") {
-                    let msg = err.get("message").and_then(Value::as_str).unwrap_or("unknown error");
+                    let msg = err
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error");
                     return Err(TranslateError::Upstream(msg.to_owned()));
                 }
-                out.push(serde_json::from_value(v).map_err(TranslateError::json("OpenAI stream chunk"))?);
+                out.push(
+                    serde_json::from_value(v)
+                        .map_err(TranslateError::json("OpenAI stream chunk"))?,
+                );
                 Ok(false)
             }
             Decoder::Anthropic(d) => d.decode(ev, out),
@@ -46,7 +57,9 @@ impl Decoder {
 #[derive(Debug)]
 pub enum Encoder {
     /// OpenAI SSE; the usage chunk is sent only if the client asked for it.
-    OpenAi { include_usage: bool },
+    OpenAi {
+        include_usage: bool,
+    },
     Anthropic(anthropic::StreamEncoder),
 }
 

@@ -101,7 +101,11 @@ pub struct ApiError {
 impl ApiError {
     /// A new error.
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { kind, code, message: message.into() }
+        ApiError {
+            kind,
+            code,
+            message: message.into(),
+        }
     }
 
     /// The JSON body in the given dialect.

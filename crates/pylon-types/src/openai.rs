@@ -172,7 +172,11 @@ pub struct Usage {
 impl Usage {
     /// Usage from input and output counts.
     pub fn new(input: u64, output: u64) -> Self {
-        Usage { prompt_tokens: input, completion_tokens: output, total_tokens: input + output }
+        Usage {
+            prompt_tokens: input,
+            completion_tokens: output,
+            total_tokens: input + output,
+        }
     }
 }
 
@@ -275,13 +279,23 @@ pub struct FunctionDelta {
 
 impl Chunk {
     /// A chunk with one choice carrying `delta` and maybe a finish reason.
-    pub fn delta(id: &str, model: &str, created: u64, delta: Delta, finish: Option<String>) -> Self {
+    pub fn delta(
+        id: &str,
+        model: &str,
+        created: u64,
+        delta: Delta,
+        finish: Option<String>,
+    ) -> Self {
         Chunk {
             id: id.to_owned(),
             object: chunk_object(),
             created,
             model: model.to_owned(),
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish }],
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish,
+            }],
             usage: None,
         }
     }

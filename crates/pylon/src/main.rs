@@ -1,1 +1,257 @@
-fn main() {}
+//! The `pylon` binary: command line, start-up and shutdown. Wiring only.
+
+mod demo;
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pylon_config::{Config, ConfigError, LogFormat};
+use pylon_providers::mock::{self, Behaviour};
+use tokio::net::TcpListener;
+
+/// Pylon: a production gateway for AI applications.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file; defaults to ./pylon.toml if present, else built-in defaults plus
+        /// providers found in the environment.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a gateway wired to in-process mock providers: Pylon answering in seconds, offline.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run the mock model provider (OpenAI, Anthropic and Gemini wire formats).
+    MockProvider {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Delay before response headers, e.g. `20ms`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        latency: Option<Duration>,
+        /// Delay before the first stream chunk.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttft: Option<Duration>,
+        /// Delay between stream chunks.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        chunk_delay: Option<Duration>,
+        /// Answer with this HTTP status instead of a completion.
+        #[arg(long)]
+        error_status: Option<u16>,
+        /// Share of requests that get `--error-status` (0.0 to 1.0).
+        #[arg(long, default_value_t = 1.0)]
+        error_rate: f64,
+        /// Break streams after this many chunks.
+        #[arg(long)]
+        drop_after_chunks: Option<usize>,
+        /// Repeat the reply text this many times (longer streams).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; prints file:line:col and a sentence per problem.
+    Check { file: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pylon: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pylon: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(config.as_deref())?;
+            init_logs(&config.log.level, config.log.format);
+            let listener = bind(config.server.listen).await?;
+            run_gateway(&config, listener, shutdown_signal()).await
+        }
+        Command::Demo { listen } => demo::run(listen).await,
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => check(&file),
+        Command::MockProvider {
+            port,
+            host,
+            latency,
+            ttft,
+            chunk_delay,
+            error_status,
+            error_rate,
+            drop_after_chunks,
+            repeat,
+        } => {
+            init_logs("info", LogFormat::Auto);
+            let m = mock::Mock::new();
+            m.set(Behaviour {
+                latency: latency.unwrap_or_default(),
+                ttft: ttft.unwrap_or_default(),
+                chunk_delay: chunk_delay.unwrap_or_default(),
+                error_status,
+                error_rate,
+                drop_after_chunks,
+                repeat,
+                ..Behaviour::default()
+            });
+            let listener = bind(SocketAddr::new(host, port)).await?;
+            tracing::info!(addr = %listener.local_addr()?, "mock provider listening");
+            tokio::select! {
+                r = mock::serve(listener, m) => r.context("mock provider failed"),
+                () = shutdown_signal() => Ok(()),
+            }
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let default = Path::new("pylon.toml");
+    let path = path.or_else(|| default.exists().then_some(default));
+    match path {
+        Some(p) => Ok(pylon_config::load(p)?),
+        None => Ok(Config::from_env(&|k| std::env::var(k).ok())),
+    }
+}
+
+fn check(file: &Path) -> anyhow::Result<()> {
+    match pylon_config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} providers, {} models, {} routes)",
+                file.display(),
+                c.providers.len(),
+                c.models.len(),
+                c.routes.len()
+            );
+            Ok(())
+        }
+        Err(ConfigError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            anyhow::bail!("{} problem(s) in {}", diags.len(), file.display())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serves until `stop` resolves, then drains for up to `server.shutdown_grace`.
+async fn run_gateway(
+    config: &Config,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gw = pylon_proxy::Gateway::new(config)?;
+    let addr = listener.local_addr()?;
+    if config.auth.mode == pylon_config::AuthMode::None {
+        tracing::warn!(
+            "auth mode is \"none\": anyone who can reach {addr} can use every configured provider"
+        );
+    }
+    tracing::info!(%addr, providers = config.providers.len(), models = config.models.len(), "listening");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(pylon_proxy::serve(listener, gw.clone(), async move {
+        let _ = rx.await;
+    }));
+    stop.await;
+    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
+    gw.start_draining();
+    let _ = tx.send(());
+    match tokio::time::timeout(config.server.shutdown_grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("drained; bye"),
+        Ok(Ok(Err(e))) => return Err(e).context("server failed"),
+        Ok(Err(e)) => return Err(e).context("server task failed"),
+        Err(_) => tracing::warn!("shutdown grace expired; closing the remaining connections"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn init_logs(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PYLON_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.compact().init();
+    }
+}

@@ -64,9 +64,22 @@ enum Wire {
 }
 
 /// Records the request, applies latency and error injection. `Err` is the response to send.
-async fn admit(m: &Mock, wire: Wire, path: &str, headers: &HeaderMap, body: &Bytes) -> Result<Behaviour, Response> {
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let credential = header("authorization").or_else(|| header("x-api-key")).or_else(|| header("x-goog-api-key"));
+async fn admit(
+    m: &Mock,
+    wire: Wire,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Behaviour, Response> {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let credential = header("authorization")
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("x-goog-api-key"));
     let body_json: Option<Value> = serde_json::from_slice(body).ok();
     m.record(|s| {
         s.requests += 1;
@@ -84,11 +97,21 @@ async fn admit(m: &Mock, wire: Wire, path: &str, headers: &HeaderMap, body: &Byt
         m.record(|s| s.errors += 1);
         let msg = format!("mock provider injected error {status}");
         let body = match wire {
-            Wire::OpenAi => json!({"error": {"message": msg, "type": "server_error", "code": null}}),
-            Wire::Anthropic => json!({"type": "error", "error": {"type": "api_error", "message": msg}}),
-            Wire::Gemini => json!({"error": {"code": status, "message": msg, "status": "UNAVAILABLE"}}),
+            Wire::OpenAi => {
+                json!({"error": {"message": msg, "type": "server_error", "code": null}})
+            }
+            Wire::Anthropic => {
+                json!({"type": "error", "error": {"type": "api_error", "message": msg}})
+            }
+            Wire::Gemini => {
+                json!({"error": {"code": status, "message": msg, "status": "UNAVAILABLE"}})
+            }
         };
-        let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response();
+        let mut resp = (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Json(body),
+        )
+            .into_response();
         if let Some(secs) = b.retry_after {
             if let Ok(v) = secs.to_string().parse() {
                 resp.headers_mut().insert("retry-after", v);
@@ -100,7 +123,11 @@ async fn admit(m: &Mock, wire: Wire, path: &str, headers: &HeaderMap, body: &Byt
 }
 
 fn bad_request(msg: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": msg, "type": "invalid_request_error"}}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {"message": msg, "type": "invalid_request_error"}})),
+    )
+        .into_response()
 }
 
 async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -108,11 +135,23 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
-    let Some(messages) = req["messages"].as_array() else { return bad_request("messages required") };
-    let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| text_of(&m["content"])).unwrap_or_default();
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
+    let Some(messages) = req["messages"].as_array() else {
+        return bad_request("messages required");
+    };
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| text_of(&m["content"]))
+        .unwrap_or_default();
     let last_is_tool_result = messages.last().is_some_and(|m| m["role"] == "tool");
-    let tool = req["tools"][0]["function"]["name"].as_str().filter(|_| !last_is_tool_result).map(str::to_owned);
+    let tool = req["tools"][0]["function"]["name"]
+        .as_str()
+        .filter(|_| !last_is_tool_result)
+        .map(str::to_owned);
     let chars = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
     let model = req["model"].as_str().unwrap_or("mock");
     let s = Script::new(model, &last_user, tool, chars, &b);
@@ -120,7 +159,11 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
     let id = "chatcmpl-mock";
     if req["stream"].as_bool() != Some(true) {
         let (content, calls, finish) = match &s.tool {
-            Some((name, args)) => (Value::Null, json!([{"id": "call_0", "type": "function", "function": {"name": name, "arguments": args}}]), "tool_calls"),
+            Some((name, args)) => (
+                Value::Null,
+                json!([{"id": "call_0", "type": "function", "function": {"name": name, "arguments": args}}]),
+                "tool_calls",
+            ),
             None => (json!(s.text()), Value::Null, "stop"),
         };
         let mut message = json!({"role": "assistant", "content": content});
@@ -135,18 +178,28 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
         json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     let finish = match &s.tool {
         Some((name, args)) => {
             events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_0", "type": "function", "function": {"name": name, "arguments": ""}}]}), Value::Null));
             for piece in args.as_bytes().chunks(8) {
                 let piece = String::from_utf8_lossy(piece);
-                events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), Value::Null));
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
             }
             "tool_calls"
         }
         None => {
-            events.extend(s.pieces.iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+            events.extend(
+                s.pieces
+                    .iter()
+                    .map(|p| chunk(json!({"content": p}), Value::Null)),
+            );
             "stop"
         }
     };
@@ -159,15 +212,24 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
     sse_response(m, b, frames)
 }
 
-async fn openai_embeddings(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn openai_embeddings(
+    State(m): State<Arc<Mock>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let b = match admit(&m, Wire::OpenAi, "/v1/embeddings", &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
     let inputs: Vec<String> = match &req["input"] {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect(),
         _ => return bad_request("input must be a string or an array"),
     };
     let dims = req["dimensions"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
@@ -181,25 +243,59 @@ async fn openai_embeddings(State(m): State<Arc<Mock>>, headers: HeaderMap, body:
     json_after(&m, &b, body).await
 }
 
-async fn anthropic_messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn anthropic_messages(
+    State(m): State<Arc<Mock>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let b = match admit(&m, Wire::Anthropic, "/v1/messages", &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
-    let Some(messages) = req["messages"].as_array() else { return bad_request("messages required") };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
+    let Some(messages) = req["messages"].as_array() else {
+        return bad_request("messages required");
+    };
     if req["max_tokens"].as_u64().is_none() {
         return bad_request("max_tokens: Field required");
     }
     let last = messages.last();
-    let last_is_tool_result = last.is_some_and(|m| m["content"].as_array().is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result")));
-    let last_user = messages.iter().rev().find(|m| m["role"] == "user").map(|m| text_of(&m["content"])).unwrap_or_default();
-    let tool = req["tools"][0]["name"].as_str().filter(|_| !last_is_tool_result).map(str::to_owned);
-    let chars = messages.iter().map(|m| text_of(&m["content"]).len()).sum::<usize>() + text_of(&req["system"]).len();
-    let s = Script::new(req["model"].as_str().unwrap_or("mock"), &last_user, tool, chars, &b);
+    let last_is_tool_result = last.is_some_and(|m| {
+        m["content"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+    });
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| text_of(&m["content"]))
+        .unwrap_or_default();
+    let tool = req["tools"][0]["name"]
+        .as_str()
+        .filter(|_| !last_is_tool_result)
+        .map(str::to_owned);
+    let chars = messages
+        .iter()
+        .map(|m| text_of(&m["content"]).len())
+        .sum::<usize>()
+        + text_of(&req["system"]).len();
+    let s = Script::new(
+        req["model"].as_str().unwrap_or("mock"),
+        &last_user,
+        tool,
+        chars,
+        &b,
+    );
     let (content, stop) = match &s.tool {
         Some((name, args)) => (
-            vec![Block::ToolUse { id: "toolu_0".into(), name: name.clone(), input: serde_json::from_str(args).unwrap_or_default() }],
+            vec![Block::ToolUse {
+                id: "toolu_0".into(),
+                name: name.clone(),
+                input: serde_json::from_str(args).unwrap_or_default(),
+            }],
             "tool_use",
         ),
         None => (vec![Block::Text { text: s.text() }], "end_turn"),
@@ -212,62 +308,123 @@ async fn anthropic_messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body
         content,
         stop_reason: stop.map(str::to_owned),
         stop_sequence: None,
-        usage: an::Usage { input_tokens: s.input_tokens, output_tokens: out },
+        usage: an::Usage {
+            input_tokens: s.input_tokens,
+            output_tokens: out,
+        },
     };
     if req["stream"].as_bool() != Some(true) {
-        let body = serde_json::to_value(message(content, Some(stop), s.output_tokens)).unwrap_or_default();
+        let body =
+            serde_json::to_value(message(content, Some(stop), s.output_tokens)).unwrap_or_default();
         return json_after(&m, &b, body).await;
     }
-    let mut events = vec![StreamEvent::MessageStart { message: message(Vec::new(), None, 1) }];
+    let mut events = vec![StreamEvent::MessageStart {
+        message: message(Vec::new(), None, 1),
+    }];
     match &s.tool {
         Some((name, args)) => {
             events.push(StreamEvent::ContentBlockStart {
                 index: 0,
-                content_block: Block::ToolUse { id: "toolu_0".into(), name: name.clone(), input: json!({}) },
+                content_block: Block::ToolUse {
+                    id: "toolu_0".into(),
+                    name: name.clone(),
+                    input: json!({}),
+                },
             });
             for piece in args.as_bytes().chunks(8) {
                 let partial_json = String::from_utf8_lossy(piece).into_owned();
-                events.push(StreamEvent::ContentBlockDelta { index: 0, delta: BlockDelta::InputJsonDelta { partial_json } });
+                events.push(StreamEvent::ContentBlockDelta {
+                    index: 0,
+                    delta: BlockDelta::InputJsonDelta { partial_json },
+                });
             }
         }
         None => {
-            events.push(StreamEvent::ContentBlockStart { index: 0, content_block: Block::Text { text: String::new() } });
+            events.push(StreamEvent::ContentBlockStart {
+                index: 0,
+                content_block: Block::Text {
+                    text: String::new(),
+                },
+            });
             events.push(StreamEvent::Ping);
             for p in &s.pieces {
-                events.push(StreamEvent::ContentBlockDelta { index: 0, delta: BlockDelta::TextDelta { text: p.clone() } });
+                events.push(StreamEvent::ContentBlockDelta {
+                    index: 0,
+                    delta: BlockDelta::TextDelta { text: p.clone() },
+                });
             }
         }
     }
     events.push(StreamEvent::ContentBlockStop { index: 0 });
     events.push(StreamEvent::MessageDelta {
-        delta: an::MessageDelta { stop_reason: Some(stop.into()), stop_sequence: None },
-        usage: an::Usage { input_tokens: 0, output_tokens: s.output_tokens },
+        delta: an::MessageDelta {
+            stop_reason: Some(stop.into()),
+            stop_sequence: None,
+        },
+        usage: an::Usage {
+            input_tokens: 0,
+            output_tokens: s.output_tokens,
+        },
     });
     events.push(StreamEvent::MessageStop);
     let frames = events
         .iter()
-        .map(|e| frame(Some(e.name()), &serde_json::to_string(e).unwrap_or_default()))
+        .map(|e| {
+            frame(
+                Some(e.name()),
+                &serde_json::to_string(e).unwrap_or_default(),
+            )
+        })
         .collect();
     sse_response(m, b, frames)
 }
 
-async fn gemini(State(m): State<Arc<Mock>>, Path(rest): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some((model, action)) = rest.split_once(':') else { return bad_request("expected models/{model}:{action}") };
+async fn gemini(
+    State(m): State<Arc<Mock>>,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some((model, action)) = rest.split_once(':') else {
+        return bad_request("expected models/{model}:{action}");
+    };
     let stream = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,
         _ => return bad_request("unknown action"),
     };
-    let b = match admit(&m, Wire::Gemini, &format!("/v1beta/models/{rest}"), &headers, &body).await {
+    let b = match admit(
+        &m,
+        Wire::Gemini,
+        &format!("/v1beta/models/{rest}"),
+        &headers,
+        &body,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else { return bad_request("malformed JSON") };
-    let Some(contents) = req["contents"].as_array() else { return bad_request("contents required") };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
+    let Some(contents) = req["contents"].as_array() else {
+        return bad_request("contents required");
+    };
     let parts_text = |c: &Value| text_of(&c["parts"]);
-    let last_user = contents.iter().rev().find(|c| c["role"] == "user" && c["parts"][0]["text"].is_string()).map(parts_text).unwrap_or_default();
-    let last_is_tool_result = contents.last().is_some_and(|c| c["parts"][0]["functionResponse"].is_object());
-    let tool = req["tools"][0]["functionDeclarations"][0]["name"].as_str().filter(|_| !last_is_tool_result).map(str::to_owned);
+    let last_user = contents
+        .iter()
+        .rev()
+        .find(|c| c["role"] == "user" && c["parts"][0]["text"].is_string())
+        .map(parts_text)
+        .unwrap_or_default();
+    let last_is_tool_result = contents
+        .last()
+        .is_some_and(|c| c["parts"][0]["functionResponse"].is_object());
+    let tool = req["tools"][0]["functionDeclarations"][0]["name"]
+        .as_str()
+        .filter(|_| !last_is_tool_result)
+        .map(str::to_owned);
     let chars = contents.iter().map(|c| parts_text(c).len()).sum();
     let s = Script::new(model, &last_user, tool, chars, &b);
     let usage = json!({"promptTokenCount": s.input_tokens, "candidatesTokenCount": s.output_tokens, "totalTokenCount": s.input_tokens + s.output_tokens});
@@ -288,10 +445,17 @@ async fn gemini(State(m): State<Arc<Mock>>, Path(rest): Path<String>, headers: H
     }
     let mut events: Vec<Value> = match tool_parts {
         Some(parts) => vec![json!({"candidates": [candidate(parts, None)]})],
-        None => s.pieces.iter().map(|p| json!({"candidates": [candidate(json!([{"text": p}]), None)]})).collect(),
+        None => s
+            .pieces
+            .iter()
+            .map(|p| json!({"candidates": [candidate(json!([{"text": p}]), None)]}))
+            .collect(),
     };
     events.push(json!({"candidates": [candidate(json!([{"text": ""}]), Some("STOP"))], "usageMetadata": usage, "modelVersion": model}));
-    let frames = events.iter().map(|e| Bytes::from(format!("data: {e}\r\n\r\n"))).collect();
+    let frames = events
+        .iter()
+        .map(|e| Bytes::from(format!("data: {e}\r\n\r\n")))
+        .collect();
     sse_response(m, b, frames)
 }
 
@@ -326,7 +490,13 @@ struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let done = self.done;
-        self.mock.record(|s| if done { s.streams_completed += 1 } else { s.streams_cancelled += 1 });
+        self.mock.record(|s| {
+            if done {
+                s.streams_completed += 1
+            } else {
+                s.streams_cancelled += 1
+            }
+        });
     }
 }
 
@@ -340,7 +510,10 @@ fn sse_response(mock: Arc<Mock>, b: Behaviour, frames: Vec<Bytes>) -> Response {
         }
         if b.drop_after_chunks == Some(sent) {
             guard.done = true;
-            return Some((Err(std::io::Error::other("mock drop")), (frames, sent, b, guard)));
+            return Some((
+                Err(std::io::Error::other("mock drop")),
+                (frames, sent, b, guard),
+            ));
         }
         match frames.next() {
             Some(f) => Some((Ok::<Bytes, std::io::Error>(f), (frames, sent + 1, b, guard))),

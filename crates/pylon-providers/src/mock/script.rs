@@ -18,7 +18,13 @@ pub(crate) struct Script {
 
 impl Script {
     /// Builds the reply from the last user text, whether tools were offered, and the input size.
-    pub fn new(model: &str, last_user: &str, tool: Option<String>, input_chars: usize, b: &Behaviour) -> Self {
+    pub fn new(
+        model: &str,
+        last_user: &str,
+        tool: Option<String>,
+        input_chars: usize,
+        b: &Behaviour,
+    ) -> Self {
         let text = match &b.reply {
             Some(r) => r.repeat(b.repeat.max(1)),
             None => format!("Hello from {model}! You said: {last_user}").repeat(b.repeat.max(1)),
@@ -76,7 +82,12 @@ pub(crate) fn embedding(text: &str, dims: usize) -> Vec<f32> {
             ((h % 2001) as f32 / 1000.0) - 1.0
         })
         .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }

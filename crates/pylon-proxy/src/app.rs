@@ -1,0 +1,220 @@
+//! App routes: a plain reverse proxy for the application (HTTP/1.1, HTTP/2, WebSocket, SSE).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use pylon_types::Dialect;
+
+use crate::snapshot::{AppRoute, Gateway};
+use crate::ProxyError;
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The fallback handler: proxies to the longest matching app route, or answers 404.
+pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let Some(route) = gw.snap.routes.iter().find(|r| matches(&r.prefix, &path)) else {
+        return ProxyError::NoRoute(path).into_response(Dialect::OpenAi);
+    };
+    match forward(route, req).await {
+        Ok(resp) => resp,
+        Err((status, msg)) => {
+            tracing::warn!(target: "pylon::app", prefix = %route.prefix, error = %msg, "app route failed");
+            let mut resp = Response::new(Body::from(msg));
+            *resp.status_mut() = status;
+            resp
+        }
+    }
+}
+
+/// `/app/` matches `/app/x` and `/app`; `/app` matches `/app/x` but not `/apple`.
+fn matches(prefix: &str, path: &str) -> bool {
+    let bare = prefix.trim_end_matches('/');
+    path.starts_with(prefix)
+        || path == bare
+        || (path.starts_with(bare) && path[bare.len()..].starts_with('/'))
+}
+
+fn upstream_uri(route: &AppRoute, uri: &Uri) -> Result<Uri, (StatusCode, String)> {
+    let path = uri.path();
+    let rest = if route.strip_prefix {
+        let stripped = path
+            .strip_prefix(route.prefix.trim_end_matches('/'))
+            .unwrap_or(path);
+        if stripped.starts_with('/') {
+            stripped.to_owned()
+        } else {
+            format!("/{stripped}")
+        }
+    } else {
+        path.to_owned()
+    };
+    let base = route.upstream.path().trim_end_matches('/');
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let scheme = route.upstream.scheme_str().unwrap_or("http");
+    let authority = route.upstream.authority().map(|a| a.as_str()).unwrap_or("");
+    format!("{scheme}://{authority}{base}{rest}{query}")
+        .parse()
+        .map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                "the request path cannot be forwarded".to_owned(),
+            )
+        })
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(h);
+    }
+}
+
+async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (StatusCode, String)> {
+    let upgrade = is_upgrade(req.headers());
+    let upgrade_proto = req.headers().get(header::UPGRADE).cloned();
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let uri = upstream_uri(route, req.uri())?;
+    let (mut parts, body) = req.into_parts();
+
+    let host = parts.headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if let Some(ip) = peer {
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+    }
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(h) = host {
+        parts.headers.insert("x-forwarded-host", h);
+    }
+    if let (true, Some(proto)) = (upgrade, upgrade_proto) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto);
+    }
+    parts.uri = uri;
+    // HTTP/2 clients may arrive here; the upstream connection decides its own version.
+    parts.version = http::Version::HTTP_11;
+    if route.http2 {
+        parts.version = http::Version::HTTP_2;
+    }
+    let upstream_req =
+        hyper::Request::from_parts(parts, if upgrade { Body::empty() } else { body });
+
+    let started = Instant::now();
+    let t = route.timeouts;
+    let mut resp =
+        match tokio::time::timeout(t.first_byte, route.client.request(upstream_req)).await {
+            Err(_) => {
+                return Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the application did not answer in time".into(),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("the application is unreachable: {e}"),
+                ))
+            }
+            Ok(Ok(r)) => r,
+        };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err((
+                StatusCode::BAD_GATEWAY,
+                "the application switched protocols unasked".into(),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+                return;
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            // Either side closing ends the tunnel.
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let idle = t.idle;
+    let deadline = t.total.map(|d| started + d);
+    let stream = futures_util::stream::unfold(Some(body), move |body| async move {
+        let mut body = body?;
+        let wait = deadline.map_or(idle, |d| {
+            idle.min(d.saturating_duration_since(Instant::now()))
+        });
+        loop {
+            return match tokio::time::timeout(wait, body.frame()).await {
+                Err(_) => Some((Err(std::io::Error::other("app route timed out")), None)),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Some((Ok(data), Some(body))),
+                    Err(_) => continue,
+                },
+            };
+        }
+    });
+    Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}

@@ -1,0 +1,221 @@
+//! Per-target health: circuit breaker (closed → open → half-open), Retry-After cool-down,
+//! in-flight count and latency average. Time is passed in, so tests drive it with fake instants.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Whether a target may be tried now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Availability {
+    Ready,
+    /// The provider asked us to wait (Retry-After) until then.
+    CoolingUntil(Instant),
+    /// The breaker is open (or its half-open probe is out).
+    Open,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// Breaker thresholds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+/// Health of one target.
+#[derive(Debug)]
+pub(crate) struct Health {
+    policy: Policy,
+    state: Mutex<(State, Option<Instant>)>,
+    in_flight: AtomicU32,
+    /// Exponentially weighted time to first byte in microseconds; 0 = no sample yet.
+    ewma_us: AtomicU64,
+}
+
+impl Health {
+    pub fn new(policy: Policy) -> Self {
+        Health {
+            policy,
+            state: Mutex::new((State::Closed { failures: 0 }, None)),
+            in_flight: AtomicU32::new(0),
+            ewma_us: AtomicU64::new(0),
+        }
+    }
+
+    /// May a request go to this target now? Claims the half-open probe when it says `Ready`.
+    pub fn check(&self, now: Instant) -> Availability {
+        let Ok(mut guard) = self.state.lock() else {
+            return Availability::Ready;
+        };
+        let (state, cool) = &mut *guard;
+        match *state {
+            State::Open { until } if now < until => return Availability::Open,
+            State::Open { .. } => *state = State::HalfOpen { probing: false },
+            _ => {}
+        }
+        if let Some(until) = *cool {
+            if now < until {
+                return Availability::CoolingUntil(until);
+            }
+            *cool = None;
+        }
+        match state {
+            State::HalfOpen { probing: true } => Availability::Open,
+            State::HalfOpen { probing } => {
+                *probing = true;
+                Availability::Ready
+            }
+            State::Closed { .. } | State::Open { .. } => Availability::Ready,
+        }
+    }
+
+    /// A call succeeded: the breaker closes.
+    pub fn success(&self, ttfb: Duration) {
+        if let Ok(mut g) = self.state.lock() {
+            g.0 = State::Closed { failures: 0 };
+        }
+        let sample = ttfb.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample.max(1)
+        } else {
+            (old * 4 + sample) / 5
+        };
+        self.ewma_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// A call failed in a way that says the target is unhealthy.
+    pub fn failure(&self, now: Instant) {
+        let Ok(mut g) = self.state.lock() else { return };
+        g.0 = match g.0 {
+            State::Closed { failures } if failures + 1 < self.policy.failures => State::Closed {
+                failures: failures + 1,
+            },
+            _ => State::Open {
+                until: now + self.policy.cooldown,
+            },
+        };
+    }
+
+    /// The provider asked for a pause (429/503 with Retry-After); not a health failure.
+    pub fn cool_down(&self, until: Instant) {
+        if let Ok(mut g) = self.state.lock() {
+            if let State::HalfOpen { probing: true } = g.0 {
+                g.0 = State::HalfOpen { probing: false };
+            }
+            g.1 = Some(g.1.map_or(until, |u| u.max(until)));
+        }
+    }
+
+    /// Releases a half-open probe that ended without a verdict (e.g. a non-retryable 4xx).
+    pub fn neutral(&self) {
+        if let Ok(mut g) = self.state.lock() {
+            if let State::HalfOpen { probing: true } = g.0 {
+                g.0 = State::HalfOpen { probing: false };
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn latency_us(&self) -> u64 {
+        self.ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Decrements the in-flight count when dropped (at the end of a response or stream).
+#[derive(Debug)]
+pub(crate) struct InFlight(std::sync::Arc<Health>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        Health::new(Policy {
+            failures: 3,
+            cooldown: Duration::from_secs(10),
+        })
+    }
+
+    #[test]
+    fn opens_after_threshold_then_half_opens_with_one_probe() {
+        let h = health();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            h.failure(t0);
+            assert_eq!(h.check(t0), Availability::Ready);
+        }
+        h.failure(t0);
+        assert_eq!(h.check(t0 + Duration::from_secs(9)), Availability::Open);
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(h.check(later), Availability::Ready, "one probe");
+        assert_eq!(
+            h.check(later),
+            Availability::Open,
+            "only one probe at a time"
+        );
+        h.success(Duration::from_millis(5));
+        assert_eq!(h.check(later), Availability::Ready);
+        assert_eq!(h.check(later), Availability::Ready);
+    }
+
+    #[test]
+    fn failed_probe_reopens() {
+        let h = health();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            h.failure(t0);
+        }
+        let t1 = t0 + Duration::from_secs(11);
+        assert_eq!(h.check(t1), Availability::Ready);
+        h.failure(t1);
+        assert_eq!(h.check(t1 + Duration::from_secs(5)), Availability::Open);
+        assert_eq!(h.check(t1 + Duration::from_secs(10)), Availability::Ready);
+    }
+
+    #[test]
+    fn success_resets_the_count() {
+        let h = health();
+        let t0 = Instant::now();
+        h.failure(t0);
+        h.failure(t0);
+        h.success(Duration::ZERO);
+        h.failure(t0);
+        h.failure(t0);
+        assert_eq!(h.check(t0), Availability::Ready);
+    }
+
+    #[test]
+    fn cool_down_is_not_a_failure() {
+        let h = health();
+        let t0 = Instant::now();
+        h.cool_down(t0 + Duration::from_secs(2));
+        assert_eq!(
+            h.check(t0),
+            Availability::CoolingUntil(t0 + Duration::from_secs(2))
+        );
+        assert_eq!(h.check(t0 + Duration::from_secs(2)), Availability::Ready);
+    }
+}

@@ -1,0 +1,116 @@
+//! The one place where data-plane errors become HTTP responses, in the client's dialect.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, StatusCode};
+use pylon_providers::TranslateError;
+use pylon_types::{ApiError, Dialect, ErrorKind};
+
+/// A failed data-plane request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The body exceeds `server.max_body_bytes`.
+    #[error("request body is larger than the limit of {limit} bytes (server.max_body_bytes)")]
+    TooLarge { limit: usize },
+    /// The body could not be read from the client.
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// The body is not a valid request.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] TranslateError),
+    /// No model of that name, and not a `provider/model` of a known provider.
+    #[error("model `{0}` does not exist; GET /v1/models lists the configured names, or send `provider/model`")]
+    UnknownModel(String),
+    /// The model's providers cannot serve this kind of request.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A provider rejected the request itself (a 4xx other than 408/429): retrying would not help.
+    #[error("provider `{provider}` rejected the request with status {status}")]
+    Rejected {
+        status: StatusCode,
+        provider: String,
+        message: String,
+        /// The provider's own body, sent unchanged when it already speaks the client's dialect.
+        passthrough: Option<Bytes>,
+    },
+    /// Every target and fallback failed.
+    #[error("{message}")]
+    Exhausted {
+        kind: ErrorKind,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// No such endpoint.
+    #[error("no endpoint {0}")]
+    NoRoute(String),
+}
+
+impl ProxyError {
+    /// The error as it is shown to clients.
+    pub fn api(&self) -> ApiError {
+        let (kind, code) = match self {
+            ProxyError::TooLarge { .. } => (ErrorKind::PayloadTooLarge, "request_too_large"),
+            ProxyError::BodyRead(_) | ProxyError::Invalid(_) => {
+                (ErrorKind::InvalidRequest, "invalid_request")
+            }
+            ProxyError::UnknownModel(_) => (ErrorKind::NotFound, "model_not_found"),
+            ProxyError::Unsupported(_) => (ErrorKind::InvalidRequest, "unsupported"),
+            ProxyError::Rejected { status, .. } => {
+                (ErrorKind::from_status(status.as_u16()), "upstream_rejected")
+            }
+            ProxyError::Exhausted { kind, .. } => (*kind, "upstream_unavailable"),
+            ProxyError::NoRoute(_) => (ErrorKind::NotFound, "not_found"),
+        };
+        let message = match self {
+            ProxyError::Rejected {
+                message, provider, ..
+            } => format!("provider `{provider}`: {message}"),
+            other => other.to_string(),
+        };
+        ApiError::new(kind, code, message)
+    }
+
+    /// The HTTP response in the client's dialect.
+    pub fn into_response(self, dialect: Dialect) -> Response {
+        if let ProxyError::Rejected {
+            status,
+            passthrough: Some(body),
+            ..
+        } = &self
+        {
+            return json(*status, body.clone());
+        }
+        let api = self.api();
+        let status = match &self {
+            ProxyError::Rejected { status, .. } => *status,
+            _ => {
+                StatusCode::from_u16(api.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        };
+        let mut resp = json(status, Bytes::from(api.body(dialect).to_string()));
+        if let ProxyError::Exhausted {
+            retry_after: Some(d),
+            ..
+        } = &self
+        {
+            let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = secs.to_string().parse() {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

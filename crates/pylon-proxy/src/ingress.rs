@@ -1,0 +1,259 @@
+//! Ingress: read the body within its limit, check it, and build the per-request context.
+
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pylon_providers::{anthropic, openai, TranslateError};
+use pylon_types::anthropic::MessagesRequest;
+use pylon_types::openai::ChatRequest;
+use pylon_types::Dialect;
+use serde_json::json;
+
+use crate::log::Record;
+use crate::snapshot::Gateway;
+use crate::{upstream, ProxyError};
+
+/// Which endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Chat,
+    Messages,
+    Embeddings,
+}
+
+impl Api {
+    fn route(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Messages => "/v1/messages",
+            Api::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Api::Messages => Dialect::Anthropic,
+            Api::Chat | Api::Embeddings => Dialect::OpenAi,
+        }
+    }
+}
+
+/// The per-request context threaded through route → upstream → respond.
+pub(crate) struct Call {
+    pub api: Api,
+    /// The body exactly as the client sent it.
+    pub body: Bytes,
+    pub model: String,
+    /// Where the model value sits in `body`, for pass-through with the model replaced.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Headers forwarded upstream: request id, trace context, Anthropic version and betas.
+    pub forward: Vec<(http::HeaderName, HeaderValue)>,
+    /// The Anthropic request as parsed at ingress (Messages API only).
+    messages: Option<MessagesRequest>,
+    canonical: OnceLock<Result<ChatRequest, String>>,
+    pub record: Option<Record>,
+}
+
+impl Call {
+    /// The request as canonical OpenAI chat, parsed on first use (only translations need it).
+    pub fn canonical(&self) -> Result<&ChatRequest, ProxyError> {
+        let parsed = self.canonical.get_or_init(|| match &self.messages {
+            Some(m) => Ok(anthropic::to_chat(m.clone())),
+            None => serde_json::from_slice::<ChatRequest>(&self.body).map_err(|e| e.to_string()),
+        });
+        parsed.as_ref().map_err(|e| {
+            ProxyError::Invalid(TranslateError::Unsupported(format!(
+                "chat request does not match the schema: {e}"
+            )))
+        })
+    }
+
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.record.as_mut()
+    }
+}
+
+const FORWARDED: [&str; 5] = [
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Chat).await
+}
+
+/// `POST /v1/messages` (Anthropic Messages API).
+pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Messages).await
+}
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Embeddings).await
+}
+
+async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
+    let started = Instant::now();
+    let snap = gw.snap.clone();
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut record = Record::new(api.route(), request_id, started);
+    let call = match read_body(body, &parts.headers, snap.max_body_bytes)
+        .await
+        .and_then(|b| parse(api, b, &parts.headers))
+    {
+        Ok(call) => call,
+        Err(e) => return fail(&mut record, e, api.dialect()),
+    };
+    record.model = call.model.clone();
+    record.stream = call.stream;
+    let mut call = Call {
+        record: Some(record),
+        ..call
+    };
+    let Some(model) = snap.resolve(&call.model) else {
+        let e = ProxyError::UnknownModel(call.model.clone());
+        return match call.record.as_mut() {
+            Some(r) => fail(r, e, api.dialect()),
+            None => e.into_response(api.dialect()),
+        };
+    };
+    match upstream::dispatch(&snap, &mut call, model).await {
+        Ok(resp) => resp,
+        Err(e) => match call.record.as_mut() {
+            Some(r) => fail(r, e, api.dialect()),
+            None => e.into_response(api.dialect()),
+        },
+    }
+}
+
+fn fail(record: &mut Record, e: ProxyError, dialect: Dialect) -> Response {
+    record.error = Some(e.to_string());
+    let resp = e.into_response(dialect);
+    record.status = resp.status().as_u16();
+    record.outcome = "error";
+    resp
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ProxyError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::TooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::BodyRead(e.to_string())),
+    }
+}
+
+fn parse(api: Api, body: Bytes, headers: &HeaderMap) -> Result<Call, ProxyError> {
+    let (model, span, stream, include_usage, messages) = match api {
+        Api::Chat => {
+            let h = openai::chat_head(&body)?;
+            (
+                h.model.into_owned(),
+                h.model_span,
+                h.stream,
+                h.include_usage,
+                None,
+            )
+        }
+        Api::Embeddings => {
+            let h = openai::embeddings_head(&body)?;
+            (h.model.into_owned(), h.model_span, false, false, None)
+        }
+        Api::Messages => {
+            let req: MessagesRequest =
+                serde_json::from_slice(&body).map_err(|source| TranslateError::Json {
+                    what: "Messages request",
+                    source,
+                })?;
+            if req.messages.is_empty() {
+                return Err(TranslateError::Unsupported(
+                    "`messages` must contain at least one message".into(),
+                )
+                .into());
+            }
+            if let Some(m) = req
+                .messages
+                .iter()
+                .find(|m| m.role != "user" && m.role != "assistant")
+            {
+                return Err(TranslateError::Unsupported(format!(
+                    "message role `{}` must be `user` or `assistant`",
+                    m.role
+                ))
+                .into());
+            }
+            let (model, span) = openai::model_field(&body)?;
+            let stream = req.stream.unwrap_or(false);
+            (model.into_owned(), span, stream, true, Some(req))
+        }
+    };
+    let forward = FORWARDED
+        .iter()
+        .filter_map(|name| {
+            Some((
+                http::HeaderName::from_static(name),
+                headers.get(*name)?.clone(),
+            ))
+        })
+        .collect();
+    Ok(Call {
+        api,
+        body,
+        model,
+        model_span: span,
+        stream,
+        include_usage,
+        forward,
+        messages,
+        canonical: OnceLock::new(),
+        record: None,
+    })
+}
+
+/// `GET /v1/models`: the configured names, in the Anthropic shape when the client is the Anthropic SDK.
+pub(crate) async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let names = &gw.snap.model_names;
+    if headers.contains_key("anthropic-version") {
+        let data: Vec<_> = names
+            .iter()
+            .map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}))
+            .collect();
+        let first = names.first().cloned();
+        let last = names.last().cloned();
+        return Json(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
+            .into_response();
+    }
+    let data: Vec<_> = names
+        .iter()
+        .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "pylon"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}

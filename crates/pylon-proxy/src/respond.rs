@@ -1,0 +1,346 @@
+//! Respond: turn a provider's successful answer into the client's response, whole or streamed.
+//!
+//! Streams are relayed event by event as they arrive; the client's reads pace the upstream reads
+//! (backpressure), and dropping the client's body drops the upstream connection (cancellation).
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use pylon_config::ProviderKind;
+use pylon_providers::stream::{Decoder, Encoder};
+use pylon_providers::{anthropic, gemini, openai, sse};
+use pylon_types::anthropic::{MessagesResponse, StreamEvent};
+use pylon_types::openai::{ChatResponse, Chunk, Usage};
+use pylon_types::{ApiError, ErrorKind};
+
+use crate::breaker::InFlight;
+use crate::ingress::{Api, Call};
+use crate::log::Record;
+use crate::snapshot::Target;
+use crate::upstream::{passthrough, Failure};
+
+/// Timing of one attempt, and its in-flight registration.
+pub(crate) struct Ctx {
+    pub started: Instant,
+    pub deadline: Instant,
+    pub in_flight: InFlight,
+}
+
+/// A non-stream answer: read whole (bounded by the idle and total timeouts), then translated.
+pub(crate) async fn complete(
+    call: &mut Call,
+    target: &Target,
+    resp: hyper::Response<Incoming>,
+    ctx: Ctx,
+) -> Result<Response, Failure> {
+    let p = &target.provider;
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut ttfb = None;
+    loop {
+        let wait = p
+            .timeouts
+            .idle
+            .min(ctx.deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => return Err(Failure::Timeout("the response body")),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(Failure::Broken(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                ttfb.get_or_insert_with(|| ctx.started.elapsed());
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    let ttfb = ttfb.unwrap_or_else(|| ctx.started.elapsed());
+    let (out, usage) = if passthrough(call.api, p.kind) {
+        let usage = match p.kind {
+            ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(&buf)
+                .ok()
+                .map(|m| Usage::new(m.usage.input_tokens, m.usage.output_tokens)),
+            _ => openai::usage_of(&buf),
+        };
+        (Bytes::from(buf), usage)
+    } else {
+        let chat = decode_response(p.kind, &buf, &target.model)?;
+        let usage = chat.usage;
+        let encoded = match call.api {
+            Api::Messages => serde_json::to_vec(&anthropic::response_from_openai(chat)),
+            _ => serde_json::to_vec(&chat),
+        };
+        (
+            Bytes::from(encoded.map_err(|e| Failure::Broken(e.to_string()))?),
+            usage,
+        )
+    };
+    target.health.success(ttfb);
+    if let Some(rec) = call.record() {
+        served(rec, target, ttfb);
+        rec.usage = usage;
+    }
+    drop(ctx.in_flight);
+    Ok(response(target, "application/json", Body::from(out)))
+}
+
+fn decode_response(kind: ProviderKind, buf: &[u8], model: &str) -> Result<ChatResponse, Failure> {
+    let malformed =
+        |e: serde_json::Error| Failure::Broken(format!("malformed {kind:?} response: {e}"));
+    Ok(match kind {
+        ProviderKind::Openai => serde_json::from_slice(buf).map_err(malformed)?,
+        ProviderKind::Anthropic => {
+            anthropic::response_to_openai(serde_json::from_slice(buf).map_err(malformed)?)
+        }
+        ProviderKind::Gemini => {
+            gemini::response_to_openai(serde_json::from_slice(buf).map_err(malformed)?, model)
+        }
+    })
+}
+
+fn served(rec: &mut Record, target: &Target, ttfb: Duration) {
+    rec.provider = Some(target.provider.name.clone());
+    rec.served_model = Some(target.model.clone());
+    rec.ttfb = Some(ttfb);
+}
+
+fn response(target: &Target, content_type: &'static str, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
+        h.insert("x-pylon-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.model) {
+        h.insert("x-pylon-served-model", v);
+    }
+    resp
+}
+
+/// A stream: committed to the client only once the first event arrived, so a provider that fails
+/// before that can still be replaced by the next target.
+pub(crate) async fn stream(
+    call: &mut Call,
+    target: &Target,
+    resp: hyper::Response<Incoming>,
+    ctx: Ctx,
+) -> Result<Response, Failure> {
+    let p = &target.provider;
+    let codec = (!passthrough(call.api, p.kind)).then(|| {
+        let decoder = match p.kind {
+            ProviderKind::Openai => Decoder::OpenAi,
+            ProviderKind::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::default()),
+            ProviderKind::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&target.model)),
+        };
+        let encoder = match call.api {
+            Api::Messages => Encoder::Anthropic(anthropic::StreamEncoder::default()),
+            _ => Encoder::OpenAi {
+                include_usage: call.include_usage,
+            },
+        };
+        (decoder, encoder)
+    });
+    let mut relay = Relay {
+        body: resp.into_body(),
+        framer: sse::Framer::default(),
+        codec,
+        wire: p.kind,
+        idle: p.timeouts.idle,
+        deadline: ctx.deadline,
+        usage: None,
+        done: false,
+        failed: false,
+        scratch: Vec::new(),
+        dialect_api: call.api,
+        record: None,
+        _in_flight: ctx.in_flight,
+    };
+    let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
+    let first = match relay.next(first_wait).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Err(Failure::Broken("stream ended before any event".into())),
+        Err(RelayError::Timeout(_)) => return Err(Failure::Timeout("the first stream event")),
+        Err(e) => return Err(Failure::Broken(e.to_string())),
+    };
+    let ttfb = ctx.started.elapsed();
+    target.health.success(ttfb);
+    if let Some(mut rec) = call.record.take() {
+        served(&mut rec, target, ttfb);
+        relay.record = Some(rec);
+    }
+    let rest = futures_util::stream::unfold(relay, |mut r| async move {
+        let idle = r.idle;
+        match r.next(idle).await {
+            Ok(Some(b)) => Some((Ok::<Bytes, std::convert::Infallible>(b), r)),
+            Ok(None) => None,
+            Err(e) => Some((Ok(r.fail(e)), r)),
+        }
+    });
+    let body =
+        futures_util::StreamExt::chain(futures_util::stream::once(async move { Ok(first) }), rest);
+    let mut resp = response(target, "text/event-stream", Body::from_stream(body));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("the provider sent nothing for {0}")]
+    Timeout(&'static str),
+    #[error("the provider connection broke: {0}")]
+    Broken(String),
+    #[error("{0}")]
+    Provider(#[from] pylon_providers::TranslateError),
+}
+
+/// Moves whole SSE events from the provider to the client, translating when dialects differ.
+struct Relay {
+    body: Incoming,
+    framer: sse::Framer,
+    codec: Option<(Decoder, Encoder)>,
+    wire: ProviderKind,
+    idle: Duration,
+    deadline: Instant,
+    usage: Option<Usage>,
+    done: bool,
+    failed: bool,
+    scratch: Vec<Chunk>,
+    dialect_api: Api,
+    record: Option<Record>,
+    _in_flight: InFlight,
+}
+
+impl Relay {
+    /// The next bytes for the client; `None` at the end.
+    async fn next(&mut self, wait: Duration) -> Result<Option<Bytes>, RelayError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            let (wait, phase) = if remaining < wait {
+                (remaining, "the total timeout")
+            } else {
+                (wait, "the idle timeout")
+            };
+            let frame = match tokio::time::timeout(wait, self.body.frame()).await {
+                Err(_) => return Err(RelayError::Timeout(phase)),
+                Ok(Some(Err(e))) => return Err(RelayError::Broken(e.to_string())),
+                Ok(None) => {
+                    self.done = true;
+                    let mut out = Vec::new();
+                    if let Some((_, enc)) = &mut self.codec {
+                        enc.finish(&mut out);
+                    }
+                    return Ok((!out.is_empty()).then(|| Bytes::from(out)));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let Some(events) = self.framer.push(data) else {
+                continue;
+            };
+            if let Some(out) = self.process(events)? {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    fn process(&mut self, events: Bytes) -> Result<Option<Bytes>, RelayError> {
+        let Some((decoder, encoder)) = &mut self.codec else {
+            self.scan_usage(&events);
+            return Ok(Some(events));
+        };
+        let mut out = Vec::new();
+        for raw in sse::events(&events) {
+            let ev = sse::parse(raw);
+            self.scratch.clear();
+            let finished = decoder.decode(&ev, &mut self.scratch)?;
+            for chunk in &self.scratch {
+                if let Some(u) = chunk.usage {
+                    self.usage = Some(u);
+                }
+                encoder.encode(chunk, &mut out);
+            }
+            if finished {
+                encoder.finish(&mut out);
+                self.done = true;
+                break;
+            }
+        }
+        Ok((!out.is_empty()).then(|| Bytes::from(out)))
+    }
+
+    /// Picks usage out of passed-through events without re-encoding them.
+    fn scan_usage(&mut self, events: &[u8]) {
+        if memchr::memmem::find(events, b"usage").is_none() {
+            return;
+        }
+        for raw in sse::events(events) {
+            let ev = sse::parse(raw);
+            match self.wire {
+                ProviderKind::Anthropic => match serde_json::from_str::<StreamEvent>(&ev.data) {
+                    Ok(StreamEvent::MessageStart { message }) => {
+                        self.usage = Some(Usage::new(
+                            message.usage.input_tokens,
+                            message.usage.output_tokens,
+                        ));
+                    }
+                    Ok(StreamEvent::MessageDelta { usage, .. }) => {
+                        let input = self.usage.map_or(0, |u| u.prompt_tokens);
+                        self.usage = Some(Usage::new(
+                            input.max(usage.input_tokens),
+                            usage.output_tokens,
+                        ));
+                    }
+                    _ => {}
+                },
+                _ => {
+                    if let Some(u) = openai::usage_of(ev.data.as_bytes()) {
+                        self.usage = Some(u);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the stream with a well-formed error event in the client's dialect.
+    fn fail(&mut self, e: RelayError) -> Bytes {
+        self.done = true;
+        self.failed = true;
+        let kind = if matches!(e, RelayError::Timeout(_)) {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Upstream
+        };
+        let msg = format!("the stream was interrupted: {e}");
+        if let Some(rec) = self.record.as_mut() {
+            rec.error = Some(msg.clone());
+        }
+        Bytes::from(
+            ApiError::new(kind, "stream_interrupted", msg).sse_event(self.dialect_api.dialect()),
+        )
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(rec) = self.record.as_mut() {
+            rec.usage = self.usage;
+            rec.outcome = match (self.done, self.failed) {
+                (_, true) => "broken",
+                (true, false) => "ok",
+                (false, false) => "cancelled",
+            };
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Route: which model(s) and targets a request may use, and in what order.
+
+use std::sync::Arc;
+
+use pylon_config::Strategy;
+
+use crate::snapshot::{Model, Snapshot};
+
+/// The order in which to try a model's targets, by its strategy.
+pub(crate) fn order(model: &Model) -> Vec<usize> {
+    let n = model.targets.len();
+    match model.strategy {
+        Strategy::Priority => (0..n).collect(),
+        Strategy::Weighted => weighted_order(model),
+        Strategy::LeastLatency => {
+            let mut idx: Vec<usize> = (0..n).collect();
+            // Untried targets (no sample yet) go first so every target gets measured.
+            idx.sort_by_key(|&i| (model.targets[i].health.latency_us(), fastrand::u32(..)));
+            idx
+        }
+        Strategy::LeastBusy => {
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.sort_by_key(|&i| (model.targets[i].health.in_flight(), fastrand::u32(..)));
+            idx
+        }
+    }
+}
+
+/// Weighted random order without replacement; zero-weight targets come last, as spares.
+fn weighted_order(model: &Model) -> Vec<usize> {
+    let mut left: Vec<usize> = (0..model.targets.len()).collect();
+    let mut out = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let total: u64 = left
+            .iter()
+            .map(|&i| u64::from(model.targets[i].weight))
+            .sum();
+        if total == 0 {
+            out.append(&mut left);
+            break;
+        }
+        let mut pick = fastrand::u64(..total);
+        let pos = left
+            .iter()
+            .position(|&i| {
+                let w = u64::from(model.targets[i].weight);
+                if pick < w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        out.push(left.remove(pos));
+    }
+    out
+}
+
+/// The model a name resolves to, then its fallbacks in order.
+pub(crate) fn chain(snap: &Snapshot, first: Arc<Model>) -> Vec<Arc<Model>> {
+    let mut out = vec![first];
+    let mut i = 0;
+    // Fallbacks of fallbacks are followed too, each model at most once.
+    while i < out.len() {
+        for name in &out[i].fallbacks.clone() {
+            if let Some(m) = snap.model(name) {
+                if !out.iter().any(|o| o.name == m.name) {
+                    out.push(m);
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::model_with_weights;
+
+    #[test]
+    fn weighted_order_follows_weights() {
+        let m = model_with_weights(&[9, 1]);
+        let firsts = (0..2000).filter(|_| order(&m)[0] == 0).count();
+        assert!((1650..1950).contains(&firsts), "{firsts}");
+        assert_eq!(order(&m).len(), 2);
+    }
+
+    #[test]
+    fn zero_weight_is_a_spare() {
+        let m = model_with_weights(&[0, 1]);
+        for _ in 0..100 {
+            assert_eq!(order(&m), vec![1, 0]);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The immutable runtime view of the config that every request reads: providers with their
+//! HTTP clients and credentials, models with their targets' health, app routes.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pylon_config::{Config, ProviderKind, Resilience, ResolvedTimeouts, Strategy};
+
+use crate::breaker::{Health, Policy};
+
+/// Why a config could not become a running gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A credential contains characters that cannot go in an HTTP header.
+    #[error("the api_key of provider `{0}` contains characters not allowed in an HTTP header")]
+    BadCredential(String),
+    /// The TLS setup failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+pub(crate) type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+/// A configured provider, ready to call.
+pub(crate) struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL without trailing slash.
+    pub base: String,
+    /// The credential header, marked sensitive so it never shows in debug output.
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub timeouts: ResolvedTimeouts,
+    pub client: HttpsClient<Full<Bytes>>,
+    /// Health used when a client addresses `provider/model` directly.
+    pub direct_health: Arc<Health>,
+}
+
+/// One provider model behind a model name.
+pub(crate) struct Target {
+    pub provider: Arc<Provider>,
+    pub model: String,
+    pub weight: u32,
+    pub health: Arc<Health>,
+}
+
+/// A model name clients can send.
+pub(crate) struct Model {
+    pub name: String,
+    pub strategy: Strategy,
+    pub targets: Vec<Target>,
+    pub fallbacks: Vec<String>,
+    pub retries: u32,
+}
+
+/// An app route (plain reverse proxy).
+pub(crate) struct AppRoute {
+    pub prefix: String,
+    /// Upstream scheme + authority, and path prefix without trailing slash.
+    pub upstream: http::Uri,
+    pub strip_prefix: bool,
+    pub http2: bool,
+    pub timeouts: ResolvedTimeouts,
+    pub client: HttpsClient<axum::body::Body>,
+}
+
+/// Everything a request needs, immutable once built.
+pub struct Snapshot {
+    pub(crate) providers: HashMap<String, Arc<Provider>>,
+    pub(crate) models: HashMap<String, Arc<Model>>,
+    /// Model names in config order, for `/v1/models`.
+    pub(crate) model_names: Vec<String>,
+    /// Longest prefix first.
+    pub(crate) routes: Vec<AppRoute>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) resilience: Resilience,
+}
+
+/// The gateway: the current snapshot plus process-wide state.
+pub struct Gateway {
+    pub(crate) snap: Arc<Snapshot>,
+    /// Set when shutdown begins; `/readyz` answers 503 from then on.
+    pub(crate) draining: AtomicBool,
+}
+
+impl Gateway {
+    /// Builds a gateway from a validated config.
+    pub fn new(config: &Config) -> Result<Arc<Gateway>, BuildError> {
+        Ok(Arc::new(Gateway {
+            snap: Arc::new(Snapshot::build(config)?),
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Marks the gateway as draining (readiness fails; requests in flight continue).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn https_client<B>(
+    timeouts: &ResolvedTimeouts,
+    http2_only: bool,
+) -> Result<HttpsClient<B>, BuildError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(timeouts.connect));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .map_err(|e| BuildError::Tls(e.to_string()))?
+        .https_or_http();
+    let connector = if http2_only {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(256);
+    if http2_only {
+        b.http2_only(true);
+    }
+    Ok(b.build(connector))
+}
+
+impl Snapshot {
+    /// Builds the runtime view of a config.
+    pub fn build(config: &Config) -> Result<Snapshot, BuildError> {
+        let r = &config.resilience;
+        let policy = Policy {
+            failures: r.breaker_failures.max(1),
+            cooldown: r.breaker_cooldown,
+        };
+        let mut providers = HashMap::new();
+        for p in &config.providers {
+            let name = p.name.get_ref().clone();
+            let auth = match &p.api_key {
+                None => None,
+                Some(key) => {
+                    let (header, value) = match p.kind {
+                        ProviderKind::Openai => {
+                            ("authorization", format!("Bearer {}", key.expose()))
+                        }
+                        ProviderKind::Anthropic => ("x-api-key", key.expose().to_owned()),
+                        ProviderKind::Gemini => ("x-goog-api-key", key.expose().to_owned()),
+                    };
+                    let mut v = HeaderValue::from_str(&value)
+                        .map_err(|_| BuildError::BadCredential(name.clone()))?;
+                    v.set_sensitive(true);
+                    Some((HeaderName::from_static(header), v))
+                }
+            };
+            let timeouts = p.timeouts.for_provider();
+            providers.insert(
+                name.clone(),
+                Arc::new(Provider {
+                    name,
+                    kind: p.kind,
+                    base: p.base_url().trim_end_matches('/').to_owned(),
+                    auth,
+                    timeouts,
+                    client: https_client(&timeouts, false)?,
+                    direct_health: Arc::new(Health::new(policy)),
+                }),
+            );
+        }
+        let mut models = HashMap::new();
+        let mut model_names = Vec::new();
+        for m in &config.models {
+            let targets = m
+                .targets
+                .get_ref()
+                .iter()
+                .filter_map(|t| {
+                    Some(Target {
+                        provider: providers.get(t.provider.get_ref())?.clone(),
+                        model: t.model.clone(),
+                        weight: t.weight,
+                        health: Arc::new(Health::new(policy)),
+                    })
+                })
+                .collect();
+            let name = m.name.get_ref().clone();
+            model_names.push(name.clone());
+            models.insert(
+                name.clone(),
+                Arc::new(Model {
+                    name,
+                    strategy: m.strategy,
+                    targets,
+                    fallbacks: m.fallbacks.iter().map(|f| f.get_ref().clone()).collect(),
+                    retries: m.retries,
+                }),
+            );
+        }
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let timeouts = r.timeouts.for_route();
+            let Ok(upstream) = r
+                .upstream
+                .get_ref()
+                .trim_end_matches('/')
+                .parse::<http::Uri>()
+            else {
+                continue;
+            };
+            routes.push(AppRoute {
+                prefix: r.prefix.get_ref().clone(),
+                upstream,
+                strip_prefix: r.strip_prefix,
+                http2: r.http2,
+                timeouts,
+                client: https_client(&timeouts, r.http2)?,
+            });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Ok(Snapshot {
+            providers,
+            models,
+            model_names,
+            routes,
+            max_body_bytes: config.server.max_body_bytes,
+            resilience: config.resilience.clone(),
+        })
+    }
+
+    /// A configured model by name.
+    pub(crate) fn model(&self, name: &str) -> Option<Arc<Model>> {
+        self.models.get(name).cloned()
+    }
+
+    /// Resolves a client's model name: an alias, or `provider/model` addressed directly.
+    pub(crate) fn resolve(&self, name: &str) -> Option<Arc<Model>> {
+        if let Some(m) = self.models.get(name) {
+            return Some(m.clone());
+        }
+        let (provider, model) = name.split_once('/')?;
+        let p = self.providers.get(provider)?;
+        Some(Arc::new(Model {
+            name: name.to_owned(),
+            strategy: Strategy::Priority,
+            targets: vec![Target {
+                provider: p.clone(),
+                model: model.to_owned(),
+                weight: 1,
+                health: p.direct_health.clone(),
+            }],
+            fallbacks: Vec::new(),
+            retries: 1,
+        }))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A weighted model with one target per weight, for routing tests.
+    pub(crate) fn model_with_weights(weights: &[u32]) -> Model {
+        let timeouts = pylon_config::Timeouts::default().for_provider();
+        let policy = Policy {
+            failures: 5,
+            cooldown: std::time::Duration::from_secs(30),
+        };
+        let provider = Arc::new(Provider {
+            name: "p".into(),
+            kind: ProviderKind::Openai,
+            base: "http://127.0.0.1:1".into(),
+            auth: None,
+            timeouts,
+            client: https_client(&timeouts, false).unwrap(),
+            direct_health: Arc::new(Health::new(policy)),
+        });
+        Model {
+            name: "m".into(),
+            strategy: Strategy::Weighted,
+            targets: weights
+                .iter()
+                .map(|&w| Target {
+                    provider: provider.clone(),
+                    model: "x".into(),
+                    weight: w,
+                    health: Arc::new(Health::new(policy)),
+                })
+                .collect(),
+            fallbacks: Vec::new(),
+            retries: 0,
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Upstream: try targets in route order, with retries, backoff, Retry-After, breakers and fallbacks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use pylon_config::ProviderKind;
+use pylon_providers::{anthropic, gemini, openai};
+use pylon_types::ErrorKind;
+
+use crate::breaker::Availability;
+use crate::ingress::{Api, Call};
+use crate::snapshot::{Model, Snapshot, Target};
+use crate::{respond, route, ProxyError};
+
+/// Why one attempt failed in a way another target might not.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Connect(String),
+    Timeout(&'static str),
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// The response broke off or was malformed before anything reached the client.
+    Broken(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connection failed: {e}"),
+            Failure::Timeout(phase) => write!(f, "timed out waiting for {phase}"),
+            Failure::Status {
+                status, message, ..
+            } => write!(f, "answered {status}: {message}"),
+            Failure::Broken(e) => write!(f, "response broke off: {e}"),
+        }
+    }
+}
+
+/// The outcome of one failed attempt.
+pub(crate) enum AttemptError {
+    /// Try the next target.
+    Retry(Failure),
+    /// Stop: the request itself is at fault.
+    Fatal(ProxyError),
+}
+
+impl From<ProxyError> for AttemptError {
+    fn from(e: ProxyError) -> Self {
+        AttemptError::Fatal(e)
+    }
+}
+
+/// Whether a provider of this kind can serve this endpoint.
+fn supports(api: Api, kind: ProviderKind) -> bool {
+    api != Api::Embeddings || kind == ProviderKind::Openai
+}
+
+/// Whether the provider speaks the client's dialect, so bodies pass through untranslated.
+pub(crate) fn passthrough(api: Api, kind: ProviderKind) -> bool {
+    matches!(
+        (api, kind),
+        (Api::Chat | Api::Embeddings, ProviderKind::Openai)
+            | (Api::Messages, ProviderKind::Anthropic)
+    )
+}
+
+/// Serves a call from its model, then the model's fallbacks.
+pub(crate) async fn dispatch(
+    snap: &Snapshot,
+    call: &mut Call,
+    first: Arc<Model>,
+) -> Result<Response, ProxyError> {
+    let r = &snap.resilience;
+    let mut last: Option<Failure> = None;
+    let mut attempted = false;
+    let mut supported = false;
+    for model in route::chain(snap, first) {
+        let order = route::order(&model);
+        let mut tried = vec![false; order.len()];
+        let (mut used, mut pos, mut skipped, mut same_target_retries) = (0, 0, 0, 0u32);
+        let mut earliest_cool: Option<std::time::Instant> = None;
+        while used <= model.retries && !order.is_empty() {
+            if skipped >= order.len() {
+                // Every target is out of rotation: wait for a short Retry-After, else move on.
+                match earliest_cool.take() {
+                    Some(t) if t.saturating_duration_since(Instant::now()) <= r.max_retry_after => {
+                        tokio::time::sleep_until(t.into()).await;
+                        skipped = 0;
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            let slot = pos % order.len();
+            pos += 1;
+            let target = &model.targets[order[slot]];
+            if !supports(call.api, target.provider.kind) {
+                skipped += 1;
+                continue;
+            }
+            supported = true;
+            match target.health.check(Instant::now()) {
+                Availability::Ready => {}
+                Availability::CoolingUntil(t) => {
+                    earliest_cool = Some(earliest_cool.map_or(t, |e| e.min(t)));
+                    skipped += 1;
+                    continue;
+                }
+                Availability::Open => {
+                    skipped += 1;
+                    continue;
+                }
+            }
+            skipped = 0;
+            if tried[slot] {
+                tokio::time::sleep(backoff(r.backoff, r.max_backoff, same_target_retries)).await;
+                same_target_retries += 1;
+            }
+            tried[slot] = true;
+            used += 1;
+            attempted = true;
+            if let Some(rec) = call.record() {
+                rec.attempts += 1;
+            }
+            match attempt(call, target).await {
+                Ok(resp) => return Ok(resp),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry(f)) => {
+                    tracing::warn!(
+                        target: "pylon::upstream",
+                        model = %model.name,
+                        provider = %target.provider.name,
+                        upstream_model = %target.model,
+                        error = %f,
+                        "attempt failed; trying the next target"
+                    );
+                    last = Some(f);
+                }
+            }
+        }
+    }
+    if !supported {
+        return Err(ProxyError::Unsupported(format!(
+            "model `{}` has no provider that serves this endpoint (embeddings need an openai-kind provider)",
+            call.model
+        )));
+    }
+    Err(exhausted(&call.model, attempted, last))
+}
+
+/// Full-jitter exponential backoff.
+fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
+    let cap = base.saturating_mul(1u32 << n.min(16)).min(max);
+    cap.mul_f64(fastrand::f64())
+}
+
+fn exhausted(model: &str, attempted: bool, last: Option<Failure>) -> ProxyError {
+    let Some(last) = last.filter(|_| attempted) else {
+        return ProxyError::Exhausted {
+            kind: ErrorKind::Unavailable,
+            message: format!("every target of model `{model}` is unavailable (circuit open or cooling down); retry later"),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+    };
+    let (kind, retry_after) = match &last {
+        Failure::Timeout(_) => (ErrorKind::Timeout, None),
+        Failure::Status {
+            status,
+            retry_after,
+            ..
+        } if *status == StatusCode::TOO_MANY_REQUESTS => (ErrorKind::RateLimited, *retry_after),
+        Failure::Status {
+            status,
+            retry_after,
+            ..
+        } if status.as_u16() == 503 || status.as_u16() == 529 => {
+            (ErrorKind::Unavailable, *retry_after)
+        }
+        _ => (ErrorKind::Upstream, None),
+    };
+    ProxyError::Exhausted {
+        kind,
+        message: format!("all targets of model `{model}` failed; last: {last}"),
+        retry_after,
+    }
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429)
+}
+
+/// The upstream path and body for a target.
+fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
+    let model = &target.model;
+    let span = call.model_span.clone();
+    Ok(match (call.api, target.provider.kind) {
+        (Api::Chat, ProviderKind::Openai) => (
+            "/chat/completions".into(),
+            openai::with_model(&call.body, span, model),
+        ),
+        (Api::Embeddings, _) => (
+            "/embeddings".into(),
+            openai::with_model(&call.body, span, model),
+        ),
+        (Api::Messages, ProviderKind::Anthropic) => (
+            "/v1/messages".into(),
+            openai::with_model(&call.body, span, model),
+        ),
+        (Api::Messages, ProviderKind::Openai) => {
+            let mut req = call.canonical()?.clone();
+            req.model.clone_from(model);
+            ("/chat/completions".into(), to_json(&req)?)
+        }
+        (Api::Chat, ProviderKind::Anthropic) => (
+            "/v1/messages".into(),
+            to_json(&anthropic::to_messages(call.canonical()?, model)?)?,
+        ),
+        (Api::Chat | Api::Messages, ProviderKind::Gemini) => (
+            gemini::path(model, call.stream),
+            to_json(&gemini::to_generate(call.canonical()?)?)?,
+        ),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes, ProxyError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Unsupported(format!("could not encode the upstream request: {e}")))
+}
+
+/// One attempt against one target.
+async fn attempt(call: &mut Call, target: &Target) -> Result<Response, AttemptError> {
+    let p = &target.provider;
+    let (path, body) = encode(call, target)?;
+    let mut req = Request::post(format!("{}{}", p.base, path))
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .header(
+            header::ACCEPT,
+            HeaderValue::from_static(if call.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
+    for (name, value) in &call.forward {
+        req = req.header(name, value);
+    }
+    if p.kind == ProviderKind::Anthropic
+        && !call.forward.iter().any(|(n, _)| n == "anthropic-version")
+    {
+        req = req.header("anthropic-version", anthropic::API_VERSION);
+    }
+    // The provider's credential, never the client's.
+    if let Some((name, value)) = &p.auth {
+        req = req.header(name, value.clone());
+    }
+    let req = req.body(Full::new(body)).map_err(|e| {
+        ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
+    })?;
+
+    let started = Instant::now();
+    let deadline = started + p.timeouts.total.unwrap_or(Duration::from_secs(600));
+    let in_flight = target.health.enter();
+    let resp = match tokio::time::timeout(p.timeouts.first_byte, p.client.request(req)).await {
+        Err(_) => return Err(fail(target, Failure::Timeout("response headers"))),
+        Ok(Err(e)) => return Err(fail(target, Failure::Connect(error_chain(&e)))),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let body = match tokio::time::timeout(
+            p.timeouts.idle,
+            Limited::new(resp.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => Bytes::new(),
+        };
+        let message = openai::error_message(&body)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+        if retryable(status) {
+            if let Some(ra) = retry_after {
+                target.health.cool_down(Instant::now() + ra);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                target.health.neutral();
+            } else {
+                target.health.failure(Instant::now());
+            }
+            return Err(AttemptError::Retry(Failure::Status {
+                status,
+                retry_after,
+                message,
+            }));
+        }
+        target.health.neutral();
+        return Err(AttemptError::Fatal(ProxyError::Rejected {
+            status,
+            provider: p.name.clone(),
+            message,
+            passthrough: passthrough(call.api, p.kind).then_some(body),
+        }));
+    }
+    let ctx = respond::Ctx {
+        started,
+        deadline,
+        in_flight,
+    };
+    let result = if call.stream {
+        respond::stream(call, target, resp, ctx).await
+    } else {
+        respond::complete(call, target, resp, ctx).await
+    };
+    match result {
+        Ok(resp) => Ok(resp),
+        Err(f) => Err(fail(target, f)),
+    }
+}
+
+fn fail(target: &Target, f: Failure) -> AttemptError {
+    target.health.failure(Instant::now());
+    AttemptError::Retry(f)
+}
+
+/// The error and its sources, e.g. "client error (Connect): tcp connect error: Connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
