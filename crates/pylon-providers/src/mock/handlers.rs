@@ -509,6 +509,11 @@ fn sse_response(mock: Arc<Mock>, b: Behaviour, frames: Vec<Bytes>) -> Response {
             tokio::time::sleep(delay).await;
         }
         if b.drop_after_chunks == Some(sent) {
+            // Let the server flush what was already sent, as a real connection drop mid-stream
+            // would: otherwise headers and early chunks could die in the write buffer.
+            if sent > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             guard.done = true;
             return Some((
                 Err(std::io::Error::other("mock drop")),

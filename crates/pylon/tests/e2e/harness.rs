@@ -1,0 +1,182 @@
+//! Starts mock providers and a gateway wired to them; small helpers for requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pylon_providers::mock::{Behaviour, Mock, Stats};
+use serde_json::{json, Value};
+
+/// A running mock provider.
+pub struct MockServer {
+    pub addr: SocketAddr,
+    pub mock: Arc<Mock>,
+}
+
+impl MockServer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mock = Mock::new();
+        tokio::spawn(pylon_providers::mock::serve(listener, mock.clone()));
+        MockServer { addr, mock }
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        self.mock.set(b);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.mock.stats()
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts a gateway from config text; `{a}` and `{b}` are replaced by the two mocks' addresses.
+    pub async fn start(config: &str, a: &MockServer, b: &MockServer) -> Self {
+        let text = config
+            .replace("{a}", &a.addr.to_string())
+            .replace("{b}", &b.addr.to_string());
+        Self::from_text(&text).await
+    }
+
+    pub async fn from_text(text: &str) -> Self {
+        let config = pylon_config::parse(text, "test.toml", &|_| None).unwrap();
+        let gw = pylon_proxy::Gateway::new(&config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(pylon_proxy::serve(listener, gw, std::future::pending()));
+        Gateway { addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn chat(&self, body: Value) -> reqwest::Response {
+        client()
+            .post(self.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A gateway in front of two mocks, `a` and `b`, with these models:
+/// `a-only` (a, falls back to `b-only`), `b-only`, `a-strict` (a, no fallback),
+/// `claude` (a, anthropic kind), `gemini` (a, gemini kind).
+pub const TWO_MOCKS: &str = r#"
+[server]
+max_body_bytes = 4096
+
+[resilience]
+breaker_failures = 3
+breaker_cooldown = "300ms"
+backoff = "1ms"
+max_backoff = "5ms"
+max_retry_after = "2s"
+
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://{a}/v1"
+api_key = "sk-provider-a"
+timeouts = { connect = "500ms", first_byte = "400ms", idle = "400ms", total = "5s" }
+
+[[providers]]
+name = "b"
+kind = "openai"
+base_url = "http://{b}/v1"
+api_key = "sk-provider-b"
+
+[[providers]]
+name = "a-anthropic"
+kind = "anthropic"
+base_url = "http://{a}"
+api_key = "sk-ant-provider"
+
+[[providers]]
+name = "a-gemini"
+kind = "gemini"
+base_url = "http://{a}/v1beta"
+api_key = "gemini-provider"
+
+[[models]]
+name = "a-only"
+targets = [ { provider = "a", model = "mock-a" } ]
+fallbacks = ["b-only"]
+retries = 0
+
+[[models]]
+name = "b-only"
+targets = [ { provider = "b", model = "mock-b" } ]
+
+[[models]]
+name = "a-strict"
+targets = [ { provider = "a", model = "mock-a" } ]
+retries = 1
+
+[[models]]
+name = "claude"
+targets = [ { provider = "a-anthropic", model = "mock-claude" } ]
+
+[[models]]
+name = "gemini"
+targets = [ { provider = "a-gemini", model = "mock-gemini" } ]
+"#;
+
+pub async fn two_mocks() -> (MockServer, MockServer, Gateway) {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let gw = Gateway::start(TWO_MOCKS, &a, &b).await;
+    (a, b, gw)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+pub fn hello(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+pub fn hello_stream(model: &str) -> Value {
+    json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+           "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// Polls `cond` until it holds or `within` passes; a readiness wait, not a fixed sleep.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn provider_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-pylon-provider")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,113 @@
+//! Bad input: clear 4xx in the client's dialect, never reaching a provider.
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+async fn post_raw(gw: &Gateway, path: &str, body: &'static str) -> (u16, Value) {
+    let resp = client()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn malformed_and_incomplete_bodies_are_400_and_never_reach_a_provider() {
+    let (a, b, gw) = two_mocks().await;
+    for body in [
+        "{",
+        "[]",
+        "null",
+        r#"{"model": "a-only"}"#,
+        r#"{"model": "a-only", "messages": []}"#,
+        r#"{"model": "a-only", "messages": [{"role": "wizard", "content": "x"}]}"#,
+        r#"{"model": 42, "messages": [{"role": "user", "content": "x"}]}"#,
+        r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+        "\u{0}\u{1}binary",
+    ] {
+        let (status, err) = post_raw(&gw, "/v1/chat/completions", body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{body}");
+        assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // Schema errors that only a translation can see are caught before the provider too.
+    let (status, _) = post_raw(
+        &gw,
+        "/v1/chat/completions",
+        r#"{"model": "claude", "messages": [{"role": "user", "content": 5}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!((a.stats().requests, b.stats().requests), (0, 0));
+}
+
+#[tokio::test]
+async fn messages_errors_are_anthropic_shaped() {
+    let (a, _b, gw) = two_mocks().await;
+    let (status, err) = post_raw(
+        &gw,
+        "/v1/messages",
+        r#"{"model": "claude", "messages": []}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    let (status, err) = post_raw(
+        &gw,
+        "/v1/messages",
+        r#"{"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["type"], "not_found_error");
+    assert_eq!(a.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn unknown_model_is_404() {
+    let (_a, _b, gw) = two_mocks().await;
+    let resp = gw.chat(hello("gpt-99")).await;
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "model_not_found");
+    assert!(err["error"]["message"].as_str().unwrap().contains("gpt-99"));
+    assert_eq!(gw.chat(hello("nosuchprovider/x")).await.status(), 404);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let (a, _b, gw) = two_mocks().await;
+    let big = "x".repeat(5000);
+    let resp = gw
+        .chat(json!({"model": "a-only", "messages": [{"role": "user", "content": big}]}))
+        .await;
+    assert_eq!(resp.status(), 413);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("4096"));
+    // Without Content-Length (chunked), the limit holds too.
+    let stream =
+        futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(a.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn unknown_v1_path_is_an_openai_404() {
+    let (_a, _b, gw) = two_mocks().await;
+    let resp = client().get(gw.url("/v1/nothing")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "not_found");
+}
