@@ -1,5 +1,8 @@
 //! End-to-end tests: the real gateway on an ephemeral port, in-process mock providers, real HTTP.
 
+// Test code fails loudly by design: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod app_routes;
 mod formats;
 mod harness;

@@ -1,0 +1,152 @@
+"""The official OpenAI and Anthropic Python SDKs, unchanged, against a running `pylon demo`.
+
+Usage: sdk_check.py BASE_URL   (e.g. http://127.0.0.1:18080)
+Prints one line per check and a closing 'N passed, N failed' line; exits non-zero on failure.
+"""
+
+import json
+import sys
+import traceback
+
+import anthropic
+import openai
+
+BASE = sys.argv[1]
+oai = openai.OpenAI(base_url=f"{BASE}/v1", api_key="client-key-unused", max_retries=0)
+ant = anthropic.Anthropic(base_url=BASE, api_key="client-key-unused", max_retries=0)
+HELLO = [{"role": "user", "content": "hello"}]
+results = []
+
+
+def check(name):
+    def wrap(fn):
+        try:
+            fn()
+            results.append((name, None))
+            print(f"ok   {name}")
+        except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
+            results.append((name, e))
+            print(f"FAIL {name}: {e!r}")
+            traceback.print_exc()
+        return fn
+
+    return wrap
+
+
+@check("openai: models.list")
+def _():
+    ids = [m.id for m in oai.models.list()]
+    assert "chat" in ids and "claude-sonnet" in ids, ids
+
+
+@check("openai: chat non-stream through every provider")
+def _():
+    for model in ["gpt-4o-mini", "claude-sonnet", "gemini-flash"]:
+        r = oai.chat.completions.create(model=model, messages=HELLO)
+        assert r.choices[0].message.content.endswith("You said: hello"), r
+        assert r.usage.completion_tokens > 0, r
+
+
+@check("openai: chat stream with usage through every provider")
+def _():
+    for model in ["gpt-4o-mini", "claude-sonnet", "gemini-flash"]:
+        text, usage = "", None
+        for chunk in oai.chat.completions.create(
+            model=model, messages=HELLO, stream=True, stream_options={"include_usage": True}
+        ):
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage:
+                usage = chunk.usage
+        assert text.endswith("You said: hello"), (model, text)
+        assert usage and usage.completion_tokens > 0, (model, usage)
+
+
+@check("openai: tool calls")
+def _():
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    for model in ["gpt-4o-mini", "claude-sonnet", "gemini-flash"]:
+        r = oai.chat.completions.create(model=model, messages=HELLO, tools=tools)
+        call = r.choices[0].message.tool_calls[0]
+        assert call.function.name == "get_weather", r
+        assert json.loads(call.function.arguments)["input"] == "hello", r
+        assert r.choices[0].finish_reason == "tool_calls", r
+
+
+@check("openai: embeddings")
+def _():
+    r = oai.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(r.data) == 2 and len(r.data[0].embedding) == 8, r
+
+
+@check("openai: unknown model raises NotFoundError")
+def _():
+    try:
+        oai.chat.completions.create(model="no-such-model", messages=HELLO)
+    except openai.NotFoundError as e:
+        assert "no-such-model" in str(e), e
+    else:
+        raise AssertionError("no error")
+
+
+@check("openai: invalid request raises BadRequestError")
+def _():
+    try:
+        oai.chat.completions.create(model="chat", messages=[])
+    except openai.BadRequestError:
+        pass
+    else:
+        raise AssertionError("no error")
+
+
+@check("anthropic: messages non-stream through every provider")
+def _():
+    for model in ["claude-sonnet", "gpt-4o-mini", "gemini-flash"]:
+        m = ant.messages.create(model=model, max_tokens=64, system="be brief", messages=HELLO)
+        assert m.content[0].text.endswith("You said: hello"), m
+        assert m.stop_reason == "end_turn" and m.usage.output_tokens > 0, m
+
+
+@check("anthropic: messages stream through every provider")
+def _():
+    for model in ["claude-sonnet", "gpt-4o-mini", "gemini-flash"]:
+        with ant.messages.stream(model=model, max_tokens=64, messages=HELLO) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text.endswith("You said: hello"), (model, text)
+        assert final.usage.output_tokens > 0, final
+
+
+@check("anthropic: tool use")
+def _():
+    tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    for model in ["claude-sonnet", "gpt-4o-mini"]:
+        m = ant.messages.create(model=model, max_tokens=64, messages=HELLO, tools=tools)
+        block = [b for b in m.content if b.type == "tool_use"][0]
+        assert block.name == "get_weather" and block.input["input"] == "hello", m
+        assert m.stop_reason == "tool_use", m
+
+
+@check("anthropic: unknown model raises NotFoundError")
+def _():
+    try:
+        ant.messages.create(model="no-such-model", max_tokens=8, messages=HELLO)
+    except anthropic.NotFoundError:
+        pass
+    else:
+        raise AssertionError("no error")
+
+
+@check("anthropic: invalid request raises BadRequestError")
+def _():
+    try:
+        ant.messages.create(model="claude-sonnet", max_tokens=8, messages=[])
+    except anthropic.BadRequestError:
+        pass
+    else:
+        raise AssertionError("no error")
+
+
+failed = sum(1 for _, e in results if e)
+print(f"sdk: {len(results) - failed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
