@@ -17,7 +17,7 @@ pub(crate) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
 
     let text = config_text(mock_addr, listen);
     let config = pylon_config::parse(&text, "<demo>", &|k| std::env::var(k).ok())?;
-    super::init_logs(&config.log.level, LogFormat::Auto);
+    let _logs = super::init_logs(&config.log.level, LogFormat::Auto);
     let listener = super::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("{}", banner(addr));

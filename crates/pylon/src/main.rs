@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load(config.as_deref())?;
-            init_logs(&config.log.level, config.log.format);
+            let _logs = init_logs(&config.log.level, config.log.format);
             let listener = bind(config.server.listen).await?;
             run_gateway(&config, listener, shutdown_signal()).await
         }
@@ -121,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop_after_chunks,
             repeat,
         } => {
-            init_logs("info", LogFormat::Auto);
+            let _logs = init_logs("info", LogFormat::Auto);
             let m = mock::Mock::new();
             m.set(Behaviour {
                 latency: latency.unwrap_or_default(),
@@ -233,7 +233,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logs(level: &str, format: LogFormat) {
+/// Installs the log subscriber. Lines go through a background writer so the request path never
+/// blocks on stdout; if it falls behind, lines are dropped rather than queued without bound.
+/// The guard flushes what is queued when dropped at exit.
+fn init_logs(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PYLON_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -242,9 +245,16 @@ fn init_logs(level: &str, format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        // Buffered: the writer thread flushes after draining its queue, one write per batch.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     if json {
         builder
             .json()
@@ -254,4 +264,5 @@ fn init_logs(level: &str, format: LogFormat) {
     } else {
         builder.compact().init();
     }
+    guard
 }

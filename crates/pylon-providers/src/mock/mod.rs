@@ -139,5 +139,9 @@ impl Mock {
 
 /// Serves the mock on a bound listener until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, mock: Arc<Mock>) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(mock)).await
 }

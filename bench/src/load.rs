@@ -1,0 +1,174 @@
+//! The load generator: closed loop at a concurrency, open loop at a fixed rate, held streams.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Mutex;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client(max_idle: usize) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(max_idle)
+        .build(http)
+}
+
+/// What one run measured.
+pub struct Outcome {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub hist: Histogram<u64>,
+}
+
+impl Outcome {
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn p(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64
+    }
+}
+
+/// One request, body read to the end; the latency in microseconds, or `None` on failure.
+pub async fn one(client: &HttpClient, url: &str, body: &Bytes) -> Option<u64> {
+    let started = Instant::now();
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    let ok = resp.status().is_success();
+    let _ = resp.into_body().collect().await.ok()?;
+    ok.then(|| started.elapsed().as_micros() as u64)
+}
+
+// Constant, valid bounds (1 µs to 60 s, 3 significant digits): construction cannot fail.
+#[allow(clippy::expect_used)]
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// `concurrency` workers sending back to back for `duration`.
+pub async fn closed_loop(
+    client: &HttpClient,
+    url: &str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> Outcome {
+    let shared = Arc::new(Mutex::new((hist(), 0u64, 0u64)));
+    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, body, shared) =
+                (client.clone(), url.to_owned(), body.clone(), shared.clone());
+            tokio::spawn(async move {
+                let (mut h, mut ok, mut err) = (hist(), 0, 0);
+                while Instant::now() < end {
+                    match one(&client, &url, &body).await {
+                        Some(us) => {
+                            let _ = h.record(us);
+                            ok += 1;
+                        }
+                        None => err += 1,
+                    }
+                }
+                let mut s = shared.lock().await;
+                let _ = s.0.add(&h);
+                s.1 += ok;
+                s.2 += err;
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed();
+    let s = shared.lock().await;
+    Outcome {
+        ok: s.1,
+        errors: s.2,
+        elapsed,
+        hist: s.0.clone(),
+    }
+}
+
+/// Requests started at a fixed rate regardless of answers (open loop); latency counts from the
+/// scheduled start, so a stall is not hidden (no coordinated omission).
+pub async fn fixed_rate(
+    client: &HttpClient,
+    url: &str,
+    body: Bytes,
+    rate: u32,
+    duration: Duration,
+) -> Outcome {
+    let shared = Arc::new(Mutex::new((hist(), 0u64, 0u64)));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (client, url, body, shared) =
+            (client.clone(), url.to_owned(), body.clone(), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = one(&client, &url, &body).await;
+            let mut s = shared.lock().await;
+            match r {
+                Some(_) => {
+                    let _ = s.0.record(scheduled.elapsed().as_micros() as u64);
+                    s.1 += 1;
+                }
+                None => s.2 += 1,
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    let s = shared.lock().await;
+    Outcome {
+        ok: s.1,
+        errors: s.2,
+        elapsed,
+        hist: s.0.clone(),
+    }
+}
+
+/// Opens `n` streaming requests at once and holds them open; calls `sample` while all are live.
+pub async fn held_streams(
+    url: &str,
+    body: Bytes,
+    n: usize,
+    sample_after: Duration,
+    sample: impl FnOnce(),
+) -> (u64, u64) {
+    let client = client(n);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+            tokio::spawn(async move { one(&client, &url, &body).await.is_some() })
+        })
+        .collect();
+    tokio::time::sleep(sample_after).await;
+    sample();
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap_or(false) {
+            ok += 1;
+        }
+    }
+    (ok, n as u64 - ok)
+}
