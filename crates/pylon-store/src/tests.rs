@@ -1,0 +1,234 @@
+//! One suite, two backends: embedded SQLite and the real PostgreSQL server.
+
+use super::*;
+
+fn team(name: &str) -> Team {
+    Team {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.into(),
+        limits: Limits {
+            rpm: Some(60),
+            tpm: None,
+            max_concurrent: None,
+        },
+        budget: Some(Budget {
+            amount_usd: 12.5,
+            period: Period::Monthly,
+        }),
+        metadata: serde_json::json!({"cost_center": "ai"}),
+        created_at: 1,
+    }
+}
+
+fn key(name: &str, team_id: Option<String>, hash: &str) -> ApiKey {
+    ApiKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        hash: hash.into(),
+        prefix: "pk-abcd".into(),
+        name: name.into(),
+        team_id,
+        user_id: None,
+        allowed_models: Some(vec!["chat".into()]),
+        limits: Limits {
+            rpm: Some(10),
+            tpm: Some(1000),
+            max_concurrent: Some(2),
+        },
+        budget: None,
+        metadata: serde_json::json!({}),
+        expires_at: None,
+        revoked_at: None,
+        replaced_by: None,
+        created_at: 5,
+    }
+}
+
+async fn suite(store: Store) {
+    store.ping().await.unwrap();
+    let t = team("search");
+    store.create_team(&t).await.unwrap();
+    assert!(matches!(
+        store.create_team(&team("search")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.team(&t.id).await.unwrap(), t);
+    assert!(matches!(
+        store.team("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let u = User {
+        id: "u1".into(),
+        email: "a@example.com".into(),
+        team_id: Some(t.id.clone()),
+        created_at: 2,
+    };
+    store.create_user(&u).await.unwrap();
+    assert_eq!(store.list_users().await.unwrap(), vec![u]);
+
+    let k = key("ci", Some(t.id.clone()), "hash-1");
+    store.insert_key(&k).await.unwrap();
+    assert_eq!(store.key(&k.id).await.unwrap(), k);
+    assert!(matches!(
+        store.insert_key(&key("dup", None, "hash-1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let orphan = key("orphan", Some("no-such-team".into()), "hash-9");
+    assert!(
+        store.insert_key(&orphan).await.is_err(),
+        "foreign keys are enforced"
+    );
+
+    let new = key("ci", Some(t.id.clone()), "hash-2");
+    store.rotate_key(&k.id, &new, 100).await.unwrap();
+    let old = store.key(&k.id).await.unwrap();
+    assert_eq!(
+        (old.replaced_by.as_deref(), old.expires_at),
+        (Some(new.id.as_str()), Some(100))
+    );
+    assert!(
+        store
+            .rotate_key(&k.id, &key("x", None, "hash-3"), 100)
+            .await
+            .is_err(),
+        "rotates once"
+    );
+    let active: Vec<_> = store
+        .active_keys(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.hash)
+        .collect();
+    assert_eq!(active.len(), 2);
+    assert_eq!(
+        store.active_keys(100).await.unwrap().len(),
+        1,
+        "old key expires after the grace period"
+    );
+    store.revoke_key(&new.id, 60).await.unwrap();
+    store.revoke_key(&new.id, 70).await.unwrap();
+    assert_eq!(store.key(&new.id).await.unwrap().revoked_at, Some(60));
+    assert!(store
+        .active_keys(61)
+        .await
+        .unwrap()
+        .iter()
+        .all(|k| k.id != new.id));
+    assert!(matches!(
+        store.revoke_key("nope", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.list_keys().await.unwrap().len(), 2);
+
+    let c = Credential {
+        provider: "openai".into(),
+        ciphertext: "AAA".into(),
+        nonce: "BBB".into(),
+        master_key_id: "m1".into(),
+        updated_at: 3,
+    };
+    store.put_credential(&c).await.unwrap();
+    let c2 = Credential {
+        ciphertext: "CCC".into(),
+        master_key_id: "m2".into(),
+        ..c.clone()
+    };
+    store.put_credential(&c2).await.unwrap();
+    assert_eq!(store.credentials().await.unwrap(), vec![c2]);
+
+    let delta = |day: &str, key: &str, model: &str, cost: f64| UsageDelta {
+        day: day.into(),
+        key_id: key.into(),
+        team_id: t.id.clone(),
+        model: model.into(),
+        requests: 1,
+        input_tokens: 10,
+        output_tokens: 5,
+        cost_usd: cost,
+    };
+    store
+        .add_usage(&[
+            delta("2026-11-01", "k1", "chat", 0.5),
+            delta("2026-11-01", "k1", "chat", 0.25),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_usage(&[delta("2026-11-02", "k2", "embed", 1.0)])
+        .await
+        .unwrap();
+    let by_key = store
+        .usage(GroupBy::Key, "2026-11-01", "2026-11-30")
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 2);
+    assert_eq!(
+        (
+            by_key[0].group.as_str(),
+            by_key[0].requests,
+            by_key[0].input_tokens
+        ),
+        ("k1", 2, 20)
+    );
+    assert!((by_key[0].cost_usd - 0.75).abs() < 1e-9);
+    let by_team = store
+        .usage(GroupBy::Team, "2026-11-01", "2026-11-30")
+        .await
+        .unwrap();
+    assert_eq!(by_team[0].requests, 3);
+    assert_eq!(
+        store
+            .usage(GroupBy::Day, "2026-11-02", "2026-11-02")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!((store.spend_since(false, "k1", "2026-11-01").await.unwrap() - 0.75).abs() < 1e-9);
+    assert!((store.spend_since(true, &t.id, "2026-11-02").await.unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(
+        store
+            .spend_since(false, "nobody", "2000-01-01")
+            .await
+            .unwrap(),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn sqlite_suite() {
+    let dir = std::env::temp_dir().join(format!("pylon-store-{}", uuid::Uuid::new_v4()));
+    let store = Store::open_sqlite(&dir).await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    suite(store).await;
+    // Reopening runs no migration twice and keeps the data.
+    let again = Store::open_sqlite(&dir).await.unwrap();
+    assert_eq!(again.list_keys().await.unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The real PostgreSQL server (`PYLON_TEST_POSTGRES`, default the CI one); fails, never skips,
+/// when it is unreachable.
+#[tokio::test]
+async fn postgres_suite() {
+    let base = std::env::var("PYLON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&base).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {base} is required for this test and unreachable: {e}")
+    });
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.backend(), Backend::Postgres);
+    suite(store).await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
