@@ -18,6 +18,10 @@ pub struct Config {
     #[serde(default)]
     pub auth: Auth,
     #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub secrets: Secrets,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub resilience: Resilience,
@@ -67,6 +71,9 @@ impl Default for Server {
 pub struct Data {
     #[serde(default = "default_dir")]
     pub dir: PathBuf,
+    /// `postgres://…` to share state between instances; default: SQLite under `dir`.
+    #[serde(default)]
+    pub store_url: Option<Secret>,
 }
 
 fn default_dir() -> PathBuf {
@@ -75,25 +82,69 @@ fn default_dir() -> PathBuf {
 
 impl Default for Data {
     fn default() -> Self {
-        Data { dir: default_dir() }
+        Data {
+            dir: default_dir(),
+            store_url: None,
+        }
     }
 }
 
 /// `[auth]`: who may call the data plane.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     #[serde(default)]
     pub mode: AuthMode,
+    /// How often each instance reloads keys from the store (changes made through this
+    /// instance's admin API apply at once).
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            mode: AuthMode::default(),
+            refresh: default_refresh(),
+        }
+    }
 }
 
 /// How clients authenticate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
-    /// No authentication: the gateway is open to whoever can reach it.
+    /// Virtual keys (`pk-…`) created through the admin API.
     #[default]
+    Keys,
+    /// No authentication: the gateway is open to whoever can reach it.
     None,
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// A file holding the admin token; otherwise `PYLON_ADMIN_TOKEN`. Without either the admin
+    /// API answers 503.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Serve the admin API (and docs) on this address instead of the main listener.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[secrets]`: encryption of provider credentials stored through the admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// A file holding the base64 master key (32 bytes); otherwise `PYLON_MASTER_KEY`.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// `[log]`.

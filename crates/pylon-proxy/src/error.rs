@@ -43,6 +43,12 @@ pub enum ProxyError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// No key, or a key that does not authenticate.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NoRoute(String),
@@ -63,6 +69,8 @@ impl ProxyError {
             }
             ProxyError::Exhausted { kind, .. } => (*kind, "upstream_unavailable"),
             ProxyError::NoRoute(_) => (ErrorKind::NotFound, "not_found"),
+            ProxyError::Unauthorized(_) => (ErrorKind::Authentication, "invalid_api_key"),
+            ProxyError::Forbidden(_) => (ErrorKind::PermissionDenied, "model_not_allowed"),
         };
         let message = match self {
             ProxyError::Rejected {

@@ -11,15 +11,16 @@ use axum::Json;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pylon_config::AuthMode;
 use pylon_providers::{anthropic, openai, TranslateError};
 use pylon_types::anthropic::MessagesRequest;
 use pylon_types::openai::ChatRequest;
-use pylon_types::Dialect;
+use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
 use crate::log::Record;
 use crate::snapshot::Gateway;
-use crate::{upstream, ProxyError};
+use crate::{auth, upstream, ProxyError};
 
 /// Which endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +118,13 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         .unwrap_or("")
         .to_owned();
     let mut record = Record::new(api.route(), request_id, started);
+    let principal = match authorize(&gw, &parts.headers) {
+        Ok(p) => p,
+        Err(e) => return fail(&mut record, e, api.dialect()),
+    };
+    if let Some(p) = &principal {
+        record.key_id = Some(p.key_id.clone());
+    }
     let call = match read_body(body, &parts.headers, snap.max_body_bytes)
         .await
         .and_then(|b| parse(api, b, &parts.headers))
@@ -126,6 +134,15 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     };
     record.model = call.model.clone();
     record.stream = call.stream;
+    if let Some(p) = principal.as_ref().filter(|p| !p.may_use(&call.model)) {
+        let e = ProxyError::Forbidden(format!(
+            "key `{}` may not use model `{}`; it may use: {}",
+            p.key_name,
+            call.model,
+            p.allowed_models.as_deref().unwrap_or_default().join(", ")
+        ));
+        return fail(&mut record, e, api.dialect());
+    }
     let mut call = Call {
         record: Some(record),
         ..call
@@ -143,6 +160,14 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             Some(r) => fail(r, e, api.dialect()),
             None => e.into_response(api.dialect()),
         },
+    }
+}
+
+/// The caller's principal in `keys` mode; `None` when auth is off.
+fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, ProxyError> {
+    match gw.auth {
+        AuthMode::None => Ok(None),
+        AuthMode::Keys => auth::authenticate(&gw.keys.load(), headers, auth::unix_now()).map(Some),
     }
 }
 
@@ -240,14 +265,28 @@ fn parse(api: Api, body: Bytes, headers: &HeaderMap) -> Result<Call, ProxyError>
 
 /// `GET /v1/models`: the configured names, in the Anthropic shape when the client is the Anthropic SDK.
 pub(crate) async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let names = &gw.snap.model_names;
+    let dialect = if headers.contains_key("anthropic-version") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    let principal = match authorize(&gw, &headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(dialect),
+    };
+    let names: Vec<&String> = gw
+        .snap
+        .model_names
+        .iter()
+        .filter(|n| principal.as_ref().is_none_or(|p| p.may_use(n)))
+        .collect();
     if headers.contains_key("anthropic-version") {
         let data: Vec<_> = names
             .iter()
             .map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}))
             .collect();
-        let first = names.first().cloned();
-        let last = names.last().cloned();
+        let first = names.first().copied();
+        let last = names.last().copied();
         return Json(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
             .into_response();
     }

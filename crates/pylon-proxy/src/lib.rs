@@ -1,9 +1,10 @@
-//! The data plane, in request order: ingress → route → upstream → respond (+ app routes).
+//! The data plane, in request order: ingress → auth → route → upstream → respond (+ app routes).
 //!
 //! [`Gateway`] holds an immutable [`Snapshot`] built from the config; handlers read it without
 //! locks. Nothing on the request path waits on a store.
 
 mod app;
+mod auth;
 mod breaker;
 mod error;
 mod ingress;
@@ -14,6 +15,7 @@ mod server;
 mod snapshot;
 mod upstream;
 
+pub use auth::{hash_key, KeyIndex};
 pub use error::ProxyError;
 pub use server::{router, serve};
 pub use snapshot::{BuildError, Gateway, Snapshot};

@@ -20,9 +20,9 @@ use tower_http::request_id::{
 use crate::snapshot::Gateway;
 use crate::{app, ingress, ProxyError};
 
-/// All of Pylon's HTTP routes.
-pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+/// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
+pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
+    let data_plane = Router::new()
         .route("/v1/chat/completions", post(ingress::chat))
         .route("/v1/messages", post(ingress::messages))
         .route("/v1/embeddings", post(ingress::embeddings))
@@ -31,7 +31,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(app::proxy)
-        .with_state(gw)
+        .with_state(gw);
+    control
+        .merge(data_plane)
         // Outermost first on the way in: an id is set (or kept) before anything else runs,
         // and copied onto every response, errors included.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -71,9 +73,10 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
+    control: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(gw).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(gw, control).into_make_service_with_connect_info::<SocketAddr>();
     // Streams write many small chunks; Nagle's algorithm would hold each one back for an ACK.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::Full;
@@ -12,8 +13,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pylon_config::{Config, ProviderKind, Resilience, ResolvedTimeouts, Strategy};
+use pylon_config::{AuthMode, Config, ProviderKind, Resilience, ResolvedTimeouts, Strategy};
 
+use crate::auth::KeyIndex;
 use crate::breaker::{Health, Policy};
 
 /// Why a config could not become a running gateway.
@@ -86,6 +88,9 @@ pub struct Snapshot {
 /// The gateway: the current snapshot plus process-wide state.
 pub struct Gateway {
     pub(crate) snap: Arc<Snapshot>,
+    /// Active virtual keys, swapped whole by the control plane; readers never block.
+    pub(crate) keys: ArcSwap<KeyIndex>,
+    pub(crate) auth: AuthMode,
     /// Set when shutdown begins; `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
 }
@@ -95,8 +100,20 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Arc<Gateway>, BuildError> {
         Ok(Arc::new(Gateway {
             snap: Arc::new(Snapshot::build(config)?),
+            keys: ArcSwap::from_pointee(KeyIndex::default()),
+            auth: config.auth.mode,
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// Replaces the set of keys that authenticate.
+    pub fn set_keys(&self, index: KeyIndex) {
+        self.keys.store(Arc::new(index));
+    }
+
+    /// The configured model names, for the admin API.
+    pub fn model_names(&self) -> &[String] {
+        &self.snap.model_names
     }
 
     /// Marks the gateway as draining (readiness fails; requests in flight continue).

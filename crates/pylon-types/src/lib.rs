@@ -3,5 +3,7 @@
 pub mod anthropic;
 pub mod error;
 pub mod openai;
+pub mod principal;
 
 pub use error::{ApiError, Dialect, ErrorKind};
+pub use principal::Principal;

@@ -25,11 +25,20 @@ pub(crate) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn config_text(mock: SocketAddr, listen: SocketAddr) -> String {
+    // The demo keeps its state out of the working tree and starts fresh every time.
+    let data = std::env::temp_dir().join(format!("pylon-demo-{}", std::process::id()));
+    let data = data.display();
     format!(
         r#"
 [server]
 listen = "{listen}"
 shutdown_grace = "5s"
+
+[data]
+dir = "{data}"
+
+[auth]
+mode = "none"
 
 [log]
 level = "${{PYLON_LOG:-info}}"

@@ -186,27 +186,54 @@ async fn run_gateway(
     listener: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let gw = pylon_proxy::Gateway::new(config)?;
+    let (gw, control) =
+        pylon_control::bootstrap(config, std::env::var("PYLON_ADMIN_TOKEN").ok()).await?;
     let addr = listener.local_addr()?;
     if config.auth.mode == pylon_config::AuthMode::None {
         tracing::warn!(
             "auth mode is \"none\": anyone who can reach {addr} can use every configured provider"
         );
     }
+    // Other instances may change keys in a shared store; this bounds how stale ours can be.
+    let refresher = tokio::spawn(control.clone().refresh_loop(config.auth.refresh));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = pylon_control::router(control);
+    let (main_extra, admin_server) = match config.admin.listen {
+        Some(admin_addr) => {
+            let admin_listener = bind(admin_addr).await?;
+            tracing::info!(addr = %admin_listener.local_addr()?, "admin API listening");
+            let server =
+                axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(rx.clone()));
+            (
+                axum::Router::new(),
+                Some(tokio::spawn(async move { server.await })),
+            )
+        }
+        None => (admin, None),
+    };
     tracing::info!(%addr, providers = config.providers.len(), models = config.models.len(), "listening");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(pylon_proxy::serve(listener, gw.clone(), async move {
-        let _ = rx.await;
-    }));
+    let server = tokio::spawn(pylon_proxy::serve(
+        listener,
+        gw.clone(),
+        main_extra,
+        stopped(rx),
+    ));
     stop.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
     gw.start_draining();
-    let _ = tx.send(());
+    let _ = tx.send(true);
+    refresher.abort();
     match tokio::time::timeout(config.server.shutdown_grace, server).await {
         Ok(Ok(Ok(()))) => tracing::info!("drained; bye"),
         Ok(Ok(Err(e))) => return Err(e).context("server failed"),
         Ok(Err(e)) => return Err(e).context("server task failed"),
         Err(_) => tracing::warn!("shutdown grace expired; closing the remaining connections"),
+    }
+    if let Some(admin) = admin_server {
+        admin.abort();
     }
     Ok(())
 }

@@ -59,6 +59,9 @@ async fn start_app() -> SocketAddr {
 async fn gateway_for(app: SocketAddr) -> Gateway {
     Gateway::from_text(&format!(
         r#"
+[auth]
+mode = "none"
+
 [[routes]]
 prefix = "/app/"
 upstream = "http://{app}"

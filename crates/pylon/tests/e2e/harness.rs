@@ -46,12 +46,35 @@ impl Gateway {
     }
 
     pub async fn from_text(text: &str) -> Self {
-        let config = pylon_config::parse(text, "test.toml", &|_| None).unwrap();
-        let gw = pylon_proxy::Gateway::new(&config).unwrap();
+        Self::with_admin(text, None).await.0
+    }
+
+    /// Starts a gateway the way `pylon serve` does (store, key index, admin API), with a fresh
+    /// SQLite data dir unless the text names one, and returns its control plane too.
+    pub async fn with_admin(
+        text: &str,
+        admin_token: Option<&str>,
+    ) -> (Self, Arc<pylon_control::Control>) {
+        let text = if text.contains("[data]") {
+            text.to_owned()
+        } else {
+            format!("[data]\ndir = \"{}\"\n{text}", temp_dir("data").display())
+        };
+        let config = pylon_config::parse(&text, "test.toml", &|_| None).unwrap();
+        let (gw, control) = pylon_control::bootstrap(&config, admin_token.map(str::to_owned))
+            .await
+            .unwrap();
+        tokio::spawn(control.clone().refresh_loop(config.auth.refresh));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(pylon_proxy::serve(listener, gw, std::future::pending()));
-        Gateway { addr }
+        let admin = pylon_control::router(control.clone());
+        tokio::spawn(pylon_proxy::serve(
+            listener,
+            gw,
+            admin,
+            std::future::pending(),
+        ));
+        (Gateway { addr }, control)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -74,6 +97,9 @@ impl Gateway {
 pub const TWO_MOCKS: &str = r#"
 [server]
 max_body_bytes = 4096
+
+[auth]
+mode = "none"
 
 [resilience]
 breaker_failures = 3
@@ -179,4 +205,11 @@ pub fn provider_of(resp: &reqwest::Response) -> String {
         .get("x-pylon-provider")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pylon-e2e-{what}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -37,6 +37,12 @@ async fn sigterm_drains_a_live_stream_then_exits_zero() {
 listen = "127.0.0.1:0"
 shutdown_grace = "10s"
 
+[data]
+dir = "{}"
+
+[auth]
+mode = "none"
+
 [log]
 format = "json"
 
@@ -46,6 +52,7 @@ kind = "openai"
 base_url = "http://{}/v1"
 api_key = "sk-secret-in-config"
 "#,
+            temp_dir("drain-data").display(),
             mock.addr
         ),
     );

@@ -6,6 +6,7 @@
 mod app_routes;
 mod formats;
 mod harness;
+mod keys;
 mod lifecycle;
 mod resilience;
 mod streaming;

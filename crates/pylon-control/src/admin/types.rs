@@ -1,0 +1,262 @@
+//! Request and response bodies of the admin API (its public shape, separate from storage rows).
+
+use pylon_store::{ApiKey, Budget, Limits, Period, Team, User};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// An error.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong and what to do.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    pub r#type: String,
+    pub code: String,
+}
+
+/// Rate limits; omitted fields are unlimited.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    /// Requests per minute.
+    pub rpm: Option<i64>,
+    /// Tokens per minute.
+    pub tpm: Option<i64>,
+    /// Requests in flight at once.
+    pub max_concurrent: Option<i64>,
+}
+
+impl From<LimitsBody> for Limits {
+    fn from(l: LimitsBody) -> Self {
+        Limits {
+            rpm: l.rpm,
+            tpm: l.tpm,
+            max_concurrent: l.max_concurrent,
+        }
+    }
+}
+
+impl From<Limits> for LimitsBody {
+    fn from(l: Limits) -> Self {
+        LimitsBody {
+            rpm: l.rpm,
+            tpm: l.tpm,
+            max_concurrent: l.max_concurrent,
+        }
+    }
+}
+
+/// A budget period.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodBody {
+    Daily,
+    Monthly,
+    Total,
+}
+
+/// A spending cap.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    pub amount_usd: f64,
+    pub period: PeriodBody,
+}
+
+impl From<BudgetBody> for Budget {
+    fn from(b: BudgetBody) -> Self {
+        let period = match b.period {
+            PeriodBody::Daily => Period::Daily,
+            PeriodBody::Monthly => Period::Monthly,
+            PeriodBody::Total => Period::Total,
+        };
+        Budget {
+            amount_usd: b.amount_usd,
+            period,
+        }
+    }
+}
+
+impl From<Budget> for BudgetBody {
+    fn from(b: Budget) -> Self {
+        let period = match b.period {
+            Period::Daily => PeriodBody::Daily,
+            Period::Monthly => PeriodBody::Monthly,
+            Period::Total => PeriodBody::Total,
+        };
+        BudgetBody {
+            amount_usd: b.amount_usd,
+            period,
+        }
+    }
+}
+
+/// A key to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Model names the key may use; omitted: all.
+    pub allowed_models: Option<Vec<String>>,
+    /// Lifetime, e.g. `30d`; omitted: no expiry.
+    pub expires_in: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub limits: Option<LimitsBody>,
+    pub budget: Option<BudgetBody>,
+}
+
+/// How long the old key stays valid after a rotation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    /// e.g. `1h`; default `24h`.
+    pub grace: Option<String>,
+}
+
+/// A key as the admin API shows it (never the key itself).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    /// The first characters of the key.
+    pub prefix: String,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub allowed_models: Option<Vec<String>>,
+    pub limits: LimitsBody,
+    pub budget: Option<BudgetBody>,
+    pub metadata: serde_json::Value,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub replaced_by: Option<String>,
+    pub created_at: i64,
+    /// `active`, `revoked`, `expired` or `rotated` (still valid until `expires_at`).
+    pub status: String,
+}
+
+impl KeyView {
+    pub(crate) fn of(k: ApiKey, now: i64) -> Self {
+        let status = if k.revoked_at.is_some() {
+            "revoked"
+        } else if k.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else if k.replaced_by.is_some() {
+            "rotated"
+        } else {
+            "active"
+        };
+        KeyView {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            team_id: k.team_id,
+            user_id: k.user_id,
+            allowed_models: k.allowed_models,
+            limits: k.limits.into(),
+            budget: k.budget.map(Into::into),
+            metadata: k.metadata,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            replaced_by: k.replaced_by,
+            created_at: k.created_at,
+            status: status.into(),
+        }
+    }
+}
+
+/// A newly created key: the only time the key itself is shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    /// The key (`pk-…`); store it now, it cannot be shown again.
+    pub key: String,
+    #[serde(flatten)]
+    pub info: KeyView,
+}
+
+/// A team to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTeam {
+    pub name: String,
+    pub limits: Option<LimitsBody>,
+    pub budget: Option<BudgetBody>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A team.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TeamView {
+    pub id: String,
+    pub name: String,
+    pub limits: LimitsBody,
+    pub budget: Option<BudgetBody>,
+    pub metadata: serde_json::Value,
+    pub created_at: i64,
+}
+
+impl From<Team> for TeamView {
+    fn from(t: Team) -> Self {
+        TeamView {
+            id: t.id,
+            name: t.name,
+            limits: t.limits.into(),
+            budget: t.budget.map(Into::into),
+            metadata: t.metadata,
+            created_at: t.created_at,
+        }
+    }
+}
+
+/// A user to create (the owner recorded on keys).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub email: String,
+    pub team_id: Option<String>,
+}
+
+/// A user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub team_id: Option<String>,
+    pub created_at: i64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            id: u.id,
+            email: u.email,
+            team_id: u.team_id,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// Aggregated usage of one group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    /// The key id, team id, model or day.
+    pub group: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+/// Usage over a range of days.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    pub group_by: String,
+    pub from: String,
+    pub to: String,
+    pub rows: Vec<UsageView>,
+}

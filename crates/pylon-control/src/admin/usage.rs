@@ -1,0 +1,105 @@
+//! `/admin/v1/usage`: spend, tokens and requests grouped by key, team, model or day.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use pylon_store::GroupBy;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{AdminError, ErrorBody, UsageReport, UsageView};
+use crate::Control;
+
+/// Query of a usage report.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsageQuery {
+    /// `key`, `team`, `model` or `day` (default `day`).
+    group_by: Option<String>,
+    /// First day, `YYYY-MM-DD` (default: 30 days ago).
+    from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (default: today).
+    to: Option<String>,
+}
+
+fn day(offset_days: i64) -> String {
+    let secs = crate::keys::unix_now() + offset_days * 86_400;
+    civil_day(secs)
+}
+
+/// `YYYY-MM-DD` of a Unix time (UTC), by the days-from-civil algorithm.
+pub(crate) fn civil_day(secs: i64) -> String {
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn valid_day(s: &str) -> bool {
+    s.len() == 10
+        && s.as_bytes()[4] == b'-'
+        && s.as_bytes()[7] == b'-'
+        && s.chars().filter(char::is_ascii_digit).count() == 8
+}
+
+/// Aggregated usage over a range of days.
+#[utoipa::path(get, path = "/admin/v1/usage", tag = "usage", params(UsageQuery),
+    responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody)))]
+pub(super) async fn usage(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<UsageQuery>,
+) -> Result<Json<UsageReport>, AdminError> {
+    let group_by = q.group_by.unwrap_or_else(|| "day".into());
+    let group = match group_by.as_str() {
+        "key" => GroupBy::Key,
+        "team" => GroupBy::Team,
+        "model" => GroupBy::Model,
+        "day" => GroupBy::Day,
+        other => {
+            return Err(AdminError::bad_request(format!(
+                "`group_by={other}`: use key, team, model or day"
+            )))
+        }
+    };
+    let from = q.from.unwrap_or_else(|| day(-30));
+    let to = q.to.unwrap_or_else(|| day(0));
+    if !valid_day(&from) || !valid_day(&to) {
+        return Err(AdminError::bad_request(
+            "`from` and `to` are days like 2026-11-22",
+        ));
+    }
+    let rows = c.store.usage(group, &from, &to).await?;
+    let rows = rows
+        .into_iter()
+        .map(|r| UsageView {
+            group: r.group,
+            requests: r.requests,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_usd: r.cost_usd,
+        })
+        .collect();
+    Ok(Json(UsageReport {
+        group_by,
+        from,
+        to,
+        rows,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_days() {
+        assert_eq!(super::civil_day(0), "1970-01-01");
+        assert_eq!(super::civil_day(1_795_400_000), "2026-11-22");
+        assert_eq!(super::civil_day(951_782_400), "2000-02-29");
+    }
+}

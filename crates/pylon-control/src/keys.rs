@@ -1,0 +1,77 @@
+//! Virtual keys: generation, display prefix, and the principal the data plane sees.
+
+use base64::Engine;
+use pylon_store::ApiKey;
+use pylon_types::Principal;
+
+/// Every virtual key starts with this.
+pub const KEY_PREFIX: &str = "pk-";
+
+/// A new key: `pk-` + 32 random bytes (URL-safe base64), its SHA-256 (hex) and display prefix.
+pub fn generate() -> Result<(String, String, String), getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    let key = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = to_hex(&pylon_proxy::hash_key(&key));
+    let prefix = key.chars().take(KEY_PREFIX.len() + 8).collect();
+    Ok((key, hash, prefix))
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The data plane's view of a stored key.
+pub(crate) fn principal(k: &ApiKey) -> Option<([u8; 32], Principal)> {
+    Some((
+        from_hex(&k.hash)?,
+        Principal {
+            key_id: k.id.clone(),
+            key_name: k.name.clone(),
+            team_id: k.team_id.clone(),
+            user_id: k.user_id.clone(),
+            allowed_models: k.allowed_models.clone(),
+            expires_at: k.expires_at,
+        },
+    ))
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_hash_round_trips() {
+        let (a, hash, prefix) = generate().unwrap();
+        let (b, _, _) = generate().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("pk-") && a.len() >= 3 + 43, "{a}");
+        assert!(a[3..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(prefix.len(), 11);
+        assert_eq!(from_hex(&hash), Some(pylon_proxy::hash_key(&a)));
+        assert_eq!(from_hex("zz"), None);
+    }
+}
