@@ -207,7 +207,7 @@ async fn two_limiters_sharing_redis_enforce_one_limit_exactly() {
 
 /// A private redis-server on a free port, so the test can stop and restart it.
 fn start_redis(port: u16) -> Child {
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -227,6 +227,8 @@ fn start_redis(port: u16) -> Child {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("redis-server on {port} did not start");
 }
 
