@@ -107,6 +107,40 @@ pub fn parse(
     }
 }
 
+/// Parses `10.0.0.0/8`, `::1/128` or a bare address into (network, prefix length).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse::<std::net::IpAddr>().ok()?, l.parse::<u8>().ok()?),
+        None => {
+            let a = s.parse::<std::net::IpAddr>().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `ip` is inside the network (`net`, `len`).
+pub fn cidr_contains((net, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (a, b, bits) = match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => (
+            u128::from(u32::from(n)) << 96,
+            u128::from(u32::from(i)) << 96,
+            32,
+        ),
+        (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+        _ => return false,
+    };
+    let len = u32::from(len.min(bits));
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    a & mask == b & mask
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

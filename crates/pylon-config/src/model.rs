@@ -26,6 +26,10 @@ pub struct Config {
     #[serde(default)]
     pub resilience: Resilience,
     #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub prices: Vec<Price>,
+    #[serde(default)]
     pub providers: Vec<Provider>,
     #[serde(default)]
     pub models: Vec<Model>,
@@ -74,6 +78,9 @@ pub struct Data {
     /// `postgres://…` to share state between instances; default: SQLite under `dir`.
     #[serde(default)]
     pub store_url: Option<Secret>,
+    /// `redis://…` to share rate limits, concurrency and spend counters between instances.
+    #[serde(default)]
+    pub redis_url: Option<Secret>,
 }
 
 fn default_dir() -> PathBuf {
@@ -85,6 +92,7 @@ impl Default for Data {
         Data {
             dir: default_dir(),
             store_url: None,
+            redis_url: None,
         }
     }
 }
@@ -231,6 +239,64 @@ impl Default for Resilience {
     }
 }
 
+/// `[limits]`: admission limits that apply besides each key's and team's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute per client IP on `/v1/*`; 0 turns it off.
+    #[serde(default = "default_ip_rpm")]
+    pub ip_rpm: u64,
+    /// Requests per minute per user (keys that name a user); 0 turns it off.
+    #[serde(default = "default_user_rpm")]
+    pub user_rpm: u64,
+    /// With `data.redis_url`: what to do while Redis is unreachable.
+    #[serde(default)]
+    pub on_redis_failure: RedisFailure,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs, e.g. `10.0.0.0/8`); the
+    /// client IP is the first address not in this list, counting from the right.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+fn default_ip_rpm() -> u64 {
+    100
+}
+fn default_user_rpm() -> u64 {
+    10
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            ip_rpm: default_ip_rpm(),
+            user_rpm: default_user_rpm(),
+            on_redis_failure: RedisFailure::default(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// What to do while Redis is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisFailure {
+    /// Enforce limits per instance and say so in the logs.
+    #[default]
+    Local,
+    /// Refuse requests (503) until Redis answers.
+    Reject,
+}
+
+/// `[[prices]]`: what a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// The upstream model name (or a prefix of it, e.g. `claude-sonnet-4`).
+    pub model: String,
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
 /// `[[providers]]`: an upstream model API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -339,6 +405,12 @@ pub struct Model {
     /// Extra attempts after the first, across this model's targets.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Requests per minute for this model, across all callers.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute for this model, across all callers.
+    #[serde(default)]
+    pub tpm: Option<u64>,
 }
 
 fn default_retries() -> u32 {

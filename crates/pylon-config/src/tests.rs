@@ -175,3 +175,22 @@ fn env_defaults_find_providers() {
     assert_eq!(c.providers[1].base_url(), "http://127.0.0.1:11434/v1");
     assert_eq!(c.server.listen.port(), 8080);
 }
+
+#[test]
+fn cidrs() {
+    let net = parse_cidr("10.0.0.0/8").unwrap();
+    assert!(cidr_contains(net, "10.1.2.3".parse().unwrap()));
+    assert!(!cidr_contains(net, "11.0.0.1".parse().unwrap()));
+    assert!(cidr_contains(
+        parse_cidr("::1").unwrap(),
+        "::1".parse().unwrap()
+    ));
+    assert!(!cidr_contains(
+        parse_cidr("::1").unwrap(),
+        "127.0.0.1".parse().unwrap()
+    ));
+    assert!(parse_cidr("10.0.0.0/33").is_none());
+    assert!(parse_cidr("nope").is_none());
+    let errs = check("[limits]\ntrusted_proxies = [\"bad\"]\n").unwrap_err();
+    assert!(errs[0].contains("not an IP address or CIDR"), "{errs:?}");
+}

@@ -112,6 +112,19 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             ));
         }
     }
+    for p in &config.limits.trusted_proxies {
+        if crate::parse_cidr(p).is_none() {
+            problems.push((
+                0,
+                format!("limits.trusted_proxies: `{p}` is not an IP address or CIDR"),
+            ));
+        }
+    }
+    for p in &config.prices {
+        if !(p.input_per_million >= 0.0 && p.output_per_million >= 0.0) {
+            problems.push((0, format!("price of `{}` must not be negative", p.model)));
+        }
+    }
     if config.server.max_body_bytes == 0 {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }

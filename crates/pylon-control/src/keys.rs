@@ -1,8 +1,8 @@
 //! Virtual keys: generation, display prefix, and the principal the data plane sees.
 
 use base64::Engine;
-use pylon_store::ApiKey;
-use pylon_types::Principal;
+use pylon_store::{ApiKey, Budget, Limits, Period, Team};
+use pylon_types::{BudgetPeriod, Principal, Quota};
 
 /// Every virtual key starts with this.
 pub const KEY_PREFIX: &str = "pk-";
@@ -35,8 +35,26 @@ fn from_hex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The data plane's view of a stored key.
-pub(crate) fn principal(k: &ApiKey) -> Option<([u8; 32], Principal)> {
+/// Limits and budget as the data plane sees them.
+pub(crate) fn quota(limits: Limits, budget: Option<Budget>) -> Quota {
+    let positive = |v: Option<i64>| v.filter(|n| *n > 0).map(|n| n as u64);
+    Quota {
+        rpm: positive(limits.rpm),
+        tpm: positive(limits.tpm),
+        max_concurrent: positive(limits.max_concurrent),
+        budget: budget.map(|b| {
+            let period = match b.period {
+                Period::Daily => BudgetPeriod::Daily,
+                Period::Monthly => BudgetPeriod::Monthly,
+                Period::Total => BudgetPeriod::Total,
+            };
+            (b.amount_usd, period)
+        }),
+    }
+}
+
+/// The data plane's view of a stored key (with its team, if any).
+pub(crate) fn principal(k: &ApiKey, team: Option<&Team>) -> Option<([u8; 32], Principal)> {
     Some((
         from_hex(&k.hash)?,
         Principal {
@@ -46,6 +64,8 @@ pub(crate) fn principal(k: &ApiKey) -> Option<([u8; 32], Principal)> {
             user_id: k.user_id.clone(),
             allowed_models: k.allowed_models.clone(),
             expires_at: k.expires_at,
+            key_quota: quota(k.limits, k.budget),
+            team_quota: team.map(|t| quota(t.limits, t.budget)).unwrap_or_default(),
         },
     ))
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod keys;
+mod ledger;
 
 use std::sync::Arc;
 
@@ -33,13 +34,48 @@ impl Control {
         })
     }
 
-    /// Reloads active keys from the store into the data plane's index.
+    /// Reloads active keys from the store into the data plane's index, and raises budget
+    /// counters to what the store has recorded (after a restart, or a Redis without the data).
     pub async fn refresh_keys(&self) -> Result<usize, pylon_store::StoreError> {
         let now = keys::unix_now();
         let keys = self.store.active_keys(now).await?;
-        let index = KeyIndex::new(keys.iter().filter_map(keys::principal));
+        let teams: std::collections::HashMap<String, pylon_store::Team> = self
+            .store
+            .list_teams()
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        let index = KeyIndex::new(
+            keys.iter()
+                .filter_map(|k| keys::principal(k, k.team_id.as_ref().and_then(|t| teams.get(t)))),
+        );
         let n = index.len();
         self.gateway.set_keys(index);
+        let budgets = keys
+            .iter()
+            .filter_map(|k| Some((false, format!("k:{}", k.id), k.id.as_str(), k.budget?)))
+            .chain(
+                teams
+                    .values()
+                    .filter_map(|t| Some((true, format!("t:{}", t.id), t.id.as_str(), t.budget?))),
+            );
+        for (is_team, owner, id, budget) in budgets {
+            let period = keys::quota(pylon_store::Limits::default(), Some(budget))
+                .budget
+                .map(|(_, p)| p);
+            let Some(period) = period else { continue };
+            let since = match budget.period {
+                pylon_store::Period::Daily => pylon_types::day::civil_day(now),
+                pylon_store::Period::Monthly => {
+                    format!("{}-01", pylon_types::day::civil_month(now))
+                }
+                pylon_store::Period::Total => "0000-00-00".to_owned(),
+            };
+            let spent = self.store.spend_since(is_team, id, &since).await?;
+            let (key, ttl) = pylon_proxy::spend_key(&owner, period, now);
+            self.gateway.seed_spend(&key, spent, ttl).await;
+        }
         Ok(n)
     }
 
@@ -93,6 +129,15 @@ pub async fn bootstrap(
         None => admin_token_env,
     };
     let gateway = Gateway::new(config)?;
+    // Bounded: if the store falls far behind, events are dropped and counted, never queued
+    // without limit.
+    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    gateway.connect_usage(tx);
+    tokio::spawn(ledger::run(
+        store.clone(),
+        rx,
+        std::time::Duration::from_secs(1),
+    ));
     let control = Control::new(store, gateway.clone(), token);
     let keys = control.refresh_keys().await?;
     tracing::info!(target: "pylon::control", keys, backend = ?control.store.backend(), "store ready");

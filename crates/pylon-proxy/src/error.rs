@@ -43,6 +43,19 @@ pub enum ProxyError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// A rate limit or concurrency limit is reached.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    },
+    /// A hard budget is spent.
+    #[error("{0}")]
+    OverBudget(String),
+    /// Shared limit state is unreachable and the config says to refuse.
+    #[error("rate-limit state (Redis) is unreachable and limits.on_redis_failure = \"reject\"; retry shortly")]
+    LimitsUnavailable,
     /// No key, or a key that does not authenticate.
     #[error("{0}")]
     Unauthorized(String),
@@ -70,6 +83,9 @@ impl ProxyError {
             ProxyError::Exhausted { kind, .. } => (*kind, "upstream_unavailable"),
             ProxyError::NoRoute(_) => (ErrorKind::NotFound, "not_found"),
             ProxyError::Unauthorized(_) => (ErrorKind::Authentication, "invalid_api_key"),
+            ProxyError::RateLimited { .. } => (ErrorKind::RateLimited, "rate_limit_exceeded"),
+            ProxyError::OverBudget(_) => (ErrorKind::RateLimited, "insufficient_quota"),
+            ProxyError::LimitsUnavailable => (ErrorKind::Unavailable, "limits_unavailable"),
             ProxyError::Forbidden(_) => (ErrorKind::PermissionDenied, "model_not_allowed"),
         };
         let message = match self {
@@ -99,15 +115,30 @@ impl ProxyError {
             }
         };
         let mut resp = json(status, Bytes::from(api.body(dialect).to_string()));
-        if let ProxyError::Exhausted {
-            retry_after: Some(d),
-            ..
-        } = &self
-        {
+        let retry_after = match &self {
+            ProxyError::Exhausted { retry_after, .. } => *retry_after,
+            ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
+            ProxyError::LimitsUnavailable => Some(Duration::from_secs(1)),
+            _ => None,
+        };
+        if let Some(d) = retry_after {
             let secs = d.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(v) = secs.to_string().parse() {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        match self {
+            ProxyError::RateLimited { headers, .. } => {
+                for (name, value) in headers {
+                    resp.headers_mut().insert(name, value);
+                }
+            }
+            // Waiting does not help a spent budget: tell the SDKs not to retry.
+            ProxyError::OverBudget(_) => {
+                resp.headers_mut()
+                    .insert("x-should-retry", http::HeaderValue::from_static("false"));
+            }
+            _ => {}
         }
         resp
     }

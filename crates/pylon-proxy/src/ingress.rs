@@ -18,7 +18,8 @@ use pylon_types::openai::ChatRequest;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
-use crate::log::Record;
+use crate::limits;
+use crate::log::{Accounting, Record};
 use crate::snapshot::Gateway;
 use crate::{auth, upstream, ProxyError};
 
@@ -143,24 +144,81 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         ));
         return fail(&mut record, e, api.dialect());
     }
+    let Some(model) = snap.resolve(&call.model) else {
+        return fail(
+            &mut record,
+            ProxyError::UnknownModel(call.model.clone()),
+            api.dialect(),
+        );
+    };
+    let ip = client_ip(&parts, &gw.trusted_proxies);
+    let body = call.body.clone();
+    let mut admitted = match limits::admit(&gw, principal.as_deref(), ip, Some(&model), || {
+        limits::estimate_tokens(&body)
+    })
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return fail(&mut record, e, api.dialect()),
+    };
+    let rate_headers = std::mem::take(&mut admitted.headers);
+    record.acct = Some(Accounting {
+        gw: gw.clone(),
+        team_id: principal.as_ref().and_then(|p| p.team_id.clone()),
+        admitted,
+        input_estimate: (call.body.len() as u64).div_ceil(4),
+    });
     let mut call = Call {
         record: Some(record),
         ..call
     };
-    let Some(model) = snap.resolve(&call.model) else {
-        let e = ProxyError::UnknownModel(call.model.clone());
-        return match call.record.as_mut() {
-            Some(r) => fail(r, e, api.dialect()),
-            None => e.into_response(api.dialect()),
-        };
-    };
-    match upstream::dispatch(&snap, &mut call, model).await {
+    let mut resp = match upstream::dispatch(&snap, &mut call, model).await {
         Ok(resp) => resp,
         Err(e) => match call.record.as_mut() {
             Some(r) => fail(r, e, api.dialect()),
             None => e.into_response(api.dialect()),
         },
+    };
+    for (name, value) in rate_headers {
+        resp.headers_mut().insert(name, value);
     }
+    resp
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (so clients cannot spoof it).
+fn client_ip(
+    parts: &http::request::Parts,
+    trusted: &[(std::net::IpAddr, u8)],
+) -> Option<std::net::IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    let is_trusted = |ip: std::net::IpAddr| {
+        trusted
+            .iter()
+            .any(|net| pylon_config::cidr_contains(*net, ip))
+    };
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted(*ip))
+            .unwrap_or(peer),
+    )
 }
 
 /// The caller's principal in `keys` mode; `None` when auth is off.

@@ -1,4 +1,5 @@
-//! The data plane, in request order: ingress → auth → route → upstream → respond (+ app routes).
+//! The data plane, in request order: ingress → auth → limits → route → upstream → respond → usage
+//! (+ app routes).
 //!
 //! [`Gateway`] holds an immutable [`Snapshot`] built from the config; handlers read it without
 //! locks. Nothing on the request path waits on a store.
@@ -8,14 +9,19 @@ mod auth;
 mod breaker;
 mod error;
 mod ingress;
+mod limits;
 mod log;
+mod price;
 mod respond;
 mod route;
 mod server;
 mod snapshot;
 mod upstream;
+mod usage;
 
 pub use auth::{hash_key, KeyIndex};
 pub use error::ProxyError;
+pub use limits::spend_key;
 pub use server::{router, serve};
 pub use snapshot::{BuildError, Gateway, Snapshot};
+pub use usage::UsageEvent;

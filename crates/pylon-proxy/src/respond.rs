@@ -156,6 +156,7 @@ pub(crate) async fn stream(
         usage: None,
         done: false,
         failed: false,
+        events: 0,
         scratch: Vec::new(),
         dialect_api: call.api,
         record: None,
@@ -211,6 +212,7 @@ struct Relay {
     usage: Option<Usage>,
     done: bool,
     failed: bool,
+    events: u64,
     scratch: Vec<Chunk>,
     dialect_api: Api,
     record: Option<Record>,
@@ -256,6 +258,8 @@ impl Relay {
     }
 
     fn process(&mut self, events: Bytes) -> Result<Option<Bytes>, RelayError> {
+        // Roughly one token per content event: the output estimate if the stream is cut short.
+        self.events += memchr::memmem::find_iter(&events, b"data:").count() as u64;
         let Some((decoder, encoder)) = &mut self.codec else {
             self.scan_usage(&events);
             return Ok(Some(events));
@@ -336,6 +340,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(rec) = self.record.as_mut() {
             rec.usage = self.usage;
+            rec.streamed_events = self.events;
             rec.outcome = match (self.done, self.failed) {
                 (_, true) => "broken",
                 (true, false) => "ok",

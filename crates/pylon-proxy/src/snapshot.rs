@@ -17,6 +17,9 @@ use pylon_config::{AuthMode, Config, ProviderKind, Resilience, ResolvedTimeouts,
 
 use crate::auth::KeyIndex;
 use crate::breaker::{Health, Policy};
+use crate::price::Prices;
+use crate::usage::Sink;
+use pylon_state::{Limiter, OnRedisFailure, RedisState};
 
 /// Why a config could not become a running gateway.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum BuildError {
     /// The TLS setup failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// `data.redis_url` is not a usable Redis URL.
+    #[error("data.redis_url: {0}")]
+    Redis(String),
 }
 
 pub(crate) type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
@@ -60,6 +66,9 @@ pub(crate) struct Model {
     pub targets: Vec<Target>,
     pub fallbacks: Vec<String>,
     pub retries: u32,
+    /// Requests and tokens per minute across all callers.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }
 
 /// An app route (plain reverse proxy).
@@ -91,6 +100,12 @@ pub struct Gateway {
     /// Active virtual keys, swapped whole by the control plane; readers never block.
     pub(crate) keys: ArcSwap<KeyIndex>,
     pub(crate) auth: AuthMode,
+    /// Rate limits, concurrency and spend: in-process or in Redis.
+    pub(crate) limiter: Limiter,
+    pub(crate) limits: pylon_config::Limits,
+    pub(crate) trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+    pub(crate) prices: Prices,
+    pub(crate) usage: Sink,
     /// Set when shutdown begins; `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
 }
@@ -98,12 +113,53 @@ pub struct Gateway {
 impl Gateway {
     /// Builds a gateway from a validated config.
     pub fn new(config: &Config) -> Result<Arc<Gateway>, BuildError> {
+        let redis = match &config.data.redis_url {
+            Some(url) => Some(
+                RedisState::new(url.expose(), "pylon:")
+                    .map_err(|e| BuildError::Redis(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let on_failure = match config.limits.on_redis_failure {
+            pylon_config::RedisFailure::Local => OnRedisFailure::Local,
+            pylon_config::RedisFailure::Reject => OnRedisFailure::Reject,
+        };
         Ok(Arc::new(Gateway {
             snap: Arc::new(Snapshot::build(config)?),
             keys: ArcSwap::from_pointee(KeyIndex::default()),
             auth: config.auth.mode,
+            limiter: Limiter::new(redis, on_failure),
+            limits: config.limits.clone(),
+            trusted_proxies: config
+                .limits
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| pylon_config::parse_cidr(p))
+                .collect(),
+            prices: Prices::new(&config.prices),
+            usage: Sink::default(),
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// Connects the queue that receives one [`crate::UsageEvent`] per finished request.
+    pub fn connect_usage(&self, tx: tokio::sync::mpsc::Sender<crate::UsageEvent>) {
+        self.usage.connect(tx);
+    }
+
+    /// Usage events dropped because the queue was full.
+    pub fn usage_dropped(&self) -> u64 {
+        self.usage.dropped()
+    }
+
+    /// Raises a spend counter (see [`crate::spend_key`]) to what the store says was spent.
+    pub async fn seed_spend(&self, key: &str, usd: f64, ttl: std::time::Duration) {
+        self.limiter.seed_spend(key, (usd * 1e6) as i64, ttl).await;
+    }
+
+    /// Whether shared limits are configured but Redis is currently unreachable.
+    pub fn limits_degraded(&self) -> bool {
+        self.limiter.is_degraded()
     }
 
     /// Replaces the set of keys that authenticate.
@@ -221,6 +277,8 @@ impl Snapshot {
                     targets,
                     fallbacks: m.fallbacks.iter().map(|f| f.get_ref().clone()).collect(),
                     retries: m.retries,
+                    rpm: m.rpm,
+                    tpm: m.tpm,
                 }),
             );
         }
@@ -278,6 +336,8 @@ impl Snapshot {
             }],
             fallbacks: Vec::new(),
             retries: 1,
+            rpm: None,
+            tpm: None,
         }))
     }
 }
@@ -316,6 +376,8 @@ pub(crate) mod tests {
                 .collect(),
             fallbacks: Vec::new(),
             retries: 0,
+            rpm: None,
+            tpm: None,
         }
     }
 }

@@ -203,6 +203,16 @@ impl Limiter {
         self.local.settle(s, now_ms);
     }
 
+    /// Settles at once when all state is in-process (no I/O involved) and returns true;
+    /// returns false when the settlement must go to Redis (call [`Limiter::settle`] then).
+    pub fn settle_if_local(&self, s: &Settlement, now_ms: f64) -> bool {
+        if self.redis.is_some() {
+            return false;
+        }
+        self.local.settle(s, now_ms);
+        true
+    }
+
     /// Raises a spend counter to at least `micros` (seeding from the durable store).
     pub async fn seed_spend(&self, key: &str, micros: i64, ttl: Duration) {
         if let Some(r) = self.redis_usable() {

@@ -1,7 +1,25 @@
 //! Who is calling: the virtual key that authenticated a request and what it may do.
 
+/// The window a budget covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    Daily,
+    Monthly,
+    Total,
+}
+
+/// Limits and budget of a key or a team; `None` fields are unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Quota {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u64>,
+    /// US dollars per period.
+    pub budget: Option<(f64, BudgetPeriod)>,
+}
+
 /// The caller behind a virtual key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Principal {
     pub key_id: String,
     pub key_name: String,
@@ -11,6 +29,8 @@ pub struct Principal {
     pub allowed_models: Option<Vec<String>>,
     /// Unix seconds after which the key no longer authenticates (expiry or rotation grace).
     pub expires_at: Option<i64>,
+    pub key_quota: Quota,
+    pub team_quota: Quota,
 }
 
 impl Principal {

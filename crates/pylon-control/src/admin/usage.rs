@@ -28,19 +28,7 @@ fn day(offset_days: i64) -> String {
     civil_day(secs)
 }
 
-/// `YYYY-MM-DD` of a Unix time (UTC), by the days-from-civil algorithm.
-pub(crate) fn civil_day(secs: i64) -> String {
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub(crate) use pylon_types::day::civil_day;
 
 fn valid_day(s: &str) -> bool {
     s.len() == 10
@@ -92,14 +80,4 @@ pub(super) async fn usage(
         to,
         rows,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_days() {
-        assert_eq!(super::civil_day(0), "1970-01-01");
-        assert_eq!(super::civil_day(1_795_400_000), "2026-11-22");
-        assert_eq!(super::civil_day(951_782_400), "2000-02-29");
-    }
 }

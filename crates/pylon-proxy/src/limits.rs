@@ -1,0 +1,337 @@
+//! Limits: admission control. Builds the buckets a request must pass (per IP, key, team, user,
+//! model; requests and tokens), its concurrency slot and budget caps; pylon-state decides.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use pylon_state::{Admission, Bucket, Cap, Rate, Slot, Verdict};
+use pylon_types::day::{civil_day, civil_month};
+use pylon_types::{BudgetPeriod, Principal, Quota};
+
+use crate::snapshot::{Gateway, Model};
+use crate::ProxyError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Requests,
+    Tokens,
+}
+
+/// What admission took, to be settled when the request ends.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    pub release: Vec<String>,
+    pub token_buckets: Vec<(String, Rate)>,
+    pub estimated_tokens: u64,
+    pub caps: Vec<(String, Duration)>,
+    /// `x-ratelimit-*` headers for the response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+struct Named {
+    bucket: Bucket,
+    unit: Unit,
+    scope: String,
+}
+
+fn period_tag(period: BudgetPeriod, now: i64) -> (String, Duration) {
+    match period {
+        BudgetPeriod::Daily => (
+            format!("d{}", civil_day(now)),
+            Duration::from_secs(2 * 86_400),
+        ),
+        BudgetPeriod::Monthly => (
+            format!("m{}", civil_month(now)),
+            Duration::from_secs(32 * 86_400),
+        ),
+        BudgetPeriod::Total => ("all".to_owned(), Duration::ZERO),
+    }
+}
+
+fn period_name(period: BudgetPeriod) -> &'static str {
+    match period {
+        BudgetPeriod::Daily => "day",
+        BudgetPeriod::Monthly => "month",
+        BudgetPeriod::Total => "lifetime",
+    }
+}
+
+/// The spend counter key of a key's or team's budget for the current period, and its lifetime.
+pub fn spend_key(owner: &str, period: BudgetPeriod, now: i64) -> (String, Duration) {
+    let (tag, ttl) = period_tag(period, now);
+    (format!("{owner}:spend:{tag}"), ttl)
+}
+
+/// Checks and takes every limit that applies to this request.
+pub(crate) async fn admit(
+    gw: &Gateway,
+    principal: Option<&Principal>,
+    ip: Option<IpAddr>,
+    model: Option<&Model>,
+    tokens: impl FnOnce() -> u64,
+) -> Result<Admitted, ProxyError> {
+    let now = crate::auth::unix_now();
+    let mut named = Vec::new();
+    let mut add = |key: String, limit: u64, unit: Unit, scope: String| {
+        named.push(Named {
+            bucket: Bucket {
+                key,
+                rate: Rate::per_minute(limit),
+                cost: 1,
+            },
+            unit,
+            scope,
+        });
+    };
+    if let (Some(ip), limit @ 1..) = (ip, gw.limits.ip_rpm) {
+        add(
+            format!("ip:{ip}"),
+            limit,
+            Unit::Requests,
+            format!("client IP {ip}"),
+        );
+    }
+    let mut quota = |owner: String, scope: String, q: &Quota| {
+        if let Some(rpm) = q.rpm {
+            add(format!("{owner}:rpm"), rpm, Unit::Requests, scope.clone());
+        }
+        if let Some(tpm) = q.tpm {
+            add(format!("{owner}:tpm"), tpm, Unit::Tokens, scope);
+        }
+    };
+    let mut slots = Vec::new();
+    let mut caps = Vec::new();
+    let mut cap_scopes = Vec::new();
+    if let Some(p) = principal {
+        quota(
+            format!("k:{}", p.key_id),
+            format!("key `{}`", p.key_name),
+            &p.key_quota,
+        );
+        if let Some(team) = &p.team_id {
+            quota(format!("t:{team}"), format!("team `{team}`"), &p.team_quota);
+        }
+        if let (Some(user), limit @ 1..) = (&p.user_id, gw.limits.user_rpm) {
+            add(
+                format!("u:{user}:rpm"),
+                limit,
+                Unit::Requests,
+                format!("user `{user}`"),
+            );
+        }
+        if let Some(max) = p.key_quota.max_concurrent {
+            slots.push(Slot {
+                key: format!("k:{}:conc", p.key_id),
+                max,
+            });
+        }
+        let budgets = [
+            (
+                format!("k:{}", p.key_id),
+                format!("key `{}`", p.key_name),
+                p.key_quota.budget,
+            ),
+            (
+                format!("t:{}", p.team_id.clone().unwrap_or_default()),
+                format!("team `{}`", p.team_id.clone().unwrap_or_default()),
+                p.team_quota.budget,
+            ),
+        ];
+        for (owner, scope, budget) in budgets {
+            if let Some((usd, period)) = budget {
+                let (key, ttl) = spend_key(&owner, period, now);
+                caps.push((
+                    Cap {
+                        key,
+                        limit_micros: (usd * 1e6) as i64,
+                    },
+                    ttl,
+                ));
+                cap_scopes.push(format!(
+                    "the {} budget of ${usd:.2} of {scope}",
+                    period_name(period)
+                ));
+            }
+        }
+    }
+    if let Some(m) = model {
+        if let Some(rpm) = m.rpm {
+            add(
+                format!("m:{}:rpm", m.name),
+                rpm,
+                Unit::Requests,
+                format!("model `{}`", m.name),
+            );
+        }
+        if let Some(tpm) = m.tpm {
+            add(
+                format!("m:{}:tpm", m.name),
+                tpm,
+                Unit::Tokens,
+                format!("model `{}`", m.name),
+            );
+        }
+    }
+    let estimated = if named.iter().any(|n| n.unit == Unit::Tokens) {
+        tokens()
+    } else {
+        0
+    };
+    for n in named.iter_mut().filter(|n| n.unit == Unit::Tokens) {
+        n.bucket.cost = estimated.max(1);
+    }
+    let admission = Admission {
+        buckets: named.iter().map(|n| n.bucket.clone()).collect(),
+        slots: slots.clone(),
+        caps: caps.iter().map(|(c, _)| c.clone()).collect(),
+    };
+    let verdict = gw
+        .limiter
+        .admit(&admission, now_ms())
+        .await
+        .map_err(|_| ProxyError::LimitsUnavailable)?;
+    match verdict {
+        Verdict::Allowed(remaining) => Ok(Admitted {
+            release: slots.into_iter().map(|s| s.key).collect(),
+            token_buckets: named
+                .iter()
+                .filter(|n| n.unit == Unit::Tokens)
+                .map(|n| (n.bucket.key.clone(), n.bucket.rate))
+                .collect(),
+            estimated_tokens: estimated,
+            caps: caps.into_iter().map(|(c, ttl)| (c.key, ttl)).collect(),
+            headers: rate_headers(&named, &remaining),
+        }),
+        Verdict::Limited {
+            index,
+            retry_after_ms,
+            reset_ms,
+        } => {
+            let n = &named[index];
+            let unit = if n.unit == Unit::Tokens {
+                "tokens"
+            } else {
+                "requests"
+            };
+            let retry_after = Duration::from_millis(retry_after_ms.ceil() as u64);
+            let mut headers = rate_headers(&named, &[]);
+            headers.push((
+                HeaderName::from_static("retry-after-ms"),
+                header_value(retry_after.as_millis().to_string()),
+            ));
+            let suffix = if n.unit == Unit::Tokens {
+                "tokens"
+            } else {
+                "requests"
+            };
+            push_trio(&mut headers, suffix, n.bucket.rate.limit, 0, reset_ms);
+            Err(ProxyError::RateLimited {
+                message: format!(
+                    "rate limit of {} {unit} per minute for {} reached; retry in {:.1}s",
+                    n.bucket.rate.limit,
+                    n.scope,
+                    retry_after.as_secs_f64()
+                ),
+                retry_after,
+                headers,
+            })
+        }
+        Verdict::Busy { .. } => Err(ProxyError::RateLimited {
+            message:
+                "too many requests in flight for this key (max_concurrent); retry when one finishes"
+                    .into(),
+            retry_after: Duration::from_secs(1),
+            headers: Vec::new(),
+        }),
+        Verdict::OverBudget {
+            index,
+            spent_micros,
+        } => Err(ProxyError::OverBudget(format!(
+            "{} is spent (${:.4} used); raise the budget or wait for the next period",
+            cap_scopes.get(index).map_or("the budget", String::as_str),
+            spent_micros as f64 / 1e6
+        ))),
+    }
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn push_trio(
+    h: &mut Vec<(HeaderName, HeaderValue)>,
+    suffix: &str,
+    limit: u64,
+    remaining: u64,
+    reset_ms: f64,
+) {
+    let reset = if reset_ms < 1000.0 {
+        format!("{}ms", reset_ms.ceil() as u64)
+    } else {
+        format!("{:.0}s", (reset_ms / 1000.0).ceil())
+    };
+    for (name, value) in [
+        ("limit", limit.to_string()),
+        ("remaining", remaining.to_string()),
+        ("reset", reset),
+    ] {
+        if let Ok(n) = HeaderName::from_bytes(format!("x-ratelimit-{name}-{suffix}").as_bytes()) {
+            h.push((n, header_value(value)));
+        }
+    }
+}
+
+/// The OpenAI-style trio for the tightest request bucket and the tightest token bucket.
+fn rate_headers(
+    named: &[Named],
+    remaining: &[pylon_state::Remaining],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = Vec::new();
+    for (unit, suffix) in [(Unit::Requests, "requests"), (Unit::Tokens, "tokens")] {
+        let tightest = named
+            .iter()
+            .zip(remaining)
+            .filter(|(n, _)| n.unit == unit)
+            .min_by_key(|(_, r)| r.remaining);
+        if let Some((n, r)) = tightest {
+            push_trio(&mut h, suffix, n.bucket.rate.limit, r.remaining, r.reset_ms);
+        }
+    }
+    h
+}
+
+/// Tokens of the messages' text (o200k tokenizer, as GPT-4o), plus the requested output cap.
+pub(crate) fn estimate_tokens(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        #[serde(default)]
+        content: Option<pylon_types::openai::Content>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        messages: Vec<Msg>,
+        #[serde(default)]
+        max_tokens: Option<u64>,
+        #[serde(default)]
+        max_completion_tokens: Option<u64>,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(body) else {
+        return (body.len() as u64).div_ceil(4);
+    };
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let input: usize = b
+        .messages
+        .iter()
+        .filter_map(|m| m.content.as_ref())
+        .map(|c| bpe.encode_ordinary(&c.text()).len() + 4)
+        .sum();
+    input as u64 + b.max_completion_tokens.or(b.max_tokens).unwrap_or(0)
+}
