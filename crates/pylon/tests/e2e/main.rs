@@ -8,6 +8,7 @@ mod formats;
 mod harness;
 mod keys;
 mod lifecycle;
+mod limits;
 mod resilience;
 mod streaming;
 mod validation;
