@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the official OpenAI and Anthropic Python SDKs against `pylon demo` (debug build).
+# Runs the official OpenAI and Anthropic Python SDKs against Pylon (debug build):
+# `pylon demo` for the API surface, then a keys-mode `pylon serve` for 401/403/429.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,15 +11,51 @@ fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic
 
 cargo build --quiet -p pylon
-port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-log=target/sdk-demo.log
-PYLON_LOG=warn target/debug/pylon demo --listen "127.0.0.1:$port" >"$log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true' EXIT
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+wait_up() { # url pid log
+  for _ in $(seq 1 100); do
+    if curl -fsS "$1" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$2" 2>/dev/null; then echo "process exited early:"; cat "$3"; exit 1; fi
+    sleep 0.1
+  done
+  echo "$1 never answered"; cat "$3"; exit 1
+}
 
-for _ in $(seq 1 100); do
-  if curl -fsS "http://127.0.0.1:$port/livez" >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$pid" 2>/dev/null; then echo "pylon demo exited early:"; cat "$log"; exit 1; fi
-  sleep 0.1
-done
+port=$(free_port)
+PYLON_LOG=warn target/debug/pylon demo --listen "127.0.0.1:$port" >target/sdk-demo.log 2>&1 &
+pids+=($!)
+wait_up "http://127.0.0.1:$port/livez" "$!" target/sdk-demo.log
 "$venv/bin/python" scripts/sdk_check.py "http://127.0.0.1:$port"
+
+mock=$(free_port)
+target/debug/pylon mock-provider --port "$mock" >target/sdk-mock.log 2>&1 &
+pids+=($!)
+wait_up "http://127.0.0.1:$mock/mock/stats" "$!" target/sdk-mock.log
+gw=$(free_port)
+data=$(mktemp -d)
+cat >target/sdk-keys.toml <<TOML
+[server]
+listen = "127.0.0.1:$gw"
+[data]
+dir = "$data"
+[auth]
+mode = "keys"
+[limits]
+ip_rpm = 0
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:$mock/v1"
+[[models]]
+name = "chat"
+targets = [ { provider = "mock", model = "gpt-4o-mini" } ]
+[[models]]
+name = "other"
+targets = [ { provider = "mock", model = "gpt-4o-mini" } ]
+TOML
+PYLON_ADMIN_TOKEN=sdk-admin PYLON_LOG=warn target/debug/pylon serve --config target/sdk-keys.toml >target/sdk-keys.log 2>&1 &
+pids+=($!)
+wait_up "http://127.0.0.1:$gw/livez" "$!" target/sdk-keys.log
+"$venv/bin/python" scripts/sdk_keys_check.py "http://127.0.0.1:$gw" sdk-admin
