@@ -1,5 +1,6 @@
 //! The `pylon` binary: command line, start-up and shutdown. Wiring only.
 
+mod admin_cli;
 mod demo;
 
 use std::future::Future;
@@ -40,6 +41,27 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Manage virtual keys through the admin API.
+    Keys {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        command: admin_cli::KeysCommand,
+    },
+    /// Spend, tokens and requests from the admin API.
+    Usage {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        /// key, team, model or day.
+        #[arg(long, default_value = "day")]
+        group_by: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Run the mock model provider (OpenAI, Anthropic and Gemini wire formats).
     MockProvider {
@@ -110,6 +132,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file),
+        Command::Keys { remote, command } => admin_cli::keys(remote, command).await,
+        Command::Usage {
+            remote,
+            group_by,
+            from,
+            to,
+        } => admin_cli::usage(remote, group_by, from, to).await,
         Command::MockProvider {
             port,
             host,

@@ -165,6 +165,7 @@ pub async fn two_mocks() -> (MockServer, MockServer, Gateway) {
 }
 
 pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

@@ -169,3 +169,72 @@ fn config_check_reports_file_line_col() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains(":4:12: environment variable `PYLON_TEST_UNSET_VAR` is not set"));
 }
+
+/// Runs the CLI against `url` off the async runtime; (success, stdout, stderr).
+async fn cli(url: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = pylon()
+            .args(&args)
+            .env("PYLON_URL", url)
+            .env("PYLON_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cli_manages_keys_through_the_admin_api() {
+    let mock = MockServer::start().await;
+    let text = format!(
+        "[[providers]]\nname = \"m\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\n[[models]]\nname = \"chat\"\ntargets = [ {{ provider = \"m\", model = \"x\" }} ]\n",
+        mock.addr
+    );
+    let (gw, _) = Gateway::with_admin(&text, Some("cli-admin")).await;
+    let url = format!("http://{}", gw.addr);
+    let (ok, key, err) = cli(
+        &url,
+        "cli-admin",
+        &[
+            "keys", "create", "--name", "from-cli", "--models", "chat", "--rpm", "5",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("pk-"));
+    let chat = || {
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&hello("chat"))
+            .send()
+    };
+    assert_eq!(chat().await.unwrap().status(), 200);
+
+    let (_, listed, _) = cli(&url, "cli-admin", &["keys", "list"]).await;
+    assert!(
+        listed.contains("from-cli") && listed.contains(&key[..11]) && !listed.contains(&key),
+        "{listed}"
+    );
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cli(&url, "cli-admin", &["keys", "revoke", &id]).await.0);
+    assert_eq!(chat().await.unwrap().status(), 401);
+    let (ok, _, err) = cli(&url, "wrong", &["keys", "list"]).await;
+    assert!(!ok && err.contains("401"), "{err}");
+}

@@ -1,0 +1,220 @@
+//! `pylon keys …` and `pylon usage`: the admin API from the command line, local or remote.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Where the admin API is and how to authenticate.
+#[derive(Args)]
+pub(crate) struct Remote {
+    /// Base URL of a running Pylon (its admin listener if it has one).
+    #[arg(long, env = "PYLON_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The admin token.
+    #[arg(long, env = "PYLON_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a key; prints it once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated model names the key may use (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        #[arg(long)]
+        rpm: Option<i64>,
+        #[arg(long)]
+        tpm: Option<i64>,
+        #[arg(long)]
+        max_concurrent: Option<i64>,
+        /// Budget in US dollars per --period.
+        #[arg(long)]
+        budget: Option<f64>,
+        /// daily, monthly or total.
+        #[arg(long, default_value = "monthly")]
+        period: String,
+        /// Lifetime, e.g. 30d.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Show one key.
+    Show { id: String },
+    /// Revoke a key at once.
+    Revoke { id: String },
+    /// Issue a new key; the old one stays valid for --grace.
+    Rotate {
+        id: String,
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    fn new(r: Remote) -> anyhow::Result<Self> {
+        // HTTPS to a remote Pylon uses rustls with the ring provider, as the gateway does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Client {
+            http: reqwest::Client::builder().build()?,
+            url: r.url.trim_end_matches('/').to_owned(),
+            token: r.token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.url))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"]["message"].as_str().unwrap_or("no details");
+            anyhow::bail!("{status}: {msg}");
+        }
+        Ok(body)
+    }
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs a `pylon keys` command.
+pub(crate) async fn keys(remote: Remote, cmd: KeysCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match cmd {
+        KeysCommand::Create {
+            name,
+            team,
+            user,
+            models,
+            rpm,
+            tpm,
+            max_concurrent,
+            budget,
+            period,
+            expires_in,
+        } => {
+            let mut body = json!({"name": name, "team_id": team, "user_id": user, "allowed_models": models, "expires_in": expires_in,
+                "limits": {"rpm": rpm, "tpm": tpm, "max_concurrent": max_concurrent}});
+            if let Some(usd) = budget {
+                body["budget"] = json!({"amount_usd": usd, "period": period});
+            }
+            let created = c
+                .call(reqwest::Method::POST, "/admin/v1/keys", Some(body))
+                .await?;
+            eprintln!("Store this key now; it cannot be shown again:");
+            println!("{}", created["key"].as_str().unwrap_or_default());
+            eprintln!("id: {}", created["id"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        KeysCommand::List => {
+            let keys = c.call(reqwest::Method::GET, "/admin/v1/keys", None).await?;
+            println!(
+                "{:<38} {:<20} {:<12} {:<8} TEAM",
+                "ID", "NAME", "PREFIX", "STATUS"
+            );
+            for k in keys.as_array().into_iter().flatten() {
+                println!(
+                    "{:<38} {:<20} {:<12} {:<8} {}",
+                    k["id"].as_str().unwrap_or(""),
+                    k["name"].as_str().unwrap_or(""),
+                    k["prefix"].as_str().unwrap_or(""),
+                    k["status"].as_str().unwrap_or(""),
+                    k["team_id"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Show { id } => print_json(
+            &c.call(reqwest::Method::GET, &format!("/admin/v1/keys/{id}"), None)
+                .await?,
+        ),
+        KeysCommand::Revoke { id } => {
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/admin/v1/keys/{id}"),
+                None,
+            )
+            .await?;
+            eprintln!("revoked {id}");
+            Ok(())
+        }
+        KeysCommand::Rotate { id, grace } => {
+            let created = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/admin/v1/keys/{id}/rotate"),
+                    Some(json!({"grace": grace})),
+                )
+                .await?;
+            eprintln!("New key (the old one stays valid for {grace}); store it now:");
+            println!("{}", created["key"].as_str().unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
+/// Runs `pylon usage`.
+pub(crate) async fn usage(
+    remote: Remote,
+    group_by: String,
+    from: Option<String>,
+    to: Option<String>,
+) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let mut path = format!("/admin/v1/usage?group_by={group_by}");
+    for (k, v) in [("from", from), ("to", to)] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={v}"));
+        }
+    }
+    let report = c.call(reqwest::Method::GET, &path, None).await?;
+    println!(
+        "{:<38} {:>10} {:>14} {:>14} {:>12}",
+        group_by.to_uppercase(),
+        "REQUESTS",
+        "INPUT TOKENS",
+        "OUTPUT TOKENS",
+        "COST USD"
+    );
+    for r in report["rows"].as_array().into_iter().flatten() {
+        println!(
+            "{:<38} {:>10} {:>14} {:>14} {:>12.6}",
+            r["group"].as_str().unwrap_or(""),
+            r["requests"].as_i64().unwrap_or(0),
+            r["input_tokens"].as_i64().unwrap_or(0),
+            r["output_tokens"].as_i64().unwrap_or(0),
+            r["cost_usd"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
