@@ -38,13 +38,21 @@ impl Outcome {
     }
 }
 
+/// A target URL and the bearer token to send, if any.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub url: String,
+    pub bearer: Option<String>,
+}
+
 /// One request, body read to the end; the latency in microseconds, or `None` on failure.
-pub async fn one(client: &HttpClient, url: &str, body: &Bytes) -> Option<u64> {
+pub async fn one(client: &HttpClient, to: &Endpoint, body: &Bytes) -> Option<u64> {
     let started = Instant::now();
-    let req = hyper::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))
-        .ok()?;
+    let mut req = hyper::Request::post(&to.url).header("content-type", "application/json");
+    if let Some(token) = &to.bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(Full::new(body.clone())).ok()?;
     let resp = client.request(req).await.ok()?;
     let ok = resp.status().is_success();
     let _ = resp.into_body().collect().await.ok()?;
@@ -60,7 +68,7 @@ fn hist() -> Histogram<u64> {
 /// `concurrency` workers sending back to back for `duration`.
 pub async fn closed_loop(
     client: &HttpClient,
-    url: &str,
+    url: &Endpoint,
     body: Bytes,
     concurrency: usize,
     duration: Duration,
@@ -71,7 +79,7 @@ pub async fn closed_loop(
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, url, body, shared) =
-                (client.clone(), url.to_owned(), body.clone(), shared.clone());
+                (client.clone(), url.clone(), body.clone(), shared.clone());
             tokio::spawn(async move {
                 let (mut h, mut ok, mut err) = (hist(), 0, 0);
                 while Instant::now() < end {
@@ -107,7 +115,7 @@ pub async fn closed_loop(
 /// scheduled start, so a stall is not hidden (no coordinated omission).
 pub async fn fixed_rate(
     client: &HttpClient,
-    url: &str,
+    url: &Endpoint,
     body: Bytes,
     rate: u32,
     duration: Duration,
@@ -121,7 +129,7 @@ pub async fn fixed_rate(
         let scheduled = started + interval.mul_f64(i as f64);
         tokio::time::sleep_until(scheduled.into()).await;
         let (client, url, body, shared) =
-            (client.clone(), url.to_owned(), body.clone(), shared.clone());
+            (client.clone(), url.clone(), body.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
             let r = one(&client, &url, &body).await;
             let mut s = shared.lock().await;
@@ -149,7 +157,7 @@ pub async fn fixed_rate(
 
 /// Opens `n` streaming requests at once and holds them open; calls `sample` while all are live.
 pub async fn held_streams(
-    url: &str,
+    url: &Endpoint,
     body: Bytes,
     n: usize,
     sample_after: Duration,
@@ -158,7 +166,7 @@ pub async fn held_streams(
     let client = client(n);
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
             tokio::spawn(async move { one(&client, &url, &body).await.is_some() })
         })
         .collect();

@@ -1,29 +1,30 @@
-//! Pylon's load harness: the same mock provider loaded directly, through Pylon and through nginx.
+//! Pylon's load harness: the same mock provider loaded directly, through Pylon (plain, and with
+//! auth + limits in-process and in Redis) and through nginx.
 //!
-//! Prints requests/s, p50/p99 latency, Pylon's added latency, CPU per request of the proxy process,
-//! RSS, readiness time, and memory with 1,000 concurrent slow streams.
+//! Prints requests/s, p50/p99 latency, Pylon's added latency, CPU per request of the proxy
+//! process, RSS, readiness time, and memory with 1,000 concurrent slow streams.
 
 mod load;
 mod procs;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 
-use load::Outcome;
+use load::{Endpoint, Outcome};
 use procs::{cpu_seconds, rss_mib, wait_ready, Proc};
 
 #[derive(Parser)]
 #[command(about = "Load the mock provider directly, through Pylon and through nginx")]
 struct Args {
-    /// Length of each measured run.
-    #[arg(long, default_value = "5s", value_parser = humantime_parse)]
-    duration: Duration,
+    /// Length of each measured run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
     /// Concurrency of the throughput runs.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -39,27 +40,75 @@ struct Args {
     /// Skip nginx (when it is not installed).
     #[arg(long)]
     no_nginx: bool,
-}
-
-fn humantime_parse(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().map_err(|_| format!("bad duration {s}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("bad duration {s} (use ms or s)")),
-    }
+    /// Skip the Pylon variants with auth and limits.
+    #[arg(long)]
+    no_limits: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A config for a Pylon in front of the mock; `extra` adds sections.
+fn pylon_config(port: u16, mock: u16, data: &Path, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+shutdown_grace = "1s"
+
+[data]
+dir = "{data}"
+{extra}
+[log]
+level = "info"
+format = "json"
+
+[[providers]]
+name = "mock"
+kind = "openai"
+base_url = "http://127.0.0.1:{mock}/v1"
+api_key = "sk-bench"
+
+[[models]]
+name = "bench"
+targets = [ {{ provider = "mock", model = "bench" }} ]
+"#,
+        data = data.display()
+    )
+}
+
+/// A key with every kind of limit, none of which the run reaches.
+async fn create_key(port: u16) -> anyhow::Result<String> {
+    let body = r#"{"name":"bench","limits":{"rpm":100000000,"tpm":1000000000,"max_concurrent":100000},"budget":{"amount_usd":1000000,"period":"monthly"}}"#;
+    let req = hyper::Request::post(format!("http://127.0.0.1:{port}/admin/v1/keys"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer bench-admin")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))?;
+    let resp = load::client(1).request(req).await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "creating the bench key failed: {}",
+        resp.status()
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await?.to_bytes())?;
+    json["key"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no key in the answer"))
+}
+
 struct Target {
     name: &'static str,
-    port: u16,
+    to: Endpoint,
     /// The proxy process measured for CPU; `None` for the direct case.
     pid: Option<u32>,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Closed(usize),
+    Rate(u32),
 }
 
 #[tokio::main]
@@ -73,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("pylon"),
     };
 
-    let (mock_port, pylon_port, nginx_port) = (free_port()?, free_port()?, free_port()?);
+    let mock_port = free_port()?;
     let _mock = Proc::spawn(Command::new(&pylon_bin).args([
         "mock-provider",
         "--port",
@@ -85,36 +134,24 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let config = out.join("pylon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{pylon_port}"
-shutdown_grace = "1s"
+    let spawn_pylon = |name: &str, extra: &str| -> anyhow::Result<(u16, Proc)> {
+        let port = free_port()?;
+        let data = out.join(format!("data-{name}"));
+        let _ = std::fs::remove_dir_all(&data);
+        let cfg = out.join(format!("{name}.toml"));
+        std::fs::write(&cfg, pylon_config(port, mock_port, &data, extra))?;
+        let p = Proc::spawn(
+            Command::new(&pylon_bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(&cfg)
+                .env("PYLON_ADMIN_TOKEN", "bench-admin"),
+        )?;
+        Ok((port, p))
+    };
 
-[log]
-level = "info"
-format = "json"
-
-[[providers]]
-name = "mock"
-kind = "openai"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-api_key = "sk-bench"
-
-[[models]]
-name = "bench"
-targets = [ {{ provider = "mock", model = "bench" }} ]
-"#
-        ),
-    )?;
-    let pylon = Proc::spawn(
-        Command::new(&pylon_bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config),
-    )?;
+    let (pylon_port, pylon) =
+        spawn_pylon("pylon", "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n")?;
     let ready = wait_ready(
         &format!("http://127.0.0.1:{pylon_port}/livez"),
         Duration::from_secs(10),
@@ -127,45 +164,85 @@ targets = [ {{ provider = "mock", model = "bench" }} ]
         ready.as_secs_f64() * 1000.0
     );
 
-    let nginx = if args.no_nginx {
-        None
-    } else {
-        Some(procs::nginx(&out, nginx_port, mock_port)?)
-    };
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
     let mut targets = vec![
         Target {
             name: "direct",
-            port: mock_port,
+            to: Endpoint {
+                url: url(mock_port),
+                bearer: None,
+            },
             pid: None,
         },
         Target {
             name: "pylon",
-            port: pylon_port,
+            to: Endpoint {
+                url: url(pylon_port),
+                bearer: None,
+            },
             pid: Some(pylon.pid()),
         },
     ];
-    if let Some(n) = &nginx {
+    // Auth and limits on: every kind of limit is checked (per IP, key rpm/tpm, concurrency,
+    // budget), none is reached.
+    let mut keep = Vec::new();
+    if !args.no_limits {
+        for (name, redis) in [
+            ("pylon+keys", ""),
+            ("pylon+redis", "redis_url = \"redis://127.0.0.1:6379\"\n"),
+        ] {
+            let extra = format!("{redis}[limits]\nip_rpm = 100000000\n");
+            let (port, p) = spawn_pylon(
+                name,
+                &extra.replacen("redis_url", "#redis_url", usize::from(redis.is_empty())),
+            )?;
+            wait_ready(
+                &format!("http://127.0.0.1:{port}/livez"),
+                Duration::from_secs(10),
+            )
+            .await?;
+            let key = create_key(port).await?;
+            targets.push(Target {
+                name,
+                to: Endpoint {
+                    url: url(port),
+                    bearer: Some(key),
+                },
+                pid: Some(p.pid()),
+            });
+            keep.push(p);
+        }
+    }
+    let nginx = if args.no_nginx {
+        None
+    } else {
+        let port = free_port()?;
+        let n = procs::nginx(&out, port, mock_port)?;
         wait_ready(
-            &format!("http://127.0.0.1:{nginx_port}/mock/stats"),
+            &format!("http://127.0.0.1:{port}/mock/stats"),
             Duration::from_secs(10),
         )
         .await?;
         targets.push(Target {
             name: "nginx",
-            port: nginx_port,
+            to: Endpoint {
+                url: url(port),
+                bearer: None,
+            },
             pid: Some(n.pid()),
         });
-    }
+        Some(n)
+    };
 
     let plain =
         Bytes::from_static(br#"{"model":"bench","messages":[{"role":"user","content":"hello"}]}"#);
     let stream = Bytes::from_static(
         br#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"hello"}]}"#,
     );
-    let d = args.duration;
+    let d = Duration::from_secs(args.seconds);
     let c = args.concurrency;
     println!(
-        "\n{:<28} {:<7} {:>9} {:>9} {:>9} {:>12} {:>7}",
+        "\n{:<28} {:<12} {:>9} {:>9} {:>9} {:>12} {:>7}",
         "case", "via", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "errors"
     );
     let mut rows: Vec<(String, &'static str, Outcome, Option<f64>)> = Vec::new();
@@ -189,22 +266,21 @@ targets = [ {{ provider = "mock", model = "bench" }} ]
         (format!("stream, concurrency {c}"), &stream, Mode::Closed(c)),
     ] {
         for t in &targets {
-            let url = format!("http://127.0.0.1:{}/v1/chat/completions", t.port);
             // One client per run, warmed up first so every hop's connection pool is full.
             let client = load::client(1024);
-            let _ = load::closed_loop(&client, &url, body.clone(), 32, Duration::from_millis(300))
+            let _ = load::closed_loop(&client, &t.to, body.clone(), 32, Duration::from_millis(300))
                 .await;
             let cpu0 = t.pid.map(cpu_seconds);
             let o = match mode {
-                Mode::Closed(n) => load::closed_loop(&client, &url, body.clone(), n, d).await,
-                Mode::Rate(r) => load::fixed_rate(&client, &url, body.clone(), r, d).await,
+                Mode::Closed(n) => load::closed_loop(&client, &t.to, body.clone(), n, d).await,
+                Mode::Rate(r) => load::fixed_rate(&client, &t.to, body.clone(), r, d).await,
             };
             let cpu = t
                 .pid
                 .zip(cpu0)
                 .map(|(pid, before)| (cpu_seconds(pid) - before) / o.ok.max(1) as f64 * 1e6);
             println!(
-                "{:<28} {:<7} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>7}",
+                "{:<28} {:<12} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>7}",
                 case,
                 t.name,
                 o.rps(),
@@ -218,6 +294,7 @@ targets = [ {{ provider = "mock", model = "bench" }} ]
     }
 
     println!("\nadded latency over direct (µs):");
+    let vias: Vec<&str> = targets.iter().skip(1).map(|t| t.name).collect();
     for case in [
         "non-stream, concurrency 1".to_owned(),
         format!("non-stream, {} req/s", args.rate),
@@ -229,10 +306,10 @@ targets = [ {{ provider = "mock", model = "bench" }} ]
                 .map(|r| (r.2.p(0.5), r.2.p(0.99)))
         };
         if let Some((d50, d99)) = get("direct") {
-            for via in ["pylon", "nginx"] {
+            for via in &vias {
                 if let Some((p50, p99)) = get(via) {
                     println!(
-                        "  {case:<28} {via:<6} p50 {:+7.0}   p99 {:+7.0}",
+                        "  {case:<28} {via:<12} p50 {:+7.0}   p99 {:+7.0}",
                         p50 - d50,
                         p99 - d99
                     );
@@ -249,31 +326,36 @@ targets = [ {{ provider = "mock", model = "bench" }} ]
         format!("non-stream, concurrency {c}"),
         format!("stream, concurrency {c}"),
     ] {
-        if let (Some(p), Some(n)) = (cpu_of(&case, "pylon"), cpu_of(&case, "nginx")) {
-            println!(
-                "CPU per request, {case}: pylon {p:.1} µs, nginx {n:.1} µs, ratio {:.2}×",
-                p / n
-            );
+        if let Some(n) = cpu_of(&case, "nginx") {
+            for via in vias.iter().filter(|v| **v != "nginx") {
+                if let Some(p) = cpu_of(&case, via) {
+                    println!(
+                        "CPU per request, {case}: {via} {p:.1} µs vs nginx {n:.1} µs = {:.2}×",
+                        p / n
+                    );
+                }
+            }
         }
     }
 
     // Memory with many slow streams held open at once.
-    let behaviour = r#"{"chunk_delay":"100ms","repeat":6}"#;
     put(
         &format!("http://127.0.0.1:{mock_port}/mock/behaviour"),
-        behaviour,
+        r#"{"chunk_delay":"100ms","repeat":6}"#,
     )
     .await?;
     println!(
         "\n{} concurrent slow SSE streams (~4 s each, a chunk every 100 ms):",
         args.streams
     );
-    for t in targets.iter().filter(|t| t.pid.is_some()) {
-        let url = format!("http://127.0.0.1:{}/v1/chat/completions", t.port);
+    for t in targets
+        .iter()
+        .filter(|t| t.name == "pylon" || t.name == "nginx")
+    {
         let pid = t.pid.unwrap_or_default();
         let mut during = 0.0;
         let (ok, failed) = load::held_streams(
-            &url,
+            &t.to,
             stream.clone(),
             args.streams,
             Duration::from_secs(2),
@@ -288,13 +370,8 @@ targets = [ {{ provider = "mock", model = "bench" }} ]
         "{}",
     )
     .await?;
+    drop(nginx);
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-enum Mode {
-    Closed(usize),
-    Rate(u32),
 }
 
 async fn put(url: &str, body: &'static str) -> anyhow::Result<()> {

@@ -20,8 +20,6 @@ pub struct Config {
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
-    pub secrets: Secrets,
-    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub resilience: Resilience,
@@ -144,15 +142,6 @@ pub struct Admin {
     /// Serve the admin API (and docs) on this address instead of the main listener.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
-}
-
-/// `[secrets]`: encryption of provider credentials stored through the admin API.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Secrets {
-    /// A file holding the base64 master key (32 bytes); otherwise `PYLON_MASTER_KEY`.
-    #[serde(default)]
-    pub master_key_file: Option<PathBuf>,
 }
 
 /// `[log]`.

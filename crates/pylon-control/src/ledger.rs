@@ -12,21 +12,29 @@ use tokio::sync::mpsc;
 /// Most distinct (day, key, model) groups kept while the store is unreachable.
 const MAX_PENDING: usize = 100_000;
 
-/// Aggregates events and writes them every `every` (and when the queue closes).
+/// Drains the queue every quarter second (never woken per event: that would cost the request
+/// path a cross-thread wake-up each) and writes the aggregates every `every`.
 pub async fn run(store: Store, mut rx: mpsc::Receiver<UsageEvent>, every: Duration) {
     let mut pending: HashMap<(String, String, String), UsageDelta> = HashMap::new();
-    let mut tick = tokio::time::interval(every);
+    let drain_every = Duration::from_millis(250).min(every);
+    let mut tick = tokio::time::interval(drain_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(e) => add(&mut pending, e),
-                None => {
+        tick.tick().await;
+        loop {
+            match rx.try_recv() {
+                Ok(e) => add(&mut pending, e),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
                     flush(&store, &mut pending).await;
                     return;
                 }
-            },
-            _ = tick.tick() => flush(&store, &mut pending).await,
+            }
+        }
+        if last_flush.elapsed() >= every {
+            flush(&store, &mut pending).await;
+            last_flush = tokio::time::Instant::now();
         }
     }
 }

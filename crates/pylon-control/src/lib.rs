@@ -131,7 +131,7 @@ pub async fn bootstrap(
     let gateway = Gateway::new(config)?;
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.
-    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(65_536);
     gateway.connect_usage(tx);
     tokio::spawn(ledger::run(
         store.clone(),

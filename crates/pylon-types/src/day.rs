@@ -31,7 +31,7 @@ mod tests {
     #[test]
     fn days_and_months() {
         assert_eq!(civil_day(0), "1970-01-01");
-        assert_eq!(civil_day(1_795_400_000), "2026-11-22");
+        assert_eq!(civil_day(1_795_400_000), "2026-11-23");
         assert_eq!(civil_day(951_782_400), "2000-02-29");
         assert_eq!(civil_month(1_795_400_000), "2026-11");
     }
