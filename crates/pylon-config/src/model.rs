@@ -45,6 +45,22 @@ pub struct Server {
     pub max_body_bytes: usize,
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most messages one chat request may carry.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: usize,
+    /// Largest single message (its JSON content, in bytes).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Origins allowed to call Pylon from a browser (CORS); empty: no cross-origin access.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+fn default_max_messages() -> usize {
+    2_000
+}
+fn default_max_message_bytes() -> usize {
+    2 * 1024 * 1024
 }
 
 fn default_listen() -> SocketAddr {
@@ -63,6 +79,9 @@ impl Default for Server {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
             shutdown_grace: default_grace(),
+            max_messages: default_max_messages(),
+            max_message_bytes: default_max_message_bytes(),
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod keys;
 mod ledger;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -13,17 +14,46 @@ use pylon_store::Store;
 pub use admin::{openapi, router};
 pub use keys::{generate, KEY_PREFIX};
 
+/// Secrets that come from the environment, not the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `PYLON_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// `PYLON_MASTER_KEY`: encrypts provider credentials stored through the admin API.
+    pub master_key: Option<String>,
+    /// `PYLON_MASTER_KEY_PREVIOUS`: older master keys still accepted for reading (rotation).
+    pub master_key_previous: Option<String>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Env {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Env {
+            admin_token: var("PYLON_ADMIN_TOKEN"),
+            master_key: var("PYLON_MASTER_KEY"),
+            master_key_previous: var("PYLON_MASTER_KEY_PREVIOUS"),
+        }
+    }
+}
+
 /// Shared state of the control plane.
 pub struct Control {
     pub store: Store,
     pub gateway: Arc<Gateway>,
     /// SHA-256 of the admin token; `None` disables the admin API.
     admin_token: Option<[u8; 32]>,
+    keyring: secrets::Keyring,
 }
 
 impl Control {
-    /// A control plane over `store` that keeps `gateway`'s keys current.
-    pub fn new(store: Store, gateway: Arc<Gateway>, admin_token: Option<String>) -> Arc<Control> {
+    /// A control plane over `store` that keeps `gateway`'s keys and credentials current.
+    pub fn new(
+        store: Store,
+        gateway: Arc<Gateway>,
+        admin_token: Option<String>,
+        keyring: secrets::Keyring,
+    ) -> Arc<Control> {
         let admin_token = admin_token
             .filter(|t| !t.is_empty())
             .map(|t| pylon_proxy::hash_key(&t));
@@ -31,7 +61,51 @@ impl Control {
             store,
             gateway,
             admin_token,
+            keyring,
         })
+    }
+
+    /// Decrypts stored provider credentials into the data plane.
+    async fn load_credentials(&self) -> Result<(), pylon_store::StoreError> {
+        for c in self.store.credentials().await? {
+            match self.keyring.open(&c) {
+                Ok(secret) => {
+                    if !self.gateway.set_credential(&c.provider, Some(&secret)) {
+                        tracing::warn!(target: "pylon::control", provider = %c.provider, "stored credential for a provider that is not configured");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "pylon::control", error = %e, "cannot use a stored credential")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-encrypts every stored credential under the current master key; returns how many.
+    pub(crate) async fn rotate_master(&self) -> Result<usize, admin::AdminError> {
+        let Some(current) = self.keyring.current_id() else {
+            return Err(admin::AdminError::from_secrets(
+                secrets::SecretsError::NoMasterKey,
+            ));
+        };
+        let mut n = 0;
+        for c in self.store.credentials().await? {
+            if c.master_key_id == current {
+                continue;
+            }
+            let secret = self
+                .keyring
+                .open(&c)
+                .map_err(admin::AdminError::from_secrets)?;
+            let sealed = self
+                .keyring
+                .seal(&c.provider, &secret, keys::unix_now())
+                .map_err(admin::AdminError::from_secrets)?;
+            self.store.put_credential(&sealed).await?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Reloads active keys from the store into the data plane's index, and raises budget
@@ -52,6 +126,7 @@ impl Control {
         );
         let n = index.len();
         self.gateway.set_keys(index);
+        self.load_credentials().await?;
         let budgets = keys
             .iter()
             .filter_map(|k| Some((false, format!("k:{}", k.id), k.id.as_str(), k.budget?)))
@@ -104,14 +179,20 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
 }
 
-/// Opens the store, builds the gateway, loads keys and returns the control-plane routes.
-/// `admin_token_env` is the value of `PYLON_ADMIN_TOKEN` (passed in so tests need no globals).
+/// Opens the store, builds the gateway, loads keys and credentials. `env` carries the secrets
+/// from the environment (passed in so tests need no process globals).
 pub async fn bootstrap(
     config: &pylon_config::Config,
-    admin_token_env: Option<String>,
+    env: Env,
 ) -> Result<(Arc<Gateway>, Arc<Control>), StartError> {
+    let keyring = secrets::Keyring::new(
+        env.master_key.as_deref(),
+        env.master_key_previous.as_deref(),
+    )?;
     let store = match &config.data.store_url {
         Some(url) => Store::connect(url.expose()).await?,
         None => Store::open_sqlite(&config.data.dir).await?,
@@ -126,7 +207,7 @@ pub async fn bootstrap(
                 .trim()
                 .to_owned(),
         ),
-        None => admin_token_env,
+        None => env.admin_token,
     };
     let gateway = Gateway::new(config)?;
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
@@ -138,7 +219,7 @@ pub async fn bootstrap(
         rx,
         std::time::Duration::from_secs(1),
     ));
-    let control = Control::new(store, gateway.clone(), token);
+    let control = Control::new(store, gateway.clone(), token, keyring);
     let keys = control.refresh_keys().await?;
     tracing::info!(target: "pylon::control", keys, backend = ?control.store.backend(), "store ready");
     if control.admin_token.is_none() {

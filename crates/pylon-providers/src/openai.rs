@@ -23,11 +23,13 @@ pub struct ChatHead<'a> {
     pub stream_options: Option<StreamOptions>,
 }
 
-/// Each message must at least say who speaks.
+/// Each message must at least say who speaks; its content is only measured.
 #[derive(Debug, Deserialize)]
 pub struct MessageHead<'a> {
     #[serde(borrow)]
     pub role: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub content: Option<&'a RawValue>,
 }
 
 const ROLES: [&str; 6] = [
@@ -46,6 +48,10 @@ pub struct Head<'a> {
     pub model_span: Range<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Number of messages (0 for embeddings).
+    pub messages: usize,
+    /// Size in bytes of the largest message content, as JSON.
+    pub largest_message: usize,
 }
 
 /// Reads and checks the head of a chat-completions body.
@@ -73,6 +79,13 @@ pub fn chat_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
         model_span: span_of(body, head.model),
         stream: head.stream.unwrap_or(false),
         include_usage: head.stream_options.is_some_and(|o| o.include_usage),
+        messages: head.messages.len(),
+        largest_message: head
+            .messages
+            .iter()
+            .map(|m| m.content.map_or(0, |c| c.get().len()))
+            .max()
+            .unwrap_or(0),
     })
 }
 
@@ -85,6 +98,8 @@ pub fn embeddings_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
         model_span: span_of(body, head.model),
         stream: false,
         include_usage: false,
+        messages: 0,
+        largest_message: 0,
     })
 }
 

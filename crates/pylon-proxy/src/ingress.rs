@@ -128,7 +128,7 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     }
     let call = match read_body(body, &parts.headers, snap.max_body_bytes)
         .await
-        .and_then(|b| parse(api, b, &parts.headers))
+        .and_then(|b| parse(api, b, &parts.headers, &gw.validation))
     {
         Ok(call) => call,
         Err(e) => return fail(&mut record, e, api.dialect()),
@@ -254,10 +254,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
-fn parse(api: Api, body: Bytes, headers: &HeaderMap) -> Result<Call, ProxyError> {
+fn parse(
+    api: Api,
+    body: Bytes,
+    headers: &HeaderMap,
+    limits: &Validation,
+) -> Result<Call, ProxyError> {
     let (model, span, stream, include_usage, messages) = match api {
         Api::Chat => {
             let h = openai::chat_head(&body)?;
+            limits.check(h.messages, h.largest_message)?;
             (
                 h.model.into_owned(),
                 h.model_span,
@@ -293,6 +299,8 @@ fn parse(api: Api, body: Bytes, headers: &HeaderMap) -> Result<Call, ProxyError>
                 ))
                 .into());
             }
+            // The body limit bounds every message's size; the count is checked here.
+            limits.check(req.messages.len(), 0)?;
             let (model, span) = openai::model_field(&body)?;
             let stream = req.stream.unwrap_or(false);
             (model.into_owned(), span, stream, true, Some(req))
@@ -319,6 +327,33 @@ fn parse(api: Api, body: Bytes, headers: &HeaderMap) -> Result<Call, ProxyError>
         canonical: OnceLock::new(),
         record: None,
     })
+}
+
+/// Size limits of a chat request beyond the body limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Validation {
+    pub max_messages: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Validation {
+    fn check(&self, messages: usize, largest: usize) -> Result<(), ProxyError> {
+        if messages > self.max_messages {
+            return Err(TranslateError::Unsupported(format!(
+                "{messages} messages is more than the limit of {} (server.max_messages)",
+                self.max_messages
+            ))
+            .into());
+        }
+        if largest > self.max_message_bytes {
+            return Err(TranslateError::Unsupported(format!(
+                "a message of {largest} bytes is larger than the limit of {} (server.max_message_bytes)",
+                self.max_message_bytes
+            ))
+            .into());
+        }
+        Ok(())
+    }
 }
 
 /// `GET /v1/models`: the configured names, in the Anthropic shape when the client is the Anthropic SDK.

@@ -11,17 +11,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use http::{header, HeaderValue};
 use pylon_types::Dialect;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::snapshot::Gateway;
 use crate::{app, ingress, ProxyError};
 
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
+    let origins = gw.cors_origins.clone();
     let data_plane = Router::new()
         .route("/v1/chat/completions", post(ingress::chat))
         .route("/v1/messages", post(ingress::messages))
@@ -32,12 +36,72 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         .route("/readyz", get(readyz))
         .fallback(app::proxy)
         .with_state(gw);
-    control
+    let app = control
         .merge(data_plane)
+        .layer(axum::middleware::map_response(strict_csp_on_html))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         // Outermost first on the way in: an id is set (or kept) before anything else runs,
         // and copied onto every response, errors included.
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(FastRequestId))
+        .layer(SetRequestIdLayer::x_request_id(FastRequestId));
+    match cors(&origins) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// HTML pages (the API docs) may load only what Pylon itself serves.
+async fn strict_csp_on_html(mut resp: Response) -> Response {
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/html"));
+    if html {
+        resp.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+        );
+    }
+    resp
+}
+
+/// CORS for the configured browser origins only; none configured, no CORS headers at all.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([
+                http::Method::GET,
+                http::Method::POST,
+                http::Method::PUT,
+                http::Method::DELETE,
+            ])
+            .allow_headers(tower_http::cors::Any)
+            .expose_headers(tower_http::cors::Any)
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Request ids as random (version 4) UUIDs from a thread-local PRNG: unique enough for

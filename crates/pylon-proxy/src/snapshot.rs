@@ -49,6 +49,20 @@ pub(crate) struct Provider {
     pub client: HttpsClient<Full<Bytes>>,
     /// Health used when a client addresses `provider/model` directly.
     pub direct_health: Arc<Health>,
+    /// A credential stored (encrypted) through the admin API; wins over `auth` when set.
+    pub stored_auth: arc_swap::ArcSwapOption<(HeaderName, HeaderValue)>,
+}
+
+/// The credential header a provider kind expects, marked sensitive.
+fn auth_header(kind: ProviderKind, key: &str) -> Option<(HeaderName, HeaderValue)> {
+    let (header, value) = match kind {
+        ProviderKind::Openai => ("authorization", format!("Bearer {key}")),
+        ProviderKind::Anthropic => ("x-api-key", key.to_owned()),
+        ProviderKind::Gemini => ("x-goog-api-key", key.to_owned()),
+    };
+    let mut v = HeaderValue::from_str(&value).ok()?;
+    v.set_sensitive(true);
+    Some((HeaderName::from_static(header), v))
 }
 
 /// One provider model behind a model name.
@@ -106,6 +120,9 @@ pub struct Gateway {
     pub(crate) trusted_proxies: Vec<(std::net::IpAddr, u8)>,
     pub(crate) prices: Prices,
     pub(crate) usage: Sink,
+    pub(crate) validation: crate::ingress::Validation,
+    /// Browser origins allowed by CORS.
+    pub(crate) cors_origins: Vec<String>,
     /// Set when shutdown begins; `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
 }
@@ -138,6 +155,11 @@ impl Gateway {
                 .collect(),
             prices: Prices::new(&config.prices),
             usage: Sink::default(),
+            validation: crate::ingress::Validation {
+                max_messages: config.server.max_messages,
+                max_message_bytes: config.server.max_message_bytes,
+            },
+            cors_origins: config.server.cors_origins.clone(),
             draining: AtomicBool::new(false),
         }))
     }
@@ -165,6 +187,35 @@ impl Gateway {
     /// Replaces the set of keys that authenticate.
     pub fn set_keys(&self, index: KeyIndex) {
         self.keys.store(Arc::new(index));
+    }
+
+    /// Uses `secret` as `provider`'s credential from now on (`None`: back to the config's).
+    /// Returns false when there is no such provider or the secret cannot be a header.
+    pub fn set_credential(&self, provider: &str, secret: Option<&str>) -> bool {
+        let Some(p) = self.snap.providers.get(provider) else {
+            return false;
+        };
+        match secret {
+            None => p.stored_auth.store(None),
+            Some(s) => match auth_header(p.kind, s) {
+                Some(h) => p.stored_auth.store(Some(Arc::new(h))),
+                None => return false,
+            },
+        }
+        true
+    }
+
+    /// Providers as the admin API shows them: name, kind, base URL, whether a credential is
+    /// configured in the file.
+    pub fn providers(&self) -> Vec<(String, ProviderKind, String, bool)> {
+        let mut v: Vec<_> = self
+            .snap
+            .providers
+            .values()
+            .map(|p| (p.name.clone(), p.kind, p.base.clone(), p.auth.is_some()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// The configured model names, for the admin API.
@@ -223,19 +274,10 @@ impl Snapshot {
             let name = p.name.get_ref().clone();
             let auth = match &p.api_key {
                 None => None,
-                Some(key) => {
-                    let (header, value) = match p.kind {
-                        ProviderKind::Openai => {
-                            ("authorization", format!("Bearer {}", key.expose()))
-                        }
-                        ProviderKind::Anthropic => ("x-api-key", key.expose().to_owned()),
-                        ProviderKind::Gemini => ("x-goog-api-key", key.expose().to_owned()),
-                    };
-                    let mut v = HeaderValue::from_str(&value)
-                        .map_err(|_| BuildError::BadCredential(name.clone()))?;
-                    v.set_sensitive(true);
-                    Some((HeaderName::from_static(header), v))
-                }
+                Some(key) => Some(
+                    auth_header(p.kind, key.expose())
+                        .ok_or_else(|| BuildError::BadCredential(name.clone()))?,
+                ),
             };
             let timeouts = p.timeouts.for_provider();
             providers.insert(
@@ -248,6 +290,7 @@ impl Snapshot {
                     timeouts,
                     client: https_client(&timeouts, false)?,
                     direct_health: Arc::new(Health::new(policy)),
+                    stored_auth: arc_swap::ArcSwapOption::empty(),
                 }),
             );
         }
@@ -361,6 +404,7 @@ pub(crate) mod tests {
             timeouts,
             client: https_client(&timeouts, false).unwrap(),
             direct_health: Arc::new(Health::new(policy)),
+            stored_auth: arc_swap::ArcSwapOption::empty(),
         });
         Model {
             name: "m".into(),

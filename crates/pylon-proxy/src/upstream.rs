@@ -260,8 +260,9 @@ async fn attempt(call: &mut Call, target: &Target) -> Result<Response, AttemptEr
     {
         req = req.header("anthropic-version", anthropic::API_VERSION);
     }
-    // The provider's credential, never the client's.
-    if let Some((name, value)) = &p.auth {
+    // The provider's credential, never the client's: the stored one if set, else the config's.
+    let stored = p.stored_auth.load();
+    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
         req = req.header(name, value.clone());
     }
     let req = req.body(Full::new(body)).map_err(|e| {

@@ -218,3 +218,21 @@ pub(crate) async fn usage(
     }
     Ok(())
 }
+
+/// Runs `pylon secrets rotate-master`.
+pub(crate) async fn rotate_master(remote: Remote) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/secrets/rotate-master",
+            None,
+        )
+        .await?;
+    eprintln!(
+        "re-encrypted {} credential(s) under master key {}",
+        r["reencrypted"].as_i64().unwrap_or(0),
+        r["master_key_id"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}

@@ -49,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::KeysCommand,
     },
+    /// Master keys for provider credentials stored through the admin API.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Spend, tokens and requests from the admin API.
     Usage {
         #[command(flatten)]
@@ -94,6 +99,18 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new random master key (base64) for PYLON_MASTER_KEY.
+    GenMaster,
+    /// Re-encrypt every stored credential under the running Pylon's current master key
+    /// (start it with the new PYLON_MASTER_KEY and the old one in PYLON_MASTER_KEY_PREVIOUS).
+    RotateMaster {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a config file; prints file:line:col and a sentence per problem.
     Check { file: PathBuf },
@@ -133,6 +150,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { file },
         } => check(&file),
         Command::Keys { remote, command } => admin_cli::keys(remote, command).await,
+        Command::Secrets {
+            command: SecretsCommand::GenMaster,
+        } => {
+            println!("{}", pylon_control::secrets::generate_master()?);
+            Ok(())
+        }
+        Command::Secrets {
+            command: SecretsCommand::RotateMaster { remote },
+        } => admin_cli::rotate_master(remote).await,
         Command::Usage {
             remote,
             group_by,
@@ -216,7 +242,7 @@ async fn run_gateway(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (gw, control) =
-        pylon_control::bootstrap(config, std::env::var("PYLON_ADMIN_TOKEN").ok()).await?;
+        pylon_control::bootstrap(config, pylon_control::Env::from_process()).await?;
     let addr = listener.local_addr()?;
     if config.auth.mode == pylon_config::AuthMode::None {
         tracing::warn!(

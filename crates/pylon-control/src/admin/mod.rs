@@ -1,6 +1,7 @@
 //! The admin API: `/admin/v1/…` behind the admin token, `/openapi.json` and `/docs`.
 
 mod keys;
+mod providers;
 mod teams;
 mod types;
 mod usage;
@@ -40,6 +41,15 @@ pub fn router(control: Arc<Control>) -> Router {
             post(teams::create_user).get(teams::list_users),
         )
         .route("/admin/v1/usage", get(usage::usage))
+        .route("/admin/v1/providers", get(providers::list))
+        .route(
+            "/admin/v1/providers/{name}/credential",
+            axum::routing::put(providers::set_credential),
+        )
+        .route(
+            "/admin/v1/secrets/rotate-master",
+            post(providers::rotate_master),
+        )
         .layer(middleware::from_fn_with_state(
             control.clone(),
             require_admin,
@@ -53,11 +63,12 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage),
+          usage::usage, providers::list, providers::set_credential, providers::rotate_master),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),
-         (name = "usage", description = "Spend and token usage"))
+         (name = "usage", description = "Spend and token usage"),
+         (name = "providers", description = "Provider credentials, encrypted at rest"))
 )]
 struct ApiDoc;
 
@@ -121,7 +132,7 @@ pub struct AdminError {
 }
 
 impl AdminError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         AdminError {
             status,
             code,
@@ -129,8 +140,22 @@ impl AdminError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         AdminError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub(crate) fn from_secrets(e: crate::secrets::SecretsError) -> Self {
+        use crate::secrets::SecretsError;
+        match e {
+            SecretsError::NoMasterKey | SecretsError::BadMasterKey(_) => {
+                AdminError::new(StatusCode::BAD_REQUEST, "no_master_key", e.to_string())
+            }
+            other => AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "secrets_error",
+                other.to_string(),
+            ),
+        }
     }
 }
 

@@ -55,15 +55,25 @@ impl Gateway {
         text: &str,
         admin_token: Option<&str>,
     ) -> (Self, Arc<pylon_control::Control>) {
+        let env = pylon_control::Env {
+            admin_token: admin_token.map(str::to_owned),
+            ..Default::default()
+        };
+        Self::with_env(text, env).await
+    }
+
+    /// Like [`Gateway::with_admin`], with every environment secret given.
+    pub async fn with_env(
+        text: &str,
+        env: pylon_control::Env,
+    ) -> (Self, Arc<pylon_control::Control>) {
         let text = if text.contains("[data]") {
             text.to_owned()
         } else {
             format!("[data]\ndir = \"{}\"\n{text}", temp_dir("data").display())
         };
         let config = pylon_config::parse(&text, "test.toml", &|_| None).unwrap();
-        let (gw, control) = pylon_control::bootstrap(&config, admin_token.map(str::to_owned))
-            .await
-            .unwrap();
+        let (gw, control) = pylon_control::bootstrap(&config, env).await.unwrap();
         tokio::spawn(control.clone().refresh_loop(config.auth.refresh));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -322,24 +322,20 @@ async fn wait_for_key(gw: &Gateway, key: &str) {
     panic!("key never reached the second instance");
 }
 
-#[tokio::test]
-async fn two_instances_sharing_redis_enforce_one_rpm_limit_exactly() {
-    let mock = MockServer::start().await;
-    let (one, two) = two_instances(&mock).await;
-    let k = key(&one, json!({"name": "shared", "limits": {"rpm": 10}})).await;
-    wait_for_key(&two, &k).await;
-    let tasks: Vec<_> = (0..40)
+/// Sends `n` chat requests at once, alternating between the two instances; their statuses.
+async fn fan_out(one: &Gateway, two: &Gateway, key: &str, n: usize) -> Vec<u16> {
+    let tasks: Vec<_> = (0..n)
         .map(|i| {
             let url = if i % 2 == 0 {
                 one.url("/v1/chat/completions")
             } else {
                 two.url("/v1/chat/completions")
             };
-            let k = k.clone();
+            let key = key.to_owned();
             tokio::spawn(async move {
                 client()
                     .post(url)
-                    .bearer_auth(k)
+                    .bearer_auth(key)
                     .json(&hello("m"))
                     .send()
                     .await
@@ -349,12 +345,25 @@ async fn two_instances_sharing_redis_enforce_one_rpm_limit_exactly() {
             })
         })
         .collect();
-    let mut ok = 0;
+    let mut statuses = Vec::with_capacity(n);
     for t in tasks {
-        let status = t.await.unwrap();
-        assert!(status == 200 || status == 429, "{status}");
-        ok += usize::from(status == 200);
+        statuses.push(t.await.unwrap());
     }
+    statuses
+}
+
+#[tokio::test]
+async fn two_instances_sharing_redis_enforce_one_rpm_limit_exactly() {
+    let mock = MockServer::start().await;
+    let (one, two) = two_instances(&mock).await;
+    let k = key(&one, json!({"name": "shared", "limits": {"rpm": 10}})).await;
+    wait_for_key(&two, &k).await;
+    let statuses = fan_out(&one, &two, &k, 40).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let ok = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(ok, 10, "one shared limit across both instances");
 }
 
@@ -376,29 +385,8 @@ async fn budget_across_two_instances_overshoots_by_at_most_the_requests_in_fligh
     let mut ok = 0;
     let mut refused = false;
     for _wave in 0..10 {
-        let tasks: Vec<_> = (0..10)
-            .map(|i| {
-                let url = if i % 2 == 0 {
-                    one.url("/v1/chat/completions")
-                } else {
-                    two.url("/v1/chat/completions")
-                };
-                let k = k.clone();
-                tokio::spawn(async move {
-                    client()
-                        .post(url)
-                        .bearer_auth(k)
-                        .json(&hello("m"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
-                })
-            })
-            .collect();
-        for t in tasks {
-            match t.await.unwrap() {
+        for status in fan_out(&one, &two, &k, 10).await {
+            match status {
                 200 => ok += 1,
                 429 => refused = true,
                 other => panic!("{other}"),

@@ -10,5 +10,6 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod resilience;
+mod secrets;
 mod streaming;
 mod validation;

@@ -111,3 +111,115 @@ async fn unknown_v1_path_is_an_openai_404() {
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["code"], "not_found");
 }
+
+async fn strict_gateway() -> (MockServer, Gateway) {
+    let a = MockServer::start().await;
+    let text = TWO_MOCKS
+        .replace(
+            "max_body_bytes = 4096",
+            "max_body_bytes = 4096\nmax_messages = 3\nmax_message_bytes = 200\ncors_origins = [\"https://app.example.com\"]",
+        )
+        .replace("{a}", &a.addr.to_string())
+        .replace("{b}", &a.addr.to_string());
+    let gw = Gateway::from_text(&text).await;
+    (a, gw)
+}
+
+#[tokio::test]
+async fn message_count_and_size_limits_are_400s() {
+    let (a, gw) = strict_gateway().await;
+    let msg = json!({"role": "user", "content": "hi"});
+    let resp = gw
+        .chat(json!({"model": "a-only", "messages": [msg, msg, msg, msg]}))
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("server.max_messages"));
+    let resp = gw
+        .chat(
+            json!({"model": "a-only", "messages": [{"role": "user", "content": "x".repeat(300)}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("server.max_message_bytes"));
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .json(&json!({"model": "claude", "max_tokens": 5, "messages": [msg, msg, msg, msg]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(a.stats().requests, 0);
+    assert_eq!(
+        gw.chat(json!({"model": "a-only", "messages": [msg, msg, msg]}))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn security_headers_everywhere_and_csp_on_html() {
+    let (_a, _b, gw) = two_mocks().await;
+    for path in ["/v1/models", "/nowhere", "/livez"] {
+        let resp = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(
+            resp.headers()["x-content-type-options"],
+            "nosniff",
+            "{path}"
+        );
+        assert_eq!(resp.headers()["x-frame-options"], "DENY", "{path}");
+        assert_eq!(resp.headers()["referrer-policy"], "no-referrer", "{path}");
+    }
+    let docs = client().get(gw.url("/docs/")).send().await.unwrap();
+    let csp = docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let json = client().get(gw.url("/v1/models")).send().await.unwrap();
+    assert!(
+        !json.headers().contains_key("content-security-policy"),
+        "CSP is for HTML pages"
+    );
+}
+
+#[tokio::test]
+async fn cors_only_for_allowed_origins() {
+    let (_a, gw) = strict_gateway().await;
+    let preflight = |origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let denied = preflight("https://evil.example.net").await.unwrap();
+    assert!(!denied.headers().contains_key("access-control-allow-origin"));
+    let (_a2, _b2, plain) = two_mocks().await;
+    let resp = client()
+        .get(plain.url("/v1/models"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !resp.headers().contains_key("access-control-allow-origin"),
+        "no CORS unless configured"
+    );
+}
