@@ -54,6 +54,22 @@ pub struct Server {
     /// Origins allowed to call Pylon from a browser (CORS); empty: no cross-origin access.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Terminate TLS on `listen` (TLS 1.2 and 1.3 only).
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+/// `[server.tls]`: certificate files, re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Also listen here in plain HTTP and redirect every request to HTTPS.
+    #[serde(default)]
+    pub redirect_http: Option<SocketAddr>,
 }
 
 fn default_max_messages() -> usize {
@@ -82,6 +98,7 @@ impl Default for Server {
             max_messages: default_max_messages(),
             max_message_bytes: default_max_message_bytes(),
             cors_origins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct Control {
     /// SHA-256 of the admin token; `None` disables the admin API.
     admin_token: Option<[u8; 32]>,
     keyring: secrets::Keyring,
+    /// Serializes refreshes: a refresh that read the store before an admin write must not
+    /// publish its older index after the one that read it afterwards (a revoked key would
+    /// come back, a new one vanish).
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -62,6 +66,7 @@ impl Control {
             gateway,
             admin_token,
             keyring,
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -111,6 +116,7 @@ impl Control {
     /// Reloads active keys from the store into the data plane's index, and raises budget
     /// counters to what the store has recorded (after a restart, or a Redis without the data).
     pub async fn refresh_keys(&self) -> Result<usize, pylon_store::StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let now = keys::unix_now();
         let keys = self.store.active_keys(now).await?;
         let teams: std::collections::HashMap<String, pylon_store::Team> = self

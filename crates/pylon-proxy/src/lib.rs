@@ -16,12 +16,13 @@ mod respond;
 mod route;
 mod server;
 mod snapshot;
+pub mod tls;
 mod upstream;
 mod usage;
 
 pub use auth::{hash_key, KeyIndex};
 pub use error::ProxyError;
 pub use limits::spend_key;
-pub use server::{router, serve};
+pub use server::{router, serve, serve_redirect, serve_tls};
 pub use snapshot::{BuildError, Gateway, Snapshot};
 pub use usage::UsageEvent;

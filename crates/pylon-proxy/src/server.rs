@@ -26,6 +26,7 @@ use crate::{app, ingress, ProxyError};
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
     let origins = gw.cors_origins.clone();
+    let hsts = gw.hsts;
     let data_plane = Router::new()
         .route("/v1/chat/completions", post(ingress::chat))
         .route("/v1/messages", post(ingress::messages))
@@ -55,6 +56,14 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         // and copied onto every response, errors included.
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(FastRequestId));
+    let app = if hsts {
+        app.layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ))
+    } else {
+        app
+    };
     match cors(&origins) {
         Some(layer) => app.layer(layer),
         None => app,
@@ -144,6 +153,86 @@ pub async fn serve(
     // Streams write many small chunks; Nagle's algorithm would hold each one back for an ACK.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Like [`serve`], over TLS. `shutdown` starts a graceful stop; the caller bounds its length.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: crate::tls::Tls,
+    gw: Arc<Gateway>,
+    control: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(gw, control).into_make_service_with_connect_info::<SocketAddr>();
+    let std_listener = listener.into_std()?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(None);
+    });
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.config).acceptor(NoDelay);
+    axum_server::from_tcp(std_listener)?
+        .acceptor(acceptor)
+        .handle(handle)
+        .serve(app)
+        .await
+}
+
+/// Sets `TCP_NODELAY` on each accepted connection before the TLS handshake (see [`serve`]).
+#[derive(Clone, Copy)]
+struct NoDelay;
+
+impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for NoDelay {
+    type Stream = tokio::net::TcpStream;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(tokio::net::TcpStream, S)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let _ = stream.set_nodelay(true);
+        std::future::ready(Ok((stream, service)))
+    }
+}
+
+/// A plain-HTTP listener that sends every request to the same host and path over HTTPS.
+pub async fn serve_redirect(
+    listener: TcpListener,
+    https_port: u16,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().fallback(move |headers: http::HeaderMap, uri: Uri| async move {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        // Drop any port the client used for HTTP; add the HTTPS one unless it is the default.
+        let name = match host.rsplit_once(':') {
+            Some((name, port))
+                if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(']')
+                    || name.starts_with('[') && name.ends_with(']') =>
+            {
+                name
+            }
+            _ => host,
+        };
+        let port = if https_port == 443 {
+            String::new()
+        } else {
+            format!(":{https_port}")
+        };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        match HeaderValue::from_str(&format!("https://{name}{port}{path}")) {
+            Ok(location) => (
+                StatusCode::PERMANENT_REDIRECT,
+                [(header::LOCATION, location)],
+            )
+                .into_response(),
+            Err(_) => StatusCode::BAD_REQUEST.into_response(),
+        }
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -123,6 +123,8 @@ pub struct Gateway {
     pub(crate) validation: crate::ingress::Validation,
     /// Browser origins allowed by CORS.
     pub(crate) cors_origins: Vec<String>,
+    /// Served over TLS: responses carry HSTS.
+    pub(crate) hsts: bool,
     /// Set when shutdown begins; `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
 }
@@ -160,6 +162,7 @@ impl Gateway {
                 max_message_bytes: config.server.max_message_bytes,
             },
             cors_origins: config.server.cors_origins.clone(),
+            hsts: config.server.tls.is_some(),
             draining: AtomicBool::new(false),
         }))
     }

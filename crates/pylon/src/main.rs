@@ -270,12 +270,34 @@ async fn run_gateway(
         None => (admin, None),
     };
     tracing::info!(%addr, providers = config.providers.len(), models = config.models.len(), "listening");
-    let server = tokio::spawn(pylon_proxy::serve(
-        listener,
-        gw.clone(),
-        main_extra,
-        stopped(rx),
-    ));
+    let server = match &config.server.tls {
+        Some(t) => {
+            let tls = pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file)?;
+            reload_tls_on_sighup(tls.clone());
+            if let Some(redirect) = t.redirect_http {
+                let plain = bind(redirect).await?;
+                tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
+                tokio::spawn(pylon_proxy::serve_redirect(
+                    plain,
+                    addr.port(),
+                    stopped(rx.clone()),
+                ));
+            }
+            tokio::spawn(pylon_proxy::serve_tls(
+                listener,
+                tls,
+                gw.clone(),
+                main_extra,
+                stopped(rx),
+            ))
+        }
+        None => tokio::spawn(pylon_proxy::serve(
+            listener,
+            gw.clone(),
+            main_extra,
+            stopped(rx),
+        )),
+    };
     stop.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
     gw.start_draining();
@@ -291,6 +313,25 @@ async fn run_gateway(
         admin.abort();
     }
     Ok(())
+}
+
+/// Re-reads the TLS certificate and key on every SIGHUP; a bad file keeps the current one.
+fn reload_tls_on_sighup(tls: pylon_proxy::tls::Tls) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate")
+                }
+            }
+        }
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -12,4 +12,5 @@ mod limits;
 mod resilience;
 mod secrets;
 mod streaming;
+mod tls;
 mod validation;

@@ -1,0 +1,77 @@
+//! TLS termination: rustls with TLS 1.2 and 1.3 only, ALPN for HTTP/2 and HTTP/1.1, and a
+//! certificate that can be swapped while serving (SIGHUP).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum_server::tls_rustls::RustlsConfig;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A TLS setup problem, naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the certificate chain {path}: {reason}")]
+    Cert { path: String, reason: String },
+    #[error("cannot read the private key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("the certificate and key do not form a usable TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The server's TLS configuration and where it came from.
+#[derive(Clone)]
+pub struct Tls {
+    pub(crate) config: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert.display().to_string(),
+            reason: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+impl Tls {
+    /// Loads the certificate chain and key.
+    pub fn load(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
+        let config = RustlsConfig::from_config(server_config(cert, key)?);
+        Ok(Tls {
+            config,
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Re-reads the files; new connections use the new certificate, open ones are untouched.
+    /// On error the current certificate stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.config
+            .reload_from_config(server_config(&self.cert, &self.key)?);
+        Ok(())
+    }
+}
