@@ -26,6 +26,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub budgets: Budgets,
+    #[serde(default)]
     pub prices: Vec<Price>,
     #[serde(default)]
     pub providers: Vec<Provider>,
@@ -297,6 +299,31 @@ impl Default for Limits {
             user_rpm: default_user_rpm(),
             on_redis_failure: RedisFailure::default(),
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[budgets]`: soft thresholds and where their notifications go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    /// Shares of a budget that trigger a notification, once each per period.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<f64>,
+    /// URLs that receive a JSON `budget.threshold` event (POST).
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+fn default_thresholds() -> Vec<f64> {
+    vec![0.5, 0.8, 1.0]
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets {
+            thresholds: default_thresholds(),
+            webhooks: Vec::new(),
         }
     }
 }

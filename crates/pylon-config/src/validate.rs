@@ -125,6 +125,21 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             problems.push((0, format!("price of `{}` must not be negative", p.model)));
         }
     }
+    for t in &config.budgets.thresholds {
+        if !(*t > 0.0 && *t <= 10.0) {
+            problems.push((
+                0,
+                format!(
+                    "budgets.thresholds: {t} must be a share of the budget above 0 (0.8 = 80 %)"
+                ),
+            ));
+        }
+    }
+    for url in &config.budgets.webhooks {
+        if let Some(why) = bad_url(url) {
+            problems.push((0, format!("budgets.webhooks: `{url}` {why}")));
+        }
+    }
     if config.server.max_body_bytes == 0 {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }

@@ -4,6 +4,7 @@
 mod admin;
 mod keys;
 mod ledger;
+mod notify;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -48,16 +49,19 @@ pub struct Control {
     /// publish its older index after the one that read it afterwards (a revoked key would
     /// come back, a new one vanish).
     refreshing: tokio::sync::Mutex<()>,
+    notifier: notify::Notifier,
 }
 
 impl Control {
     /// A control plane over `store` that keeps `gateway`'s keys and credentials current.
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         gateway: Arc<Gateway>,
         admin_token: Option<String>,
         keyring: secrets::Keyring,
+        budgets: &pylon_config::Budgets,
     ) -> Arc<Control> {
+        let notifier = notify::Notifier::new(budgets);
         let admin_token = admin_token
             .filter(|t| !t.is_empty())
             .map(|t| pylon_proxy::hash_key(&t));
@@ -67,6 +71,7 @@ impl Control {
             admin_token,
             keyring,
             refreshing: tokio::sync::Mutex::new(()),
+            notifier,
         })
     }
 
@@ -135,17 +140,30 @@ impl Control {
         self.load_credentials().await?;
         let budgets = keys
             .iter()
-            .filter_map(|k| Some((false, format!("k:{}", k.id), k.id.as_str(), k.budget?)))
-            .chain(
-                teams
-                    .values()
-                    .filter_map(|t| Some((true, format!("t:{}", t.id), t.id.as_str(), t.budget?))),
-            );
-        for (is_team, owner, id, budget) in budgets {
-            let period = keys::quota(pylon_store::Limits::default(), Some(budget))
-                .budget
-                .map(|(_, p)| p);
-            let Some(period) = period else { continue };
+            .filter_map(|k| {
+                Some((
+                    "key",
+                    format!("k:{}", k.id),
+                    k.id.as_str(),
+                    k.name.as_str(),
+                    k.budget?,
+                ))
+            })
+            .chain(teams.values().filter_map(|t| {
+                Some((
+                    "team",
+                    format!("t:{}", t.id),
+                    t.id.as_str(),
+                    t.name.as_str(),
+                    t.budget?,
+                ))
+            }));
+        for (scope, owner, id, name, budget) in budgets {
+            let Some((_, period)) =
+                keys::quota(pylon_store::Limits::default(), Some(budget)).budget
+            else {
+                continue;
+            };
             let since = match budget.period {
                 pylon_store::Period::Daily => pylon_types::day::civil_day(now),
                 pylon_store::Period::Monthly => {
@@ -153,9 +171,20 @@ impl Control {
                 }
                 pylon_store::Period::Total => "0000-00-00".to_owned(),
             };
-            let spent = self.store.spend_since(is_team, id, &since).await?;
+            let spent = self.store.spend_since(scope == "team", id, &since).await?;
             let (key, ttl) = pylon_proxy::spend_key(&owner, period, now);
             self.gateway.seed_spend(&key, spent, ttl).await;
+            let check = notify::Check {
+                scope,
+                id,
+                name,
+                owner: &owner,
+                period: budget.period.as_str(),
+                period_tag: key.rsplit(':').next().unwrap_or_default(),
+                budget_usd: budget.amount_usd,
+                spent_usd: spent,
+            };
+            self.notifier.check(&self.store, check, now).await?;
         }
         Ok(n)
     }
@@ -225,7 +254,7 @@ pub async fn bootstrap(
         rx,
         std::time::Duration::from_secs(1),
     ));
-    let control = Control::new(store, gateway.clone(), token, keyring);
+    let control = Control::new(store, gateway.clone(), token, keyring, &config.budgets);
     let keys = control.refresh_keys().await?;
     tracing::info!(target: "pylon::control", keys, backend = ?control.store.backend(), "store ready");
     if control.admin_token.is_none() {

@@ -221,6 +221,26 @@ impl Gateway {
         v
     }
 
+    /// What `requests` requests of the given size would cost on `model` (an alias is priced as
+    /// its first target's upstream model): the name it was priced as, and US dollars.
+    pub fn estimate_cost(
+        &self,
+        model: &str,
+        requests: u64,
+        input_tokens: u64,
+        output_tokens: u64,
+    ) -> Option<(String, f64)> {
+        let priced_as = match self.snap.models.get(model).and_then(|m| m.targets.first()) {
+            Some(t) => t.model.clone(),
+            None => model.split_once('/').map_or(model, |(_, m)| m).to_owned(),
+        };
+        let one = self.prices.cost(
+            &priced_as,
+            pylon_types::openai::Usage::new(input_tokens, output_tokens),
+        )?;
+        Some((priced_as, one * requests as f64))
+    }
+
     /// The configured model names, for the admin API.
     pub fn model_names(&self) -> &[String] {
         &self.snap.model_names

@@ -385,4 +385,25 @@ impl Store {
             .await?;
         get(&row, "spend")
     }
+
+    /// Claims the notification for one threshold of one budget period; true for exactly one
+    /// caller, however many instances race.
+    pub async fn claim_budget_event(
+        &self,
+        owner: &str,
+        period_tag: &str,
+        threshold_pct: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO budget_events (owner, period_tag, threshold_pct, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(owner)
+        .bind(period_tag)
+        .bind(threshold_pct)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }

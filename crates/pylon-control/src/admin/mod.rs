@@ -41,6 +41,7 @@ pub fn router(control: Arc<Control>) -> Router {
             post(teams::create_user).get(teams::list_users),
         )
         .route("/admin/v1/usage", get(usage::usage))
+        .route("/admin/v1/usage/estimate", get(usage::estimate))
         .route("/admin/v1/providers", get(providers::list))
         .route(
             "/admin/v1/providers/{name}/credential",
@@ -63,7 +64,7 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage, providers::list, providers::set_credential, providers::rotate_master),
+          usage::usage, usage::estimate, providers::list, providers::set_credential, providers::rotate_master),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),

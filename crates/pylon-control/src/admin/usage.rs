@@ -81,3 +81,53 @@ pub(super) async fn usage(
         rows,
     }))
 }
+
+/// A traffic to price.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EstimateQuery {
+    /// A model name (alias or `provider/model`) or an upstream model name.
+    model: String,
+    /// Number of requests (default 1).
+    requests: Option<u64>,
+    /// Input tokens per request.
+    input_tokens: u64,
+    /// Output tokens per request.
+    output_tokens: u64,
+}
+
+/// The price of a traffic.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Estimate {
+    pub model: String,
+    /// The upstream model whose price was used.
+    pub priced_as: String,
+    pub requests: u64,
+    pub cost_usd: f64,
+}
+
+/// Estimates the cost of a traffic from the price table.
+#[utoipa::path(get, path = "/admin/v1/usage/estimate", tag = "usage", params(EstimateQuery),
+    responses((status = 200, body = Estimate), (status = 404, body = ErrorBody)))]
+pub(super) async fn estimate(
+    State(c): State<Arc<Control>>,
+    Query(q): Query<EstimateQuery>,
+) -> Result<Json<Estimate>, AdminError> {
+    let requests = q.requests.unwrap_or(1);
+    let Some((priced_as, cost_usd)) =
+        c.gateway
+            .estimate_cost(&q.model, requests, q.input_tokens, q.output_tokens)
+    else {
+        return Err(AdminError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "no_price",
+            format!("no price for model `{}`; add one under [[prices]]", q.model),
+        ));
+    };
+    Ok(Json(Estimate {
+        model: q.model,
+        priced_as,
+        requests,
+        cost_usd,
+    }))
+}

@@ -403,3 +403,113 @@ async fn budget_across_two_instances_overshoots_by_at_most_the_requests_in_fligh
     assert_eq!(call(&one, &k).await.status(), 429);
     assert_eq!(call(&two, &k).await.status(), 429);
 }
+
+/// A webhook receiver that records every JSON body it gets.
+async fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn soft_budget_thresholds_notify_once_each() {
+    let mock = MockServer::start().await;
+    let (hook, seen) = webhook_sink().await;
+    let extra = format!("[budgets]\nthresholds = [0.5, 1.0]\nwebhooks = [\"{hook}\"]");
+    let text = config(&mock, "").replace("[[prices]]", &format!("{extra}\n\n[[prices]]"));
+    let (gw, _) = Gateway::with_admin(&text, Some(ADMIN)).await;
+    let k = key(
+        &gw,
+        json!({"name": "watched", "budget": {"amount_usd": 20.0, "period": "monthly"}}),
+    )
+    .await;
+    let thresholds = || {
+        let mut t: Vec<f64> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["threshold"].as_f64().unwrap())
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t
+    };
+    assert_eq!(call(&gw, &k).await.status(), 200); // $8: 40 %
+    assert_eq!(call(&gw, &k).await.status(), 200); // $16: 80 %, past 50 %
+    assert!(
+        eventually(Duration::from_secs(10), || thresholds() == [0.5]).await,
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    assert_eq!(call(&gw, &k).await.status(), 200); // $24: past 100 %
+    assert!(
+        eventually(Duration::from_secs(10), || thresholds() == [0.5, 1.0]).await,
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let event = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["scope"].as_str(),
+            event["name"].as_str()
+        ),
+        (Some("budget.threshold"), Some("key"), Some("watched"))
+    );
+    assert_eq!(event["budget_usd"], 20.0);
+    // Later refreshes and further (refused) requests send nothing more.
+    assert_eq!(call(&gw, &k).await.status(), 429);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(thresholds(), [0.5, 1.0], "once per threshold per period");
+}
+
+#[tokio::test]
+async fn usage_estimate_prices_a_traffic() {
+    let mock = MockServer::start().await;
+    let (gw, _) = Gateway::with_admin(&config(&mock, ""), Some(ADMIN)).await;
+    let get = |q: &'static str| {
+        client()
+            .get(gw.url(&format!("/admin/v1/usage/estimate?{q}")))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    let est: Value = get("model=m&requests=10&input_tokens=2&output_tokens=6")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (est["priced_as"].as_str(), est["cost_usd"].as_f64()),
+        (Some("mock-a"), Some(80.0))
+    );
+    let est: Value = get("model=gpt-4o-mini&requests=1000&input_tokens=1000&output_tokens=1000")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        (est["cost_usd"].as_f64().unwrap() - 0.75).abs() < 1e-9,
+        "{est}"
+    );
+    assert_eq!(
+        get("model=unknown-model&input_tokens=1&output_tokens=1")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
