@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the official OpenAI and Anthropic Python SDKs against Pylon (debug build):
-# `pylon demo` for the API surface, then a keys-mode `pylon serve` for 401/403/429.
+# `pylon demo` for the API surface, then a keys-mode `pylon serve` for 401/403/429, and the
+# OpenAPI document validated as OpenAPI 3.1 with /docs checked to need no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,7 @@ venv=target/sdk-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic
+"$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic openapi-spec-validator
 
 cargo build --quiet -p pylon
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -59,3 +60,4 @@ PYLON_ADMIN_TOKEN=sdk-admin PYLON_LOG=warn target/debug/pylon serve --config tar
 pids+=($!)
 wait_up "http://127.0.0.1:$gw/livez" "$!" target/sdk-keys.log
 "$venv/bin/python" scripts/sdk_keys_check.py "http://127.0.0.1:$gw" sdk-admin
+"$venv/bin/python" scripts/openapi_check.py "http://127.0.0.1:$gw"

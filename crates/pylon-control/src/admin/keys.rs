@@ -39,7 +39,7 @@ async fn refresh(c: &Control) {
 }
 
 /// Creates a key and returns it, once, in the field `key`.
-#[utoipa::path(post, path = "/admin/v1/keys", tag = "keys", request_body = NewKey,
+#[utoipa::path(post, path = "/admin/v1/keys", operation_id = "create_key", tag = "keys", request_body = NewKey,
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn create(
     State(c): State<Arc<Control>>,
@@ -98,7 +98,7 @@ pub(super) async fn create(
 }
 
 /// Lists every key (without the keys themselves).
-#[utoipa::path(get, path = "/admin/v1/keys", tag = "keys", responses((status = 200, body = [KeyView])))]
+#[utoipa::path(get, path = "/admin/v1/keys", operation_id = "list_keys", tag = "keys", responses((status = 200, body = [KeyView])))]
 pub(super) async fn list(State(c): State<Arc<Control>>) -> Result<Json<Vec<KeyView>>, AdminError> {
     let now = unix_now();
     Ok(Json(
@@ -112,7 +112,7 @@ pub(super) async fn list(State(c): State<Arc<Control>>) -> Result<Json<Vec<KeyVi
 }
 
 /// Shows one key.
-#[utoipa::path(get, path = "/admin/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/admin/v1/keys/{id}", operation_id = "show_key", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)))]
 pub(super) async fn show(
     State(c): State<Arc<Control>>,
@@ -122,7 +122,7 @@ pub(super) async fn show(
 }
 
 /// Revokes a key at once.
-#[utoipa::path(delete, path = "/admin/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/admin/v1/keys/{id}", operation_id = "revoke_key", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke(
     State(c): State<Arc<Control>>,
@@ -136,7 +136,7 @@ pub(super) async fn revoke(
 }
 
 /// Issues a new key with the same settings; the old one stays valid for the grace period.
-#[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path)), request_body = Rotate,
+#[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", operation_id = "rotate_key", tag = "keys", params(("id" = String, Path)), request_body = Rotate,
     responses((status = 201, body = CreatedKey), (status = 404, body = ErrorBody)))]
 pub(super) async fn rotate(
     State(c): State<Arc<Control>>,

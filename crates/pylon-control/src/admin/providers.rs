@@ -67,7 +67,7 @@ async fn views(c: &Control) -> Result<Vec<ProviderView>, AdminError> {
 }
 
 /// Lists providers and the source of each one's credential.
-#[utoipa::path(get, path = "/admin/v1/providers", tag = "providers", responses((status = 200, body = [ProviderView])))]
+#[utoipa::path(get, path = "/admin/v1/providers", operation_id = "list_providers", tag = "providers", responses((status = 200, body = [ProviderView])))]
 pub(super) async fn list(
     State(c): State<Arc<Control>>,
 ) -> Result<Json<Vec<ProviderView>>, AdminError> {
@@ -75,7 +75,7 @@ pub(super) async fn list(
 }
 
 /// Stores a provider's credential, encrypted under the current master key; used at once.
-#[utoipa::path(put, path = "/admin/v1/providers/{name}/credential", tag = "providers", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/admin/v1/providers/{name}/credential", operation_id = "set_provider_credential", tag = "providers", params(("name" = String, Path)),
     request_body = NewCredential,
     responses((status = 200, body = ProviderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn set_credential(
@@ -110,7 +110,7 @@ pub(super) async fn set_credential(
 
 /// Re-encrypts every stored credential under the current master key (run after adding a new
 /// `PYLON_MASTER_KEY` with the old one in `PYLON_MASTER_KEY_PREVIOUS`).
-#[utoipa::path(post, path = "/admin/v1/secrets/rotate-master", tag = "providers",
+#[utoipa::path(post, path = "/admin/v1/secrets/rotate-master", operation_id = "rotate_master_key", tag = "providers",
     responses((status = 200, body = Rotated), (status = 400, body = ErrorBody)))]
 pub(super) async fn rotate_master(
     State(c): State<Arc<Control>>,

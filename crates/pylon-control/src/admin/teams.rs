@@ -13,7 +13,7 @@ use crate::keys::unix_now;
 use crate::Control;
 
 /// Creates a team.
-#[utoipa::path(post, path = "/admin/v1/teams", tag = "teams", request_body = NewTeam,
+#[utoipa::path(post, path = "/admin/v1/teams", operation_id = "create_team", tag = "teams", request_body = NewTeam,
     responses((status = 201, body = TeamView), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_team(
     State(c): State<Arc<Control>>,
@@ -36,7 +36,7 @@ pub(super) async fn create_team(
 }
 
 /// Lists teams.
-#[utoipa::path(get, path = "/admin/v1/teams", tag = "teams", responses((status = 200, body = [TeamView])))]
+#[utoipa::path(get, path = "/admin/v1/teams", operation_id = "list_teams", tag = "teams", responses((status = 200, body = [TeamView])))]
 pub(super) async fn list_teams(
     State(c): State<Arc<Control>>,
 ) -> Result<Json<Vec<TeamView>>, AdminError> {
@@ -51,7 +51,7 @@ pub(super) async fn list_teams(
 }
 
 /// Shows a team.
-#[utoipa::path(get, path = "/admin/v1/teams/{id}", tag = "teams", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/admin/v1/teams/{id}", operation_id = "show_team", tag = "teams", params(("id" = String, Path)),
     responses((status = 200, body = TeamView), (status = 404, body = ErrorBody)))]
 pub(super) async fn show_team(
     State(c): State<Arc<Control>>,
@@ -61,7 +61,7 @@ pub(super) async fn show_team(
 }
 
 /// Creates a user.
-#[utoipa::path(post, path = "/admin/v1/users", tag = "teams", request_body = NewUser,
+#[utoipa::path(post, path = "/admin/v1/users", operation_id = "create_user", tag = "teams", request_body = NewUser,
     responses((status = 201, body = UserView), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_user(
     State(c): State<Arc<Control>>,
@@ -82,7 +82,7 @@ pub(super) async fn create_user(
 }
 
 /// Lists users.
-#[utoipa::path(get, path = "/admin/v1/users", tag = "teams", responses((status = 200, body = [UserView])))]
+#[utoipa::path(get, path = "/admin/v1/users", operation_id = "list_users", tag = "teams", responses((status = 200, body = [UserView])))]
 pub(super) async fn list_users(
     State(c): State<Arc<Control>>,
 ) -> Result<Json<Vec<UserView>>, AdminError> {

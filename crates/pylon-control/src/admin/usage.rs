@@ -13,6 +13,7 @@ use crate::Control;
 
 /// Query of a usage report.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UsageQuery {
     /// `key`, `team`, `model` or `day` (default `day`).
@@ -38,7 +39,7 @@ fn valid_day(s: &str) -> bool {
 }
 
 /// Aggregated usage over a range of days.
-#[utoipa::path(get, path = "/admin/v1/usage", tag = "usage", params(UsageQuery),
+#[utoipa::path(get, path = "/admin/v1/usage", operation_id = "get_usage", tag = "usage", params(UsageQuery),
     responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody)))]
 pub(super) async fn usage(
     State(c): State<Arc<Control>>,
@@ -84,6 +85,7 @@ pub(super) async fn usage(
 
 /// A traffic to price.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EstimateQuery {
     /// A model name (alias or `provider/model`) or an upstream model name.
@@ -107,7 +109,7 @@ pub struct Estimate {
 }
 
 /// Estimates the cost of a traffic from the price table.
-#[utoipa::path(get, path = "/admin/v1/usage/estimate", tag = "usage", params(EstimateQuery),
+#[utoipa::path(get, path = "/admin/v1/usage/estimate", operation_id = "estimate_cost", tag = "usage", params(EstimateQuery),
     responses((status = 200, body = Estimate), (status = 404, body = ErrorBody)))]
 pub(super) async fn estimate(
     State(c): State<Arc<Control>>,
