@@ -510,6 +510,9 @@ pub struct Route {
     /// Speak HTTP/2 (prior knowledge) to the upstream.
     #[serde(default)]
     pub http2: bool,
+    /// Requests per minute per client IP on this route (the app's own `limit_req`).
+    #[serde(default)]
+    pub rpm: Option<u64>,
     #[serde(default)]
     pub timeouts: Timeouts,
 }

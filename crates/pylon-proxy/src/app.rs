@@ -29,11 +29,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The fallback handler: proxies to the longest matching app route, or answers 404.
-pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let Some(route) = gw.snap.routes.iter().find(|r| matches(&r.prefix, &path)) else {
         return ProxyError::NoRoute(path).into_response(Dialect::OpenAi);
     };
+    if let Some(rpm) = route.rpm {
+        let (parts, body) = req.into_parts();
+        let ip = crate::limits::client_ip(&parts, &gw.trusted_proxies);
+        if let Some(limited) = crate::limits::admit_route(&gw, &route.prefix, rpm, ip).await {
+            return limited;
+        }
+        req = Request::from_parts(parts, body);
+    }
+    respond(route, req).await
+}
+
+async fn respond(route: &AppRoute, req: Request) -> Response {
     match forward(route, req).await {
         Ok(resp) => resp,
         Err((status, msg)) => {

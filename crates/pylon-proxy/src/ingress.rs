@@ -151,7 +151,7 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             api.dialect(),
         );
     };
-    let ip = client_ip(&parts, &gw.trusted_proxies);
+    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
     let body = call.body.clone();
     let mut admitted = match limits::admit(&gw, principal.as_deref(), ip, Some(&model), || {
         limits::estimate_tokens(&body)
@@ -183,42 +183,6 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         resp.headers_mut().insert(name, value);
     }
     resp
-}
-
-/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy (so clients cannot spoof it).
-fn client_ip(
-    parts: &http::request::Parts,
-    trusted: &[(std::net::IpAddr, u8)],
-) -> Option<std::net::IpAddr> {
-    let peer = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
-        .0
-        .ip();
-    let is_trusted = |ip: std::net::IpAddr| {
-        trusted
-            .iter()
-            .any(|net| pylon_config::cidr_contains(*net, ip))
-    };
-    if !is_trusted(peer) {
-        return Some(peer);
-    }
-    let forwarded: Vec<std::net::IpAddr> = parts
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|ip| ip.trim().parse().ok())
-        .collect();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !is_trusted(*ip))
-            .unwrap_or(peer),
-    )
 }
 
 /// The caller's principal in `keys` mode; `None` when auth is off.

@@ -307,6 +307,42 @@ fn rate_headers(
     h
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy (so clients cannot spoof it).
+pub(crate) fn client_ip(
+    parts: &http::request::Parts,
+    trusted: &[(std::net::IpAddr, u8)],
+) -> Option<std::net::IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    let is_trusted = |ip: std::net::IpAddr| {
+        trusted
+            .iter()
+            .any(|net| pylon_config::cidr_contains(*net, ip))
+    };
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted(*ip))
+            .unwrap_or(peer),
+    )
+}
+
 /// Tokens of the messages' text (o200k tokenizer, as GPT-4o), plus the requested output cap.
 pub(crate) fn estimate_tokens(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
@@ -334,4 +370,38 @@ pub(crate) fn estimate_tokens(body: &[u8]) -> u64 {
         .map(|c| bpe.encode_ordinary(&c.text()).len() + 4)
         .sum();
     input as u64 + b.max_completion_tokens.or(b.max_tokens).unwrap_or(0)
+}
+
+/// A per-client limit on an app route: `None` when allowed, else the 429 to send.
+pub(crate) async fn admit_route(
+    gw: &Gateway,
+    prefix: &str,
+    rpm: u64,
+    ip: Option<IpAddr>,
+) -> Option<axum::response::Response> {
+    let ip = ip?;
+    let bucket = Bucket {
+        key: format!("r:{prefix}:{ip}"),
+        rate: Rate::per_minute(rpm),
+        cost: 1,
+    };
+    let admission = Admission {
+        buckets: vec![bucket],
+        ..Admission::default()
+    };
+    match gw.limiter.admit(&admission, now_ms()).await {
+        Ok(Verdict::Limited { retry_after_ms, .. }) => {
+            let secs = (retry_after_ms / 1000.0).ceil().max(1.0) as u64;
+            let mut resp = axum::response::Response::new(axum::body::Body::from(format!(
+                "rate limit of {rpm} requests per minute on {prefix} reached; retry in {secs}s\n"
+            )));
+            *resp.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, header_value(secs.to_string()));
+            Some(resp)
+        }
+        // Unavailable shared state on an app route: let the request through rather than take
+        // the application down with the limiter.
+        _ => None,
+    }
 }

@@ -92,6 +92,7 @@ pub(crate) struct AppRoute {
     pub upstream: http::Uri,
     pub strip_prefix: bool,
     pub http2: bool,
+    pub rpm: Option<u64>,
     pub timeouts: ResolvedTimeouts,
     pub client: HttpsClient<axum::body::Body>,
 }
@@ -364,6 +365,7 @@ impl Snapshot {
                 upstream,
                 strip_prefix: r.strip_prefix,
                 http2: r.http2,
+                rpm: r.rpm.filter(|n| *n > 0),
                 timeouts,
                 client: https_client(&timeouts, r.http2)?,
             });

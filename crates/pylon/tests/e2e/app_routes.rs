@@ -174,3 +174,28 @@ async fn unreachable_app_is_502() {
         502
     );
 }
+
+#[tokio::test]
+async fn per_route_limit_is_per_client() {
+    let app = start_app().await;
+    let gw = Gateway::from_text(&format!(
+        "[auth]\nmode = \"none\"\n\n[limits]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[[routes]]\nprefix = \"/app/\"\nupstream = \"http://{app}\"\nrpm = 2\n"
+    ))
+    .await;
+    let get = |who: &'static str| {
+        client()
+            .get(gw.url("/app/page"))
+            .header("x-forwarded-for", who)
+            .send()
+    };
+    assert_eq!(get("5.5.5.5").await.unwrap().status(), 200);
+    assert_eq!(get("5.5.5.5").await.unwrap().status(), 200);
+    let limited = get("5.5.5.5").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        get("6.6.6.6").await.unwrap().status(),
+        200,
+        "another client has its own allowance"
+    );
+}
