@@ -20,6 +20,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
+    pub secrets: Secrets,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub resilience: Resilience,
@@ -264,6 +266,15 @@ impl Default for Resilience {
             max_retry_after: default_max_retry_after(),
         }
     }
+}
+
+/// `[secrets]`: the master key that encrypts provider credentials stored through the admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// A file holding the base64 master key; otherwise `PYLON_MASTER_KEY`.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// `[limits]`: admission limits that apply besides each key's and team's own.

@@ -209,7 +209,7 @@ pub enum StartError {
     Store(#[from] pylon_store::StoreError),
     #[error(transparent)]
     Build(#[from] pylon_proxy::BuildError),
-    #[error("cannot read the admin token file {path}: {source}")]
+    #[error("cannot read the secret file {path}: {source}")]
     TokenFile {
         path: String,
         source: std::io::Error,
@@ -224,10 +224,19 @@ pub async fn bootstrap(
     config: &pylon_config::Config,
     env: Env,
 ) -> Result<(Arc<Gateway>, Arc<Control>), StartError> {
-    let keyring = secrets::Keyring::new(
-        env.master_key.as_deref(),
-        env.master_key_previous.as_deref(),
-    )?;
+    let master_key = match &config.secrets.master_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| StartError::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => env.master_key,
+    };
+    let keyring = secrets::Keyring::new(master_key.as_deref(), env.master_key_previous.as_deref())?;
     let store = match &config.data.store_url {
         Some(url) => Store::connect(url.expose()).await?,
         None => Store::open_sqlite(&config.data.dir).await?,

@@ -76,10 +76,11 @@ impl Store {
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
         if backend == Backend::Sqlite {
             // SQLite allows one writer; WAL lets readers run beside it. A busy timeout queues
-            // writers briefly instead of failing them.
+            // writers briefly instead of failing them. FULL: an acknowledged admin write survives
+            // a power loss (writes are rare; usage is batched to one commit a second).
             options = options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
                         .await?;
                     Ok(())
                 })

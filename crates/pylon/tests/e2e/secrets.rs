@@ -151,6 +151,27 @@ async fn storing_a_credential_needs_a_master_key() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+
+    // The master key may come from a file instead of the environment.
+    let dir = temp_dir("master-file");
+    let file = dir.join("master.key");
+    std::fs::write(
+        &file,
+        pylon_control::secrets::generate_master().unwrap() + "\n",
+    )
+    .unwrap();
+    let text = format!(
+        "[secrets]\nmaster_key_file = \"{}\"\n{}",
+        file.display(),
+        config(&mock, "")
+    );
+    let (gw, _) = Gateway::with_env(&text, env(None, None)).await;
+    let (status, view) = put_credential(&gw, "sk-from-file").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        sent_credential(&gw, &mock).await.as_deref(),
+        Some("Bearer sk-from-file")
+    );
 }
 
 #[tokio::test]
