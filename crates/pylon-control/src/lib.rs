@@ -210,12 +210,28 @@ pub enum StartError {
     #[error(transparent)]
     Build(#[from] pylon_proxy::BuildError),
     #[error("cannot read the secret file {path}: {source}")]
-    TokenFile {
+    SecretFile {
         path: String,
         source: std::io::Error,
     },
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+}
+
+/// A secret from its file when one is configured, else from the environment.
+fn secret(
+    file: Option<&std::path::Path>,
+    from_env: Option<String>,
+) -> Result<Option<String>, StartError> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|source| StartError::SecretFile {
+                path: path.display().to_string(),
+                source,
+            }),
+        None => Ok(from_env),
+    }
 }
 
 /// Opens the store, builds the gateway, loads keys and credentials. `env` carries the secrets
@@ -224,35 +240,13 @@ pub async fn bootstrap(
     config: &pylon_config::Config,
     env: Env,
 ) -> Result<(Arc<Gateway>, Arc<Control>), StartError> {
-    let master_key = match &config.secrets.master_key_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| StartError::TokenFile {
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
-        ),
-        None => env.master_key,
-    };
+    let master_key = secret(config.secrets.master_key_file.as_deref(), env.master_key)?;
     let keyring = secrets::Keyring::new(master_key.as_deref(), env.master_key_previous.as_deref())?;
     let store = match &config.data.store_url {
         Some(url) => Store::connect(url.expose()).await?,
         None => Store::open_sqlite(&config.data.dir).await?,
     };
-    let token = match &config.admin.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| StartError::TokenFile {
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .trim()
-                .to_owned(),
-        ),
-        None => env.admin_token,
-    };
+    let token = secret(config.admin.token_file.as_deref(), env.admin_token)?;
     let gateway = Gateway::new(config)?;
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.
