@@ -1,7 +1,12 @@
 //! Anthropic translation, both directions, with snapshots of the wire shapes.
 
 use super::*;
-use pylon_types::openai::ChunkChoice;
+use crate::{sse, TranslateError};
+use pylon_types::anthropic::{MessagesRequest, MessagesResponse};
+use pylon_types::openai::{
+    ChatRequest, Chunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta, Usage,
+};
+use serde_json::json;
 
 fn chat_with_tools() -> ChatRequest {
     serde_json::from_value(json!({
