@@ -42,14 +42,16 @@ pub(crate) fn quota(limits: Limits, budget: Option<Budget>) -> Quota {
         rpm: positive(limits.rpm),
         tpm: positive(limits.tpm),
         max_concurrent: positive(limits.max_concurrent),
-        budget: budget.map(|b| {
-            let period = match b.period {
-                Period::Daily => BudgetPeriod::Daily,
-                Period::Monthly => BudgetPeriod::Monthly,
-                Period::Total => BudgetPeriod::Total,
-            };
-            (b.amount_usd, period)
-        }),
+        budget: budget.map(|b| (b.amount_usd, budget_period(b.period))),
+    }
+}
+
+/// A stored budget period as the data plane names it.
+pub(crate) fn budget_period(p: Period) -> BudgetPeriod {
+    match p {
+        Period::Daily => BudgetPeriod::Daily,
+        Period::Monthly => BudgetPeriod::Monthly,
+        Period::Total => BudgetPeriod::Total,
     }
 }
 

@@ -159,11 +159,7 @@ impl Control {
                 ))
             }));
         for (scope, owner, id, name, budget) in budgets {
-            let Some((_, period)) =
-                keys::quota(pylon_store::Limits::default(), Some(budget)).budget
-            else {
-                continue;
-            };
+            let period = keys::budget_period(budget.period);
             let since = match budget.period {
                 pylon_store::Period::Daily => pylon_types::day::civil_day(now),
                 pylon_store::Period::Monthly => {
