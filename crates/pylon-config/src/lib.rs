@@ -2,11 +2,13 @@
 
 mod interpolate;
 mod model;
+mod observe;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use model::*;
+pub use observe::*;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

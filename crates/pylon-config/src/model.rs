@@ -37,6 +37,14 @@ pub struct Config {
     pub models: Vec<Model>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub metrics: crate::Metrics,
+    #[serde(default)]
+    pub tracing: crate::Tracing,
+    #[serde(default)]
+    pub request_log: crate::RequestLog,
+    #[serde(default)]
+    pub health: crate::Health,
 }
 
 /// `[server]`: the listener.
@@ -193,6 +201,13 @@ pub struct Log {
     pub level: String,
     #[serde(default)]
     pub format: LogFormat,
+    /// Share of successful request lines written (0.0 to 1.0); errors are always written.
+    #[serde(default = "default_sample")]
+    pub success_sample: f64,
+}
+
+fn default_sample() -> f64 {
+    1.0
 }
 
 fn default_level() -> String {
@@ -204,6 +219,7 @@ impl Default for Log {
         Log {
             level: default_level(),
             format: LogFormat::default(),
+            success_sample: 1.0,
         }
     }
 }
@@ -474,6 +490,9 @@ pub struct Model {
     /// Tokens per minute for this model, across all callers.
     #[serde(default)]
     pub tpm: Option<u64>,
+    /// Write prompts and completions into the log lines of this model's requests.
+    #[serde(default)]
+    pub log_bodies: bool,
 }
 
 fn default_retries() -> u32 {

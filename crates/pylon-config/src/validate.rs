@@ -140,6 +140,23 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             problems.push((0, format!("budgets.webhooks: `{url}` {why}")));
         }
     }
+    for (key, v) in [
+        ("log.success_sample", config.log.success_sample),
+        ("tracing.sample_ratio", config.tracing.sample_ratio),
+        ("health.disk_warn", config.health.disk_warn),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            problems.push((0, format!("{key}: {v} must be between 0.0 and 1.0")));
+        }
+    }
+    if config.tracing.enabled {
+        if let Some(why) = bad_url(&config.tracing.endpoint) {
+            problems.push((0, format!("tracing.endpoint: `{}` {why}", config.tracing.endpoint)));
+        }
+    }
+    if config.request_log.flush.is_zero() || config.request_log.queue == 0 {
+        problems.push((0, "request_log.flush and request_log.queue must be greater than 0".to_owned()));
+    }
     if config.server.max_body_bytes == 0 {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }

@@ -1,80 +1,181 @@
-//! The usage ledger: drains the data plane's usage queue into daily aggregates in the store,
-//! in batches, so the request path never waits on a write.
+//! The ledger: drains the data plane's request queue into the store in batches — request-log
+//! rows with their hourly rollups and error groups, and the daily usage that budgets read — so
+//! the request path never waits on a write.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pylon_proxy::UsageEvent;
-use pylon_store::{Store, UsageDelta};
+use pylon_proxy::RequestEvent;
+use pylon_store::{RequestRow, Store, UsageDelta};
+use pylon_telemetry::Metrics;
 use pylon_types::day::civil_day;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-/// Most distinct (day, key, model) groups kept while the store is unreachable.
-const MAX_PENDING: usize = 100_000;
+/// Most distinct (day, key, model) usage groups kept while the store is unreachable.
+const MAX_PENDING_GROUPS: usize = 100_000;
 
-/// Drains the queue every quarter second (never woken per event: that would cost the request
-/// path a cross-thread wake-up each) and writes the aggregates every `every`.
-pub async fn run(store: Store, mut rx: mpsc::Receiver<UsageEvent>, every: Duration) {
-    let mut pending: HashMap<(String, String, String), UsageDelta> = HashMap::new();
-    let drain_every = Duration::from_millis(250).min(every);
-    let mut tick = tokio::time::interval(drain_every);
+/// How the ledger runs.
+pub(crate) struct Settings {
+    /// Write request-log rows (rollups and usage are written either way).
+    pub rows: bool,
+    /// Write what is pending this often: the most a crash loses.
+    pub flush: Duration,
+    /// Rows held while the store is slow or down; beyond that they are dropped and counted.
+    pub max_rows: usize,
+}
+
+/// Pending writes.
+#[derive(Default)]
+struct Pending {
+    usage: HashMap<(String, String, String), UsageDelta>,
+    rows: Vec<RequestRow>,
+}
+
+/// Drains the queue every `flush / 4` (never woken per event: that would cost the request path
+/// a cross-thread wake-up each) and writes every `flush`. On `stop`, drains and writes what is
+/// left, then returns.
+pub(crate) async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<RequestEvent>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pending = Pending::default();
+    let mut tick = tokio::time::interval((settings.flush / 4).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let mut closed = false;
         loop {
             match rx.try_recv() {
-                Ok(e) => add(&mut pending, e),
+                Ok(e) => add(&mut pending, e, &settings, &metrics),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    flush(&store, &mut pending).await;
-                    return;
+                    closed = true;
+                    break;
                 }
             }
         }
-        if last_flush.elapsed() >= every {
-            flush(&store, &mut pending).await;
+        if stopping || closed || last_flush.elapsed() >= settings.flush {
+            flush(&store, &mut pending, &settings, &metrics).await;
             last_flush = tokio::time::Instant::now();
+        }
+        if stopping || closed {
+            return;
         }
     }
 }
 
-fn add(pending: &mut HashMap<(String, String, String), UsageDelta>, e: UsageEvent) {
-    let day = civil_day(e.at);
-    if pending.len() >= MAX_PENDING
-        && !pending.contains_key(&(day.clone(), e.key_id.clone(), e.model.clone()))
-    {
-        tracing::warn!(target: "pylon::usage", "usage backlog full (store unreachable?): dropping an event");
-        return;
-    }
-    let d = pending
-        .entry((day.clone(), e.key_id.clone(), e.model.clone()))
-        .or_insert_with(|| UsageDelta {
-            day,
-            key_id: e.key_id,
-            team_id: e.team_id.unwrap_or_default(),
-            model: e.model,
+fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
+    let day = civil_day(e.at_ms / 1000);
+    let group = (day, e.key_id.clone(), e.model.clone());
+    if p.usage.len() < MAX_PENDING_GROUPS || p.usage.contains_key(&group) {
+        let d = p.usage.entry(group).or_insert_with_key(|(day, key, model)| UsageDelta {
+            day: day.clone(),
+            key_id: key.clone(),
+            team_id: e.team_id.clone().unwrap_or_default(),
+            model: model.clone(),
             requests: 0,
             input_tokens: 0,
             output_tokens: 0,
             cost_usd: 0.0,
         });
-    d.requests += 1;
-    d.input_tokens += e.input_tokens as i64;
-    d.output_tokens += e.output_tokens as i64;
-    d.cost_usd += e.cost_usd;
-}
-
-async fn flush(store: &Store, pending: &mut HashMap<(String, String, String), UsageDelta>) {
-    if pending.is_empty() {
+        d.requests += 1;
+        d.input_tokens += e.input_tokens as i64;
+        d.output_tokens += e.output_tokens as i64;
+        d.cost_usd += e.cost_usd;
+    } else {
+        tracing::warn!(target: "pylon::usage", "usage backlog full (store unreachable?): dropping an event");
+    }
+    if p.rows.len() >= s.max_rows {
+        metrics.request_log_dropped.inc();
         return;
     }
-    let batch: Vec<UsageDelta> = pending.values().cloned().collect();
-    match store.add_usage(&batch).await {
-        Ok(()) => pending.clear(),
-        // Kept and retried at the next tick; aggregates keep the backlog small.
-        Err(e) => {
-            tracing::warn!(target: "pylon::usage", error = %e, groups = batch.len(), "could not write usage; will retry")
+    p.rows.push(RequestRow {
+        at_ms: e.at_ms,
+        request_id: e.request_id,
+        key_id: e.key_id,
+        user_id: e.user,
+        team_id: e.team_id,
+        route: e.route.to_owned(),
+        model: e.model,
+        served_model: e.served_model,
+        provider: e.provider,
+        status: i64::from(e.status),
+        outcome: e.outcome.to_owned(),
+        error_class: e.error_class.map(str::to_owned),
+        error: e.error,
+        latency_ms: e.latency_ms,
+        ttft_ms: e.ttft_ms,
+        input_tokens: e.input_tokens as i64,
+        output_tokens: e.output_tokens as i64,
+        cost_usd: e.cost_usd,
+        cache: e.cache.map(str::to_owned),
+        attempts: i64::from(e.attempts),
+        fallback: e.fallback,
+        stream: e.stream,
+        trace_id: e.trace_id,
+    });
+}
+
+/// Times a store operation into the metrics.
+pub(crate) async fn timed<T>(
+    metrics: &Metrics,
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T, pylon_store::StoreError>>,
+) -> Result<T, pylon_store::StoreError> {
+    let started = Instant::now();
+    let r = f.await;
+    metrics
+        .store_duration
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    if r.is_err() {
+        metrics.store_errors.with_label_values(&[op]).inc();
+    }
+    r
+}
+
+async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) {
+    if !p.usage.is_empty() {
+        let batch: Vec<UsageDelta> = p.usage.values().cloned().collect();
+        match timed(metrics, "add_usage", store.add_usage(&batch)).await {
+            Ok(()) => p.usage.clear(),
+            // Kept and retried at the next flush; aggregates keep the backlog small.
+            Err(e) => {
+                tracing::warn!(target: "pylon::usage", error = %e, groups = batch.len(), "could not write usage; will retry")
+            }
+        }
+    }
+    if !p.rows.is_empty() {
+        match timed(metrics, "record_requests", store.record_requests(&p.rows, s.rows)).await {
+            Ok(()) => p.rows.clear(),
+            Err(e) => {
+                tracing::warn!(target: "pylon::usage", error = %e, rows = p.rows.len(), "could not write the request log; will retry")
+            }
+        }
+    }
+    metrics.request_log_pending.set(p.rows.len() as i64);
+}
+
+/// Deletes request-log rows beyond the retention age and row count, every ten minutes.
+pub(crate) async fn prune_loop(store: Store, cfg: pylon_config::RequestLog, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now_ms = crate::keys::unix_now() * 1000;
+        let before = now_ms - i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
+        match timed(&metrics, "prune_requests", store.prune_requests(before, cfg.max_rows)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "pylon::usage", deleted = n, "request log pruned"),
+            Err(e) => tracing::warn!(target: "pylon::usage", error = %e, "could not prune the request log"),
         }
     }
 }

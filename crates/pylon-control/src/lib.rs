@@ -2,6 +2,7 @@
 //! keeping the data plane's key index in step with the store.
 
 mod admin;
+mod health;
 mod keys;
 mod ledger;
 mod notify;
@@ -50,6 +51,19 @@ pub struct Control {
     /// come back, a new one vanish).
     refreshing: tokio::sync::Mutex<()>,
     notifier: notify::Notifier,
+    /// Set at shutdown: the ledger writes what is queued and stops.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The ledger and the background checks, stopped at shutdown.
+    tasks: std::sync::Mutex<Tasks>,
+    /// The run-time log filter, when the binary installed one.
+    log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
+}
+
+/// Background tasks owned by the control plane.
+#[derive(Default)]
+struct Tasks {
+    ledger: Option<tokio::task::JoinHandle<()>>,
+    others: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Control {
@@ -72,7 +86,43 @@ impl Control {
             keyring,
             refreshing: tokio::sync::Mutex::new(()),
             notifier,
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: std::sync::Mutex::new(Tasks::default()),
+            log_level: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets the admin API read and change the log filter.
+    pub fn set_log_level(&self, level: Arc<pylon_telemetry::LogLevel>) {
+        let _ = self.log_level.set(level);
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        if let Ok(mut t) = self.tasks.lock() {
+            t.others.push(handle);
+        }
+    }
+
+    /// Stops background work: queued request-log rows and usage are written (within `grace`),
+    /// checks stop, buffered spans are exported.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let _ = self.stop.send(true);
+        let (ledger, others) = match self.tasks.lock() {
+            Ok(mut t) => (t.ledger.take(), std::mem::take(&mut t.others)),
+            Err(_) => (None, Vec::new()),
+        };
+        for t in others {
+            t.abort();
+        }
+        if let Some(ledger) = ledger {
+            if tokio::time::timeout(grace, ledger).await.is_err() {
+                tracing::warn!(target: "pylon::usage", "the request log was not written within the grace period");
+            }
+        }
+        if let Some(t) = self.gateway.tracer() {
+            t.shutdown();
+        }
     }
 
     /// Decrypts stored provider credentials into the data plane.
@@ -244,16 +294,41 @@ pub async fn bootstrap(
     };
     let token = secret(config.admin.token_file.as_deref(), env.admin_token)?;
     let gateway = Gateway::new(config)?;
+    let control = Control::new(store.clone(), gateway.clone(), token, keyring, &config.budgets);
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.
-    let (tx, rx) = tokio::sync::mpsc::channel(65_536);
+    let rl = &config.request_log;
+    let (tx, rx) = tokio::sync::mpsc::channel(rl.queue);
     gateway.connect_usage(tx);
-    tokio::spawn(ledger::run(
+    let settings = ledger::Settings {
+        rows: rl.enabled,
+        flush: rl.flush,
+        max_rows: rl.queue,
+    };
+    let metrics = gateway.metrics().clone();
+    let ledger = tokio::spawn(ledger::run(
         store.clone(),
         rx,
-        std::time::Duration::from_secs(1),
+        settings,
+        metrics.clone(),
+        control.stop.subscribe(),
     ));
-    let control = Control::new(store, gateway.clone(), token, keyring, &config.budgets);
+    if let Ok(mut t) = control.tasks.lock() {
+        t.ledger = Some(ledger);
+    }
+    if rl.enabled {
+        control.spawn(ledger::prune_loop(store.clone(), rl.clone(), metrics.clone()));
+    }
+    health::check_store(&store, &gateway, &metrics, config.health.check_timeout).await;
+    control.spawn(health::check_loop(
+        store,
+        gateway.clone(),
+        config.health.clone(),
+        config.data.dir.clone(),
+    ));
+    if let Some(every) = config.health.probe_every {
+        control.spawn(health::probe_loop(gateway.clone(), every));
+    }
     let keys = control.refresh_keys().await?;
     tracing::info!(target: "pylon::control", keys, backend = ?control.store.backend(), "store ready");
     if control.admin_token.is_none() {

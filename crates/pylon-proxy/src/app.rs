@@ -42,14 +42,32 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
         }
         req = Request::from_parts(parts, body);
     }
-    respond(route, req).await
+    let started = std::time::Instant::now();
+    let m = &gw.metrics;
+    m.in_flight.with_label_values(&[route.prefix.as_str()]).inc();
+    let resp = respond(route, req).await;
+    m.in_flight.with_label_values(&[route.prefix.as_str()]).dec();
+    let class = pylon_telemetry::status_class(resp.status().as_u16());
+    m.requests
+        .with_label_values(&[route.prefix.as_str(), "-", "-", class])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route.prefix.as_str(), "-"])
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn respond(route: &AppRoute, req: Request) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     match forward(route, req).await {
         Ok(resp) => resp,
         Err((status, msg)) => {
-            tracing::warn!(target: "pylon::app", prefix = %route.prefix, error = %msg, "app route failed");
+            tracing::warn!(target: "pylon::app", request_id, prefix = %route.prefix, error = %msg, "app route failed");
             let mut resp = Response::new(Body::from(msg));
             *resp.status_mut() = status;
             resp

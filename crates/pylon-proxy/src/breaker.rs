@@ -22,6 +22,33 @@ enum State {
     HalfOpen { probing: bool },
 }
 
+/// A breaker's state for metrics and health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Breaker {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl Breaker {
+    /// The `pylon_circuit_breaker_state` value.
+    pub fn gauge(self) -> i64 {
+        match self {
+            Breaker::Closed => 0,
+            Breaker::HalfOpen => 1,
+            Breaker::Open => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Breaker::Closed => "closed",
+            Breaker::HalfOpen => "half-open",
+            Breaker::Open => "open",
+        }
+    }
+}
+
 /// Breaker thresholds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
@@ -125,6 +152,15 @@ impl Health {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The breaker as operators see it, without claiming a probe.
+    pub fn breaker(&self, now: Instant) -> Breaker {
+        match self.state.lock().map(|g| g.0) {
+            Ok(State::Open { until }) if now < until => Breaker::Open,
+            Ok(State::Open { .. } | State::HalfOpen { .. }) => Breaker::HalfOpen,
+            _ => Breaker::Closed,
+        }
     }
 
     pub fn latency_us(&self) -> u64 {

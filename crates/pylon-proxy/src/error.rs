@@ -68,6 +68,29 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A stable class for grouping errors in the request log and traces.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProxyError::TooLarge { .. } => "too_large",
+            ProxyError::BodyRead(_) | ProxyError::Invalid(_) => "invalid_request",
+            ProxyError::UnknownModel(_) => "unknown_model",
+            ProxyError::Unsupported(_) => "unsupported",
+            ProxyError::Rejected { .. } => "upstream_rejected",
+            ProxyError::Exhausted { kind, .. } => match kind {
+                ErrorKind::Timeout => "upstream_timeout",
+                ErrorKind::RateLimited => "upstream_rate_limited",
+                ErrorKind::Unavailable => "upstream_unavailable",
+                _ => "upstream_error",
+            },
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::OverBudget(_) => "over_budget",
+            ProxyError::LimitsUnavailable => "limits_unavailable",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::NoRoute(_) => "not_found",
+        }
+    }
+
     /// The error as it is shown to clients.
     pub fn api(&self) -> ApiError {
         let (kind, code) = match self {

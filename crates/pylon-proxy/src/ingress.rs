@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -15,6 +15,7 @@ use pylon_config::AuthMode;
 use pylon_providers::{anthropic, openai, TranslateError};
 use pylon_types::anthropic::MessagesRequest;
 use pylon_types::openai::ChatRequest;
+use pylon_telemetry::trace::Attribute;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
@@ -32,6 +33,14 @@ pub(crate) enum Api {
 }
 
 impl Api {
+    /// `gen_ai.operation.name`.
+    fn operation(self) -> &'static str {
+        match self {
+            Api::Chat | Api::Messages => "chat",
+            Api::Embeddings => "embeddings",
+        }
+    }
+
     fn route(self) -> &'static str {
         match self {
             Api::Chat => "/v1/chat/completions",
@@ -118,13 +127,30 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let mut record = Record::new(api.route(), request_id, started);
-    let principal = match authorize(&gw, &parts.headers) {
+    let mut record = Record::new(gw.clone(), api.route(), request_id, started);
+    record.trace = gw.tracer.as_ref().map(|t| {
+        t.request(
+            format!("{} {}", api.operation(), api.route()),
+            &parts.headers,
+            vec![
+                Attribute::new("gen_ai.operation.name", api.operation()),
+                Attribute::new("http.request.method", "POST"),
+                Attribute::new("http.route", api.route()),
+                Attribute::new("pylon.request_id", record.request_id.clone()),
+            ],
+        )
+    });
+    let step_start = gw.tracer.is_some().then(SystemTime::now);
+    let principal = authorize(&gw, &parts.headers);
+    step(&record, "auth", step_start, principal.as_ref().err());
+    let principal = match principal {
         Ok(p) => p,
         Err(e) => return fail(&mut record, e, api.dialect()),
     };
     if let Some(p) = &principal {
         record.key_id = Some(p.key_id.clone());
+        record.user.clone_from(&p.user_id);
+        record.team_id.clone_from(&p.team_id);
     }
     let call = match read_body(body, &parts.headers, snap.max_body_bytes)
         .await
@@ -135,6 +161,12 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     };
     record.model = call.model.clone();
     record.stream = call.stream;
+    if let Some(span) = &record.trace {
+        span.set([
+            Attribute::new("gen_ai.request.model", call.model.clone()),
+            Attribute::new("pylon.stream", call.stream),
+        ]);
+    }
     if let Some(p) = principal.as_ref().filter(|p| !p.may_use(&call.model)) {
         let e = ProxyError::Forbidden(format!(
             "key `{}` may not use model `{}`; it may use: {}",
@@ -151,20 +183,24 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             api.dialect(),
         );
     };
+    record.metric_model.clone_from(&model.metric_name);
+    if model.log_bodies {
+        record.prompt = Some(call.body.clone());
+    }
     let ip = limits::client_ip(&parts, &gw.trusted_proxies);
     let body = call.body.clone();
-    let mut admitted = match limits::admit(&gw, principal.as_deref(), ip, Some(&model), || {
+    let step_start = gw.tracer.is_some().then(SystemTime::now);
+    let admitted = limits::admit(&gw, principal.as_deref(), ip, Some(&model), || {
         limits::estimate_tokens(&body)
     })
-    .await
-    {
+    .await;
+    step(&record, "limits", step_start, admitted.as_ref().err());
+    let mut admitted = match admitted {
         Ok(a) => a,
         Err(e) => return fail(&mut record, e, api.dialect()),
     };
     let rate_headers = std::mem::take(&mut admitted.headers);
     record.acct = Some(Accounting {
-        gw: gw.clone(),
-        team_id: principal.as_ref().and_then(|p| p.team_id.clone()),
         admitted,
         input_estimate: (call.body.len() as u64).div_ceil(4),
     });
@@ -185,6 +221,13 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     resp
 }
 
+/// Records a finished step (auth, limits) as a span, when tracing.
+fn step(record: &Record, name: &'static str, start: Option<SystemTime>, error: Option<&ProxyError>) {
+    if let (Some(span), Some(start)) = (&record.trace, start) {
+        span.step(name, start, error.map(ToString::to_string).as_deref());
+    }
+}
+
 /// The caller's principal in `keys` mode; `None` when auth is off.
 fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, ProxyError> {
     match gw.auth {
@@ -195,9 +238,14 @@ fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Arc<Principal>>
 
 fn fail(record: &mut Record, e: ProxyError, dialect: Dialect) -> Response {
     record.error = Some(e.to_string());
-    let resp = e.into_response(dialect);
+    record.error_class = Some(e.class());
+    if matches!(e, ProxyError::LimitsUnavailable) {
+        record.gw.metrics.rejected.with_label_values(&["limits_unavailable", "other"]).inc();
+    }
+    let mut resp = e.into_response(dialect);
     record.status = resp.status().as_u16();
     record.outcome = "error";
+    crate::respond::overhead_header(&mut resp, record);
     resp
 }
 

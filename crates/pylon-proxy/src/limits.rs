@@ -209,6 +209,7 @@ pub(crate) async fn admit(
             reset_ms,
         } => {
             let n = &named[index];
+            reject(gw, "rate_limited", &n.bucket.key);
             let unit = if n.unit == Unit::Tokens {
                 "tokens"
             } else {
@@ -237,22 +238,41 @@ pub(crate) async fn admit(
                 headers,
             })
         }
-        Verdict::Busy { .. } => Err(ProxyError::RateLimited {
+        Verdict::Busy { .. } => {
+            reject(gw, "concurrency", "k");
+            Err(ProxyError::RateLimited {
             message:
                 "too many requests in flight for this key (max_concurrent); retry when one finishes"
                     .into(),
             retry_after: Duration::from_secs(1),
             headers: Vec::new(),
-        }),
+        })
+        }
         Verdict::OverBudget {
             index,
             spent_micros,
-        } => Err(ProxyError::OverBudget(format!(
-            "{} is spent (${:.4} used); raise the budget or wait for the next period",
-            cap_scopes.get(index).map_or("the budget", String::as_str),
-            spent_micros as f64 / 1e6
-        ))),
+        } => {
+            reject(gw, "budget", caps.get(index).map_or("", |(c, _)| c.key.as_str()));
+            Err(ProxyError::OverBudget(format!(
+                "{} is spent (${:.4} used); raise the budget or wait for the next period",
+                cap_scopes.get(index).map_or("the budget", String::as_str),
+                spent_micros as f64 / 1e6
+            )))
+        }
     }
+}
+
+/// Counts a refusal by reason and by the kind of owner of the state key that refused.
+fn reject(gw: &Gateway, reason: &str, state_key: &str) {
+    let scope = match state_key.split(':').next() {
+        Some("ip") => "ip",
+        Some("k") => "key",
+        Some("t") => "team",
+        Some("u") => "user",
+        Some("m") => "model",
+        _ => "other",
+    };
+    gw.metrics.rejected.with_label_values(&[reason, scope]).inc();
 }
 
 fn now_ms() -> f64 {

@@ -1,80 +1,111 @@
-//! The one structured log line per request, written when the request (or its stream) ends.
+//! What one request did, reported when it ends (a stream ends with its last event): limits and
+//! spend settled, metrics, the trace span, one structured log line, one request-log row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use pylon_state::Settlement;
+use pylon_telemetry::trace::Attribute;
+use pylon_telemetry::{status_class, SpanHandle};
 use pylon_types::openai::Usage;
 
 use crate::limits::Admitted;
 use crate::snapshot::Gateway;
-use crate::UsageEvent;
+use crate::RequestEvent;
 
-/// What admission took and where usage goes; settled when the request ends.
+/// What admission took; settled when the request ends.
 pub(crate) struct Accounting {
-    pub gw: Arc<Gateway>,
-    pub team_id: Option<String>,
     pub admitted: Admitted,
     /// A rough input size, for streams cancelled before the provider reported usage.
     pub input_estimate: u64,
 }
 
-/// What one request did; logged on drop so streams are logged when they end.
+/// What one request did; reported on drop so streams are reported when they end.
 pub(crate) struct Record {
+    pub gw: Arc<Gateway>,
     pub request_id: String,
     pub route: &'static str,
+    /// The model name the client sent.
     pub model: String,
+    /// The model's metrics label (`-` until the model resolved).
+    pub metric_model: String,
     pub key_id: Option<String>,
+    pub user: Option<String>,
+    pub team_id: Option<String>,
     pub provider: Option<String>,
     pub served_model: Option<String>,
+    /// The fallback model that served, when the asked-for one could not.
+    pub fallback: Option<String>,
     pub status: u16,
     pub attempts: u32,
     pub stream: bool,
     pub usage: Option<Usage>,
     pub started: Instant,
     pub ttfb: Option<Duration>,
+    /// Time spent waiting on providers, summed over attempts.
+    pub upstream: Duration,
     /// `ok`, `error`, `cancelled` (client went away) or `broken` (upstream failed mid-stream).
     pub outcome: &'static str,
+    /// A stable error class (`rate_limited`, `upstream`, …) for grouping.
+    pub error_class: Option<&'static str>,
     pub error: Option<String>,
     /// Content events relayed, the output estimate when a stream ends without usage.
     pub streamed_events: u64,
     pub acct: Option<Accounting>,
+    pub trace: Option<SpanHandle>,
+    /// The client's body, kept only for models with `log_bodies`.
+    pub prompt: Option<Bytes>,
+    pub completion: Option<Bytes>,
 }
 
 impl Record {
-    pub fn new(route: &'static str, request_id: String, started: Instant) -> Self {
+    pub fn new(gw: Arc<Gateway>, route: &'static str, request_id: String, started: Instant) -> Self {
+        gw.metrics.in_flight.with_label_values(&[route]).inc();
         Record {
+            gw,
             request_id,
             route,
             model: String::new(),
+            metric_model: "-".to_owned(),
             key_id: None,
+            user: None,
+            team_id: None,
             provider: None,
             served_model: None,
+            fallback: None,
             status: 200,
             attempts: 0,
             stream: false,
             usage: None,
             started,
             ttfb: None,
+            upstream: Duration::ZERO,
             outcome: "ok",
+            error_class: None,
             error: None,
             streamed_events: 0,
             acct: None,
+            trace: None,
+            prompt: None,
+            completion: None,
         }
     }
-}
 
-impl Record {
-    /// Settles limits and budgets and hands the usage event over.
-    fn account(&mut self, acct: Accounting) {
+    /// Pylon's own time so far: elapsed minus time spent waiting on providers.
+    pub fn overhead(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.upstream)
+    }
+
+    /// Settles limits and budgets; returns the usage and its cost.
+    fn account(&mut self, acct: Accounting) -> (Usage, f64) {
         let usage = self.usage.or_else(|| {
             // A stream cut short: the provider still billed what it generated.
             (self.provider.is_some() && self.outcome != "error")
                 .then(|| Usage::new(acct.input_estimate, self.streamed_events))
         });
         let usage = usage.unwrap_or_default();
-        let priced_as = self.served_model.as_deref().unwrap_or(&self.model);
-        let cost = acct.gw.prices.cost(priced_as, usage).unwrap_or(0.0);
+        let cost = self.cost(usage);
         let micros = (cost * 1e6).round() as i64;
         let a = acct.admitted;
         let actual = usage.total_tokens as i64;
@@ -97,39 +128,94 @@ impl Record {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        if !acct.gw.limiter.settle_if_local(&settlement, now_ms) {
-            let gw = acct.gw.clone();
+        if !self.gw.limiter.settle_if_local(&settlement, now_ms) {
+            let gw = self.gw.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move { gw.limiter.settle(&settlement, now_ms).await });
             }
         }
-        acct.gw.usage.send(UsageEvent {
-            at: crate::auth::unix_now(),
-            key_id: self.key_id.clone().unwrap_or_else(|| "-".into()),
-            team_id: acct.team_id,
-            model: self.model.clone(),
-            status: self.status,
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
-            cost_usd: cost,
-        });
+        (usage, cost)
     }
-}
 
-impl Drop for Record {
-    fn drop(&mut self) {
-        if let Some(acct) = self.acct.take() {
-            self.account(acct);
+    fn cost(&self, usage: Usage) -> f64 {
+        let priced_as = self.served_model.as_deref().unwrap_or(&self.model);
+        self.gw.prices.cost(priced_as, usage).unwrap_or(0.0)
+    }
+
+    fn observe(&self, usage: Usage, cost: f64, total: Duration) {
+        let m = &self.gw.metrics;
+        let provider = self.provider.as_deref().unwrap_or("-");
+        let model = self.metric_model.as_str();
+        m.in_flight.with_label_values(&[self.route]).dec();
+        m.requests
+            .with_label_values(&[self.route, model, provider, status_class(self.status)])
+            .inc();
+        m.request_duration
+            .with_label_values(&[self.route, model])
+            .observe(total.as_secs_f64());
+        m.overhead
+            .with_label_values(&[self.route])
+            .observe(total.saturating_sub(self.upstream).as_secs_f64());
+        if usage.total_tokens > 0 {
+            m.tokens
+                .with_label_values(&[model, provider, "input"])
+                .inc_by(usage.prompt_tokens);
+            m.tokens
+                .with_label_values(&[model, provider, "output"])
+                .inc_by(usage.completion_tokens);
         }
-        let usage = self.usage.unwrap_or_default();
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        if cost > 0.0 {
+            m.cost.with_label_values(&[model, provider]).inc_by(cost);
+        }
+        if let (Some(reqs), Some(key)) = (&m.key_requests, &self.key_id) {
+            let team = self.team_id.as_deref().unwrap_or("-");
+            reqs.with_label_values(&[key, team]).inc();
+            if let Some(c) = m.key_cost.as_ref().filter(|_| cost > 0.0) {
+                c.with_label_values(&[key, team]).inc_by(cost);
+            }
+        }
+    }
+
+    fn end_span(&self, span: &SpanHandle, usage: Usage) {
+        let mut attrs = vec![
+            Attribute::new("http.response.status_code", i64::from(self.status)),
+            Attribute::new("pylon.attempts", i64::from(self.attempts)),
+            Attribute::new("pylon.outcome", self.outcome),
+            Attribute::new("gen_ai.usage.input_tokens", usage.prompt_tokens as i64),
+            Attribute::new("gen_ai.usage.output_tokens", usage.completion_tokens as i64),
+        ];
+        if let Some(m) = &self.served_model {
+            attrs.push(Attribute::new("gen_ai.response.model", m.clone()));
+        }
+        if let Some(p) = &self.provider {
+            attrs.push(Attribute::new("gen_ai.provider.name", p.clone()));
+        }
+        if let Some(class) = self.error_class {
+            attrs.push(Attribute::new("error.type", class));
+        }
+        span.set(attrs);
+        if let Some(e) = &self.error {
+            span.fail(e);
+        }
+        span.end();
+    }
+
+    fn log(&self, usage: Usage, latency_ms: f64) {
+        let failed = self.status >= 400 || self.outcome == "broken";
+        // Errors are always logged; successes may be sampled.
+        if !failed && self.gw.success_sample < 1.0 && fastrand::f64() >= self.gw.success_sample {
+            return;
+        }
         let ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1000.0);
-        let level_error = self.status >= 500 || self.outcome == "broken";
+        let trace_id = self.trace.as_ref().map(SpanHandle::trace_id);
+        let prompt = self.prompt.as_deref().map(String::from_utf8_lossy);
+        let completion = self.completion.as_deref().map(String::from_utf8_lossy);
         macro_rules! emit {
             ($lvl:ident) => {
                 tracing::$lvl!(
                     target: "pylon::request",
                     request_id = %self.request_id,
+                    trace_id = trace_id.as_deref(),
                     route = self.route,
                     model = %self.model,
                     key_id = self.key_id.as_deref(),
@@ -143,15 +229,62 @@ impl Drop for Record {
                     ttfb_ms,
                     input_tokens = usage.prompt_tokens,
                     output_tokens = usage.completion_tokens,
+                    error_class = self.error_class,
                     error = self.error.as_deref(),
+                    prompt = prompt.as_deref(),
+                    completion = completion.as_deref(),
                     "request"
                 )
             };
         }
-        if level_error {
+        if self.status >= 500 || self.outcome == "broken" {
             emit!(warn);
         } else {
             emit!(info);
         }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let total = self.started.elapsed();
+        let (usage, cost) = match self.acct.take() {
+            Some(acct) => self.account(acct),
+            None => {
+                let u = self.usage.unwrap_or_default();
+                (u, self.cost(u))
+            }
+        };
+        self.observe(usage, cost, total);
+        if let Some(span) = &self.trace {
+            self.end_span(span, usage);
+        }
+        let latency_ms = total.as_secs_f64() * 1000.0;
+        self.log(usage, latency_ms);
+        self.gw.usage.send(RequestEvent {
+            at_ms: crate::auth::unix_now_ms(),
+            request_id: std::mem::take(&mut self.request_id),
+            key_id: self.key_id.take().unwrap_or_else(|| "-".into()),
+            user: self.user.take(),
+            team_id: self.team_id.take(),
+            route: self.route,
+            model: std::mem::take(&mut self.model),
+            served_model: self.served_model.take(),
+            provider: self.provider.take(),
+            status: self.status,
+            outcome: self.outcome,
+            error_class: self.error_class,
+            error: self.error.take(),
+            latency_ms,
+            ttft_ms: self.ttfb.map(|d| d.as_secs_f64() * 1000.0),
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+            cost_usd: cost,
+            cache: None,
+            attempts: self.attempts,
+            fallback: self.fallback.take(),
+            stream: self.stream,
+            trace_id: self.trace.as_ref().map(SpanHandle::trace_id),
+        });
     }
 }

@@ -18,6 +18,9 @@ use pylon_types::anthropic::{MessagesResponse, StreamEvent};
 use pylon_types::openai::{ChatResponse, Chunk, Usage};
 use pylon_types::{ApiError, ErrorKind};
 
+use pylon_telemetry::trace::Attribute;
+use pylon_telemetry::SpanHandle;
+
 use crate::breaker::InFlight;
 use crate::ingress::{Api, Call};
 use crate::log::Record;
@@ -25,10 +28,20 @@ use crate::snapshot::Target;
 use crate::upstream::{passthrough, Failure};
 
 /// Timing of one attempt, and its in-flight registration.
-pub(crate) struct Ctx {
+pub(crate) struct Ctx<'a> {
     pub started: Instant,
     pub deadline: Instant,
     pub in_flight: InFlight,
+    /// The attempt's span, when tracing.
+    pub span: Option<&'a SpanHandle>,
+}
+
+/// `x-pylon-overhead-ms`: Pylon's own time so far (elapsed minus time waiting on providers).
+pub(crate) fn overhead_header(resp: &mut Response, rec: &Record) {
+    let ms = rec.overhead().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("{ms:.3}")) {
+        resp.headers_mut().insert("x-pylon-overhead-ms", v);
+    }
 }
 
 /// A non-stream answer: read whole (bounded by the idle and total timeouts), then translated.
@@ -36,7 +49,7 @@ pub(crate) async fn complete(
     call: &mut Call,
     target: &Target,
     resp: hyper::Response<Incoming>,
-    ctx: Ctx,
+    ctx: Ctx<'_>,
 ) -> Result<Response, Failure> {
     let p = &target.provider;
     let mut body = resp.into_body();
@@ -84,6 +97,9 @@ pub(crate) async fn complete(
     if let Some(rec) = call.record() {
         served(rec, target, ttfb);
         rec.usage = usage;
+        if rec.prompt.is_some() {
+            rec.completion = Some(out.clone());
+        }
     }
     drop(ctx.in_flight);
     Ok(response(target, "application/json", Body::from(out)))
@@ -129,7 +145,7 @@ pub(crate) async fn stream(
     call: &mut Call,
     target: &Target,
     resp: hyper::Response<Incoming>,
-    ctx: Ctx,
+    ctx: Ctx<'_>,
 ) -> Result<Response, Failure> {
     let p = &target.provider;
     let codec = (!passthrough(call.api, p.kind)).then(|| {
@@ -161,6 +177,7 @@ pub(crate) async fn stream(
         dialect_api: call.api,
         record: None,
         _in_flight: ctx.in_flight,
+        observed: None,
     };
     let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
     let first = match relay.next(first_wait).await {
@@ -171,8 +188,32 @@ pub(crate) async fn stream(
     };
     let ttfb = ctx.started.elapsed();
     target.health.success(ttfb);
+    let mut overhead = None;
     if let Some(mut rec) = call.record.take() {
         served(&mut rec, target, ttfb);
+        let m = &rec.gw.metrics;
+        let labels = [rec.metric_model.as_str(), p.name.as_str()];
+        m.time_to_first_token
+            .with_label_values(&labels)
+            .observe(ttfb.as_secs_f64());
+        m.open_streams.inc();
+        relay.observed = Some(Observed {
+            gap: m.inter_token_latency.with_label_values(&labels),
+            last_event: Instant::now(),
+            attempt_started: ctx.started,
+            upstream_before: rec.upstream,
+            target: target.label.clone(),
+            span: ctx.span.map(|s| {
+                s.child("stream".to_owned(), pylon_telemetry::trace::Kind::Internal, Vec::new())
+            }),
+        });
+        overhead = Some(
+            rec.started
+                .elapsed()
+                .saturating_sub(rec.upstream + ttfb)
+                .as_secs_f64()
+                * 1000.0,
+        );
         relay.record = Some(rec);
     }
     let rest = futures_util::stream::unfold(relay, |mut r| async move {
@@ -188,6 +229,9 @@ pub(crate) async fn stream(
     let mut resp = response(target, "text/event-stream", Body::from_stream(body));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Some(v) = overhead.and_then(|ms| HeaderValue::from_str(&format!("{ms:.3}")).ok()) {
+        resp.headers_mut().insert("x-pylon-overhead-ms", v);
+    }
     Ok(resp)
 }
 
@@ -217,6 +261,20 @@ struct Relay {
     dialect_api: Api,
     record: Option<Record>,
     _in_flight: InFlight,
+    /// Stream timing for metrics and the stream span, once committed.
+    observed: Option<Observed>,
+}
+
+/// What a committed stream reports as it goes and when it ends.
+struct Observed {
+    /// `pylon_inter_token_latency_seconds` for this model and provider.
+    gap: pylon_telemetry::prometheus::Histogram,
+    last_event: Instant,
+    attempt_started: Instant,
+    /// Upstream time of earlier attempts.
+    upstream_before: Duration,
+    target: String,
+    span: Option<SpanHandle>,
 }
 
 impl Relay {
@@ -252,6 +310,12 @@ impl Relay {
                 continue;
             };
             if let Some(out) = self.process(events)? {
+                if let Some(o) = &mut self.observed {
+                    let now = Instant::now();
+                    o.gap
+                        .observe(now.duration_since(o.last_event).as_secs_f64());
+                    o.last_event = now;
+                }
                 return Ok(Some(out));
             }
         }
@@ -338,14 +402,35 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        let outcome = match (self.done, self.failed) {
+            (_, true) => "broken",
+            (true, false) => "ok",
+            (false, false) => "cancelled",
+        };
         if let Some(rec) = self.record.as_mut() {
             rec.usage = self.usage;
             rec.streamed_events = self.events;
-            rec.outcome = match (self.done, self.failed) {
-                (_, true) => "broken",
-                (true, false) => "ok",
-                (false, false) => "cancelled",
-            };
+            rec.outcome = outcome;
+            if let Some(o) = self.observed.take() {
+                let took = o.attempt_started.elapsed();
+                rec.upstream = o.upstream_before + took;
+                let m = &rec.gw.metrics;
+                m.open_streams.dec();
+                let provider = rec.provider.as_deref().unwrap_or("-");
+                m.upstream_duration
+                    .with_label_values(&[provider, o.target.as_str(), outcome])
+                    .observe(took.as_secs_f64());
+                if let Some(span) = o.span {
+                    span.set([
+                        Attribute::new("pylon.stream.events", self.events as i64),
+                        Attribute::new("pylon.outcome", outcome),
+                    ]);
+                    if self.failed {
+                        span.fail("the stream was interrupted");
+                    }
+                    span.end();
+                }
+            }
         }
     }
 }

@@ -2,10 +2,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -21,12 +19,13 @@ use tower_http::request_id::{
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::snapshot::Gateway;
-use crate::{app, ingress, ProxyError};
+use crate::{app, health, ingress, ProxyError};
 
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
     let origins = gw.cors_origins.clone();
     let hsts = gw.hsts;
+    let metrics_here = gw.metrics_on_main;
     let data_plane = Router::new()
         .route("/v1/chat/completions", post(ingress::chat))
         .route("/v1/messages", post(ingress::messages))
@@ -34,9 +33,16 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         .route("/v1/models", get(ingress::models))
         .route("/v1/{*rest}", any(unknown_v1))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .fallback(app::proxy)
-        .with_state(gw);
+        .route("/readyz", get(health::readyz))
+        .route("/startupz", get(health::startupz))
+        .route("/health", get(health::health))
+        .fallback(app::proxy);
+    let data_plane = if metrics_here {
+        data_plane.route("/metrics", get(health::metrics))
+    } else {
+        data_plane
+    }
+    .with_state(gw);
     let app = control
         .merge(data_plane)
         .layer(axum::middleware::map_response(strict_csp_on_html))
@@ -68,6 +74,13 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         Some(layer) => app.layer(layer),
         None => app,
     }
+}
+
+/// `/metrics` alone, for `[metrics] listen`.
+pub fn metrics_router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .with_state(gw)
 }
 
 /// HTML pages (the API docs) may load only what Pylon itself serves.
@@ -131,14 +144,6 @@ impl MakeRequestId for FastRequestId {
 
 async fn unknown_v1(uri: Uri) -> Response {
     ProxyError::NoRoute(uri.path().to_owned()).into_response(Dialect::OpenAi)
-}
-
-async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.draining.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else {
-        "ready".into_response()
-    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and waits for in-flight requests and

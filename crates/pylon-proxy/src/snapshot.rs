@@ -33,6 +33,10 @@ pub enum BuildError {
     /// `data.redis_url` is not a usable Redis URL.
     #[error("data.redis_url: {0}")]
     Redis(String),
+    #[error(transparent)]
+    Metrics(#[from] pylon_telemetry::MetricsError),
+    #[error(transparent)]
+    Tracing(#[from] pylon_telemetry::TraceError),
 }
 
 pub(crate) type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
@@ -69,6 +73,8 @@ fn auth_header(kind: ProviderKind, key: &str) -> Option<(HeaderName, HeaderValue
 pub(crate) struct Target {
     pub provider: Arc<Provider>,
     pub model: String,
+    /// `provider/model`, the target's label in metrics and health checks.
+    pub label: String,
     pub weight: u32,
     pub health: Arc<Health>,
 }
@@ -83,6 +89,11 @@ pub(crate) struct Model {
     /// Requests and tokens per minute across all callers.
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Prompts and completions may appear in this model's log lines.
+    pub log_bodies: bool,
+    /// The model's label in metrics: its name, or `provider/*` when addressed directly (so
+    /// clients cannot create series).
+    pub metric_name: String,
 }
 
 /// An app route (plain reverse proxy).
@@ -128,6 +139,14 @@ pub struct Gateway {
     pub(crate) hsts: bool,
     /// Set when shutdown begins; `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
+    pub(crate) metrics: Arc<pylon_telemetry::Metrics>,
+    /// `None` unless `[tracing] enabled`: then no tracing work happens at all.
+    pub(crate) tracer: Option<pylon_telemetry::Tracer>,
+    /// Share of successful request lines logged.
+    pub(crate) success_sample: f64,
+    /// `/metrics` is served on the main listener (enabled, no separate listener).
+    pub(crate) metrics_on_main: bool,
+    pub(crate) deps: crate::health::Dependencies,
 }
 
 impl Gateway {
@@ -144,11 +163,27 @@ impl Gateway {
             pylon_config::RedisFailure::Local => OnRedisFailure::Local,
             pylon_config::RedisFailure::Reject => OnRedisFailure::Reject,
         };
+        let metrics = Arc::new(pylon_telemetry::Metrics::new(config.metrics.per_key)?);
+        let observed = metrics.clone();
+        let limiter = Limiter::new(redis, on_failure).observed(Box::new(move |op, took, ok| {
+            observed
+                .redis_duration
+                .with_label_values(&[op])
+                .observe(took.as_secs_f64());
+            if !ok {
+                observed.redis_errors.with_label_values(&[op]).inc();
+            }
+        }));
+        let tracer = if config.tracing.enabled {
+            Some(pylon_telemetry::Tracer::new(&config.tracing)?)
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
             snap: Arc::new(Snapshot::build(config)?),
             keys: ArcSwap::from_pointee(KeyIndex::default()),
             auth: config.auth.mode,
-            limiter: Limiter::new(redis, on_failure),
+            limiter,
             limits: config.limits.clone(),
             trusted_proxies: config
                 .limits
@@ -157,7 +192,7 @@ impl Gateway {
                 .filter_map(|p| pylon_config::parse_cidr(p))
                 .collect(),
             prices: Prices::new(&config.prices),
-            usage: Sink::default(),
+            usage: Sink::new(metrics.request_log_dropped.clone()),
             validation: crate::ingress::Validation {
                 max_messages: config.server.max_messages,
                 max_message_bytes: config.server.max_message_bytes,
@@ -165,11 +200,19 @@ impl Gateway {
             cors_origins: config.server.cors_origins.clone(),
             hsts: config.server.tls.is_some(),
             draining: AtomicBool::new(false),
+            metrics,
+            tracer,
+            success_sample: config.log.success_sample,
+            metrics_on_main: config.metrics.enabled && config.metrics.listen.is_none(),
+            deps: crate::health::Dependencies {
+                disk_warn: config.health.disk_warn,
+                ..Default::default()
+            },
         }))
     }
 
-    /// Connects the queue that receives one [`crate::UsageEvent`] per finished request.
-    pub fn connect_usage(&self, tx: tokio::sync::mpsc::Sender<crate::UsageEvent>) {
+    /// Connects the queue that receives one [`crate::RequestEvent`] per finished request.
+    pub fn connect_usage(&self, tx: tokio::sync::mpsc::Sender<crate::RequestEvent>) {
         self.usage.connect(tx);
     }
 
@@ -245,6 +288,72 @@ impl Gateway {
     /// The configured model names, for the admin API.
     pub fn model_names(&self) -> &[String] {
         &self.snap.model_names
+    }
+
+    /// The gateway's metrics, shared with the control plane.
+    pub fn metrics(&self) -> &Arc<pylon_telemetry::Metrics> {
+        &self.metrics
+    }
+
+    /// The tracer, when tracing is on (flushed at shutdown).
+    pub fn tracer(&self) -> Option<&pylon_telemetry::Tracer> {
+        self.tracer.as_ref()
+    }
+
+    /// The metrics text, with scrape-time values (breakers, degraded limits) brought current.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let now = std::time::Instant::now();
+        for name in &self.snap.model_names {
+            if let Some(model) = self.snap.models.get(name) {
+                for t in &model.targets {
+                    m.breaker_state
+                        .with_label_values(&[name.as_str(), t.label.as_str()])
+                        .set(t.health.breaker(now).gauge());
+                }
+            }
+        }
+        m.limits_degraded.set(i64::from(self.limits_degraded()));
+        m.request_log_pending.set(self.usage.pending() as i64);
+        m.render()
+    }
+
+    /// Records the latest store check (read by `/readyz` and `/health`).
+    pub fn report_store(&self, check: crate::health::Check) {
+        if let Ok(mut g) = self.deps.store.lock() {
+            *g = Some(check);
+        }
+    }
+
+    /// Pings Redis (when configured) and records the result for `/health`.
+    pub async fn check_redis(&self, timeout: std::time::Duration) {
+        let started = std::time::Instant::now();
+        let check = match tokio::time::timeout(timeout, self.limiter.ping()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(took))) => crate::health::Check::pass(took),
+            Ok(Some(Err(e))) => crate::health::Check::fail(started.elapsed(), e.to_string()),
+            Err(_) => crate::health::Check::fail(started.elapsed(), "timed out"),
+        };
+        if let Ok(mut g) = self.deps.redis.lock() {
+            *g = Some(check);
+        }
+    }
+
+    /// Records the data dir's disk use: share used and bytes free.
+    pub fn report_disk(&self, used: f64, free: u64) {
+        if let Ok(mut g) = self.deps.disk.lock() {
+            *g = Some((used, free));
+        }
+    }
+
+    /// Probes every provider once (`GET /models` with its credential) and records the results.
+    pub async fn probe_providers(&self) {
+        for p in self.snap.providers.values() {
+            let check = crate::probe::provider(p).await;
+            if let Ok(mut g) = self.deps.probes.lock() {
+                g.insert(p.name.clone(), check);
+            }
+        }
     }
 
     /// Marks the gateway as draining (readiness fails; requests in flight continue).
@@ -329,6 +438,7 @@ impl Snapshot {
                     Some(Target {
                         provider: providers.get(t.provider.get_ref())?.clone(),
                         model: t.model.clone(),
+                        label: format!("{}/{}", t.provider.get_ref(), t.model),
                         weight: t.weight,
                         health: Arc::new(Health::new(policy)),
                     })
@@ -346,6 +456,8 @@ impl Snapshot {
                     retries: m.retries,
                     rpm: m.rpm,
                     tpm: m.tpm,
+                    log_bodies: m.log_bodies,
+                    metric_name: m.name.get_ref().clone(),
                 }),
             );
         }
@@ -399,6 +511,7 @@ impl Snapshot {
             targets: vec![Target {
                 provider: p.clone(),
                 model: model.to_owned(),
+                label: format!("{provider}/*"),
                 weight: 1,
                 health: p.direct_health.clone(),
             }],
@@ -406,6 +519,8 @@ impl Snapshot {
             retries: 1,
             rpm: None,
             tpm: None,
+            log_bodies: false,
+            metric_name: format!("{provider}/*"),
         }))
     }
 }
@@ -439,6 +554,7 @@ pub(crate) mod tests {
                 .map(|&w| Target {
                     provider: provider.clone(),
                     model: "x".into(),
+                    label: "p/x".into(),
                     weight: w,
                     health: Arc::new(Health::new(policy)),
                 })
@@ -447,6 +563,8 @@ pub(crate) mod tests {
             retries: 0,
             rpm: None,
             tpm: None,
+            log_bodies: false,
+            metric_name: "m".into(),
         }
     }
 }

@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::ProviderKind;
 use pylon_providers::{anthropic, gemini, openai};
+use pylon_telemetry::trace::Attribute;
 use pylon_types::ErrorKind;
 
 use crate::breaker::Availability;
@@ -81,7 +82,9 @@ pub(crate) async fn dispatch(
     let mut last: Option<Failure> = None;
     let mut attempted = false;
     let mut supported = false;
+    let first_name = first.name.clone();
     for model in route::chain(snap, first) {
+        let mut model_attempts = 0u32;
         let order = route::order(&model);
         let mut tried = vec![false; order.len()];
         let (mut used, mut pos, mut skipped, mut same_target_retries) = (0, 0, 0, 0u32);
@@ -126,15 +129,38 @@ pub(crate) async fn dispatch(
             tried[slot] = true;
             used += 1;
             attempted = true;
-            if let Some(rec) = call.record() {
+            model_attempts += 1;
+            let op = call_op(call.api);
+            let span = call.record().and_then(|rec| {
                 rec.attempts += 1;
+                let m = &rec.gw.metrics;
+                if model_attempts > 1 {
+                    m.retries
+                        .with_label_values(&[model.metric_name.as_str(), target.label.as_str()])
+                        .inc();
+                } else if model.name != first_name {
+                    m.fallbacks
+                        .with_label_values(&[rec.metric_model.as_str(), model.metric_name.as_str()])
+                        .inc();
+                    rec.fallback = Some(model.name.clone());
+                }
+                let n = rec.attempts;
+                rec.trace.as_ref().map(|t| attempt_span(t, op, target, n))
+            });
+            let result = attempt(call, target, span.as_ref()).await;
+            if let Some(span) = span {
+                if let Err(AttemptError::Retry(f)) = &result {
+                    span.fail(&f.to_string());
+                }
+                span.end();
             }
-            match attempt(call, target).await {
+            match result {
                 Ok(resp) => return Ok(resp),
                 Err(AttemptError::Fatal(e)) => return Err(e),
                 Err(AttemptError::Retry(f)) => {
                     tracing::warn!(
                         target: "pylon::upstream",
+                        request_id = call.record.as_ref().map_or("", |r| r.request_id.as_str()),
                         model = %model.name,
                         provider = %target.provider.name,
                         upstream_model = %target.model,
@@ -153,6 +179,40 @@ pub(crate) async fn dispatch(
         )));
     }
     Err(exhausted(&call.model, attempted, last))
+}
+
+fn call_op(api: Api) -> &'static str {
+    match api {
+        Api::Embeddings => "embeddings",
+        Api::Chat | Api::Messages => "chat",
+    }
+}
+
+/// A client span for one attempt, named and attributed per the GenAI semantic conventions.
+fn attempt_span(
+    parent: &pylon_telemetry::SpanHandle,
+    op: &'static str,
+    target: &Target,
+    n: u32,
+) -> pylon_telemetry::SpanHandle {
+    let system = match target.provider.kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+    };
+    parent.child(
+        format!("{op} {}", target.model),
+        pylon_telemetry::trace::Kind::Client,
+        vec![
+            Attribute::new("gen_ai.operation.name", op),
+            Attribute::new("gen_ai.system", system),
+            Attribute::new("gen_ai.provider.name", system),
+            Attribute::new("gen_ai.request.model", target.model.clone()),
+            Attribute::new("server.address", target.provider.base.clone()),
+            Attribute::new("pylon.provider", target.provider.name.clone()),
+            Attribute::new("pylon.attempt", i64::from(n)),
+        ],
+    )
 }
 
 /// Full-jitter exponential backoff.
@@ -236,7 +296,47 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes, ProxyError> {
 }
 
 /// One attempt against one target.
-async fn attempt(call: &mut Call, target: &Target) -> Result<Response, AttemptError> {
+async fn attempt(
+    call: &mut Call,
+    target: &Target,
+    span: Option<&pylon_telemetry::SpanHandle>,
+) -> Result<Response, AttemptError> {
+    let started = Instant::now();
+    let result = attempt_inner(call, target, span, started).await;
+    let took = started.elapsed();
+    let stream = call.stream;
+    if let Some(rec) = call.record() {
+        // A committed stream's time is counted when it ends (see respond::Relay).
+        if result.is_err() || !stream {
+            rec.upstream += took;
+            rec.gw
+                .metrics
+                .upstream_duration
+                .with_label_values(&[
+                    target.provider.name.as_str(),
+                    target.label.as_str(),
+                    if result.is_ok() { "ok" } else { "error" },
+                ])
+                .observe(took.as_secs_f64());
+        }
+    }
+    match result {
+        Ok(mut resp) => {
+            if let Some(rec) = call.record.as_ref() {
+                respond::overhead_header(&mut resp, rec);
+            }
+            Ok(resp)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn attempt_inner(
+    call: &mut Call,
+    target: &Target,
+    span: Option<&pylon_telemetry::SpanHandle>,
+    started: Instant,
+) -> Result<Response, AttemptError> {
     let p = &target.provider;
     let (path, body) = encode(call, target)?;
     let mut req = Request::post(format!("{}{}", p.base, path))
@@ -252,8 +352,15 @@ async fn attempt(call: &mut Call, target: &Target) -> Result<Response, AttemptEr
                 "application/json"
             }),
         );
+    let traceparent = span.and_then(pylon_telemetry::SpanHandle::traceparent);
     for (name, value) in &call.forward {
-        req = req.header(name, value);
+        // Our attempt span becomes the provider's parent when tracing.
+        if traceparent.is_none() || name != "traceparent" {
+            req = req.header(name, value);
+        }
+    }
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
     }
     if p.kind == ProviderKind::Anthropic
         && !call.forward.iter().any(|(n, _)| n == "anthropic-version")
@@ -269,7 +376,6 @@ async fn attempt(call: &mut Call, target: &Target) -> Result<Response, AttemptEr
         ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
     })?;
 
-    let started = Instant::now();
     let deadline = started + p.timeouts.total.unwrap_or(Duration::from_secs(600));
     let in_flight = target.health.enter();
     let resp = match tokio::time::timeout(p.timeouts.first_byte, p.client.request(req)).await {
@@ -324,6 +430,7 @@ async fn attempt(call: &mut Call, target: &Target) -> Result<Response, AttemptEr
         started,
         deadline,
         in_flight,
+        span,
     };
     let result = if call.stream {
         respond::stream(call, target, resp, ctx).await

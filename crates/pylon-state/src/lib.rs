@@ -110,7 +110,11 @@ pub struct Limiter {
     /// Redis costs one timeout per second, not one per request.
     retry_at_ms: AtomicI64,
     started: std::time::Instant,
+    observe: Option<Observer>,
 }
+
+/// Told the operation, duration and success of every Redis round trip (for metrics).
+pub type Observer = Box<dyn Fn(&'static str, Duration, bool) + Send + Sync>;
 
 impl Limiter {
     /// In-process state only.
@@ -127,7 +131,37 @@ impl Limiter {
             degraded: AtomicBool::new(false),
             retry_at_ms: AtomicI64::new(0),
             started: std::time::Instant::now(),
+            observe: None,
         }
+    }
+
+    /// Reports every Redis round trip to `observe`.
+    pub fn observed(mut self, observe: Observer) -> Self {
+        self.observe = Some(observe);
+        self
+    }
+
+    /// Times one Redis round trip and reports it.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let start = std::time::Instant::now();
+        let r = f.await;
+        if let Some(o) = &self.observe {
+            o(op, start.elapsed(), r.is_ok());
+        }
+        r
+    }
+
+    /// Pings Redis when it is configured: `None` without Redis, else the round trip's result.
+    pub async fn ping(&self) -> Option<Result<Duration, StateError>> {
+        let r = self.redis.as_ref()?;
+        let start = std::time::Instant::now();
+        let result = self.timed("ping", r.ping()).await;
+        self.mark(result.as_ref().map(|_| ()));
+        Some(result.map(|()| start.elapsed()))
     }
 
     /// Whether Redis is configured but currently not used.
@@ -172,7 +206,7 @@ impl Limiter {
             return Ok(Verdict::Allowed(Vec::new()));
         }
         if let Some(r) = self.redis_usable() {
-            match r.admit(a).await {
+            match self.timed("admit", r.admit(a)).await {
                 Ok(v) => {
                     self.mark(Ok(()));
                     return Ok(v);
@@ -192,7 +226,7 @@ impl Limiter {
             return;
         }
         if let Some(r) = self.redis_usable() {
-            match r.settle(s).await {
+            match self.timed("settle", r.settle(s)).await {
                 Ok(()) => {
                     self.mark(Ok(()));
                     return;
@@ -216,7 +250,11 @@ impl Limiter {
     /// Raises a spend counter to at least `micros` (seeding from the durable store).
     pub async fn seed_spend(&self, key: &str, micros: i64, ttl: Duration) {
         if let Some(r) = self.redis_usable() {
-            if r.seed_spend(key, micros, ttl).await.is_ok() {
+            if self
+                .timed("seed_spend", r.seed_spend(key, micros, ttl))
+                .await
+                .is_ok()
+            {
                 return;
             }
         }

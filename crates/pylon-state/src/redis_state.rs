@@ -175,6 +175,13 @@ impl RedisState {
     }
 
     /// Applies a settlement in one script call.
+    /// One `PING` round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
     pub async fn settle(&self, s: &Settlement) -> Result<(), StateError> {
         let mut inv = self.settle.prepare_invoke();
         inv.arg(s.corrections.len())

@@ -5,6 +5,7 @@
 
 mod model;
 mod queries;
+mod requests;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -14,6 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use model::*;
+pub use requests::{Bucket, Dim, ErrorGroup, RequestFilter, RequestRow, UsageBucket};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

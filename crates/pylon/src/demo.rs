@@ -17,11 +17,11 @@ pub(crate) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
 
     let text = config_text(mock_addr, listen);
     let config = pylon_config::parse(&text, "<demo>", &|k| std::env::var(k).ok())?;
-    let _logs = super::init_logs(&config.log.level, LogFormat::Auto);
+    let (_logs, level) = super::init_logs(&config.log.level, LogFormat::Auto);
     let listener = super::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("{}", banner(addr));
-    super::run_gateway(&config, listener, super::shutdown_signal()).await
+    super::run_gateway(&config, listener, super::shutdown_signal(), Some(level)).await
 }
 
 fn config_text(mock: SocketAddr, listen: SocketAddr) -> String {

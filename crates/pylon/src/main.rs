@@ -7,12 +7,15 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pylon_config::{Config, ConfigError, LogFormat};
 use pylon_providers::mock::{self, Behaviour};
+use pylon_telemetry::LogLevel;
+use tracing_subscriber::EnvFilter;
 use tokio::net::TcpListener;
 
 /// Pylon: a production gateway for AI applications.
@@ -141,9 +144,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load(config.as_deref())?;
-            let _logs = init_logs(&config.log.level, config.log.format);
+            let (_logs, level) = init_logs(&config.log.level, config.log.format);
             let listener = bind(config.server.listen).await?;
-            run_gateway(&config, listener, shutdown_signal()).await
+            run_gateway(&config, listener, shutdown_signal(), Some(level)).await
         }
         Command::Demo { listen } => demo::run(listen).await,
         Command::Config {
@@ -176,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             drop_after_chunks,
             repeat,
         } => {
-            let _logs = init_logs("info", LogFormat::Auto);
+            let (_logs, _) = init_logs("info", LogFormat::Auto);
             let m = mock::Mock::new();
             m.set(Behaviour {
                 latency: latency.unwrap_or_default(),
@@ -240,9 +243,13 @@ async fn run_gateway(
     config: &Config,
     listener: TcpListener,
     stop: impl Future<Output = ()>,
+    log_level: Option<Arc<pylon_telemetry::LogLevel>>,
 ) -> anyhow::Result<()> {
     let (gw, control) =
         pylon_control::bootstrap(config, pylon_control::Env::from_process()).await?;
+    if let Some(level) = log_level {
+        control.set_log_level(level);
+    }
     let addr = listener.local_addr()?;
     if config.auth.mode == pylon_config::AuthMode::None {
         tracing::warn!(
@@ -255,7 +262,17 @@ async fn run_gateway(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let admin = pylon_control::router(control);
+    let metrics_server = match config.metrics.listen.filter(|_| config.metrics.enabled) {
+        Some(metrics_addr) => {
+            let l = bind(metrics_addr).await?;
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            let server = axum::serve(l, pylon_proxy::metrics_router(gw.clone()))
+                .with_graceful_shutdown(stopped(rx.clone()));
+            Some(tokio::spawn(async move { server.await }))
+        }
+        None => None,
+    };
+    let admin = pylon_control::router(control.clone());
     let (main_extra, admin_server) = match config.admin.listen {
         Some(admin_addr) => {
             let admin_listener = bind(admin_addr).await?;
@@ -273,7 +290,7 @@ async fn run_gateway(
     let server = match &config.server.tls {
         Some(t) => {
             let tls = pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file)?;
-            reload_tls_on_sighup(tls.clone());
+            reload_tls_on_sighup(tls.clone(), gw.clone());
             if let Some(redirect) = t.redirect_http {
                 let plain = bind(redirect).await?;
                 tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
@@ -312,11 +329,16 @@ async fn run_gateway(
     if let Some(admin) = admin_server {
         admin.abort();
     }
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
+    // Requests have ended: write the request log's last rows and export buffered spans.
+    control.shutdown(config.server.shutdown_grace).await;
     Ok(())
 }
 
 /// Re-reads the TLS certificate and key on every SIGHUP; a bad file keeps the current one.
-fn reload_tls_on_sighup(tls: pylon_proxy::tls::Tls) {
+fn reload_tls_on_sighup(tls: pylon_proxy::tls::Tls, gw: Arc<pylon_proxy::Gateway>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -324,9 +346,14 @@ fn reload_tls_on_sighup(tls: pylon_proxy::tls::Tls) {
             return;
         };
         while hup.recv().await.is_some() {
+            let reloads = &gw.metrics().config_reloads;
             match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Ok(()) => {
+                    reloads.with_label_values(&["tls", "ok"]).inc();
+                    tracing::info!("TLS certificate reloaded")
+                }
                 Err(e) => {
+                    reloads.with_label_values(&["tls", "error"]).inc();
                     tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate")
                 }
             }
@@ -358,11 +385,18 @@ async fn shutdown_signal() {
 
 /// Installs the log subscriber. Lines go through a background writer so the request path never
 /// blocks on stdout; if it falls behind, lines are dropped rather than queued without bound.
-/// The guard flushes what is queued when dropped at exit.
-fn init_logs(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PYLON_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The guard flushes what is queued when dropped at exit; the [`LogLevel`] changes the filter
+/// at run time (admin API).
+fn init_logs(
+    level: &str,
+    format: LogFormat,
+) -> (tracing_appender::non_blocking::WorkerGuard, Arc<LogLevel>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_env = std::env::var("PYLON_LOG").ok();
+    let initial = from_env.as_deref().unwrap_or(level);
+    let filter = EnvFilter::try_new(initial).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -375,17 +409,26 @@ fn init_logs(level: &str, format: LogFormat) -> tracing_appender::non_blocking::
             64 * 1024,
             std::io::stdout(),
         ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
             .init();
     } else {
-        builder.compact().init();
+        registry
+            .with(tracing_subscriber::fmt::layer().compact().with_writer(writer))
+            .init();
     }
-    guard
+    let level = LogLevel::new(initial, move |f| {
+        let filter = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    (guard, Arc::new(level))
 }

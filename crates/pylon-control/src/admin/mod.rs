@@ -2,6 +2,7 @@
 
 mod keys;
 mod providers;
+mod requests;
 mod teams;
 mod types;
 mod usage;
@@ -41,6 +42,12 @@ pub fn router(control: Arc<Control>) -> Router {
             post(teams::create_user).get(teams::list_users),
         )
         .route("/admin/v1/usage", get(usage::usage))
+        .route("/admin/v1/requests", get(requests::list))
+        .route("/admin/v1/errors", get(requests::errors))
+        .route(
+            "/admin/v1/log/level",
+            get(requests::get_level).put(requests::set_level),
+        )
         .route("/admin/v1/usage/estimate", get(usage::estimate))
         .route("/admin/v1/providers", get(providers::list))
         .route(
@@ -64,11 +71,13 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage, usage::estimate, providers::list, providers::set_credential, providers::rotate_master),
+          usage::usage, usage::estimate, requests::list, requests::errors, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),
          (name = "usage", description = "Spend and token usage"),
+         (name = "requests", description = "The request log and error groups"),
+         (name = "operations", description = "Run-time operations"),
          (name = "providers", description = "Provider credentials, encrypted at rest"))
 )]
 struct ApiDoc;

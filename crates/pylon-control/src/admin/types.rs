@@ -244,9 +244,16 @@ impl From<User> for UserView {
 /// Aggregated usage of one group.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UsageView {
-    /// The key id, team id, model or day.
+    /// The grouped values joined by `/`, or the bucket when only time is grouped.
     pub group: String,
+    /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:00Z` when grouped by time.
+    pub bucket: Option<String>,
+    /// The grouped values, in the order asked.
+    pub keys: Vec<String>,
     pub requests: i64,
+    /// Requests answered with a 4xx or 5xx, or broken off.
+    pub errors: i64,
+    pub avg_latency_ms: f64,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,

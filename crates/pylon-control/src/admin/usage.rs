@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::Json;
-use pylon_store::GroupBy;
+use pylon_store::{Bucket, Dim};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -16,7 +16,8 @@ use crate::Control;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UsageQuery {
-    /// `key`, `team`, `model` or `day` (default `day`).
+    /// Comma-separated dimensions among `key`, `team`, `model`, `provider`, and at most one time
+    /// bucket, `hour` or `day` (default `day`).
     group_by: Option<String>,
     /// First day, `YYYY-MM-DD` (default: 30 days ago).
     from: Option<String>,
@@ -31,14 +32,27 @@ fn day(offset_days: i64) -> String {
 
 pub(crate) use pylon_types::day::civil_day;
 
-fn valid_day(s: &str) -> bool {
-    s.len() == 10
-        && s.as_bytes()[4] == b'-'
-        && s.as_bytes()[7] == b'-'
-        && s.chars().filter(char::is_ascii_digit).count() == 8
+/// Unix seconds at the start of a `YYYY-MM-DD` day (UTC).
+fn unix_of_day(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if s.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d): (i64, i64, i64) = (s[..4].parse().ok()?, s[5..7].parse().ok()?, s[8..].parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), shifted so March starts the year.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400)
 }
 
-/// Aggregated usage over a range of days.
+/// Aggregated usage over a range of days, from hourly rollups (never the raw request log).
 #[utoipa::path(get, path = "/admin/v1/usage", operation_id = "get_usage", tag = "usage", params(UsageQuery),
     responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody)))]
 pub(super) async fn usage(
@@ -46,33 +60,57 @@ pub(super) async fn usage(
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsageReport>, AdminError> {
     let group_by = q.group_by.unwrap_or_else(|| "day".into());
-    let group = match group_by.as_str() {
-        "key" => GroupBy::Key,
-        "team" => GroupBy::Team,
-        "model" => GroupBy::Model,
-        "day" => GroupBy::Day,
-        other => {
-            return Err(AdminError::bad_request(format!(
-                "`group_by={other}`: use key, team, model or day"
-            )))
+    let mut dims = Vec::new();
+    let mut bucket = Bucket::All;
+    for part in group_by.split(',').map(str::trim) {
+        match part {
+            "key" => dims.push(Dim::Key),
+            "team" => dims.push(Dim::Team),
+            "model" => dims.push(Dim::Model),
+            "provider" => dims.push(Dim::Provider),
+            "day" if bucket == Bucket::All => bucket = Bucket::Day,
+            "hour" if bucket == Bucket::All => bucket = Bucket::Hour,
+            other => {
+                return Err(AdminError::bad_request(format!(
+                    "`group_by={other}`: use key, team, model, provider and at most one of hour or day, comma-separated"
+                )))
+            }
         }
-    };
+    }
     let from = q.from.unwrap_or_else(|| day(-30));
     let to = q.to.unwrap_or_else(|| day(0));
-    if !valid_day(&from) || !valid_day(&to) {
+    let (Some(from_s), Some(to_s)) = (unix_of_day(&from), unix_of_day(&to)) else {
         return Err(AdminError::bad_request(
             "`from` and `to` are days like 2026-11-22",
         ));
-    }
-    let rows = c.store.usage(group, &from, &to).await?;
+    };
+    let rows = c
+        .store
+        .usage_report(&dims, bucket, from_s, to_s + 86_400)
+        .await?;
     let rows = rows
         .into_iter()
-        .map(|r| UsageView {
-            group: r.group,
-            requests: r.requests,
-            input_tokens: r.input_tokens,
-            output_tokens: r.output_tokens,
-            cost_usd: r.cost_usd,
+        .map(|r| {
+            let when = r.bucket.map(|b| match bucket {
+                Bucket::Hour => format!("{}T{:02}:00Z", civil_day(b), b.rem_euclid(86_400) / 3600),
+                _ => civil_day(b),
+            });
+            let group = if r.keys.is_empty() {
+                when.clone().unwrap_or_default()
+            } else {
+                r.keys.join("/")
+            };
+            UsageView {
+                group,
+                bucket: when,
+                keys: r.keys,
+                requests: r.requests,
+                errors: r.errors,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_usd: r.cost_usd,
+                avg_latency_ms: r.avg_latency_ms,
+            }
         })
         .collect();
     Ok(Json(UsageReport {

@@ -278,13 +278,15 @@ async fn hard_budget_stops_requests_and_usage_is_recorded() {
             .json()
             .await
             .unwrap();
-        if report["rows"][0]["requests"] == 3 {
+        // Three answered, one refused by the budget: all are requests, one is an error.
+        if report["rows"][0]["requests"] == 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(report["rows"][0]["group"], "m", "{report}");
-    assert_eq!(report["rows"][0]["requests"], 3, "{report}");
+    assert_eq!(report["rows"][0]["requests"], 4, "{report}");
+    assert_eq!(report["rows"][0]["errors"], 1, "{report}");
     assert_eq!(report["rows"][0]["input_tokens"], 6);
     assert_eq!(report["rows"][0]["cost_usd"], 24.0);
 }

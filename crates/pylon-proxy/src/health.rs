@@ -1,0 +1,264 @@
+//! Probes and metrics endpoints: `/livez`, `/readyz`, `/startupz`, `/health`
+//! (`application/health+json`, draft-inadarei-api-health-check) and `/metrics`.
+//!
+//! Handlers read state that background checks keep current (the control plane pings the store
+//! and Redis); a probe never waits on a dependency itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use crate::breaker::Breaker;
+use crate::snapshot::Gateway;
+
+/// The last result of checking one dependency.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub ok: bool,
+    /// Round-trip time of the check.
+    pub latency: Duration,
+    pub at: SystemTime,
+    pub error: Option<String>,
+}
+
+impl Check {
+    /// A check that passed in `latency`.
+    pub fn pass(latency: Duration) -> Check {
+        Check {
+            ok: true,
+            latency,
+            at: SystemTime::now(),
+            error: None,
+        }
+    }
+
+    /// A check that failed.
+    pub fn fail(latency: Duration, error: impl Into<String>) -> Check {
+        Check {
+            ok: false,
+            latency,
+            at: SystemTime::now(),
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Dependency state written by background checks and read by the probes.
+#[derive(Debug, Default)]
+pub(crate) struct Dependencies {
+    pub store: Mutex<Option<Check>>,
+    pub redis: Mutex<Option<Check>>,
+    /// Share of the data dir's disk in use, and bytes free.
+    pub disk: Mutex<Option<(f64, u64)>>,
+    pub disk_warn: f64,
+    /// Active provider probes, by provider name.
+    pub probes: Mutex<BTreeMap<String, Check>>,
+}
+
+fn read<T: Clone>(m: &Mutex<T>) -> Option<T> {
+    m.lock().ok().map(|g| g.clone())
+}
+
+/// Why the gateway should not get traffic now, if it should not.
+fn not_ready(gw: &Gateway) -> Option<String> {
+    if gw.draining.load(Ordering::SeqCst) {
+        return Some("draining: shutdown has begun".into());
+    }
+    if let Some(c) = read(&gw.deps.store).flatten().filter(|c| !c.ok) {
+        return Some(format!("store unreachable: {}", c.error.unwrap_or_default()));
+    }
+    let now = Instant::now();
+    gw.snap.model_names.iter().find_map(|name| {
+        let model = gw.snap.models.get(name)?;
+        let all_open = !model.targets.is_empty()
+            && model
+                .targets
+                .iter()
+                .all(|t| t.health.breaker(now) == Breaker::Open);
+        all_open.then(|| format!("model `{name}`: every target's circuit breaker is open"))
+    })
+}
+
+/// `GET /readyz`: 200 when config, store and at least one target per model are usable.
+pub(crate) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    match not_ready(&gw) {
+        None => "ready".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+/// `GET /startupz`: Pylon serves only after its config, store and keys are loaded.
+pub(crate) async fn startupz() -> &'static str {
+    "started"
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        gw.render_metrics(),
+    )
+        .into_response()
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn worst(a: &'static str, b: &'static str) -> &'static str {
+    let rank = |s| match s {
+        "fail" => 2,
+        "warn" => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn dependency(component_type: &str, c: &Check) -> Value {
+    let mut v = json!({
+        "componentType": component_type,
+        "observedValue": (c.latency.as_secs_f64() * 1e6).round() / 1e3,
+        "observedUnit": "ms",
+        "status": if c.ok { "pass" } else { "fail" },
+        "time": rfc3339(c.at),
+    });
+    if let Some(e) = &c.error {
+        v["output"] = json!(e);
+    }
+    v
+}
+
+/// `GET /health`: every component's state in `application/health+json`.
+pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    let now = Instant::now();
+    let now_text = rfc3339(SystemTime::now());
+    let mut checks = serde_json::Map::new();
+    let mut status = "pass";
+    if let Some(c) = read(&gw.deps.store).flatten() {
+        status = worst(status, if c.ok { "pass" } else { "fail" });
+        checks.insert("store:responseTime".into(), json!([dependency("datastore", &c)]));
+    }
+    if let Some(c) = read(&gw.deps.redis).flatten() {
+        // Limits fall back to local state: degraded, not down.
+        status = worst(status, if c.ok { "pass" } else { "warn" });
+        let mut v = dependency("datastore", &c);
+        if !c.ok {
+            v["status"] = json!("warn");
+        }
+        checks.insert("redis:responseTime".into(), json!([v]));
+    }
+    let probes = read(&gw.deps.probes).unwrap_or_default();
+    let mut providers: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for name in &gw.snap.model_names {
+        let Some(model) = gw.snap.models.get(name) else {
+            continue;
+        };
+        let mut usable = false;
+        for t in &model.targets {
+            let b = t.health.breaker(now);
+            usable |= b != Breaker::Open;
+            let target_status = match b {
+                Breaker::Closed => "pass",
+                Breaker::HalfOpen | Breaker::Open => "warn",
+            };
+            status = worst(status, target_status);
+            let mut v = json!({
+                "componentId": format!("{}/{}", t.provider.name, t.model),
+                "componentType": "component",
+                "observedValue": t.health.latency_us() as f64 / 1e3,
+                "observedUnit": "ms",
+                "status": target_status,
+                "time": now_text,
+                "output": format!("model `{name}`, circuit breaker {}", b.as_str()),
+            });
+            if let Some(p) = probes.get(&t.provider.name) {
+                v["probe"] = dependency("component", p);
+            }
+            providers
+                .entry(format!("provider:{}", t.provider.name))
+                .or_default()
+                .push(v);
+        }
+        if !usable && !model.targets.is_empty() {
+            status = "fail";
+        }
+    }
+    for (k, v) in providers {
+        checks.insert(k, Value::Array(v));
+    }
+    if let Some((used, free)) = read(&gw.deps.disk).flatten() {
+        let s = if used >= gw.deps.disk_warn { "warn" } else { "pass" };
+        status = worst(status, s);
+        checks.insert(
+            "disk:utilization".into(),
+            json!([{
+                "componentType": "system",
+                "observedValue": (used * 1000.0).round() / 10.0,
+                "observedUnit": "percent",
+                "status": s,
+                "time": now_text,
+                "output": format!("{} MiB free in the data dir", free / (1024 * 1024)),
+            }]),
+        );
+    }
+    if let Some(rss) = resident_bytes() {
+        checks.insert(
+            "memory:utilization".into(),
+            json!([{
+                "componentType": "system",
+                "observedValue": rss,
+                "observedUnit": "bytes",
+                "status": "pass",
+                "time": now_text,
+            }]),
+        );
+    }
+    if gw.draining.load(Ordering::SeqCst) {
+        status = "fail";
+    }
+    let body = json!({
+        "status": status,
+        "version": "1",
+        "releaseId": env!("CARGO_PKG_VERSION"),
+        "serviceId": "pylon",
+        "description": "Pylon AI gateway",
+        "checks": checks,
+    });
+    let code = if status == "fail" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        code,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/health+json"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Resident memory from the process's own metrics (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

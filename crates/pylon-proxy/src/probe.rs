@@ -1,0 +1,45 @@
+//! Active provider probes: one cheap authenticated `GET` of the provider's model list.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use pylon_config::ProviderKind;
+
+use crate::health::Check;
+use crate::snapshot::Provider;
+
+/// Probes `p` once: reachable with an accepted credential passes; 401/403, 5xx, timeouts and
+/// connection errors fail.
+pub(crate) async fn provider(p: &Provider) -> Check {
+    let path = match p.kind {
+        ProviderKind::Anthropic => "/v1/models",
+        ProviderKind::Openai | ProviderKind::Gemini => "/models",
+    };
+    let mut req = Request::get(format!("{}{path}", p.base));
+    if p.kind == ProviderKind::Anthropic {
+        req = req.header("anthropic-version", pylon_providers::anthropic::API_VERSION);
+    }
+    let stored = p.stored_auth.load();
+    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
+        req = req.header(name, value.clone());
+    }
+    let started = Instant::now();
+    let Ok(req) = req.body(Full::new(Bytes::new())) else {
+        return Check::fail(Duration::ZERO, "cannot build the probe request");
+    };
+    match tokio::time::timeout(p.timeouts.first_byte, p.client.request(req)).await {
+        Err(_) => Check::fail(started.elapsed(), "timed out"),
+        Ok(Err(e)) => Check::fail(started.elapsed(), format!("connection failed: {e}")),
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let took = started.elapsed();
+            if status.is_server_error() || matches!(status.as_u16(), 401 | 403) {
+                Check::fail(took, format!("answered {status}"))
+            } else {
+                Check::pass(took)
+            }
+        }
+    }
+}

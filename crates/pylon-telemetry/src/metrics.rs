@@ -1,0 +1,198 @@
+//! Prometheus metrics: one registry per gateway (so tests and embedded gateways never share
+//! counters), names in base units with the `pylon_` prefix, and only bounded label sets.
+
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets for whole requests and upstream calls (seconds).
+const REQUEST_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Buckets for Pylon's own overhead: tens of microseconds to tens of milliseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+/// Buckets for gaps between streamed tokens.
+const TOKEN_GAP_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets for store and Redis round trips.
+const DEPENDENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Every metric Pylon exports. Handles are cheap to clone and safe to use from any thread.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, model, provider and status class (`2xx`, `4xx`, `5xx`).
+    pub requests: IntCounterVec,
+    /// End-to-end request duration by route and model.
+    pub request_duration: HistogramVec,
+    /// Duration of each upstream attempt by provider, target and outcome.
+    pub upstream_duration: HistogramVec,
+    /// Time to first token (first streamed event) by model and provider.
+    pub time_to_first_token: HistogramVec,
+    /// Gap between consecutive streamed events by model and provider.
+    pub inter_token_latency: HistogramVec,
+    /// Pylon's own share of a request: total minus time spent waiting on providers.
+    pub overhead: HistogramVec,
+    /// Tokens by model, provider and type (`input`, `output`).
+    pub tokens: IntCounterVec,
+    /// Spend in US dollars by model and provider.
+    pub cost: CounterVec,
+    /// Requests and spend per key and team, only when `[metrics] per_key = true`.
+    pub key_requests: Option<IntCounterVec>,
+    pub key_cost: Option<CounterVec>,
+    /// Requests refused before reaching a provider, by reason and scope.
+    pub rejected: IntCounterVec,
+    /// Attempts after the first within one model, by model and target.
+    pub retries: IntCounterVec,
+    /// Requests that moved on to a fallback model, by model and fallback.
+    pub fallbacks: IntCounterVec,
+    /// Breaker state per target: 0 closed, 1 half-open, 2 open. Set at scrape time.
+    pub breaker_state: IntGaugeVec,
+    /// Requests being served, by route.
+    pub in_flight: IntGaugeVec,
+    /// Streams being relayed.
+    pub open_streams: IntGauge,
+    /// Store operations by operation, and their failures.
+    pub store_duration: HistogramVec,
+    pub store_errors: IntCounterVec,
+    /// Redis round trips by operation, and their failures.
+    pub redis_duration: HistogramVec,
+    pub redis_errors: IntCounterVec,
+    /// 1 while shared limits run on local state because Redis is unreachable.
+    pub limits_degraded: IntGauge,
+    /// Reloads of configuration parts (TLS certificate, log level) by what and result.
+    pub config_reloads: IntCounterVec,
+    /// Request-log rows dropped because the writer's queue was full.
+    pub request_log_dropped: IntCounter,
+    /// Request-log rows waiting to be written.
+    pub request_log_pending: IntGauge,
+}
+
+/// Registering a metric failed: a programming error (duplicate or malformed name).
+#[derive(Debug, thiserror::Error)]
+#[error("metric registration failed: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Builds and registers every metric, plus the process collector on Linux.
+    pub fn new(per_key: bool) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let r = &registry;
+        let m = Metrics {
+            requests: counter(r, "pylon_requests_total", "AI requests handled.", &["route", "model", "provider", "status_class"])?,
+            request_duration: histogram(r, "pylon_request_duration_seconds", "End-to-end request duration, until the last byte of a stream.", &["route", "model"], REQUEST_BUCKETS)?,
+            upstream_duration: histogram(r, "pylon_upstream_duration_seconds", "Duration of each upstream attempt.", &["provider", "target", "outcome"], REQUEST_BUCKETS)?,
+            time_to_first_token: histogram(r, "pylon_time_to_first_token_seconds", "Time from the upstream call to the first streamed event.", &["model", "provider"], REQUEST_BUCKETS)?,
+            inter_token_latency: histogram(r, "pylon_inter_token_latency_seconds", "Gap between consecutive streamed events.", &["model", "provider"], TOKEN_GAP_BUCKETS)?,
+            overhead: histogram(r, "pylon_overhead_seconds", "Pylon's own time per request: total minus time waiting on providers.", &["route"], OVERHEAD_BUCKETS)?,
+            tokens: counter(r, "pylon_tokens_total", "Tokens processed.", &["model", "provider", "type"])?,
+            cost: float_counter(r, "pylon_cost_usd_total", "Spend in US dollars at configured prices.", &["model", "provider"])?,
+            key_requests: per_key
+                .then(|| counter(r, "pylon_key_requests_total", "AI requests per virtual key.", &["key", "team"]))
+                .transpose()?,
+            key_cost: per_key
+                .then(|| float_counter(r, "pylon_key_cost_usd_total", "Spend per virtual key in US dollars.", &["key", "team"]))
+                .transpose()?,
+            rejected: counter(r, "pylon_rejected_requests_total", "Requests refused before reaching a provider.", &["reason", "scope"])?,
+            retries: counter(r, "pylon_retries_total", "Upstream attempts after the first within a model.", &["model", "target"])?,
+            fallbacks: counter(r, "pylon_fallbacks_total", "Requests served by trying a fallback model.", &["model", "fallback"])?,
+            breaker_state: gauge(r, "pylon_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.", &["model", "target"])?,
+            in_flight: gauge(r, "pylon_in_flight_requests", "Requests being served.", &["route"])?,
+            open_streams: single_gauge(r, "pylon_open_streams", "Streams being relayed to clients.")?,
+            store_duration: histogram(r, "pylon_store_operation_duration_seconds", "Store operations.", &["operation"], DEPENDENCY_BUCKETS)?,
+            store_errors: counter(r, "pylon_store_errors_total", "Failed store operations.", &["operation"])?,
+            redis_duration: histogram(r, "pylon_redis_operation_duration_seconds", "Redis round trips.", &["operation"], DEPENDENCY_BUCKETS)?,
+            redis_errors: counter(r, "pylon_redis_errors_total", "Failed Redis round trips.", &["operation"])?,
+            limits_degraded: single_gauge(r, "pylon_limits_degraded", "1 while shared limits run on local state because Redis is unreachable.")?,
+            config_reloads: counter(r, "pylon_config_reloads_total", "Reloads of configuration parts.", &["what", "result"])?,
+            request_log_dropped: {
+                let c = IntCounter::new("pylon_request_log_dropped_total", "Request-log rows dropped because the writer's queue was full.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            request_log_pending: single_gauge(r, "pylon_request_log_pending", "Request-log rows waiting to be written.")?,
+            registry,
+        };
+        let build = gauge(&m.registry, "pylon_build_info", "Pylon's version; always 1.", &["version"])?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(m)
+    }
+
+    /// The text exposition format, for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec fails only on malformed metrics, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// `2xx`, `4xx`, … for the status label.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn float_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<CounterVec, prometheus::Error> {
+    let c = CounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn single_gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics_with_build_info() {
+        let m = Metrics::new(true).expect("metrics");
+        m.requests.with_label_values(&["/v1/chat/completions", "gpt", "openai", "2xx"]).inc();
+        let text = m.render();
+        assert!(text.contains("pylon_requests_total{model=\"gpt\""), "{text}");
+        assert!(text.contains("pylon_build_info{version="), "{text}");
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    }
+}
