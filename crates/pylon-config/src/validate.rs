@@ -151,11 +151,17 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
     }
     if config.tracing.enabled {
         if let Some(why) = bad_url(&config.tracing.endpoint) {
-            problems.push((0, format!("tracing.endpoint: `{}` {why}", config.tracing.endpoint)));
+            problems.push((
+                0,
+                format!("tracing.endpoint: `{}` {why}", config.tracing.endpoint),
+            ));
         }
     }
     if config.request_log.flush.is_zero() || config.request_log.queue == 0 {
-        problems.push((0, "request_log.flush and request_log.queue must be greater than 0".to_owned()));
+        problems.push((
+            0,
+            "request_log.flush and request_log.queue must be greater than 0".to_owned(),
+        ));
     }
     if config.server.max_body_bytes == 0 {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));

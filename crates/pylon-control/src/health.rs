@@ -12,7 +12,8 @@ use pylon_telemetry::Metrics;
 /// Pings the store once and reports it.
 pub(crate) async fn check_store(store: &Store, gw: &Gateway, metrics: &Metrics, timeout: Duration) {
     let started = Instant::now();
-    let result = tokio::time::timeout(timeout, crate::ledger::timed(metrics, "ping", store.ping())).await;
+    let result =
+        tokio::time::timeout(timeout, crate::ledger::timed(metrics, "ping", store.ping())).await;
     let check = match result {
         Ok(Ok(())) => Check::pass(started.elapsed()),
         Ok(Err(e)) => Check::fail(started.elapsed(), e.to_string()),

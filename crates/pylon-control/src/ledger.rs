@@ -76,16 +76,19 @@ fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
     let day = civil_day(e.at_ms / 1000);
     let group = (day, e.key_id.clone(), e.model.clone());
     if p.usage.len() < MAX_PENDING_GROUPS || p.usage.contains_key(&group) {
-        let d = p.usage.entry(group).or_insert_with_key(|(day, key, model)| UsageDelta {
-            day: day.clone(),
-            key_id: key.clone(),
-            team_id: e.team_id.clone().unwrap_or_default(),
-            model: model.clone(),
-            requests: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-        });
+        let d = p
+            .usage
+            .entry(group)
+            .or_insert_with_key(|(day, key, model)| UsageDelta {
+                day: day.clone(),
+                key_id: key.clone(),
+                team_id: e.team_id.clone().unwrap_or_default(),
+                model: model.clone(),
+                requests: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+            });
         d.requests += 1;
         d.input_tokens += e.input_tokens as i64;
         d.output_tokens += e.output_tokens as i64;
@@ -154,7 +157,13 @@ async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) 
         }
     }
     if !p.rows.is_empty() {
-        match timed(metrics, "record_requests", store.record_requests(&p.rows, s.rows)).await {
+        match timed(
+            metrics,
+            "record_requests",
+            store.record_requests(&p.rows, s.rows),
+        )
+        .await
+        {
             Ok(()) => p.rows.clear(),
             Err(e) => {
                 tracing::warn!(target: "pylon::usage", error = %e, rows = p.rows.len(), "could not write the request log; will retry")
@@ -172,10 +181,18 @@ pub(crate) async fn prune_loop(store: Store, cfg: pylon_config::RequestLog, metr
         tick.tick().await;
         let now_ms = crate::keys::unix_now() * 1000;
         let before = now_ms - i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
-        match timed(&metrics, "prune_requests", store.prune_requests(before, cfg.max_rows)).await {
+        match timed(
+            &metrics,
+            "prune_requests",
+            store.prune_requests(before, cfg.max_rows),
+        )
+        .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(target: "pylon::usage", deleted = n, "request log pruned"),
-            Err(e) => tracing::warn!(target: "pylon::usage", error = %e, "could not prune the request log"),
+            Err(e) => {
+                tracing::warn!(target: "pylon::usage", error = %e, "could not prune the request log")
+            }
         }
     }
 }

@@ -294,7 +294,13 @@ pub async fn bootstrap(
     };
     let token = secret(config.admin.token_file.as_deref(), env.admin_token)?;
     let gateway = Gateway::new(config)?;
-    let control = Control::new(store.clone(), gateway.clone(), token, keyring, &config.budgets);
+    let control = Control::new(
+        store.clone(),
+        gateway.clone(),
+        token,
+        keyring,
+        &config.budgets,
+    );
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.
     let rl = &config.request_log;
@@ -317,7 +323,11 @@ pub async fn bootstrap(
         t.ledger = Some(ledger);
     }
     if rl.enabled {
-        control.spawn(ledger::prune_loop(store.clone(), rl.clone(), metrics.clone()));
+        control.spawn(ledger::prune_loop(
+            store.clone(),
+            rl.clone(),
+            metrics.clone(),
+        ));
     }
     health::check_store(&store, &gateway, &metrics, config.health.check_timeout).await;
     control.spawn(health::check_loop(

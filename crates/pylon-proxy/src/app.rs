@@ -44,9 +44,13 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     }
     let started = std::time::Instant::now();
     let m = &gw.metrics;
-    m.in_flight.with_label_values(&[route.prefix.as_str()]).inc();
+    m.in_flight
+        .with_label_values(&[route.prefix.as_str()])
+        .inc();
     let resp = respond(route, req).await;
-    m.in_flight.with_label_values(&[route.prefix.as_str()]).dec();
+    m.in_flight
+        .with_label_values(&[route.prefix.as_str()])
+        .dec();
     let class = pylon_telemetry::status_class(resp.status().as_u16());
     m.requests
         .with_label_values(&[route.prefix.as_str(), "-", "-", class])

@@ -71,7 +71,10 @@ fn not_ready(gw: &Gateway) -> Option<String> {
         return Some("draining: shutdown has begun".into());
     }
     if let Some(c) = read(&gw.deps.store).flatten().filter(|c| !c.ok) {
-        return Some(format!("store unreachable: {}", c.error.unwrap_or_default()));
+        return Some(format!(
+            "store unreachable: {}",
+            c.error.unwrap_or_default()
+        ));
     }
     let now = Instant::now();
     gw.snap.model_names.iter().find_map(|name| {
@@ -149,7 +152,10 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let mut status = "pass";
     if let Some(c) = read(&gw.deps.store).flatten() {
         status = worst(status, if c.ok { "pass" } else { "fail" });
-        checks.insert("store:responseTime".into(), json!([dependency("datastore", &c)]));
+        checks.insert(
+            "store:responseTime".into(),
+            json!([dependency("datastore", &c)]),
+        );
     }
     if let Some(c) = read(&gw.deps.redis).flatten() {
         // Limits fall back to local state: degraded, not down.
@@ -200,7 +206,11 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         checks.insert(k, Value::Array(v));
     }
     if let Some((used, free)) = read(&gw.deps.disk).flatten() {
-        let s = if used >= gw.deps.disk_warn { "warn" } else { "pass" };
+        let s = if used >= gw.deps.disk_warn {
+            "warn"
+        } else {
+            "pass"
+        };
         status = worst(status, s);
         checks.insert(
             "disk:utilization".into(),

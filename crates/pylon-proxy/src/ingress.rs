@@ -13,9 +13,9 @@ use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pylon_config::AuthMode;
 use pylon_providers::{anthropic, openai, TranslateError};
+use pylon_telemetry::trace::Attribute;
 use pylon_types::anthropic::MessagesRequest;
 use pylon_types::openai::ChatRequest;
-use pylon_telemetry::trace::Attribute;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
@@ -222,7 +222,12 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
 }
 
 /// Records a finished step (auth, limits) as a span, when tracing.
-fn step(record: &Record, name: &'static str, start: Option<SystemTime>, error: Option<&ProxyError>) {
+fn step(
+    record: &Record,
+    name: &'static str,
+    start: Option<SystemTime>,
+    error: Option<&ProxyError>,
+) {
     if let (Some(span), Some(start)) = (&record.trace, start) {
         span.step(name, start, error.map(ToString::to_string).as_deref());
     }
@@ -240,7 +245,12 @@ fn fail(record: &mut Record, e: ProxyError, dialect: Dialect) -> Response {
     record.error = Some(e.to_string());
     record.error_class = Some(e.class());
     if matches!(e, ProxyError::LimitsUnavailable) {
-        record.gw.metrics.rejected.with_label_values(&["limits_unavailable", "other"]).inc();
+        record
+            .gw
+            .metrics
+            .rejected
+            .with_label_values(&["limits_unavailable", "other"])
+            .inc();
     }
     let mut resp = e.into_response(dialect);
     record.status = resp.status().as_u16();

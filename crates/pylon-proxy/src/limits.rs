@@ -252,7 +252,11 @@ pub(crate) async fn admit(
             index,
             spent_micros,
         } => {
-            reject(gw, "budget", caps.get(index).map_or("", |(c, _)| c.key.as_str()));
+            reject(
+                gw,
+                "budget",
+                caps.get(index).map_or("", |(c, _)| c.key.as_str()),
+            );
             Err(ProxyError::OverBudget(format!(
                 "{} is spent (${:.4} used); raise the budget or wait for the next period",
                 cap_scopes.get(index).map_or("the budget", String::as_str),
@@ -272,7 +276,10 @@ fn reject(gw: &Gateway, reason: &str, state_key: &str) {
         Some("m") => "model",
         _ => "other",
     };
-    gw.metrics.rejected.with_label_values(&[reason, scope]).inc();
+    gw.metrics
+        .rejected
+        .with_label_values(&[reason, scope])
+        .inc();
 }
 
 fn now_ms() -> f64 {

@@ -60,7 +60,12 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub fn new(gw: Arc<Gateway>, route: &'static str, request_id: String, started: Instant) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        route: &'static str,
+        request_id: String,
+        started: Instant,
+    ) -> Self {
         gw.metrics.in_flight.with_label_values(&[route]).inc();
         Record {
             gw,

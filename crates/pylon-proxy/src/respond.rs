@@ -204,7 +204,11 @@ pub(crate) async fn stream(
             upstream_before: rec.upstream,
             target: target.label.clone(),
             span: ctx.span.map(|s| {
-                s.child("stream".to_owned(), pylon_telemetry::trace::Kind::Internal, Vec::new())
+                s.child(
+                    "stream".to_owned(),
+                    pylon_telemetry::trace::Kind::Internal,
+                    Vec::new(),
+                )
             }),
         });
         overhead = Some(

@@ -135,7 +135,10 @@ struct Rollup {
     latency_ms_sum: f64,
 }
 
-fn bind_row<'q>(q: Query<'q, Any, AnyArguments<'q>>, r: &'q RequestRow) -> Query<'q, Any, AnyArguments<'q>> {
+fn bind_row<'q>(
+    q: Query<'q, Any, AnyArguments<'q>>,
+    r: &'q RequestRow,
+) -> Query<'q, Any, AnyArguments<'q>> {
     q.bind(r.at_ms)
         .bind(&r.request_id)
         .bind(&r.key_id)
@@ -164,7 +167,11 @@ fn bind_row<'q>(q: Query<'q, Any, AnyArguments<'q>>, r: &'q RequestRow) -> Query
 impl Store {
     /// Writes a batch: the rows (unless `rows_too` is false), their hourly rollups and error
     /// groups, in one transaction.
-    pub async fn record_requests(&self, batch: &[RequestRow], rows_too: bool) -> Result<(), StoreError> {
+    pub async fn record_requests(
+        &self,
+        batch: &[RequestRow],
+        rows_too: bool,
+    ) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -289,7 +296,11 @@ impl Store {
             sql.push_str(&format!(" AND status = {}", param()));
         }
         if f.status_class.is_some() {
-            sql.push_str(&format!(" AND status >= {} AND status < {}", param(), param()));
+            sql.push_str(&format!(
+                " AND status >= {} AND status < {}",
+                param(),
+                param()
+            ));
         }
         if f.since_ms.is_some() {
             sql.push_str(&format!(" AND at_ms >= {}", param()));
@@ -299,9 +310,14 @@ impl Store {
         }
         if f.before.is_some() {
             let (a, b, c) = (param(), param(), param());
-            sql.push_str(&format!(" AND (at_ms < {a} OR (at_ms = {b} AND request_id < {c}))"));
+            sql.push_str(&format!(
+                " AND (at_ms < {a} OR (at_ms = {b} AND request_id < {c}))"
+            ));
         }
-        sql.push_str(&format!(" ORDER BY at_ms DESC, request_id DESC LIMIT {}", param()));
+        sql.push_str(&format!(
+            " ORDER BY at_ms DESC, request_id DESC LIMIT {}",
+            param()
+        ));
         let mut q = sqlx::query(&sql);
         for (v, _) in texts {
             if let Some(v) = v.as_ref() {
@@ -382,7 +398,11 @@ impl Store {
         let group_sql = if group.is_empty() {
             String::new()
         } else {
-            format!(" GROUP BY {} ORDER BY {}", group.join(", "), group.join(", "))
+            format!(
+                " GROUP BY {} ORDER BY {}",
+                group.join(", "),
+                group.join(", ")
+            )
         };
         select.push(
             "CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(errors) AS BIGINT) AS errors, \
@@ -411,7 +431,11 @@ impl Store {
             }
             let latency: f64 = get(r, "latency")?;
             out.push(UsageBucket {
-                bucket: if bucket_expr.is_some() { Some(get(r, "bucket")?) } else { None },
+                bucket: if bucket_expr.is_some() {
+                    Some(get(r, "bucket")?)
+                } else {
+                    None
+                },
                 keys,
                 requests,
                 errors: get(r, "errors")?,
@@ -462,10 +486,11 @@ impl Store {
         let n: i64 = get(&row, "n")?;
         let excess = n - i64::try_from(max_rows).unwrap_or(i64::MAX);
         if excess > 0 {
-            let row = sqlx::query("SELECT at_ms FROM requests ORDER BY at_ms ASC LIMIT 1 OFFSET $1")
-                .bind(excess - 1)
-                .fetch_one(&self.pool)
-                .await?;
+            let row =
+                sqlx::query("SELECT at_ms FROM requests ORDER BY at_ms ASC LIMIT 1 OFFSET $1")
+                    .bind(excess - 1)
+                    .fetch_one(&self.pool)
+                    .await?;
             let cutoff: i64 = get(&row, "at_ms")?;
             deleted += sqlx::query("DELETE FROM requests WHERE at_ms <= $1")
                 .bind(cutoff)

@@ -84,45 +84,177 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let m = Metrics {
-            requests: counter(r, "pylon_requests_total", "AI requests handled.", &["route", "model", "provider", "status_class"])?,
-            request_duration: histogram(r, "pylon_request_duration_seconds", "End-to-end request duration, until the last byte of a stream.", &["route", "model"], REQUEST_BUCKETS)?,
-            upstream_duration: histogram(r, "pylon_upstream_duration_seconds", "Duration of each upstream attempt.", &["provider", "target", "outcome"], REQUEST_BUCKETS)?,
-            time_to_first_token: histogram(r, "pylon_time_to_first_token_seconds", "Time from the upstream call to the first streamed event.", &["model", "provider"], REQUEST_BUCKETS)?,
-            inter_token_latency: histogram(r, "pylon_inter_token_latency_seconds", "Gap between consecutive streamed events.", &["model", "provider"], TOKEN_GAP_BUCKETS)?,
-            overhead: histogram(r, "pylon_overhead_seconds", "Pylon's own time per request: total minus time waiting on providers.", &["route"], OVERHEAD_BUCKETS)?,
-            tokens: counter(r, "pylon_tokens_total", "Tokens processed.", &["model", "provider", "type"])?,
-            cost: float_counter(r, "pylon_cost_usd_total", "Spend in US dollars at configured prices.", &["model", "provider"])?,
+            requests: counter(
+                r,
+                "pylon_requests_total",
+                "AI requests handled.",
+                &["route", "model", "provider", "status_class"],
+            )?,
+            request_duration: histogram(
+                r,
+                "pylon_request_duration_seconds",
+                "End-to-end request duration, until the last byte of a stream.",
+                &["route", "model"],
+                REQUEST_BUCKETS,
+            )?,
+            upstream_duration: histogram(
+                r,
+                "pylon_upstream_duration_seconds",
+                "Duration of each upstream attempt.",
+                &["provider", "target", "outcome"],
+                REQUEST_BUCKETS,
+            )?,
+            time_to_first_token: histogram(
+                r,
+                "pylon_time_to_first_token_seconds",
+                "Time from the upstream call to the first streamed event.",
+                &["model", "provider"],
+                REQUEST_BUCKETS,
+            )?,
+            inter_token_latency: histogram(
+                r,
+                "pylon_inter_token_latency_seconds",
+                "Gap between consecutive streamed events.",
+                &["model", "provider"],
+                TOKEN_GAP_BUCKETS,
+            )?,
+            overhead: histogram(
+                r,
+                "pylon_overhead_seconds",
+                "Pylon's own time per request: total minus time waiting on providers.",
+                &["route"],
+                OVERHEAD_BUCKETS,
+            )?,
+            tokens: counter(
+                r,
+                "pylon_tokens_total",
+                "Tokens processed.",
+                &["model", "provider", "type"],
+            )?,
+            cost: float_counter(
+                r,
+                "pylon_cost_usd_total",
+                "Spend in US dollars at configured prices.",
+                &["model", "provider"],
+            )?,
             key_requests: per_key
-                .then(|| counter(r, "pylon_key_requests_total", "AI requests per virtual key.", &["key", "team"]))
+                .then(|| {
+                    counter(
+                        r,
+                        "pylon_key_requests_total",
+                        "AI requests per virtual key.",
+                        &["key", "team"],
+                    )
+                })
                 .transpose()?,
             key_cost: per_key
-                .then(|| float_counter(r, "pylon_key_cost_usd_total", "Spend per virtual key in US dollars.", &["key", "team"]))
+                .then(|| {
+                    float_counter(
+                        r,
+                        "pylon_key_cost_usd_total",
+                        "Spend per virtual key in US dollars.",
+                        &["key", "team"],
+                    )
+                })
                 .transpose()?,
-            rejected: counter(r, "pylon_rejected_requests_total", "Requests refused before reaching a provider.", &["reason", "scope"])?,
-            retries: counter(r, "pylon_retries_total", "Upstream attempts after the first within a model.", &["model", "target"])?,
-            fallbacks: counter(r, "pylon_fallbacks_total", "Requests served by trying a fallback model.", &["model", "fallback"])?,
-            breaker_state: gauge(r, "pylon_circuit_breaker_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.", &["model", "target"])?,
-            in_flight: gauge(r, "pylon_in_flight_requests", "Requests being served.", &["route"])?,
-            open_streams: single_gauge(r, "pylon_open_streams", "Streams being relayed to clients.")?,
-            store_duration: histogram(r, "pylon_store_operation_duration_seconds", "Store operations.", &["operation"], DEPENDENCY_BUCKETS)?,
-            store_errors: counter(r, "pylon_store_errors_total", "Failed store operations.", &["operation"])?,
-            redis_duration: histogram(r, "pylon_redis_operation_duration_seconds", "Redis round trips.", &["operation"], DEPENDENCY_BUCKETS)?,
-            redis_errors: counter(r, "pylon_redis_errors_total", "Failed Redis round trips.", &["operation"])?,
-            limits_degraded: single_gauge(r, "pylon_limits_degraded", "1 while shared limits run on local state because Redis is unreachable.")?,
-            config_reloads: counter(r, "pylon_config_reloads_total", "Reloads of configuration parts.", &["what", "result"])?,
+            rejected: counter(
+                r,
+                "pylon_rejected_requests_total",
+                "Requests refused before reaching a provider.",
+                &["reason", "scope"],
+            )?,
+            retries: counter(
+                r,
+                "pylon_retries_total",
+                "Upstream attempts after the first within a model.",
+                &["model", "target"],
+            )?,
+            fallbacks: counter(
+                r,
+                "pylon_fallbacks_total",
+                "Requests served by trying a fallback model.",
+                &["model", "fallback"],
+            )?,
+            breaker_state: gauge(
+                r,
+                "pylon_circuit_breaker_state",
+                "Circuit breaker per target: 0 closed, 1 half-open, 2 open.",
+                &["model", "target"],
+            )?,
+            in_flight: gauge(
+                r,
+                "pylon_in_flight_requests",
+                "Requests being served.",
+                &["route"],
+            )?,
+            open_streams: single_gauge(
+                r,
+                "pylon_open_streams",
+                "Streams being relayed to clients.",
+            )?,
+            store_duration: histogram(
+                r,
+                "pylon_store_operation_duration_seconds",
+                "Store operations.",
+                &["operation"],
+                DEPENDENCY_BUCKETS,
+            )?,
+            store_errors: counter(
+                r,
+                "pylon_store_errors_total",
+                "Failed store operations.",
+                &["operation"],
+            )?,
+            redis_duration: histogram(
+                r,
+                "pylon_redis_operation_duration_seconds",
+                "Redis round trips.",
+                &["operation"],
+                DEPENDENCY_BUCKETS,
+            )?,
+            redis_errors: counter(
+                r,
+                "pylon_redis_errors_total",
+                "Failed Redis round trips.",
+                &["operation"],
+            )?,
+            limits_degraded: single_gauge(
+                r,
+                "pylon_limits_degraded",
+                "1 while shared limits run on local state because Redis is unreachable.",
+            )?,
+            config_reloads: counter(
+                r,
+                "pylon_config_reloads_total",
+                "Reloads of configuration parts.",
+                &["what", "result"],
+            )?,
             request_log_dropped: {
-                let c = IntCounter::new("pylon_request_log_dropped_total", "Request-log rows dropped because the writer's queue was full.")?;
+                let c = IntCounter::new(
+                    "pylon_request_log_dropped_total",
+                    "Request-log rows dropped because the writer's queue was full.",
+                )?;
                 r.register(Box::new(c.clone()))?;
                 c
             },
-            request_log_pending: single_gauge(r, "pylon_request_log_pending", "Request-log rows waiting to be written.")?,
+            request_log_pending: single_gauge(
+                r,
+                "pylon_request_log_pending",
+                "Request-log rows waiting to be written.",
+            )?,
             registry,
         };
-        let build = gauge(&m.registry, "pylon_build_info", "Pylon's version; always 1.", &["version"])?;
+        let build = gauge(
+            &m.registry,
+            "pylon_build_info",
+            "Pylon's version; always 1.",
+            &["version"],
+        )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         #[cfg(target_os = "linux")]
-        m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 
@@ -146,19 +278,34 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn float_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<CounterVec, prometheus::Error> {
+fn float_counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<CounterVec, prometheus::Error> {
     let c = CounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+fn gauge(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
@@ -177,7 +324,10 @@ fn histogram(
     labels: &[&str],
     buckets: &[f64],
 ) -> Result<HistogramVec, prometheus::Error> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
 }
@@ -189,9 +339,14 @@ mod tests {
     #[test]
     fn renders_registered_metrics_with_build_info() {
         let m = Metrics::new(true).expect("metrics");
-        m.requests.with_label_values(&["/v1/chat/completions", "gpt", "openai", "2xx"]).inc();
+        m.requests
+            .with_label_values(&["/v1/chat/completions", "gpt", "openai", "2xx"])
+            .inc();
         let text = m.render();
-        assert!(text.contains("pylon_requests_total{model=\"gpt\""), "{text}");
+        assert!(
+            text.contains("pylon_requests_total{model=\"gpt\""),
+            "{text}"
+        );
         assert!(text.contains("pylon_build_info{version="), "{text}");
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
     }

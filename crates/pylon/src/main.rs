@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 use pylon_config::{Config, ConfigError, LogFormat};
 use pylon_providers::mock::{self, Behaviour};
 use pylon_telemetry::LogLevel;
-use tracing_subscriber::EnvFilter;
 use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
 
 /// Pylon: a production gateway for AI applications.
 #[derive(Parser)]
@@ -423,7 +423,11 @@ fn init_logs(
             .init();
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().compact().with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_writer(writer),
+            )
             .init();
     }
     let level = LogLevel::new(initial, move |f| {

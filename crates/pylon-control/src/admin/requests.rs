@@ -51,26 +51,39 @@ fn filter(q: &RequestsQuery, export: bool) -> Result<RequestFilter, AdminError> 
         None => (None, None),
         Some(s) if s.len() == 3 && s.ends_with("xx") => match s[..1].parse::<i64>() {
             Ok(d @ 1..=5) => (None, Some(d * 100)),
-            _ => return Err(AdminError::bad_request(format!("`status={s}`: use a code like 429 or a class like 5xx"))),
+            _ => {
+                return Err(AdminError::bad_request(format!(
+                    "`status={s}`: use a code like 429 or a class like 5xx"
+                )))
+            }
         },
         Some(s) => match s.parse::<i64>() {
             Ok(n) => (Some(n), None),
-            Err(_) => return Err(AdminError::bad_request(format!("`status={s}`: use a code like 429 or a class like 5xx"))),
+            Err(_) => {
+                return Err(AdminError::bad_request(format!(
+                    "`status={s}`: use a code like 429 or a class like 5xx"
+                )))
+            }
         },
     };
-    let before = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            let parsed = c
-                .split_once(':')
-                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
-            Some(parsed.ok_or_else(|| AdminError::bad_request("`cursor` is not one this API returned"))?)
-        }
-    };
+    let before =
+        match q.cursor.as_deref() {
+            None => None,
+            Some(c) => {
+                let parsed = c
+                    .split_once(':')
+                    .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
+                Some(parsed.ok_or_else(|| {
+                    AdminError::bad_request("`cursor` is not one this API returned")
+                })?)
+            }
+        };
     let max = if export { 100_000 } else { 1000 };
     let limit = q.limit.unwrap_or(if export { max } else { 100 });
     if !(1..=max).contains(&limit) {
-        return Err(AdminError::bad_request(format!("`limit` must be between 1 and {max}")));
+        return Err(AdminError::bad_request(format!(
+            "`limit` must be between 1 and {max}"
+        )));
     }
     Ok(RequestFilter {
         key_id: q.key.clone(),
@@ -99,7 +112,11 @@ pub(super) async fn list(
     let export = match format {
         "json" => false,
         "jsonl" | "csv" => true,
-        other => return Err(AdminError::bad_request(format!("`format={other}`: use json, jsonl or csv"))),
+        other => {
+            return Err(AdminError::bad_request(format!(
+                "`format={other}`: use json, jsonl or csv"
+            )))
+        }
     };
     let f = filter(&q, export)?;
     let rows = c.store.requests(&f).await?;
@@ -112,7 +129,11 @@ pub(super) async fn list(
             }
             Ok(download("application/x-ndjson", "requests.jsonl", out))
         }
-        "csv" => Ok(download("text/csv; charset=utf-8", "requests.csv", csv(&rows))),
+        "csv" => Ok(download(
+            "text/csv; charset=utf-8",
+            "requests.csv",
+            csv(&rows),
+        )),
         _ => {
             let next = (rows.len() as i64 == f.limit)
                 .then(|| rows.last().map(|r| format!("{}:{}", r.at_ms, r.request_id)))
@@ -236,7 +257,9 @@ fn log_level(c: &Control) -> Result<&Arc<pylon_telemetry::LogLevel>, AdminError>
 /// The log filter in force.
 #[utoipa::path(get, path = "/admin/v1/log/level", operation_id = "get_log_level", tag = "operations",
     responses((status = 200, body = LogLevelBody)))]
-pub(super) async fn get_level(State(c): State<Arc<Control>>) -> Result<Json<LogLevelBody>, AdminError> {
+pub(super) async fn get_level(
+    State(c): State<Arc<Control>>,
+) -> Result<Json<LogLevelBody>, AdminError> {
     Ok(Json(LogLevelBody {
         level: log_level(&c)?.get(),
     }))
@@ -255,13 +278,22 @@ pub(super) async fn set_level(
     let metrics = c.gateway.metrics();
     match level.set(&b.level) {
         Ok(()) => {
-            metrics.config_reloads.with_label_values(&["log_level", "ok"]).inc();
+            metrics
+                .config_reloads
+                .with_label_values(&["log_level", "ok"])
+                .inc();
             tracing::info!(target: "pylon::control", level = %b.level, "log level changed");
             Ok(Json(LogLevelBody { level: level.get() }))
         }
         Err(e) => {
-            metrics.config_reloads.with_label_values(&["log_level", "error"]).inc();
-            Err(AdminError::bad_request(format!("`{}` is not a log filter: {e}", b.level)))
+            metrics
+                .config_reloads
+                .with_label_values(&["log_level", "error"])
+                .inc();
+            Err(AdminError::bad_request(format!(
+                "`{}` is not a log filter: {e}",
+                b.level
+            )))
         }
     }
 }

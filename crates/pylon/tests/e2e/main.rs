@@ -9,6 +9,7 @@ mod harness;
 mod keys;
 mod lifecycle;
 mod limits;
+mod observe;
 mod resilience;
 mod secrets;
 mod streaming;
