@@ -57,6 +57,10 @@ pub struct Server {
     pub max_body_bytes: usize,
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still accepted, so load
+    /// balancers stop routing here before the listener closes.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// Most messages one chat request may carry.
     #[serde(default = "default_max_messages")]
     pub max_messages: usize,
@@ -107,6 +111,7 @@ impl Default for Server {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
             shutdown_grace: default_grace(),
+            shutdown_delay: Duration::ZERO,
             max_messages: default_max_messages(),
             max_message_bytes: default_max_message_bytes(),
             cors_origins: Vec::new(),

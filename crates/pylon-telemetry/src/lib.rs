@@ -9,10 +9,13 @@ pub use prometheus;
 pub use metrics::{status_class, Metrics, MetricsError};
 pub use trace::{SpanHandle, TraceError, Tracer};
 
+/// Installs a log filter, or says why it cannot.
+type ApplyFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Changes the log filter of the running process (installed by the binary, used by the admin API).
 pub struct LogLevel {
     current: std::sync::Mutex<String>,
-    apply: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    apply: ApplyFilter,
 }
 
 impl LogLevel {

@@ -318,6 +318,10 @@ async fn run_gateway(
     stop.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
     gw.start_draining();
+    if !config.server.shutdown_delay.is_zero() {
+        // Readiness already fails; keep serving while load balancers notice.
+        tokio::time::sleep(config.server.shutdown_delay).await;
+    }
     let _ = tx.send(true);
     refresher.abort();
     match tokio::time::timeout(config.server.shutdown_grace, server).await {

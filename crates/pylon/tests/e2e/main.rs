@@ -10,6 +10,7 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod observe;
+mod observe_bin;
 mod resilience;
 mod secrets;
 mod streaming;
