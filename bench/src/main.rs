@@ -6,6 +6,7 @@
 
 mod load;
 mod procs;
+mod reqlog;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,15 @@ struct Args {
     /// Skip the Pylon variants with auth and limits.
     #[arg(long)]
     no_limits: bool,
+    /// Rate of the request-log on/off comparison.
+    #[arg(long, default_value_t = 2000)]
+    log_rate: u32,
+    /// Logged requests for the admin-query timing.
+    #[arg(long, default_value_t = 1_000_000)]
+    log_rows: usize,
+    /// Run only the request-log figures.
+    #[arg(long)]
+    only_request_log: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -165,6 +175,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    if args.only_request_log {
+        return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
+    }
     let mut targets = vec![
         Target {
             name: "direct",
@@ -371,7 +384,67 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     drop(nginx);
-    Ok(())
+    request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await
+}
+
+/// The request log's cost on the request path, and admin queries over a large log.
+async fn request_log(
+    args: &Args,
+    pylon_bin: &Path,
+    spawn_pylon: &dyn Fn(&str, &str) -> anyhow::Result<(u16, Proc)>,
+    pylon_port: u16,
+) -> anyhow::Result<()> {
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let (off_port, _off) = spawn_pylon(
+        "pylon-nolog",
+        "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[request_log]\nenabled = false\n",
+    )?;
+    wait_ready(
+        &format!("http://127.0.0.1:{off_port}/livez"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let on = Endpoint {
+        url: url(pylon_port),
+        bearer: None,
+    };
+    let off = Endpoint {
+        url: url(off_port),
+        bearer: None,
+    };
+    reqlog::on_vs_off(&on, &off, args.log_rate, Duration::from_secs(args.seconds)).await;
+
+    let data = PathBuf::from("bench/out/data-reqlog");
+    let _ = std::fs::remove_dir_all(&data);
+    let took = reqlog::fill(&data, args.log_rows).await?;
+    println!(
+        "\nadmin API over {} logged requests in SQLite (filled in {:.1} s; best of 5):",
+        args.log_rows,
+        took.as_secs_f64()
+    );
+    let port = free_port()?;
+    let cfg = PathBuf::from("bench/out/reqlog.toml");
+    std::fs::write(
+        &cfg,
+        pylon_config(
+            port,
+            9,
+            &data.canonicalize()?,
+            "[request_log]\nmax_rows = 100000000\n",
+        ),
+    )?;
+    let _p = Proc::spawn(
+        Command::new(pylon_bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("PYLON_ADMIN_TOKEN", "bench-admin"),
+    )?;
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/livez"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    reqlog::query(port).await
 }
 
 async fn put(url: &str, body: &'static str) -> anyhow::Result<()> {
