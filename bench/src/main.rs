@@ -387,11 +387,14 @@ async fn main() -> anyhow::Result<()> {
     request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await
 }
 
+/// Starts a Pylon named `name` with extra config; returns its port and process.
+type SpawnPylon<'a> = dyn Fn(&str, &str) -> anyhow::Result<(u16, Proc)> + 'a;
+
 /// The request log's cost on the request path, and admin queries over a large log.
 async fn request_log(
     args: &Args,
     pylon_bin: &Path,
-    spawn_pylon: &dyn Fn(&str, &str) -> anyhow::Result<(u16, Proc)>,
+    spawn_pylon: &SpawnPylon<'_>,
     pylon_port: u16,
 ) -> anyhow::Result<()> {
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");

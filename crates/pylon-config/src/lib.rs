@@ -1,5 +1,6 @@
 //! `pylon.toml` → a validated [`Config`]; every problem is reported as `file:line:col: sentence`.
 
+mod cache;
 mod interpolate;
 mod model;
 mod observe;
@@ -7,6 +8,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use cache::*;
 pub use model::*;
 pub use observe::*;
 

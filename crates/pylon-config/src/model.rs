@@ -45,6 +45,8 @@ pub struct Config {
     pub request_log: crate::RequestLog,
     #[serde(default)]
     pub health: crate::Health,
+    #[serde(default)]
+    pub cache: crate::Cache,
 }
 
 /// `[server]`: the listener.
@@ -498,6 +500,9 @@ pub struct Model {
     /// Write prompts and completions into the log lines of this model's requests.
     #[serde(default)]
     pub log_bodies: bool,
+    /// Response-cache overrides for this model.
+    #[serde(default)]
+    pub cache: crate::ModelCache,
 }
 
 fn default_retries() -> u32 {

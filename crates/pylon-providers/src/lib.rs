@@ -4,6 +4,7 @@
 //! streams included. `mock` is a deterministic provider that speaks all three formats.
 
 pub mod anthropic;
+pub mod assemble;
 pub mod gemini;
 pub mod mock;
 pub mod openai;

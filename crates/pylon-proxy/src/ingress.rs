@@ -73,6 +73,8 @@ pub(crate) struct Call {
     messages: Option<MessagesRequest>,
     canonical: OnceLock<Result<ChatRequest, String>>,
     pub record: Option<Record>,
+    /// Where a successful answer is stored, when the model is cached and this is a miss.
+    pub cache: Option<crate::cache::Write>,
 }
 
 impl Call {
@@ -199,13 +201,33 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         Ok(a) => a,
         Err(e) => return fail(&mut record, e, api.dialect()),
     };
-    let rate_headers = std::mem::take(&mut admitted.headers);
+    let mut rate_headers = std::mem::take(&mut admitted.headers);
     record.acct = Some(Accounting {
         admitted,
         input_estimate: (call.body.len() as u64).div_ceil(4),
     });
+    let mut write = None;
+    if let (Some(cache), Some(policy), false) = (&gw.cache, &model.cache, api == Api::Messages) {
+        match crate::cache::lookup(cache, policy, &call, &parts.headers, &mut record).await {
+            crate::cache::Lookup::Hit(mut resp) => {
+                for (name, value) in rate_headers {
+                    resp.headers_mut().insert(name, value);
+                }
+                return resp;
+            }
+            crate::cache::Lookup::Miss(w) => write = Some(w),
+            crate::cache::Lookup::Bypass => {}
+        }
+        if let Some(r) = record.cache {
+            rate_headers.push((
+                http::HeaderName::from_static("x-pylon-cache"),
+                HeaderValue::from_static(r),
+            ));
+        }
+    }
     let mut call = Call {
         record: Some(record),
+        cache: write,
         ..call
     };
     let mut resp = match upstream::dispatch(&snap, &mut call, model).await {
@@ -348,6 +370,7 @@ fn parse(
         messages,
         canonical: OnceLock::new(),
         record: None,
+        cache: None,
     })
 }
 

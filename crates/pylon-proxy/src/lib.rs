@@ -7,6 +7,7 @@
 mod app;
 mod auth;
 mod breaker;
+mod cache;
 mod error;
 mod health;
 mod ingress;

@@ -57,6 +57,8 @@ pub(crate) struct Record {
     /// The client's body, kept only for models with `log_bodies`.
     pub prompt: Option<Bytes>,
     pub completion: Option<Bytes>,
+    /// `hit`, `miss` or `bypass` when the model is cached.
+    pub cache: Option<&'static str>,
 }
 
 impl Record {
@@ -94,6 +96,7 @@ impl Record {
             trace: None,
             prompt: None,
             completion: None,
+            cache: None,
         }
     }
 
@@ -104,9 +107,11 @@ impl Record {
 
     /// Settles limits and budgets; returns the usage and its cost.
     fn account(&mut self, acct: Accounting) -> (Usage, f64) {
-        let usage = self.usage.or_else(|| {
+        // A hit sent nothing to a provider: no tokens or spend to settle.
+        let hit = self.cache == Some("hit");
+        let usage = self.usage.filter(|_| !hit).or_else(|| {
             // A stream cut short: the provider still billed what it generated.
-            (self.provider.is_some() && self.outcome != "error")
+            (self.provider.is_some() && self.outcome != "error" && !hit)
                 .then(|| Usage::new(acct.input_estimate, self.streamed_events))
         });
         let usage = usage.unwrap_or_default();
@@ -235,6 +240,7 @@ impl Record {
                     input_tokens = usage.prompt_tokens,
                     output_tokens = usage.completion_tokens,
                     error_class = self.error_class,
+                    cache = self.cache,
                     error = self.error.as_deref(),
                     prompt = prompt.as_deref(),
                     completion = completion.as_deref(),
@@ -255,6 +261,7 @@ impl Drop for Record {
         let total = self.started.elapsed();
         let (usage, cost) = match self.acct.take() {
             Some(acct) => self.account(acct),
+            None if self.cache == Some("hit") => (Usage::default(), 0.0),
             None => {
                 let u = self.usage.unwrap_or_default();
                 (u, self.cost(u))
@@ -285,7 +292,7 @@ impl Drop for Record {
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
             cost_usd: cost,
-            cache: None,
+            cache: self.cache,
             attempts: self.attempts,
             fallback: self.fallback.take(),
             stream: self.stream,

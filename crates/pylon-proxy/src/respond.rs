@@ -12,6 +12,7 @@ use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pylon_config::ProviderKind;
+use pylon_providers::assemble::Assembler;
 use pylon_providers::stream::{Decoder, Encoder};
 use pylon_providers::{anthropic, gemini, openai, sse};
 use pylon_types::anthropic::{MessagesResponse, StreamEvent};
@@ -101,6 +102,15 @@ pub(crate) async fn complete(
             rec.completion = Some(out.clone());
         }
     }
+    if let Some(w) = call.cache.take() {
+        w.finish(
+            out.clone(),
+            usage.unwrap_or_default(),
+            &p.name,
+            &target.model,
+        )
+        .await;
+    }
     drop(ctx.in_flight);
     Ok(response(target, "application/json", Body::from(out)))
 }
@@ -178,13 +188,29 @@ pub(crate) async fn stream(
         record: None,
         _in_flight: ctx.in_flight,
         observed: None,
+        // The stream is assembled for the cache as it passes; handed back if this attempt fails.
+        cache: call.cache.take().map(|w| {
+            (
+                w,
+                Assembler::default(),
+                p.name.clone(),
+                target.model.clone(),
+            )
+        }),
     };
     let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
     let first = match relay.next(first_wait).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Err(Failure::Broken("stream ended before any event".into())),
-        Err(RelayError::Timeout(_)) => return Err(Failure::Timeout("the first stream event")),
-        Err(e) => return Err(Failure::Broken(e.to_string())),
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(Failure::Broken("stream ended before any event".into())),
+        Err(RelayError::Timeout(_)) => Err(Failure::Timeout("the first stream event")),
+        Err(e) => Err(Failure::Broken(e.to_string())),
+    };
+    let first = match first {
+        Ok(b) => b,
+        Err(f) => {
+            call.cache = relay.cache.take().map(|c| c.0);
+            return Err(f);
+        }
     };
     let ttfb = ctx.started.elapsed();
     target.health.success(ttfb);
@@ -220,6 +246,7 @@ pub(crate) async fn stream(
         );
         relay.record = Some(rec);
     }
+
     let rest = futures_util::stream::unfold(relay, |mut r| async move {
         let idle = r.idle;
         match r.next(idle).await {
@@ -264,6 +291,8 @@ struct Relay {
     scratch: Vec<Chunk>,
     dialect_api: Api,
     record: Option<Record>,
+    /// The cache write, the answer assembled so far, and who is answering.
+    cache: Option<(crate::cache::Write, Assembler, String, String)>,
     _in_flight: InFlight,
     /// Stream timing for metrics and the stream span, once committed.
     observed: Option<Observed>,
@@ -330,6 +359,13 @@ impl Relay {
         self.events += memchr::memmem::find_iter(&events, b"data:").count() as u64;
         let Some((decoder, encoder)) = &mut self.codec else {
             self.scan_usage(&events);
+            if let Some((_, asm, _, _)) = &mut self.cache {
+                for raw in sse::events(&events) {
+                    if let Ok(c) = serde_json::from_str::<Chunk>(&sse::parse(raw).data) {
+                        asm.push(&c);
+                    }
+                }
+            }
             return Ok(Some(events));
         };
         let mut out = Vec::new();
@@ -340,6 +376,9 @@ impl Relay {
             for chunk in &self.scratch {
                 if let Some(u) = chunk.usage {
                     self.usage = Some(u);
+                }
+                if let Some((_, asm, _, _)) = &mut self.cache {
+                    asm.push(chunk);
                 }
                 encoder.encode(chunk, &mut out);
             }
@@ -411,6 +450,23 @@ impl Drop for Relay {
             (true, false) => "ok",
             (false, false) => "cancelled",
         };
+        if let Some((w, asm, provider, served)) = self.cache.take().filter(|_| outcome == "ok") {
+            // Only a stream that ran to its end with a finish reason is stored.
+            if let Some(mut whole) = asm.finish() {
+                if whole.usage.is_none() {
+                    whole.usage = self.usage;
+                }
+                let usage = whole.usage.unwrap_or_default();
+                if let (Ok(body), Ok(rt)) = (
+                    serde_json::to_vec(&whole),
+                    tokio::runtime::Handle::try_current(),
+                ) {
+                    rt.spawn(async move {
+                        w.finish(Bytes::from(body), usage, &provider, &served).await;
+                    });
+                }
+            }
+        }
         if let Some(rec) = self.record.as_mut() {
             rec.usage = self.usage;
             rec.streamed_events = self.events;

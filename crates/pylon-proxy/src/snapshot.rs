@@ -91,6 +91,8 @@ pub(crate) struct Model {
     pub tpm: Option<u64>,
     /// Prompts and completions may appear in this model's log lines.
     pub log_bodies: bool,
+    /// Response caching for this model; `None`: off.
+    pub cache: Option<crate::cache::Policy>,
     /// The model's label in metrics: its name, or `provider/*` when addressed directly (so
     /// clients cannot create series).
     pub metric_name: String,
@@ -147,6 +149,8 @@ pub struct Gateway {
     /// `/metrics` is served on the main listener (enabled, no separate listener).
     pub(crate) metrics_on_main: bool,
     pub(crate) deps: crate::health::Dependencies,
+    /// The response cache, when `[cache] enabled`.
+    pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl Gateway {
@@ -179,6 +183,15 @@ impl Gateway {
         } else {
             None
         };
+        let cache = if config.cache.enabled {
+            let url = config.data.redis_url.as_ref().map(|u| u.expose());
+            Some(Arc::new(
+                crate::cache::ResponseCache::new(&config.cache, url, metrics.clone())
+                    .map_err(|e| BuildError::Redis(e.to_string()))?,
+            ))
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
             snap: Arc::new(Snapshot::build(config)?),
             keys: ArcSwap::from_pointee(KeyIndex::default()),
@@ -208,6 +221,7 @@ impl Gateway {
                 disk_warn: config.health.disk_warn,
                 ..Default::default()
             },
+            cache,
         }))
     }
 
@@ -315,6 +329,11 @@ impl Gateway {
         }
         m.limits_degraded.set(i64::from(self.limits_degraded()));
         m.request_log_pending.set(self.usage.pending() as i64);
+        if let Some(c) = &self.cache {
+            let (bytes, entries) = c.usage();
+            m.cache_bytes.set(bytes as i64);
+            m.cache_entries.set(entries as i64);
+        }
         m.render()
     }
 
@@ -353,6 +372,23 @@ impl Gateway {
             if let Ok(mut g) = self.deps.probes.lock() {
                 g.insert(p.name.clone(), check);
             }
+        }
+    }
+
+    /// Deletes cached answers matching every given filter; `None` when caching is off.
+    pub async fn purge_cache(
+        &self,
+        namespace: Option<&str>,
+        model: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Option<u64> {
+        Some(self.cache.as_ref()?.purge(namespace, model, key_id).await)
+    }
+
+    /// Moves the response cache's clock forward, so tests can expire entries without waiting.
+    pub fn advance_cache_clock(&self, by: std::time::Duration) {
+        if let Some(c) = &self.cache {
+            c.advance(by);
         }
     }
 
@@ -458,6 +494,12 @@ impl Snapshot {
                     tpm: m.tpm,
                     log_bodies: m.log_bodies,
                     metric_name: m.name.get_ref().clone(),
+                    cache: m.cache.enabled.unwrap_or(config.cache.enabled).then(|| {
+                        crate::cache::Policy {
+                            ttl: m.cache.ttl.unwrap_or(config.cache.ttl),
+                            any_temperature: m.cache.any_temperature,
+                        }
+                    }),
                 }),
             );
         }
@@ -521,6 +563,7 @@ impl Snapshot {
             tpm: None,
             log_bodies: false,
             metric_name: format!("{provider}/*"),
+            cache: None,
         }))
     }
 }
@@ -565,6 +608,7 @@ pub(crate) mod tests {
             tpm: None,
             log_bodies: false,
             metric_name: "m".into(),
+            cache: None,
         }
     }
 }

@@ -175,6 +175,63 @@ impl RedisState {
     }
 
     /// Applies a settlement in one script call.
+    /// A stored value (response cache, L2), or `None`.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let mut conn = self.conn().await?;
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("{}{key}", self.prefix))
+            .query_async(&mut conn)
+            .await?;
+        Ok(v)
+    }
+
+    /// Stores a value that expires after `ttl`.
+    pub async fn set_bytes(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn().await?;
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}{key}", self.prefix))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every key matching a glob `pattern` (under the prefix); returns how many.
+    pub async fn delete_matching(&self, pattern: &str) -> Result<u64, StateError> {
+        let mut conn = self.conn().await?;
+        let pattern = format!("{}{pattern}", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// One `PING` round trip, for health checks.
     pub async fn ping(&self) -> Result<(), StateError> {
         let mut conn = self.conn().await?;

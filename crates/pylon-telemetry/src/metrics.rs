@@ -71,6 +71,18 @@ pub struct Metrics {
     pub request_log_dropped: IntCounter,
     /// Request-log rows waiting to be written.
     pub request_log_pending: IntGauge,
+    /// Response-cache lookups by result (`hit`, `miss`, `bypass`).
+    pub cache_requests: IntCounterVec,
+    /// Requests that waited for an identical in-flight call instead of calling the provider.
+    pub cache_coalesced: IntCounter,
+    /// Entries evicted to stay within `max_bytes`.
+    pub cache_evictions: IntCounter,
+    /// Bytes and entries held in the in-process cache. Set at scrape time.
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    /// Tokens and spend that cache hits did not send to a provider.
+    pub cache_tokens_saved: IntCounter,
+    pub cache_cost_saved: prometheus::Counter,
 }
 
 /// Registering a metric failed: a programming error (duplicate or malformed name).
@@ -242,6 +254,45 @@ impl Metrics {
                 "pylon_request_log_pending",
                 "Request-log rows waiting to be written.",
             )?,
+            cache_requests: counter(
+                r,
+                "pylon_cache_requests_total",
+                "Response-cache lookups by result.",
+                &["result"],
+            )?,
+            cache_coalesced: single_counter(
+                r,
+                "pylon_cache_coalesced_total",
+                "Requests that waited for an identical in-flight call.",
+            )?,
+            cache_evictions: single_counter(
+                r,
+                "pylon_cache_evictions_total",
+                "Cache entries evicted to stay within max_bytes.",
+            )?,
+            cache_bytes: single_gauge(
+                r,
+                "pylon_cache_bytes",
+                "Bytes held in the in-process response cache.",
+            )?,
+            cache_entries: single_gauge(
+                r,
+                "pylon_cache_entries",
+                "Entries in the in-process response cache.",
+            )?,
+            cache_tokens_saved: single_counter(
+                r,
+                "pylon_cache_tokens_saved_total",
+                "Tokens served from the cache instead of a provider.",
+            )?,
+            cache_cost_saved: {
+                let c = prometheus::Counter::new(
+                    "pylon_cache_cost_saved_usd_total",
+                    "Spend avoided by cache hits, in US dollars.",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         };
         let build = gauge(
@@ -309,6 +360,12 @@ fn gauge(
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
+}
+
+fn single_counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 fn single_gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {

@@ -1,5 +1,6 @@
 //! The admin API: `/admin/v1/…` behind the admin token, `/openapi.json` and `/docs`.
 
+mod cache;
 mod keys;
 mod providers;
 mod requests;
@@ -43,6 +44,7 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/admin/v1/usage", get(usage::usage))
         .route("/admin/v1/requests", get(requests::list))
+        .route("/admin/v1/cache", axum::routing::delete(cache::purge))
         .route("/admin/v1/errors", get(requests::errors))
         .route(
             "/admin/v1/log/level",
@@ -71,13 +73,14 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage, usage::estimate, requests::list, requests::errors, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
+          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),
          (name = "usage", description = "Spend and token usage"),
          (name = "requests", description = "The request log and error groups"),
          (name = "operations", description = "Run-time operations"),
+         (name = "cache", description = "The response cache"),
          (name = "providers", description = "Provider credentials, encrypted at rest"))
 )]
 struct ApiDoc;

@@ -1,0 +1,84 @@
+//! `[cache]` and the per-model `cache` overrides: the response cache.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[cache]`: exact response caching of chat completions and embeddings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    /// Off unless enabled: a cached answer is a behaviour change clients must expect.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long an answer is served from the cache.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Bytes held in memory (L1); least valuable entries go first (TinyLFU).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Whose answers may be shared: `key` (default), `team` (keys without a team: per key) or
+    /// `global`.
+    #[serde(default)]
+    pub namespace: Namespace,
+    /// Requests with a higher temperature are not cached (a missing temperature counts as 1.0).
+    #[serde(default = "default_max_temperature")]
+    pub max_temperature: f64,
+    /// Share answers through `[data] redis_url` (L2) when it is set.
+    #[serde(default = "yes")]
+    pub redis: bool,
+    /// Identical concurrent misses wait for one upstream call.
+    #[serde(default = "yes")]
+    pub coalesce: bool,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            enabled: false,
+            ttl: default_ttl(),
+            max_bytes: default_max_bytes(),
+            namespace: Namespace::default(),
+            max_temperature: default_max_temperature(),
+            redis: true,
+            coalesce: true,
+        }
+    }
+}
+
+/// Who shares cached answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Namespace {
+    #[default]
+    Key,
+    Team,
+    Global,
+}
+
+/// `[[models]] cache = { … }`: overrides for one model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCache {
+    /// Turn caching on or off for this model.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Cache whatever the temperature.
+    #[serde(default)]
+    pub any_temperature: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_temperature() -> f64 {
+    1.0
+}

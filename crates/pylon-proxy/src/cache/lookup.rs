@@ -1,0 +1,112 @@
+//! The cache's part of a request: decide whether it may be cached, serve a hit, wait for an
+//! identical call in flight, or prepare to store the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::Response;
+use http::HeaderMap;
+
+use super::{
+    directive, hit_response, identity, Directive, Entry, Join, Policy, ResponseCache, Write,
+};
+use crate::ingress::Call;
+use crate::log::Record;
+
+/// How long a coalesced request waits for the call it joined before making its own.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The outcome of consulting the cache.
+pub(crate) enum Lookup {
+    /// Not cacheable, or the client said not to.
+    Bypass,
+    /// Served from the cache (or from an identical call that just finished).
+    Hit(Response),
+    /// Go to the provider; store the answer through the `Write`.
+    Miss(Write),
+}
+
+/// Consults the cache for `call` (chat or embeddings) on `model` under `policy`.
+pub(crate) async fn lookup(
+    cache: &Arc<ResponseCache>,
+    policy: &Policy,
+    call: &Call,
+    headers: &HeaderMap,
+    rec: &mut Record,
+) -> Lookup {
+    let m = &rec.gw.metrics;
+    let d = directive(headers);
+    let id = (d != Directive::Bypass)
+        .then(|| identity(rec.route, &rec.metric_model, &call.body))
+        .flatten()
+        .filter(|id| policy.any_temperature || id.temperature <= cache.max_temperature);
+    let Some(id) = id else {
+        m.cache_requests.with_label_values(&["bypass"]).inc();
+        rec.cache = Some("bypass");
+        return Lookup::Bypass;
+    };
+    let namespace = cache.namespace_of(rec.key_id.as_deref(), rec.team_id.as_deref());
+    let key = format!("{namespace}:{}:{}", rec.metric_model, id.hash);
+    let write = |flight| Write {
+        cache: cache.clone(),
+        key: key.clone(),
+        namespace: namespace.clone(),
+        model: rec.metric_model.clone(),
+        key_id: rec.key_id.clone(),
+        ttl: policy.ttl,
+        flight,
+    };
+    if d == Directive::Use {
+        if let Some(e) = cache.get(&key).await {
+            return hit(cache, &e, call, rec);
+        }
+        if cache.coalesce {
+            match cache.join(&key) {
+                Join::Leader(guard) => {
+                    let w = write(Some(guard));
+                    return miss(w, rec);
+                }
+                Join::Follower(mut rx) => {
+                    let answer = tokio::time::timeout(MAX_WAIT, rx.wait_for(Option::is_some))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|v| v.clone().flatten());
+                    if let Some(e) = answer {
+                        rec.gw.metrics.cache_coalesced.inc();
+                        return hit(cache, &e, call, rec);
+                    }
+                    // The call failed or was cancelled: make our own.
+                }
+            }
+        }
+    }
+    let w = write(None);
+    miss(w, rec)
+}
+
+fn miss(w: Write, rec: &mut Record) -> Lookup {
+    rec.gw
+        .metrics
+        .cache_requests
+        .with_label_values(&["miss"])
+        .inc();
+    rec.cache = Some("miss");
+    Lookup::Miss(w)
+}
+
+fn hit(cache: &ResponseCache, e: &Entry, call: &Call, rec: &mut Record) -> Lookup {
+    let m = &rec.gw.metrics;
+    m.cache_requests.with_label_values(&["hit"]).inc();
+    m.cache_tokens_saved.inc_by(e.meta.usage.total_tokens);
+    if let Some(cost) = rec.gw.prices.cost(&e.meta.served_model, e.meta.usage) {
+        m.cache_cost_saved.inc_by(cost);
+    }
+    rec.cache = Some("hit");
+    rec.provider = Some(e.meta.provider.clone());
+    rec.served_model = Some(e.meta.served_model.clone());
+    let age = (cache.now_ms() - e.meta.created_ms) / 1000;
+    let mut resp = hit_response(e, age, call.stream, call.include_usage);
+    crate::respond::overhead_header(&mut resp, rec);
+    Lookup::Hit(resp)
+}
