@@ -62,6 +62,37 @@ def _():
         assert usage and usage.completion_tokens > 0, (model, usage)
 
 
+@check("openai: a cached answer replays as a stream the SDK parses, and vice versa")
+def _():
+    import uuid
+
+    msgs = [{"role": "user", "content": f"cache me {uuid.uuid4()}"}]
+    first = oai.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs, temperature=0)
+    assert first.headers["x-pylon-cache"] == "miss", first.headers
+    whole = first.parse().choices[0].message.content
+    raw = oai.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=msgs, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    assert raw.headers["x-pylon-cache"] == "hit", raw.headers
+    text, usage, finish = "", None, None
+    for chunk in raw.parse():
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        usage = chunk.usage or usage
+    assert text == whole and finish == "stop" and usage.completion_tokens > 0, (text, whole, finish, usage)
+    # A stream stored first serves a later non-stream request.
+    msgs = [{"role": "user", "content": f"stream first {uuid.uuid4()}"}]
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in oai.chat.completions.create(model="claude-sonnet", messages=msgs, temperature=0, stream=True)
+        if c.choices
+    )
+    again = oai.chat.completions.with_raw_response.create(model="claude-sonnet", messages=msgs, temperature=0)
+    assert again.headers["x-pylon-cache"] == "hit", again.headers
+    assert again.parse().choices[0].message.content == streamed
+
+
 @check("openai: tool calls")
 def _():
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]

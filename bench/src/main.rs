@@ -4,6 +4,7 @@
 //! Prints requests/s, p50/p99 latency, Pylon's added latency, CPU per request of the proxy
 //! process, RSS, readiness time, and memory with 1,000 concurrent slow streams.
 
+mod cache;
 mod load;
 mod procs;
 mod reqlog;
@@ -53,6 +54,12 @@ struct Args {
     /// Run only the request-log figures.
     #[arg(long)]
     only_request_log: bool,
+    /// Run only the response-cache figures.
+    #[arg(long)]
+    only_cache: bool,
+    /// Distinct answers cached for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    cache_entries: usize,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -175,6 +182,31 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let cache_run = |args: &Args| {
+        let (port, p) = spawn_pylon(
+            "pylon-cache",
+            "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n",
+        )?;
+        anyhow::Ok((
+            port,
+            p,
+            Duration::from_secs(args.seconds),
+            args.cache_entries,
+        ))
+    };
+    if args.only_cache {
+        let (port, p, d, n) = cache_run(&args)?;
+        wait_ready(
+            &format!("http://127.0.0.1:{port}/livez"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        let to = Endpoint {
+            url: url(port),
+            bearer: None,
+        };
+        return cache::figures(&to, p.pid(), d, n).await;
+    }
     if args.only_request_log {
         return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
     }
@@ -384,7 +416,18 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     drop(nginx);
-    request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await
+    request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await?;
+    let (port, p, d, n) = cache_run(&args)?;
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/livez"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let to = Endpoint {
+        url: url(port),
+        bearer: None,
+    };
+    cache::figures(&to, p.pid(), d, n).await
 }
 
 /// Starts a Pylon named `name` with extra config; returns its port and process.

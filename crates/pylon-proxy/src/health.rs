@@ -103,6 +103,9 @@ pub(crate) async fn startupz() -> &'static str {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    if let Some(c) = &gw.cache {
+        c.sync().await;
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -332,6 +332,7 @@ impl Relay {
                     if let Some((_, enc)) = &mut self.codec {
                         enc.finish(&mut out);
                     }
+                    self.store().await;
                     return Ok((!out.is_empty()).then(|| Bytes::from(out)));
                 }
                 Ok(Some(Ok(frame))) => frame,
@@ -343,6 +344,10 @@ impl Relay {
                 continue;
             };
             if let Some(out) = self.process(events)? {
+                let last = self.done || memchr::memmem::find(&out, b"[DONE]").is_some();
+                if last && self.cache.is_some() {
+                    self.store().await;
+                }
                 if let Some(o) = &mut self.observed {
                     let now = Instant::now();
                     o.gap
@@ -389,6 +394,23 @@ impl Relay {
             }
         }
         Ok((!out.is_empty()).then(|| Bytes::from(out)))
+    }
+
+    /// Stores the assembled stream in the cache before its last bytes reach the client, so an
+    /// identical request right after is a hit. Only a stream that finished is stored.
+    async fn store(&mut self) {
+        let Some((w, asm, provider, served)) = self.cache.take() else {
+            return;
+        };
+        if let Some(mut whole) = asm.finish() {
+            if whole.usage.is_none() {
+                whole.usage = self.usage;
+            }
+            let usage = whole.usage.unwrap_or_default();
+            if let Ok(body) = serde_json::to_vec(&whole) {
+                w.finish(Bytes::from(body), usage, &provider, &served).await;
+            }
+        }
     }
 
     /// Picks usage out of passed-through events without re-encoding them.
@@ -450,23 +472,6 @@ impl Drop for Relay {
             (true, false) => "ok",
             (false, false) => "cancelled",
         };
-        if let Some((w, asm, provider, served)) = self.cache.take().filter(|_| outcome == "ok") {
-            // Only a stream that ran to its end with a finish reason is stored.
-            if let Some(mut whole) = asm.finish() {
-                if whole.usage.is_none() {
-                    whole.usage = self.usage;
-                }
-                let usage = whole.usage.unwrap_or_default();
-                if let (Ok(body), Ok(rt)) = (
-                    serde_json::to_vec(&whole),
-                    tokio::runtime::Handle::try_current(),
-                ) {
-                    rt.spawn(async move {
-                        w.finish(Bytes::from(body), usage, &provider, &served).await;
-                    });
-                }
-            }
-        }
         if let Some(rec) = self.record.as_mut() {
             rec.usage = self.usage;
             rec.streamed_events = self.events;

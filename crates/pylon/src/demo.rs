@@ -46,6 +46,11 @@ level = "${{PYLON_LOG:-info}}"
 [resilience]
 breaker_cooldown = "5s"
 
+# Deterministic requests (temperature 0) are answered from the cache for 5 minutes.
+[cache]
+enabled = true
+max_temperature = 0.0
+
 [[providers]]
 name = "mock-openai"
 kind = "openai"

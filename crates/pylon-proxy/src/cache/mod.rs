@@ -283,6 +283,11 @@ impl ResponseCache {
         n
     }
 
+    /// Applies pending bookkeeping (moka updates sizes lazily) so the next read is exact.
+    pub async fn sync(&self) {
+        self.l1.run_pending_tasks().await;
+    }
+
     /// Bytes and entries in L1, for the metrics.
     pub fn usage(&self) -> (u64, u64) {
         (self.l1.weighted_size(), self.l1.entry_count())

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod app_routes;
+mod cache;
 mod formats;
 mod harness;
 mod keys;
