@@ -154,8 +154,7 @@ async fn temperature_above_the_ceiling_is_not_cached_unless_the_model_says_so() 
         "no temperature means the default, 1.0"
     );
 
-    let (_a, b, gw, _c) = start("max_temperature = 0.5").await;
-    drop(gw);
+    let b = MockServer::start().await;
     let text = cached("max_temperature = 0.5")
         .replace(
             "name = \"b-only\"\ntargets",
