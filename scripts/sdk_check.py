@@ -107,7 +107,7 @@ def _():
 @check("openai: embeddings")
 def _():
     r = oai.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
-    assert len(r.data) == 2 and len(r.data[0].embedding) == 8, r
+    assert len(r.data) == 2 and len(r.data[0].embedding) == 64, r
 
 
 @check("openai: unknown model raises NotFoundError")

@@ -48,3 +48,62 @@ pub async fn figures(to: &Endpoint, pid: u32, d: Duration, entries: usize) -> an
     );
     Ok(())
 }
+
+/// The semantic cache's vector search: `n` cached questions of `dims` dimensions in one context,
+/// then 1,000 lookups; prints build time, lookup p50/p99 and the index's memory.
+pub fn semantic(n: usize, dims: usize) {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut vector = || {
+        let mut v: Vec<f32> = (0..dims)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect();
+        let norm = v
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::EPSILON);
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    };
+    let vectors: Vec<Vec<f32>> = (0..n).map(|_| vector()).collect();
+    let queries: Vec<Vec<f32>> = (0..1000).map(|_| vector()).collect();
+    let (rss0, _) = rss_mib(std::process::id());
+    let index = pylon_proxy::VectorIndex::new(n);
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for chunk in vectors.chunks(n.div_ceil(threads)) {
+            let index = &index;
+            s.spawn(move || {
+                for (i, v) in chunk.iter().enumerate() {
+                    index.insert(v, format!("entry-{i}"));
+                }
+            });
+        }
+    });
+    let built = started.elapsed();
+    let (rss1, _) = rss_mib(std::process::id());
+    let mut times: Vec<u128> = queries
+        .iter()
+        .map(|q| {
+            let t = std::time::Instant::now();
+            let _ = index.nearest(q, 4);
+            t.elapsed().as_micros()
+        })
+        .collect();
+    times.sort_unstable();
+    println!(
+        "semantic index: {n} entries of {dims} dims built in {:.1} s; lookup p50 {} µs, p99 {} µs; index RSS {:.0} MiB (vectors alone {:.0} MiB)",
+        built.as_secs_f64(),
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        rss1 - rss0,
+        (n * dims * 4) as f64 / (1024.0 * 1024.0)
+    );
+}

@@ -60,6 +60,11 @@ struct Args {
     /// Distinct answers cached for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     cache_entries: usize,
+    /// Entries and dimensions of the semantic-index figure.
+    #[arg(long, default_value_t = 100_000)]
+    semantic_entries: usize,
+    #[arg(long, default_value_t = 384)]
+    semantic_dims: usize,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -185,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let cache_run = |args: &Args| {
         let (port, p) = spawn_pylon(
             "pylon-cache",
-            "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n",
+            "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n[request_log]\nenabled = false\n",
         )?;
         anyhow::Ok((
             port,
@@ -205,7 +210,9 @@ async fn main() -> anyhow::Result<()> {
             url: url(port),
             bearer: None,
         };
-        return cache::figures(&to, p.pid(), d, n).await;
+        cache::figures(&to, p.pid(), d, n).await?;
+        cache::semantic(args.semantic_entries, args.semantic_dims);
+        return Ok(());
     }
     if args.only_request_log {
         return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
@@ -427,7 +434,9 @@ async fn main() -> anyhow::Result<()> {
         url: url(port),
         bearer: None,
     };
-    cache::figures(&to, p.pid(), d, n).await
+    cache::figures(&to, p.pid(), d, n).await?;
+    cache::semantic(args.semantic_entries, args.semantic_dims);
+    Ok(())
 }
 
 /// Starts a Pylon named `name` with extra config; returns its port and process.

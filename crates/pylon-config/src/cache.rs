@@ -30,6 +30,55 @@ pub struct Cache {
     /// Identical concurrent misses wait for one upstream call.
     #[serde(default = "yes")]
     pub coalesce: bool,
+    /// Semantic caching, for models that opt in with `cache = { semantic = true }`.
+    #[serde(default)]
+    pub semantic: Semantic,
+}
+
+/// `[cache.semantic]`: answers to similar questions, found by embedding similarity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Semantic {
+    /// A configured model name whose provider computes the embeddings.
+    #[serde(default)]
+    pub embedding_model: Option<String>,
+    /// Cosine similarity a cached question must reach to answer (0.0 to 1.0).
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// What is embedded: the last user turn (the rest of the conversation must match exactly)
+    /// or the whole conversation.
+    #[serde(default)]
+    pub scope: SemanticScope,
+    /// Vectors kept per context; a full index starts over.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for Semantic {
+    fn default() -> Self {
+        Semantic {
+            embedding_model: None,
+            threshold: default_threshold(),
+            scope: SemanticScope::default(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+/// What the semantic cache compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SemanticScope {
+    #[default]
+    LastUser,
+    Conversation,
+}
+
+fn default_threshold() -> f64 {
+    0.95
+}
+fn default_max_entries() -> usize {
+    100_000
 }
 
 impl Default for Cache {
@@ -42,6 +91,7 @@ impl Default for Cache {
             max_temperature: default_max_temperature(),
             redis: true,
             coalesce: true,
+            semantic: Semantic::default(),
         }
     }
 }
@@ -68,6 +118,9 @@ pub struct ModelCache {
     /// Cache whatever the temperature.
     #[serde(default)]
     pub any_temperature: bool,
+    /// Also answer similar questions (see `[cache.semantic]`).
+    #[serde(default)]
+    pub semantic: bool,
 }
 
 fn yes() -> bool {

@@ -157,6 +157,23 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             ));
         }
     }
+    let sem = &config.cache.semantic;
+    if config.models.iter().any(|m| m.cache.semantic) {
+        match &sem.embedding_model {
+            None => problems.push((0, "a model sets cache.semantic = true: set [cache.semantic] embedding_model to a configured model".to_owned())),
+            Some(e) if !models.contains(e.as_str()) => problems.push((0, format!("cache.semantic.embedding_model `{e}` is not a configured model"))),
+            Some(_) => {}
+        }
+    }
+    if !(0.0..=1.0).contains(&sem.threshold) {
+        problems.push((
+            0,
+            format!(
+                "cache.semantic.threshold: {} must be between 0.0 and 1.0",
+                sem.threshold
+            ),
+        ));
+    }
     if config.request_log.flush.is_zero() || config.request_log.queue == 0 {
         problems.push((
             0,

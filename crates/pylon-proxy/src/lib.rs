@@ -24,6 +24,7 @@ mod upstream;
 mod usage;
 
 pub use auth::{hash_key, KeyIndex};
+pub use cache::VectorIndex;
 pub use error::ProxyError;
 pub use health::Check;
 pub use limits::spend_key;

@@ -498,6 +498,7 @@ impl Snapshot {
                         crate::cache::Policy {
                             ttl: m.cache.ttl.unwrap_or(config.cache.ttl),
                             any_temperature: m.cache.any_temperature,
+                            semantic: m.cache.semantic,
                         }
                     }),
                 }),

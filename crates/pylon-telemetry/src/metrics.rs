@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Tokens and spend that cache hits did not send to a provider.
     pub cache_tokens_saved: IntCounter,
     pub cache_cost_saved: prometheus::Counter,
+    /// Hits answered by a similar question, and the time of the vector search.
+    pub cache_semantic_hits: IntCounter,
+    pub cache_semantic_lookup: prometheus::Histogram,
 }
 
 /// Registering a metric failed: a programming error (duplicate or malformed name).
@@ -292,6 +295,22 @@ impl Metrics {
                 )?;
                 r.register(Box::new(c.clone()))?;
                 c
+            },
+            cache_semantic_hits: single_counter(
+                r,
+                "pylon_cache_semantic_hits_total",
+                "Cache hits answered by a similar question.",
+            )?,
+            cache_semantic_lookup: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pylon_cache_semantic_lookup_seconds",
+                        "Vector search time of the semantic cache.",
+                    )
+                    .buckets(DEPENDENCY_BUCKETS.to_vec()),
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
             },
             registry,
         };

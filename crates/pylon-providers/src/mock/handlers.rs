@@ -232,7 +232,7 @@ async fn openai_embeddings(
             .collect(),
         _ => return bad_request("input must be a string or an array"),
     };
-    let dims = req["dimensions"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
+    let dims = req["dimensions"].as_u64().unwrap_or(64).clamp(1, 4096) as usize;
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()

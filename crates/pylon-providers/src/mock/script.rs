@@ -66,22 +66,26 @@ pub(crate) fn text_of(content: &Value) -> String {
     }
 }
 
-/// A deterministic unit vector for an embedding input.
+/// A deterministic unit vector for an embedding input: hashed bag of words, so texts sharing
+/// most words are similar (cosine) and unrelated ones are not — enough to test semantic caching.
 pub(crate) fn embedding(text: &str, dims: usize) -> Vec<f32> {
-    // FNV-1a, then a xorshift stream: stable across runs and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    let mut v: Vec<f32> = (0..dims)
-        .map(|_| {
-            h ^= h << 13;
-            h ^= h >> 7;
-            h ^= h << 17;
-            ((h % 2001) as f32 / 1000.0) - 1.0
+    let fnv = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
         })
-        .collect();
+    };
+    let mut v = vec![0f32; dims];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let h = fnv(word.to_lowercase().as_bytes());
+        let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+        v[(h % dims as u64) as usize] += sign;
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        v[(fnv(text.as_bytes()) % dims as u64) as usize] = 1.0;
+    }
     let norm = v
         .iter()
         .map(|x| x * x)

@@ -47,7 +47,8 @@ pub(crate) async fn lookup(
     };
     let namespace = cache.namespace_of(rec.key_id.as_deref(), rec.team_id.as_deref());
     let key = format!("{namespace}:{}:{}", rec.metric_model, id.hash);
-    let write = |flight| Write {
+    let mut semantic = None;
+    let write = |flight, semantic| Write {
         cache: cache.clone(),
         key: key.clone(),
         namespace: namespace.clone(),
@@ -55,15 +56,32 @@ pub(crate) async fn lookup(
         key_id: rec.key_id.clone(),
         ttl: policy.ttl,
         flight,
+        semantic,
     };
     if d == Directive::Use {
         if let Some(e) = cache.get(&key).await {
             return hit(cache, &e, call, rec);
         }
+        if let Some(found) = similar(cache, policy, call, rec, &namespace).await {
+            match found {
+                Ok((e, similarity)) => {
+                    let mut resp = hit(cache, &e, call, rec);
+                    if let Lookup::Hit(r) = &mut resp {
+                        r.headers_mut().insert(
+                            "x-pylon-cache-similarity",
+                            http::HeaderValue::from_str(&format!("{similarity:.4}"))
+                                .unwrap_or(http::HeaderValue::from_static("1")),
+                        );
+                    }
+                    return resp;
+                }
+                Err(question) => semantic = question,
+            }
+        }
         if cache.coalesce {
             match cache.join(&key) {
                 Join::Leader(guard) => {
-                    let w = write(Some(guard));
+                    let w = write(Some(guard), semantic);
                     return miss(w, rec);
                 }
                 Join::Follower(mut rx) => {
@@ -81,8 +99,49 @@ pub(crate) async fn lookup(
             }
         }
     }
-    let w = write(None);
+    let w = write(None, semantic);
     miss(w, rec)
+}
+
+/// A semantic hit (the entry and its similarity), or what to index the answer under.
+type Similar = Result<(Arc<Entry>, f32), Option<(String, Arc<Vec<f32>>)>>;
+
+/// Looks for the answer to a similar question asked in the same context; `None` when the
+/// semantic cache does not apply to this request.
+async fn similar(
+    cache: &ResponseCache,
+    policy: &Policy,
+    call: &Call,
+    rec: &Record,
+    namespace: &str,
+) -> Option<Similar> {
+    let sem = cache.semantic.as_ref().filter(|_| policy.semantic)?;
+    if rec.route != "/v1/chat/completions" {
+        return None;
+    }
+    let q = super::semantic::question(&rec.metric_model, &call.body, sem.scope)?;
+    // Tenants never share vectors: the namespace is part of the context.
+    let context = format!("{namespace}:{}", q.context);
+    let vector = match sem.embed(&rec.gw, &q.text).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(target: "pylon::cache", request_id = %rec.request_id, error = %e, "semantic cache skipped: no embedding");
+            return None;
+        }
+    };
+    let started = std::time::Instant::now();
+    let candidates = sem.similar(&context, &vector);
+    rec.gw
+        .metrics
+        .cache_semantic_lookup
+        .observe(started.elapsed().as_secs_f64());
+    for (key, similarity) in candidates {
+        if let Some(e) = cache.get(&key).await {
+            rec.gw.metrics.cache_semantic_hits.inc();
+            return Some(Ok((e, similarity)));
+        }
+    }
+    Some(Err(Some((context, vector))))
 }
 
 fn miss(w: Write, rec: &mut Record) -> Lookup {

@@ -9,6 +9,7 @@ mod flight;
 mod key;
 mod lookup;
 mod reply;
+mod semantic;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -26,12 +27,15 @@ pub(crate) use flight::{FlightGuard, Join};
 use key::{directive, identity, Directive};
 pub(crate) use lookup::{lookup, Lookup};
 use reply::hit_response;
+pub use semantic::VectorIndex;
 
 /// Per-model cache policy, resolved from `[cache]` and the model's overrides.
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
     pub ttl: Duration,
     pub any_temperature: bool,
+    /// Similar questions are answered too (chat only, needs `[cache.semantic]`).
+    pub semantic: bool,
 }
 
 /// Who stored an entry and what it answers.
@@ -92,6 +96,7 @@ pub(crate) struct ResponseCache {
     pub namespace: Namespace,
     pub max_temperature: f64,
     pub coalesce: bool,
+    pub(crate) semantic: Option<semantic::Semantic>,
     metrics: Arc<Metrics>,
 }
 
@@ -127,6 +132,7 @@ impl ResponseCache {
             namespace: cfg.namespace,
             max_temperature: cfg.max_temperature,
             coalesce: cfg.coalesce,
+            semantic: semantic::Semantic::new(&cfg.semantic),
             metrics,
         })
     }
@@ -327,6 +333,8 @@ pub(crate) struct Write {
     pub key_id: Option<String>,
     pub ttl: Duration,
     pub flight: Option<FlightGuard>,
+    /// The question's context and embedding, to index the answer for similar questions.
+    pub semantic: Option<(String, Arc<Vec<f32>>)>,
 }
 
 impl Write {
@@ -345,9 +353,11 @@ impl Write {
             },
             body,
         });
-        self.cache
-            .put(std::mem::take(&mut self.key), entry.clone())
-            .await;
+        let key = std::mem::take(&mut self.key);
+        if let (Some(sem), Some((context, vector))) = (&self.cache.semantic, self.semantic.take()) {
+            sem.remember(&context, vector, key.clone());
+        }
+        self.cache.put(key, entry.clone()).await;
         if let Some(f) = self.flight.take() {
             f.complete(Some(entry));
         }

@@ -454,3 +454,62 @@ async fn without_redis_the_cache_keeps_serving_from_memory() {
     assert_eq!(post(&gw, &q, &[]).await.0, "hit");
     assert_eq!(b.stats().requests, 1);
 }
+
+#[tokio::test]
+async fn semantic_hits_above_the_threshold_misses_below_and_never_across_system_prompts() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    let text = cached("[cache.semantic]\nembedding_model = \"embed\"\nthreshold = 0.8\n")
+        .replace("name = \"b-only\"\ntargets", "name = \"b-only\"\ncache = { semantic = true }\ntargets")
+        .replace("{a}", &a.addr.to_string())
+        .replace("{b}", &b.addr.to_string())
+        + "\n[[models]]\nname = \"embed\"\ntargets = [ { provider = \"a\", model = \"mock-embed\" } ]\n";
+    let gw = Gateway::from_text(&text).await;
+    let ask = |system: &str, question: &str| {
+        let body = json!({"model": "b-only", "temperature": 0,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]});
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let r = client().post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+            let (cache, sim) = (h("x-pylon-cache").unwrap(), h("x-pylon-cache-similarity"));
+            (cache, sim, r.json::<Value>().await.unwrap())
+        }
+    };
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let brief = format!("be brief {tag}");
+    let (c, _, first) = ask(&brief, "What is the capital city of France").await;
+    assert_eq!(c, "miss");
+    let (c, sim, same) = ask(&brief, "what is the capital city of france?").await;
+    assert_eq!(c, "hit", "the same words, differently written");
+    assert!(sim.unwrap().parse::<f64>().unwrap() > 0.99);
+    assert_eq!(
+        same["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+    let (c, sim, _) = ask(&brief, "Tell me what is the capital city of France").await;
+    assert_eq!(c, "hit", "a similar question");
+    let sim: f64 = sim.unwrap().parse().unwrap();
+    assert!((0.8..0.99).contains(&sim), "{sim}");
+    let (c, sim, _) = ask(&brief, "How do I bake sourdough bread at home").await;
+    assert_eq!((c.as_str(), sim), ("miss", None), "an unrelated question");
+    let (c, _, _) = ask(
+        &format!("be verbose {tag}"),
+        "what is the capital city of france?",
+    )
+    .await;
+    assert_eq!(
+        c, "miss",
+        "the same question under another system prompt is another context"
+    );
+    assert_eq!(
+        b.stats().requests,
+        3,
+        "three answers came from the provider"
+    );
+    assert_eq!(
+        a.stats().requests,
+        4,
+        "four distinct texts embedded; the repeated one came from the memo"
+    );
+}

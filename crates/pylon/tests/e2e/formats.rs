@@ -200,7 +200,7 @@ async fn embeddings_and_models() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
-    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 64);
 
     let resp = client()
         .post(gw.url("/v1/embeddings"))
