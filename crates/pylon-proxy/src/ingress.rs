@@ -208,7 +208,10 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     });
     let mut write = None;
     if let (Some(cache), Some(policy), false) = (&gw.cache, &model.cache, api == Api::Messages) {
-        match crate::cache::lookup(cache, policy, &call, &parts.headers, &mut record).await {
+        let step_start = gw.tracer.is_some().then(SystemTime::now);
+        let found = crate::cache::lookup(cache, policy, &call, &parts.headers, &mut record).await;
+        step(&record, "cache", step_start, None);
+        match found {
             crate::cache::Lookup::Hit(mut resp) => {
                 for (name, value) in rate_headers {
                     resp.headers_mut().insert(name, value);

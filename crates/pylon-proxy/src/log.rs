@@ -203,6 +203,9 @@ impl Record {
         if let Some(class) = self.error_class {
             attrs.push(Attribute::new("error.type", class));
         }
+        if let Some(cache) = self.cache {
+            attrs.push(Attribute::new("pylon.cache", cache));
+        }
         span.set(attrs);
         if let Some(e) = &self.error {
             span.fail(e);

@@ -194,6 +194,131 @@ async fn suite(store: Store) {
             .unwrap(),
         0.0
     );
+    request_log(&store).await;
+}
+
+fn row(at_ms: i64, id: &str, key: &str, status: i64) -> crate::RequestRow {
+    crate::RequestRow {
+        at_ms,
+        request_id: id.into(),
+        key_id: key.into(),
+        user_id: None,
+        team_id: Some("t".into()),
+        route: "/v1/chat/completions".into(),
+        model: "m".into(),
+        served_model: Some("up".into()),
+        provider: Some("p".into()),
+        status,
+        outcome: if status < 400 { "ok" } else { "error" }.into(),
+        error_class: (status >= 400).then(|| "upstream_error".into()),
+        error: (status >= 400).then(|| "boom".into()),
+        latency_ms: 10.0,
+        ttft_ms: Some(5.0),
+        input_tokens: 3,
+        output_tokens: 4,
+        cost_usd: 0.5,
+        cache: Some("miss".into()),
+        attempts: 1,
+        fallback: None,
+        stream: true,
+        trace_id: None,
+    }
+}
+
+/// The request log: rows, rollups, error groups, keyset pages, retention by age and count.
+async fn request_log(store: &Store) {
+    let hour = 3_600_000;
+    let batch: Vec<_> = (0..10)
+        .map(|i| {
+            row(
+                i * hour,
+                &format!("r{i}"),
+                if i % 2 == 0 { "a" } else { "b" },
+                if i == 9 { 502 } else { 200 },
+            )
+        })
+        .collect();
+    store.record_requests(&batch, true).await.unwrap();
+    let all = crate::RequestFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let rows = store.requests(&all).await.unwrap();
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[0].request_id, "r9", "newest first");
+    assert_eq!(rows[0], batch[9], "every field round-trips");
+    let page = store
+        .requests(&crate::RequestFilter {
+            key_id: Some("a".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r8", "r6"]
+    );
+    let next = store
+        .requests(&crate::RequestFilter {
+            key_id: Some("a".into()),
+            limit: 10,
+            before: Some((page[1].at_ms, page[1].request_id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r4", "r2", "r0"]
+    );
+    let errors = store
+        .requests(&crate::RequestFilter {
+            status_class: Some(500),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+
+    let by_key = store
+        .usage_report(&[crate::Dim::Key], crate::Bucket::All, 0, 86_400)
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 2);
+    assert_eq!((by_key[0].keys[0].as_str(), by_key[0].requests), ("a", 5));
+    assert_eq!((by_key[1].requests, by_key[1].errors), (5, 1));
+    let hourly = store
+        .usage_report(&[], crate::Bucket::Hour, 0, 86_400)
+        .await
+        .unwrap();
+    assert_eq!(hourly.len(), 10);
+    let groups = store.error_groups(0).await.unwrap();
+    assert_eq!(
+        (groups[0].count, groups[0].example_request_id.as_str()),
+        (1, "r9")
+    );
+
+    // Older than 3 hours goes, then all but the newest 4.
+    let pruned = store.prune_requests(3 * hour, 4).await.unwrap();
+    assert_eq!(pruned, 6);
+    let left = store.requests(&all).await.unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r9", "r8", "r7", "r6"]
+    );
+    let rolled = store
+        .usage_report(&[], crate::Bucket::All, 0, 86_400)
+        .await
+        .unwrap();
+    assert_eq!(rolled[0].requests, 10, "rollups outlive pruned rows");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hnsw_rs::hnsw::Hnsw;
-use hnsw_rs::prelude::DistCosine;
+use hnsw_rs::prelude::Distance;
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::SemanticScope;
@@ -19,9 +19,44 @@ use sha2::{Digest, Sha256};
 
 use crate::snapshot::Gateway;
 
+/// Cosine distance between unit vectors: one pass of multiply-adds in eight lanes (the
+/// compiler vectorizes it), clamped so rounding never yields a negative distance.
+#[derive(Debug, Default, Clone, Copy)]
+struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        let mut lanes = [0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail: f32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
+                *l += x * y;
+            }
+        }
+        (1.0 - (lanes.iter().sum::<f32>() + tail)).max(0.0)
+    }
+}
+
+/// A copy of `v` scaled to unit length.
+fn unit(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    v.iter().map(|x| x / norm).collect()
+}
+
 /// An approximate nearest-neighbour index (HNSW, cosine) from vectors to cache keys.
 pub struct VectorIndex {
-    hnsw: Hnsw<'static, f32, DistCosine>,
+    hnsw: Hnsw<'static, f32, UnitCosine>,
     keys: RwLock<Vec<String>>,
 }
 
@@ -29,7 +64,7 @@ impl VectorIndex {
     /// An empty index sized for about `capacity` vectors.
     pub fn new(capacity: usize) -> VectorIndex {
         VectorIndex {
-            hnsw: Hnsw::new(16, capacity.max(16), 16, 200, DistCosine {}),
+            hnsw: Hnsw::new(16, capacity.max(16), 16, 100, UnitCosine),
             keys: RwLock::new(Vec::new()),
         }
     }
@@ -43,12 +78,12 @@ impl VectorIndex {
             }
             Err(_) => return,
         };
-        self.hnsw.insert((vector, id));
+        self.hnsw.insert((&unit(vector), id));
     }
 
     /// Up to `k` nearest keys with their cosine similarity, most similar first.
     pub fn nearest(&self, vector: &[f32], k: usize) -> Vec<(String, f32)> {
-        let found = self.hnsw.search(vector, k, 64.max(k));
+        let found = self.hnsw.search(&unit(vector), k, 32.max(k));
         let Ok(keys) = self.keys.read() else {
             return Vec::new();
         };

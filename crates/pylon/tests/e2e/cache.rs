@@ -513,3 +513,74 @@ async fn semantic_hits_above_the_threshold_misses_below_and_never_across_system_
         "four distinct texts embedded; the repeated one came from the memo"
     );
 }
+
+#[tokio::test]
+async fn embeddings_are_cached_too() {
+    let (_a, b, gw, _c) = start("").await;
+    let body =
+        json!({"model": "b-only", "input": ["one", format!("two {}", uuid::Uuid::new_v4())]});
+    let send = || client().post(gw.url("/v1/embeddings")).json(&body).send();
+    let first = send().await.unwrap();
+    assert_eq!(first.headers()["x-pylon-cache"], "miss");
+    let first: Value = first.json().await.unwrap();
+    let second = send().await.unwrap();
+    assert_eq!(second.headers()["x-pylon-cache"], "hit");
+    assert_eq!(second.json::<Value>().await.unwrap(), first);
+    assert_eq!(b.stats().requests, 1);
+}
+
+/// A private redis-server the test can stop.
+fn start_redis() -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/setup)");
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("redis-server on {port} did not start");
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_run_degrades_to_memory_without_errors() {
+    let (mut redis, port) = start_redis();
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    let text = format!(
+        "[data]\ndir = \"{}\"\nredis_url = \"redis://127.0.0.1:{port}\"\n{}",
+        temp_dir("c-stop").display(),
+        cached("")
+    )
+    .replace("{a}", &a.addr.to_string())
+    .replace("{b}", &b.addr.to_string());
+    let gw = Gateway::from_text(&text).await;
+    let before = unique(0.0);
+    assert_eq!(post(&gw, &before, &[]).await.0, "miss");
+    let _ = redis.kill();
+    let _ = redis.wait();
+    // Every request still succeeds (post asserts 200); answers come from memory.
+    assert_eq!(post(&gw, &before, &[]).await.0, "hit");
+    let after = unique(0.0);
+    assert_eq!(post(&gw, &after, &[]).await.0, "miss");
+    assert_eq!(post(&gw, &after, &[]).await.0, "hit");
+    assert_eq!(b.stats().requests, 2);
+}

@@ -224,3 +224,33 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `GET` an admin path with the admin token; the JSON answer.
+pub async fn admin_get(gw: &Gateway, token: &str, path: &str) -> Value {
+    client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A fresh schema in the test PostgreSQL: the admin pool, the base URL and the schema name.
+/// Panics (never skips) when PostgreSQL is unreachable.
+pub async fn pg_schema() -> (sqlx::AnyPool, String, String) {
+    let base = std::env::var("PYLON_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required: {e}"));
+    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    (admin, base, schema)
+}

@@ -633,15 +633,7 @@ async fn request_log_records_filters_pages_and_exports() {
         401
     );
 
-    let groups: Value = client()
-        .get(gw.url("/admin/v1/errors"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let groups = admin_get(&gw, ADMIN, "/admin/v1/errors").await;
     let classes: Vec<(&str, i64)> = groups["data"]
         .as_array()
         .unwrap()
@@ -658,15 +650,7 @@ async fn request_log_records_filters_pages_and_exports() {
         "{groups}"
     );
 
-    let usage: Value = client()
-        .get(gw.url("/admin/v1/usage?group_by=model,provider,hour"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage = admin_get(&gw, ADMIN, "/admin/v1/usage?group_by=model,provider,hour").await;
     let row = usage["rows"]
         .as_array()
         .unwrap()
@@ -675,4 +659,25 @@ async fn request_log_records_filters_pages_and_exports() {
         .unwrap_or_else(|| panic!("{usage}"));
     assert_eq!(row["requests"], 5);
     assert!(row["bucket"].as_str().unwrap().ends_with(":00Z"));
+}
+
+#[tokio::test]
+async fn active_provider_probes_show_in_health() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    let text = (TWO_MOCKS.to_owned() + "\n[health]\nprobe_every = \"50ms\"\n")
+        .replace("{a}", &a.addr.to_string())
+        .replace("{b}", &b.addr.to_string());
+    let gw = Gateway::from_text(&text).await;
+    let mut h = Value::Null;
+    for _ in 0..200 {
+        h = serde_json::from_str(&get_text(&gw.url("/health")).await.2).unwrap();
+        if h["checks"]["provider:b"][0]["probe"]["status"] == "pass" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h["checks"]["provider:b"][0]["probe"]["status"], "pass",
+        "{h}"
+    );
 }

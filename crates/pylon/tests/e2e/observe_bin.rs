@@ -316,17 +316,7 @@ async fn cuttable_proxy(target: &str) -> (std::net::SocketAddr, Arc<AtomicBool>)
 
 #[tokio::test]
 async fn readyz_follows_the_store() {
-    let base = std::env::var("PYLON_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required: {e}"));
-    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    let (admin, _base, schema) = pg_schema().await;
     let (proxy, cut) = cuttable_proxy("127.0.0.1:5432").await;
     let url = format!("postgres://postgres@{proxy}/test?options=-c%20search_path%3D{schema}");
     let mock = MockServer::start().await;

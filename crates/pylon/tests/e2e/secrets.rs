@@ -176,17 +176,7 @@ async fn storing_a_credential_needs_a_master_key() {
 
 #[tokio::test]
 async fn no_plaintext_secret_or_key_in_any_postgres_table() {
-    let base = std::env::var("PYLON_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required: {e}"));
-    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    let (admin, base, schema) = pg_schema().await;
     let url = format!("{base}?options=-c%20search_path%3D{schema}");
 
     let mock = MockServer::start().await;
