@@ -197,6 +197,7 @@ pub(crate) async fn stream(
                 target.model.clone(),
             )
         }),
+        live: None,
     };
     let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
     let first = match relay.next(first_wait).await {
@@ -214,6 +215,16 @@ pub(crate) async fn stream(
     };
     let ttfb = ctx.started.elapsed();
     target.health.success(ttfb);
+    // Committed: followers waiting on this call may now follow the stream live.
+    relay.live = relay
+        .cache
+        .as_ref()
+        .and_then(|(w, ..)| w.flight.as_ref())
+        .map(|f| f.live());
+    if let Some(live) = &relay.live {
+        live.start(call.include_usage);
+        live.push(first.clone());
+    }
     let mut overhead = None;
     if let Some(mut rec) = call.record.take() {
         served(&mut rec, target, ttfb);
@@ -293,6 +304,8 @@ struct Relay {
     record: Option<Record>,
     /// The cache write, the answer assembled so far, and who is answering.
     cache: Option<(crate::cache::Write, Assembler, String, String)>,
+    /// Coalesced followers of this stream read what it relays from here.
+    live: Option<std::sync::Arc<crate::cache::Live>>,
     _in_flight: InFlight,
     /// Stream timing for metrics and the stream span, once committed.
     observed: Option<Observed>,
@@ -332,6 +345,9 @@ impl Relay {
                     if let Some((_, enc)) = &mut self.codec {
                         enc.finish(&mut out);
                     }
+                    if let (Some(live), false) = (&self.live, out.is_empty()) {
+                        live.push(Bytes::from(out.clone()));
+                    }
                     self.store().await;
                     return Ok((!out.is_empty()).then(|| Bytes::from(out)));
                 }
@@ -344,6 +360,9 @@ impl Relay {
                 continue;
             };
             if let Some(out) = self.process(events)? {
+                if let Some(live) = &self.live {
+                    live.push(out.clone());
+                }
                 let last = self.done || memchr::memmem::find(&out, b"[DONE]").is_some();
                 if last && self.cache.is_some() {
                     self.store().await;
@@ -459,14 +478,22 @@ impl Relay {
         if let Some(rec) = self.record.as_mut() {
             rec.error = Some(msg.clone());
         }
-        Bytes::from(
+        let event = Bytes::from(
             ApiError::new(kind, "stream_interrupted", msg).sse_event(self.dialect_api.dialect()),
-        )
+        );
+        if let Some(live) = self.live.take() {
+            live.push(event.clone());
+            live.close();
+        }
+        event
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.close();
+        }
         let outcome = match (self.done, self.failed) {
             (_, true) => "broken",
             (true, false) => "ok",

@@ -84,12 +84,30 @@ pub(crate) async fn lookup(
                     let w = write(Some(guard), semantic);
                     return miss(w, rec);
                 }
-                Join::Follower(mut rx) => {
-                    let answer = tokio::time::timeout(MAX_WAIT, rx.wait_for(Option::is_some))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .and_then(|v| v.clone().flatten());
+                Join::Follower(mut rx, live) => {
+                    let followed = tokio::time::timeout(MAX_WAIT, async {
+                        tokio::select! {
+                            done = rx.wait_for(Option::is_some) => Followed::Done(done.ok().and_then(|v| v.clone().flatten())),
+                            iu = live.started() => Followed::Live(iu),
+                        }
+                    })
+                    .await;
+                    let answer = match followed {
+                        // The same stream, relayed live as the leader's client gets it.
+                        Ok(Followed::Live(iu)) if call.stream && iu == call.include_usage => {
+                            rec.gw.metrics.cache_coalesced.inc();
+                            return live_hit(live, rec);
+                        }
+                        Ok(Followed::Live(_)) => {
+                            tokio::time::timeout(MAX_WAIT, rx.wait_for(Option::is_some))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .and_then(|v| v.clone().flatten())
+                        }
+                        Ok(Followed::Done(answer)) => answer,
+                        Err(_) => None,
+                    };
                     if let Some(e) = answer {
                         rec.gw.metrics.cache_coalesced.inc();
                         return hit(cache, &e, call, rec);
@@ -142,6 +160,35 @@ async fn similar(
         }
     }
     Some(Err(Some((context, vector))))
+}
+
+/// What a follower saw first: the leader's stream starting, or the call's end.
+enum Followed {
+    Live(bool),
+    Done(Option<Arc<Entry>>),
+}
+
+/// A follower's response fed from the leader's live stream.
+fn live_hit(live: Arc<super::Live>, rec: &mut Record) -> Lookup {
+    rec.gw
+        .metrics
+        .cache_requests
+        .with_label_values(&["hit"])
+        .inc();
+    rec.cache = Some("hit");
+    let mut resp = Response::new(axum::body::Body::from_stream(live.follow()));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-pylon-cache", http::HeaderValue::from_static("hit"));
+    crate::respond::overhead_header(&mut resp, rec);
+    Lookup::Hit(resp)
 }
 
 fn miss(w: Write, rec: &mut Record) -> Lookup {

@@ -23,7 +23,7 @@ use pylon_telemetry::Metrics;
 use pylon_types::openai::Usage;
 use serde::{Deserialize, Serialize};
 
-pub(crate) use flight::{FlightGuard, Join};
+pub(crate) use flight::{FlightGuard, Join, Live};
 use key::{directive, identity, Directive};
 pub(crate) use lookup::{lookup, Lookup};
 use reply::hit_response;
@@ -90,7 +90,7 @@ pub(crate) struct ResponseCache {
     l2: Option<RedisState>,
     /// Unix ms before which L2 is not tried again after a failure.
     l2_retry_at: AtomicI64,
-    flights: Mutex<HashMap<String, flight::Receiver>>,
+    flights: Mutex<HashMap<String, (flight::Receiver, Arc<flight::Live>)>>,
     /// Added to the wall clock; tests move it forward to expire entries.
     clock_offset_ms: AtomicI64,
     pub namespace: Namespace,

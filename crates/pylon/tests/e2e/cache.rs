@@ -584,3 +584,47 @@ async fn redis_stopped_mid_run_degrades_to_memory_without_errors() {
     assert_eq!(post(&gw, &after, &[]).await.0, "hit");
     assert_eq!(b.stats().requests, 2);
 }
+
+#[tokio::test]
+async fn stream_followers_get_the_leaders_stream_live() {
+    let (_a, b, gw, _c) = start("").await;
+    b.set(Behaviour {
+        chunk_delay: Duration::from_millis(150),
+        repeat: 4,
+        ..Behaviour::default()
+    });
+    let mut q = unique(0.0);
+    q["stream"] = json!(true);
+    let open = |q: Value| {
+        let url = gw.url("/v1/chat/completions");
+        async move { client().post(url).json(&q).send().await.unwrap() }
+    };
+    let leader = open(q.clone()).await;
+    assert_eq!(leader.headers()["x-pylon-cache"], "miss");
+    let followers = futures_util::future::join_all((0..5).map(|_| open(q.clone()))).await;
+    let mut bodies = Vec::new();
+    for f in followers {
+        assert_eq!(f.headers()["x-pylon-cache"], "hit");
+        let mut s = f.bytes_stream();
+        let first = futures_util::StreamExt::next(&mut s)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.starts_with(b"data: "));
+        // The follower's first bytes arrived while the provider was still streaming.
+        assert_eq!(b.stats().streams_completed, 0, "live, not after the fact");
+        bodies.push((first, s));
+    }
+    let leader_text = leader.text().await.unwrap();
+    for (first, mut rest) in bodies {
+        let mut text = String::from_utf8(first.to_vec()).unwrap();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut rest).await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+        assert_eq!(
+            text, leader_text,
+            "every follower got the leader's stream, byte for byte"
+        );
+    }
+    assert_eq!(b.stats().requests, 1);
+}
