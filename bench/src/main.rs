@@ -187,32 +187,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let cache_run = |args: &Args| {
-        let (port, p) = spawn_pylon(
-            "pylon-cache",
-            "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n[request_log]\nenabled = false\n",
-        )?;
-        anyhow::Ok((
-            port,
-            p,
-            Duration::from_secs(args.seconds),
-            args.cache_entries,
-        ))
-    };
     if args.only_cache {
-        let (port, p, d, n) = cache_run(&args)?;
-        wait_ready(
-            &format!("http://127.0.0.1:{port}/livez"),
-            Duration::from_secs(10),
-        )
-        .await?;
-        let to = Endpoint {
-            url: url(port),
-            bearer: None,
-        };
-        cache::figures(&to, p.pid(), d, n).await?;
-        cache::semantic(args.semantic_entries, args.semantic_dims);
-        return Ok(());
+        return cache_figures(&args, &spawn_pylon).await;
     }
     if args.only_request_log {
         return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
@@ -424,17 +400,32 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     drop(nginx);
     request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await?;
-    let (port, p, d, n) = cache_run(&args)?;
+    cache_figures(&args, &spawn_pylon).await
+}
+
+/// The response cache's figures, through a Pylon with the cache on and the request log off
+/// (so its memory figure is the cache's), then the semantic index on its own.
+async fn cache_figures(args: &Args, spawn_pylon: &SpawnPylon<'_>) -> anyhow::Result<()> {
+    let (port, p) = spawn_pylon(
+        "pylon-cache",
+        "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n[request_log]\nenabled = false\n",
+    )?;
     wait_ready(
         &format!("http://127.0.0.1:{port}/livez"),
         Duration::from_secs(10),
     )
     .await?;
     let to = Endpoint {
-        url: url(port),
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
         bearer: None,
     };
-    cache::figures(&to, p.pid(), d, n).await?;
+    cache::figures(
+        &to,
+        p.pid(),
+        Duration::from_secs(args.seconds),
+        args.cache_entries,
+    )
+    .await?;
     cache::semantic(args.semantic_entries, args.semantic_dims);
     Ok(())
 }

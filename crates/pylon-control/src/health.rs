@@ -33,6 +33,13 @@ fn disk(dir: &Path) -> Option<(f64, u64)> {
     (total > 0).then(|| (1.0 - free as f64 / total as f64, free))
 }
 
+/// Resident memory from the process's own statistics (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// Checks every `cfg.check_every` until the task is aborted.
 pub(crate) async fn check_loop(
     store: Store,
@@ -46,9 +53,7 @@ pub(crate) async fn check_loop(
         tick.tick().await;
         check_store(&store, &gw, gw.metrics(), cfg.check_timeout).await;
         gw.check_redis(cfg.check_timeout).await;
-        if let Some((used, free)) = disk(&data_dir) {
-            gw.report_disk(used, free);
-        }
+        gw.report_system(disk(&data_dir), resident_bytes());
     }
 }
 

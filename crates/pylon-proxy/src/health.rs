@@ -56,6 +56,8 @@ pub(crate) struct Dependencies {
     pub redis: Mutex<Option<Check>>,
     /// Share of the data dir's disk in use, and bytes free.
     pub disk: Mutex<Option<(f64, u64)>>,
+    /// Resident memory in bytes, read by the same background check.
+    pub rss: std::sync::atomic::AtomicU64,
     pub disk_warn: f64,
     /// Active provider probes, by provider name.
     pub probes: Mutex<BTreeMap<String, Check>>,
@@ -227,7 +229,8 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
             }]),
         );
     }
-    if let Some(rss) = resident_bytes() {
+    let rss = gw.deps.rss.load(Ordering::Relaxed);
+    if rss > 0 {
         checks.insert(
             "memory:utilization".into(),
             json!([{
@@ -267,11 +270,4 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-/// Resident memory from the process's own metrics (Linux), in bytes.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }

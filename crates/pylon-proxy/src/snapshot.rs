@@ -358,10 +358,15 @@ impl Gateway {
         }
     }
 
-    /// Records the data dir's disk use: share used and bytes free.
-    pub fn report_disk(&self, used: f64, free: u64) {
-        if let Ok(mut g) = self.deps.disk.lock() {
-            *g = Some((used, free));
+    /// Records the data dir's disk use (share used, bytes free) and the process's resident memory.
+    pub fn report_system(&self, disk: Option<(f64, u64)>, rss_bytes: Option<u64>) {
+        if let (Some(d), Ok(mut g)) = (disk, self.deps.disk.lock()) {
+            *g = Some(d);
+        }
+        if let Some(rss) = rss_bytes {
+            self.deps
+                .rss
+                .store(rss, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
