@@ -304,9 +304,15 @@ pub struct Secrets {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Requests per minute per client IP on `/v1/*`; 0 turns it off.
-    #[serde(default = "default_ip_rpm")]
-    pub ip_rpm: u64,
+    /// Requests per minute per client IP on `/v1/*`, checked before auth; 0 turns it off.
+    /// Unset: 100 with `auth.mode = "none"`, off for keyed traffic (clients behind one load
+    /// balancer or NAT share an address).
+    #[serde(default)]
+    pub ip_rpm: Option<u64>,
+    /// With keys and no `ip_rpm`: failed authentications per minute per client IP before the
+    /// address gets 429 instead of 401; 0 turns it off.
+    #[serde(default = "default_failed_auth_rpm")]
+    pub failed_auth_rpm: u64,
     /// Requests per minute per user (keys that name a user); 0 turns it off.
     #[serde(default = "default_user_rpm")]
     pub user_rpm: u64,
@@ -319,8 +325,11 @@ pub struct Limits {
     pub trusted_proxies: Vec<String>,
 }
 
-fn default_ip_rpm() -> u64 {
-    100
+/// The per-IP limit when none is configured and auth is off (the seed's default).
+pub const DEFAULT_OPEN_IP_RPM: u64 = 100;
+
+fn default_failed_auth_rpm() -> u64 {
+    30
 }
 fn default_user_rpm() -> u64 {
     10
@@ -329,7 +338,8 @@ fn default_user_rpm() -> u64 {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            ip_rpm: default_ip_rpm(),
+            ip_rpm: None,
+            failed_auth_rpm: default_failed_auth_rpm(),
             user_rpm: default_user_rpm(),
             on_redis_failure: RedisFailure::default(),
             trusted_proxies: Vec::new(),
@@ -396,6 +406,29 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Clients may address `name/model` directly (off by default: such a model has no
+    /// configured limits, and is priced only if the price table knows its name).
+    #[serde(default)]
+    pub direct: bool,
+    /// Extra PEM CA certificates to trust for this provider (a corporate CA or a private
+    /// gateway), besides the public roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Speak HTTP/2 to this provider over `connections` connections (each multiplexes streams
+    /// up to the server's limit). Off: an HTTP/1.1 connection pool that grows with load.
+    #[serde(default)]
+    pub http2: bool,
+    /// HTTP/2 connections kept to this provider; a request takes the least busy one.
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+    /// Client headers forwarded to this provider besides the request id, the trace context and
+    /// `anthropic-version` (e.g. `anthropic-beta`, which can change what a request costs).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+fn default_connections() -> u32 {
+    8
 }
 
 impl Provider {
@@ -443,6 +476,10 @@ pub struct Timeouts {
     /// The whole exchange.
     #[serde(default, with = "humantime_serde")]
     pub total: Option<Duration>,
+    /// A non-stream answer, from sending the request to its last byte. Its headers come only
+    /// when generation is done, so this, not `first_byte`, bounds it (providers only).
+    #[serde(default, with = "humantime_serde")]
+    pub response: Option<Duration>,
 }
 
 /// Timeouts with every field resolved.
@@ -453,16 +490,21 @@ pub struct ResolvedTimeouts {
     pub idle: Duration,
     /// `None`: no bound (long-lived app connections such as WebSockets).
     pub total: Option<Duration>,
+    /// A whole non-stream answer (providers).
+    pub response: Duration,
 }
 
 impl Timeouts {
-    /// Defaults for model providers: 2s connect, 30s first byte, 30s idle, 600s total.
+    /// Defaults for model providers: 2s connect, 30s first byte and idle (streams), 600s total
+    /// and 600s for a whole non-stream answer.
     pub fn for_provider(&self) -> ResolvedTimeouts {
+        let total = self.total.unwrap_or(Duration::from_secs(600));
         ResolvedTimeouts {
             connect: self.connect.unwrap_or(Duration::from_secs(2)),
             first_byte: self.first_byte.unwrap_or(Duration::from_secs(30)),
             idle: self.idle.unwrap_or(Duration::from_secs(30)),
-            total: Some(self.total.unwrap_or(Duration::from_secs(600))),
+            total: Some(total),
+            response: self.response.unwrap_or(total),
         }
     }
 
@@ -473,6 +515,7 @@ impl Timeouts {
             first_byte: self.first_byte.unwrap_or(Duration::from_secs(60)),
             idle: self.idle.unwrap_or(Duration::from_secs(300)),
             total: self.total,
+            response: self.total.unwrap_or(Duration::MAX),
         }
     }
 }
@@ -503,6 +546,14 @@ pub struct Model {
     /// Response-cache overrides for this model.
     #[serde(default)]
     pub cache: crate::ModelCache,
+    /// Bound on a whole non-stream answer for this model (overrides its providers'
+    /// `timeouts.response`; reasoning models may need many minutes).
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
+    /// Re-send a request to the next target after it timed out upstream. Off by default: the
+    /// provider may have processed (and billed) it, so a re-send can cost twice.
+    #[serde(default)]
+    pub resend_on_timeout: bool,
 }
 
 fn default_retries() -> u32 {
@@ -593,6 +644,12 @@ impl Config {
                     base_url: base.map(|b| Spanned::new(0..0, b)),
                     api_key: key.map(Secret),
                     timeouts: Timeouts::default(),
+                    // Without a config file, `provider/model` is the only way to name a model.
+                    direct: true,
+                    ca_file: None,
+                    http2: false,
+                    connections: default_connections(),
+                    forward_headers: Vec::new(),
                 });
             };
         let set = |k: &str| env(k).filter(|v| !v.is_empty());

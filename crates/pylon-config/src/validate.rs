@@ -22,6 +22,30 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
                 format!("provider name `{name}` must be non-empty and contain no `/`"),
             ));
         }
+        if p.http2 && p.connections == 0 {
+            problems.push((
+                p.name.span().start,
+                format!("provider `{name}`: connections must be at least 1"),
+            ));
+        }
+        for h in &p.forward_headers {
+            let lower = h.to_ascii_lowercase();
+            if http_header_name(&lower).is_none()
+                || [
+                    "authorization",
+                    "x-api-key",
+                    "x-goog-api-key",
+                    "cookie",
+                    "host",
+                ]
+                .contains(&lower.as_str())
+            {
+                problems.push((
+                    p.name.span().start,
+                    format!("provider `{name}`: forward_headers may not contain `{h}` (not a header name, or a credential)"),
+                ));
+            }
+        }
         if let Some(url) = &p.base_url {
             if let Some(why) = bad_url(url.get_ref()) {
                 problems.push((
@@ -196,4 +220,13 @@ fn bad_url(url: &str) -> Option<&'static str> {
         Ok(u) if u.query().is_some() => Some("must not have a query string"),
         Ok(_) => None,
     }
+}
+
+/// `Some` when `name` is a valid lower-case HTTP header name.
+fn http_header_name(name: &str) -> Option<()> {
+    (!name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)))
+    .then_some(())
 }

@@ -2,13 +2,14 @@
 //! in-flight count and latency average. Time is passed in, so tests drive it with fake instants.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Whether a target may be tried now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Availability {
-    Ready,
+    /// Go ahead; hold the permit until the attempt has a verdict (it may be the half-open probe).
+    Ready(Permit),
     /// The provider asked us to wait (Retry-After) until then.
     CoolingUntil(Instant),
     /// The breaker is open (or its half-open probe is out).
@@ -17,9 +18,16 @@ pub(crate) enum Availability {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probe` is the number of the probe out, if one is.
+    HalfOpen {
+        probe: Option<u64>,
+    },
 }
 
 /// A breaker's state for metrics and health checks.
@@ -61,6 +69,8 @@ pub(crate) struct Policy {
 pub(crate) struct Health {
     policy: Policy,
     state: Mutex<(State, Option<Instant>)>,
+    /// Numbers half-open probes, so a late permit never releases a newer probe.
+    probes: AtomicU64,
     in_flight: AtomicU32,
     /// Exponentially weighted time to first byte in microseconds; 0 = no sample yet.
     ewma_us: AtomicU64,
@@ -71,20 +81,23 @@ impl Health {
         Health {
             policy,
             state: Mutex::new((State::Closed { failures: 0 }, None)),
+            probes: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU64::new(0),
         }
     }
 
-    /// May a request go to this target now? Claims the half-open probe when it says `Ready`.
-    pub fn check(&self, now: Instant) -> Availability {
+    /// May a request go to this target now? Claims the half-open probe when it says `Ready`;
+    /// the permit gives the probe back if it is dropped without a verdict (an encoding error,
+    /// a client that went away), so a cancelled probe never keeps the target out of rotation.
+    pub fn check(self: &Arc<Self>, now: Instant) -> Availability {
         let Ok(mut guard) = self.state.lock() else {
-            return Availability::Ready;
+            return Availability::Ready(Permit::plain(self));
         };
         let (state, cool) = &mut *guard;
         match *state {
             State::Open { until } if now < until => return Availability::Open,
-            State::Open { .. } => *state = State::HalfOpen { probing: false },
+            State::Open { .. } => *state = State::HalfOpen { probe: None },
             _ => {}
         }
         if let Some(until) = *cool {
@@ -94,12 +107,16 @@ impl Health {
             *cool = None;
         }
         match state {
-            State::HalfOpen { probing: true } => Availability::Open,
-            State::HalfOpen { probing } => {
-                *probing = true;
-                Availability::Ready
+            State::HalfOpen { probe: Some(_) } => Availability::Open,
+            State::HalfOpen { probe } => {
+                let n = self.probes.fetch_add(1, Ordering::Relaxed) + 1;
+                *probe = Some(n);
+                Availability::Ready(Permit {
+                    health: self.clone(),
+                    probe: Some(n),
+                })
             }
-            State::Closed { .. } | State::Open { .. } => Availability::Ready,
+            State::Closed { .. } | State::Open { .. } => Availability::Ready(Permit::plain(self)),
         }
     }
 
@@ -134,8 +151,8 @@ impl Health {
     /// The provider asked for a pause (429/503 with Retry-After); not a health failure.
     pub fn cool_down(&self, until: Instant) {
         if let Ok(mut g) = self.state.lock() {
-            if let State::HalfOpen { probing: true } = g.0 {
-                g.0 = State::HalfOpen { probing: false };
+            if let State::HalfOpen { probe: Some(_) } = g.0 {
+                g.0 = State::HalfOpen { probe: None };
             }
             g.1 = Some(g.1.map_or(until, |u| u.max(until)));
         }
@@ -144,8 +161,17 @@ impl Health {
     /// Releases a half-open probe that ended without a verdict (e.g. a non-retryable 4xx).
     pub fn neutral(&self) {
         if let Ok(mut g) = self.state.lock() {
-            if let State::HalfOpen { probing: true } = g.0 {
-                g.0 = State::HalfOpen { probing: false };
+            if let State::HalfOpen { probe: Some(_) } = g.0 {
+                g.0 = State::HalfOpen { probe: None };
+            }
+        }
+    }
+
+    /// Gives back probe `n` if it is still the one out.
+    fn release(&self, n: u64) {
+        if let Ok(mut g) = self.state.lock() {
+            if g.0 == (State::HalfOpen { probe: Some(n) }) {
+                g.0 = State::HalfOpen { probe: None };
             }
         }
     }
@@ -168,15 +194,54 @@ impl Health {
     }
 
     /// Counts a request in flight until the guard drops.
-    pub fn enter(self: &std::sync::Arc<Self>) -> InFlight {
+    pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 }
 
+/// Leave to try a target; releases the half-open probe it may carry when dropped without a
+/// verdict (success, failure and neutral verdicts are given on [`Health`]).
+#[derive(Debug)]
+pub(crate) struct Permit {
+    health: Arc<Health>,
+    probe: Option<u64>,
+}
+
+impl Permit {
+    fn plain(health: &Arc<Health>) -> Permit {
+        Permit {
+            health: health.clone(),
+            probe: None,
+        }
+    }
+
+    /// Whether this permit is the half-open probe.
+    #[cfg(test)]
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+impl PartialEq for Permit {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.health, &other.health) && self.probe == other.probe
+    }
+}
+
+impl Eq for Permit {}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(n) = self.probe {
+            self.health.release(n);
+        }
+    }
+}
+
 /// Decrements the in-flight count when dropped (at the end of a response or stream).
 #[derive(Debug)]
-pub(crate) struct InFlight(std::sync::Arc<Health>);
+pub(crate) struct InFlight(Arc<Health>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -188,11 +253,15 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
-    fn health() -> Health {
-        Health::new(Policy {
+    fn health() -> Arc<Health> {
+        Arc::new(Health::new(Policy {
             failures: 3,
             cooldown: Duration::from_secs(10),
-        })
+        }))
+    }
+
+    fn ready(a: Availability) -> bool {
+        matches!(a, Availability::Ready(_))
     }
 
     #[test]
@@ -201,20 +270,25 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..2 {
             h.failure(t0);
-            assert_eq!(h.check(t0), Availability::Ready);
+            assert!(ready(h.check(t0)));
         }
         h.failure(t0);
         assert_eq!(h.check(t0 + Duration::from_secs(9)), Availability::Open);
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(h.check(later), Availability::Ready, "one probe");
+        let probe = h.check(later);
+        assert!(
+            matches!(&probe, Availability::Ready(p) if p.is_probe()),
+            "one probe"
+        );
         assert_eq!(
             h.check(later),
             Availability::Open,
             "only one probe at a time"
         );
         h.success(Duration::from_millis(5));
-        assert_eq!(h.check(later), Availability::Ready);
-        assert_eq!(h.check(later), Availability::Ready);
+        drop(probe);
+        assert!(ready(h.check(later)));
+        assert!(ready(h.check(later)));
     }
 
     #[test]
@@ -225,10 +299,11 @@ mod tests {
             h.failure(t0);
         }
         let t1 = t0 + Duration::from_secs(11);
-        assert_eq!(h.check(t1), Availability::Ready);
+        let probe = h.check(t1);
         h.failure(t1);
+        drop(probe);
         assert_eq!(h.check(t1 + Duration::from_secs(5)), Availability::Open);
-        assert_eq!(h.check(t1 + Duration::from_secs(10)), Availability::Ready);
+        assert!(ready(h.check(t1 + Duration::from_secs(10))));
     }
 
     #[test]
@@ -240,7 +315,7 @@ mod tests {
         h.success(Duration::ZERO);
         h.failure(t0);
         h.failure(t0);
-        assert_eq!(h.check(t0), Availability::Ready);
+        assert!(ready(h.check(t0)));
     }
 
     #[test]
@@ -252,6 +327,45 @@ mod tests {
             h.check(t0),
             Availability::CoolingUntil(t0 + Duration::from_secs(2))
         );
-        assert_eq!(h.check(t0 + Duration::from_secs(2)), Availability::Ready);
+        assert!(ready(h.check(t0 + Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn a_dropped_probe_is_given_back() {
+        let h = health();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            h.failure(t0);
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        let probe = h.check(t1);
+        assert!(matches!(&probe, Availability::Ready(p) if p.is_probe()));
+        assert_eq!(h.check(t1), Availability::Open, "the probe is out");
+        // The attempt was cancelled before any verdict: the next request may probe.
+        drop(probe);
+        let again = h.check(t1);
+        assert!(matches!(&again, Availability::Ready(p) if p.is_probe()));
+    }
+
+    #[test]
+    fn a_late_permit_never_releases_a_newer_probe() {
+        let h = health();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            h.failure(t0);
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        let first = h.check(t1);
+        h.failure(t1); // the first probe failed: open again
+        let t2 = t1 + Duration::from_secs(10);
+        let second = h.check(t2);
+        assert!(matches!(&second, Availability::Ready(p) if p.is_probe()));
+        drop(first);
+        assert_eq!(
+            h.check(t2),
+            Availability::Open,
+            "the second probe is still out"
+        );
+        drop(second);
     }
 }

@@ -62,6 +62,12 @@ pub enum ProxyError {
     /// The key may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A budget applies but the request's price is unknown: refused, never served free.
+    #[error("{0}")]
+    Unpriced(String),
+    /// A server limit (connections, requests in flight) is reached: shed with 503.
+    #[error("{0}")]
+    Overloaded(String),
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NoRoute(String),
@@ -87,6 +93,8 @@ impl ProxyError {
             ProxyError::LimitsUnavailable => "limits_unavailable",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::Unpriced(_) => "unpriced_model",
+            ProxyError::Overloaded(_) => "overloaded",
             ProxyError::NoRoute(_) => "not_found",
         }
     }
@@ -110,6 +118,8 @@ impl ProxyError {
             ProxyError::OverBudget(_) => (ErrorKind::RateLimited, "insufficient_quota"),
             ProxyError::LimitsUnavailable => (ErrorKind::Unavailable, "limits_unavailable"),
             ProxyError::Forbidden(_) => (ErrorKind::PermissionDenied, "model_not_allowed"),
+            ProxyError::Unpriced(_) => (ErrorKind::PermissionDenied, "model_unpriced"),
+            ProxyError::Overloaded(_) => (ErrorKind::Unavailable, "overloaded"),
         };
         let message = match self {
             ProxyError::Rejected {
@@ -141,7 +151,9 @@ impl ProxyError {
         let retry_after = match &self {
             ProxyError::Exhausted { retry_after, .. } => *retry_after,
             ProxyError::RateLimited { retry_after, .. } => Some(*retry_after),
-            ProxyError::LimitsUnavailable => Some(Duration::from_secs(1)),
+            ProxyError::LimitsUnavailable | ProxyError::Overloaded(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         };
         if let Some(d) = retry_after {
@@ -165,6 +177,17 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// Client input as error messages quote it: at most 64 characters, so a huge or hostile value
+/// never grows a response, a log line or a stored row.
+pub(crate) fn quote(input: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = input.chars().take(MAX).collect();
+    if input.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response {

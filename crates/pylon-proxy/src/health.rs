@@ -242,6 +242,16 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
             }]),
         );
     }
+    checks.insert(
+        "limits:ipRate".into(),
+        json!([{
+            "componentType": "component",
+            "observedValue": gw.ip_rpm.unwrap_or(0),
+            "observedUnit": "requests per minute per client IP (0: off)",
+            "status": "pass",
+            "time": now_text,
+        }]),
+    );
     if gw.draining.load(Ordering::SeqCst) {
         status = "fail";
     }

@@ -96,13 +96,34 @@ impl Call {
     }
 }
 
-const FORWARDED: [&str; 5] = [
+/// Client headers every provider receives; others only where `forward_headers` names them.
+pub(crate) const FORWARDED: [&str; 4] = [
     "x-request-id",
     "traceparent",
     "tracestate",
     "anthropic-version",
-    "anthropic-beta",
 ];
+
+/// Longest model name accepted; longer is a 400 before anything keeps it.
+const MAX_MODEL_NAME: usize = 256;
+
+/// A model name Pylon will look up, log and label: short, and of the characters model names
+/// use (letters, digits, `-._:/@+`). Anything else is refused before any state sees it.
+fn check_model_name(name: &str) -> Result<(), ProxyError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_MODEL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+".contains(&b));
+    if ok {
+        return Ok(());
+    }
+    Err(TranslateError::Unsupported(format!(
+        "`model` must be 1 to {MAX_MODEL_NAME} characters of letters, digits and -._:/@+; got `{}`",
+        crate::error::quote(name)
+    ))
+    .into())
+}
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
@@ -142,12 +163,31 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             ],
         )
     });
+    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
+    // The per-IP limit runs before auth, so a flood costs no key lookup.
+    if let (Some(ip), Some(rpm)) = (ip, gw.ip_rpm) {
+        if let Err(e) = limits::admit(&gw, None, Some((ip, rpm)), None, || 0).await {
+            return fail(&mut record, e, api.dialect());
+        }
+    }
     let step_start = gw.tracer.is_some().then(SystemTime::now);
     let principal = authorize(&gw, &parts.headers);
     step(&record, "auth", step_start, principal.as_ref().err());
     let principal = match principal {
         Ok(p) => p,
-        Err(e) => return fail(&mut record, e, api.dialect()),
+        Err(e) => {
+            // Failed authentication is counted, not written to the store: a bad-key flood must
+            // not become a write load. Past `failed_auth_rpm` an address gets 429s instead.
+            gw.metrics.auth_failures.inc();
+            record.log_row = false;
+            let e = match (ip, gw.ip_rpm) {
+                (Some(ip), None) if gw.limits.failed_auth_rpm > 0 => {
+                    limits::failed_auth(&gw, ip).await.unwrap_or(e)
+                }
+                _ => e,
+            };
+            return fail(&mut record, e, api.dialect());
+        }
     };
     if let Some(p) = &principal {
         record.key_id = Some(p.key_id.clone());
@@ -156,12 +196,11 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     }
     let call = match read_body(body, &parts.headers, snap.max_body_bytes)
         .await
-        .and_then(|b| parse(api, b, &parts.headers, &gw.validation))
+        .and_then(|b| parse(api, b, &parts.headers, &gw.validation, &snap.forwardable))
     {
         Ok(call) => call,
         Err(e) => return fail(&mut record, e, api.dialect()),
     };
-    record.model = call.model.clone();
     record.stream = call.stream;
     if let Some(span) = &record.trace {
         span.set([
@@ -179,20 +218,30 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         return fail(&mut record, e, api.dialect());
     }
     let Some(model) = snap.resolve(&call.model) else {
+        // An unknown name is only quoted in the error: it never becomes a log key or label.
         return fail(
             &mut record,
-            ProxyError::UnknownModel(call.model.clone()),
+            ProxyError::UnknownModel(crate::error::quote(&call.model)),
             api.dialect(),
         );
     };
+    record.model = call.model.clone();
     record.metric_model.clone_from(&model.metric_name);
     if model.log_bodies {
         record.prompt = Some(call.body.clone());
     }
-    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
+    if let Some(p) = principal.as_deref().filter(|p| p.has_budget()) {
+        if let Some(unpriced) = crate::route::unpriced(&snap, &gw.prices, &model) {
+            let e = ProxyError::Unpriced(format!(
+                "key `{}` has a budget, but model `{}` may be served by `{unpriced}`, whose price is unknown; an operator must add it to [[prices]] (or a catch-all `model = \"*\"`)",
+                p.key_name, model.name
+            ));
+            return fail(&mut record, e, api.dialect());
+        }
+    }
     let body = call.body.clone();
     let step_start = gw.tracer.is_some().then(SystemTime::now);
-    let admitted = limits::admit(&gw, principal.as_deref(), ip, Some(&model), || {
+    let admitted = limits::admit(&gw, principal.as_deref(), None, Some(&model), || {
         limits::estimate_tokens(&body)
     })
     .await;
@@ -213,6 +262,8 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         step(&record, "cache", step_start, None);
         match found {
             crate::cache::Lookup::Hit(mut resp) => {
+                record.status = resp.status().as_u16();
+                record.outcome = "ok";
                 for (name, value) in rate_headers {
                     resp.headers_mut().insert(name, value);
                 }
@@ -306,6 +357,7 @@ fn parse(
     body: Bytes,
     headers: &HeaderMap,
     limits: &Validation,
+    forwardable: &[http::HeaderName],
 ) -> Result<Call, ProxyError> {
     let (model, span, stream, include_usage, messages) = match api {
         Api::Chat => {
@@ -353,13 +405,14 @@ fn parse(
             (model.into_owned(), span, stream, true, Some(req))
         }
     };
+    check_model_name(&model)?;
     let forward = FORWARDED
         .iter()
+        .map(|name| http::HeaderName::from_static(name))
+        .chain(forwardable.iter().cloned())
         .filter_map(|name| {
-            Some((
-                http::HeaderName::from_static(name),
-                headers.get(*name)?.clone(),
-            ))
+            let value = headers.get(&name)?.clone();
+            Some((name, value))
         })
         .collect();
     Ok(Call {

@@ -8,6 +8,7 @@ mod app;
 mod auth;
 mod breaker;
 mod cache;
+mod client;
 mod error;
 mod health;
 mod ingress;

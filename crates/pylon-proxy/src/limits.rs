@@ -67,7 +67,7 @@ pub fn spend_key(owner: &str, period: BudgetPeriod, now: i64) -> (String, Durati
 pub(crate) async fn admit(
     gw: &Gateway,
     principal: Option<&Principal>,
-    ip: Option<IpAddr>,
+    ip: Option<(IpAddr, u64)>,
     model: Option<&Model>,
     tokens: impl FnOnce() -> u64,
 ) -> Result<Admitted, ProxyError> {
@@ -84,7 +84,7 @@ pub(crate) async fn admit(
             scope,
         });
     };
-    if let (Some(ip), limit @ 1..) = (ip, gw.limits.ip_rpm) {
+    if let Some((ip, limit @ 1..)) = ip {
         add(
             format!("ip:{ip}"),
             limit,
@@ -370,33 +370,50 @@ pub(crate) fn client_ip(
     )
 }
 
-/// Tokens of the messages' text (o200k tokenizer, as GPT-4o), plus the requested output cap.
+/// A cheap token estimate for admission: a quarter of the body's bytes (JSON punctuation makes
+/// it an over-estimate for text) plus the requested output cap. No tokenizer runs on the request
+/// path; the provider's reported usage corrects the buckets when the request ends.
 pub(crate) fn estimate_tokens(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
-    struct Msg {
-        #[serde(default)]
-        content: Option<pylon_types::openai::Content>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        #[serde(default)]
-        messages: Vec<Msg>,
+    struct Caps {
         #[serde(default)]
         max_tokens: Option<u64>,
         #[serde(default)]
         max_completion_tokens: Option<u64>,
     }
-    let Ok(b) = serde_json::from_slice::<Body>(body) else {
-        return (body.len() as u64).div_ceil(4);
+    // Unknown fields (the messages) are skipped by the parser without being built.
+    let output = serde_json::from_slice::<Caps>(body)
+        .ok()
+        .and_then(|c| c.max_completion_tokens.or(c.max_tokens))
+        .unwrap_or(0);
+    (body.len() as u64).div_ceil(4) + output
+}
+
+/// Counts a failed authentication against its address; `Some` 429 once the address is past
+/// `failed_auth_rpm`.
+pub(crate) async fn failed_auth(gw: &Gateway, ip: IpAddr) -> Option<ProxyError> {
+    let rpm = gw.limits.failed_auth_rpm;
+    let admission = Admission {
+        buckets: vec![Bucket {
+            key: format!("fa:{ip}"),
+            rate: Rate::per_minute(rpm),
+            cost: 1,
+        }],
+        ..Admission::default()
     };
-    let bpe = tiktoken_rs::o200k_base_singleton();
-    let input: usize = b
-        .messages
-        .iter()
-        .filter_map(|m| m.content.as_ref())
-        .map(|c| bpe.encode_ordinary(&c.text()).len() + 4)
-        .sum();
-    input as u64 + b.max_completion_tokens.or(b.max_tokens).unwrap_or(0)
+    match gw.limiter.admit(&admission, now_ms()).await {
+        Ok(Verdict::Limited { retry_after_ms, .. }) => {
+            reject(gw, "failed_auth", "ip");
+            Some(ProxyError::RateLimited {
+                message: format!(
+                    "more than {rpm} failed authentications per minute from {ip}; retry later with a valid key"
+                ),
+                retry_after: Duration::from_millis(retry_after_ms.ceil() as u64),
+                headers: Vec::new(),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// A per-client limit on an app route: `None` when allowed, else the 429 to send.

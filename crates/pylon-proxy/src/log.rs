@@ -59,6 +59,8 @@ pub(crate) struct Record {
     pub completion: Option<Bytes>,
     /// `hit`, `miss` or `bypass` when the model is cached.
     pub cache: Option<&'static str>,
+    /// Whether the request becomes a request-log row (failed authentications do not).
+    pub log_row: bool,
 }
 
 impl Record {
@@ -81,14 +83,16 @@ impl Record {
             provider: None,
             served_model: None,
             fallback: None,
-            status: 200,
+            // Until a response is made the request counts as cancelled: a request that ends any
+            // other way (client gone, a panic unwinding) is never recorded as a success.
+            status: 499,
             attempts: 0,
             stream: false,
             usage: None,
             started,
             ttfb: None,
             upstream: Duration::ZERO,
-            outcome: "ok",
+            outcome: "cancelled",
             error_class: None,
             error: None,
             streamed_events: 0,
@@ -97,6 +101,7 @@ impl Record {
             prompt: None,
             completion: None,
             cache: None,
+            log_row: true,
         }
     }
 
@@ -110,8 +115,11 @@ impl Record {
         // A hit sent nothing to a provider: no tokens or spend to settle.
         let hit = self.cache == Some("hit");
         let usage = self.usage.filter(|_| !hit).or_else(|| {
-            // A stream cut short: the provider still billed what it generated.
-            (self.provider.is_some() && self.outcome != "error" && !hit)
+            // A stream cut short, or a request whose client left while a provider worked on it:
+            // the provider still billed what it read and generated.
+            let reached =
+                self.provider.is_some() || (self.attempts > 0 && self.outcome == "cancelled");
+            (reached && self.outcome != "error" && !hit)
                 .then(|| Usage::new(acct.input_estimate, self.streamed_events))
         });
         let usage = usage.unwrap_or_default();
@@ -276,6 +284,9 @@ impl Drop for Record {
         }
         let latency_ms = total.as_secs_f64() * 1000.0;
         self.log(usage, latency_ms);
+        if !self.log_row {
+            return;
+        }
         self.gw.usage.send(RequestEvent {
             at_ms: crate::auth::unix_now_ms(),
             request_id: std::mem::take(&mut self.request_id),

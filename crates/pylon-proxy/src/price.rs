@@ -28,35 +28,71 @@ const DEFAULTS: &[(&str, f64, f64)] = &[
     ("gemini-2.5-pro", 1.25, 10.00),
 ];
 
-/// Prices by model name; the longest configured prefix of a name wins.
+/// One price: per million input and output tokens.
+type Entry = (String, f64, f64);
+
+/// Prices by upstream model name: an exact name first (configured, then built in), then the
+/// most specific matching pattern (`*` matches any run of characters). Built-in names also match
+/// their dated snapshots (`gpt-4o-2024-08-06`, `claude-sonnet-4-20250514`) and `-latest`, never
+/// a different model that shares a prefix (`o3-pro` is not `o3`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Prices {
-    entries: Vec<(String, f64, f64)>,
+    exact: std::collections::HashMap<String, (f64, f64)>,
+    /// Most specific (longest literal text) first; configured before built-in on ties.
+    patterns: Vec<Entry>,
 }
 
 impl Prices {
     /// Defaults plus the configured prices (which win on equal names).
     pub fn new(configured: &[pylon_config::Price]) -> Self {
-        let mut entries: Vec<(String, f64, f64)> = configured
-            .iter()
-            .map(|p| (p.model.clone(), p.input_per_million, p.output_per_million))
-            .collect();
-        for (m, i, o) in DEFAULTS {
-            if !entries.iter().any(|(e, _, _)| e == m) {
-                entries.push(((*m).to_owned(), *i, *o));
+        let mut exact = std::collections::HashMap::new();
+        let mut patterns: Vec<Entry> = Vec::new();
+        for p in configured {
+            let e = (p.input_per_million, p.output_per_million);
+            if p.model.contains('*') {
+                patterns.push((p.model.clone(), e.0, e.1));
+            } else {
+                exact.insert(p.model.clone(), e);
+                for suffix in ["-2*", "-latest"] {
+                    patterns.push((format!("{}{suffix}", p.model), e.0, e.1));
+                }
             }
         }
-        // Longest first, so `gpt-4o-mini` wins over `gpt-4o` for `gpt-4o-mini-2024-07-18`.
-        entries.sort_by_key(|(m, _, _)| std::cmp::Reverse(m.len()));
-        Prices { entries }
+        let configured_patterns = patterns.len();
+        for (m, i, o) in DEFAULTS {
+            exact.entry((*m).to_owned()).or_insert((*i, *o));
+            for suffix in ["-2*", "-latest"] {
+                patterns.push((format!("{m}{suffix}"), *i, *o));
+            }
+        }
+        // Stable sort: among equally specific patterns the configured ones stay first.
+        let mut indexed: Vec<(usize, Entry)> = patterns.into_iter().enumerate().collect();
+        indexed.sort_by_key(|(i, (p, _, _))| {
+            (
+                std::cmp::Reverse(p.chars().filter(|c| *c != '*').count()),
+                usize::from(*i >= configured_patterns),
+            )
+        });
+        Prices {
+            exact,
+            patterns: indexed.into_iter().map(|(_, e)| e).collect(),
+        }
+    }
+
+    /// Per-million input and output prices of `model`, if known.
+    pub fn of(&self, model: &str) -> Option<(f64, f64)> {
+        if let Some(p) = self.exact.get(model) {
+            return Some(*p);
+        }
+        self.patterns
+            .iter()
+            .find(|(p, _, _)| glob(p, model))
+            .map(|(_, i, o)| (*i, *o))
     }
 
     /// The cost of `usage` on `model`, if its price is known.
     pub fn cost(&self, model: &str, usage: Usage) -> Option<f64> {
-        let (_, input, output) = self
-            .entries
-            .iter()
-            .find(|(m, _, _)| model.starts_with(m.as_str()))?;
+        let (input, output) = self.of(model)?;
         Some(
             (usage.prompt_tokens as f64 * input + usage.completion_tokens as f64 * output)
                 / 1_000_000.0,
@@ -64,24 +100,77 @@ impl Prices {
     }
 }
 
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return pattern == text;
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn price(model: &str, i: f64, o: f64) -> pylon_config::Price {
+        pylon_config::Price {
+            model: model.into(),
+            input_per_million: i,
+            output_per_million: o,
+        }
+    }
+
     #[test]
-    fn longest_prefix_and_overrides() {
-        let p = Prices::new(&[pylon_config::Price {
-            model: "gpt-4o".into(),
-            input_per_million: 1.0,
-            output_per_million: 2.0,
-        }]);
+    fn exact_then_pattern_never_a_shared_prefix() {
+        let p = Prices::new(&[price("gpt-4o", 1.0, 2.0), price("llama*", 0.5, 0.5)]);
         let u = Usage::new(1_000_000, 1_000_000);
         assert_eq!(p.cost("gpt-4o-mini-2024-07-18", u), Some(0.75));
+        assert_eq!(p.cost("gpt-4o", u), Some(3.0));
+        // A dated snapshot is priced as its name.
         assert_eq!(p.cost("gpt-4o-2024-08-06", u), Some(3.0));
+        assert_eq!(p.cost("gpt-4.1-mini-2025-04-14", u), Some(2.0));
         assert_eq!(
             p.cost("claude-sonnet-4-20250514", Usage::new(1000, 0)),
             Some(0.003)
         );
-        assert_eq!(p.cost("llama3.2", u), None);
+        assert_eq!(p.cost("llama3.2:3b", u), Some(1.0));
+        assert_eq!(p.cost("o3-pro", u), None, "not priced as o3");
+        assert_eq!(p.cost("o1-pro", u), None);
+        assert_eq!(p.cost("gpt-4o-mini-tts", u), None);
+    }
+
+    #[test]
+    fn a_catch_all_pattern_is_the_default_price() {
+        let p = Prices::new(&[price("*", 10.0, 30.0), price("gpt-4o*", 1.0, 1.0)]);
+        let u = Usage::new(1_000_000, 0);
+        assert_eq!(p.cost("o3-pro", u), Some(10.0));
+        assert_eq!(p.cost("gpt-4o-audio", u), Some(1.0), "more specific wins");
+        assert_eq!(p.cost("o3", u), Some(2.0), "exact wins over patterns");
+    }
+
+    #[test]
+    fn glob_matches() {
+        assert!(glob("*", ""));
+        assert!(glob("a*c", "abc"));
+        assert!(glob("a*c", "ac"));
+        assert!(!glob("a*c", "ab"));
+        assert!(glob("a*b*c", "aXbYc"));
+        assert!(!glob("ab*ba", "aba"));
+        assert!(glob("x", "x"));
+        assert!(!glob("x", "xy"));
     }
 }

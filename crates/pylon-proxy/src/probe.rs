@@ -29,7 +29,7 @@ pub(crate) async fn provider(p: &Provider) -> Check {
     let Ok(req) = req.body(Full::new(Bytes::new())) else {
         return Check::fail(Duration::ZERO, "cannot build the probe request");
     };
-    match tokio::time::timeout(p.timeouts.first_byte, p.client.request(req)).await {
+    match tokio::time::timeout(p.timeouts.first_byte, p.client.client().request(req)).await {
         Err(_) => Check::fail(started.elapsed(), "timed out"),
         Ok(Err(e)) => Check::fail(started.elapsed(), format!("connection failed: {e}")),
         Ok(Ok(resp)) => {

@@ -130,6 +130,8 @@ fn decode_response(kind: ProviderKind, buf: &[u8], model: &str) -> Result<ChatRe
 }
 
 fn served(rec: &mut Record, target: &Target, ttfb: Duration) {
+    rec.status = 200;
+    rec.outcome = "ok";
     rec.provider = Some(target.provider.name.clone());
     rec.served_model = Some(target.model.clone());
     rec.ttfb = Some(ttfb);

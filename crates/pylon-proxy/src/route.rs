@@ -75,6 +75,19 @@ pub(crate) fn chain(snap: &Snapshot, first: Arc<Model>) -> Vec<Arc<Model>> {
     out
 }
 
+/// The first `provider/model` target in the model's chain whose price is unknown, if any.
+pub(crate) fn unpriced(
+    snap: &Snapshot,
+    prices: &crate::price::Prices,
+    first: &Arc<Model>,
+) -> Option<String> {
+    chain(snap, first.clone())
+        .iter()
+        .flat_map(|m| m.targets.iter())
+        .find(|t| prices.of(&t.model).is_none())
+        .map(|t| format!("{}/{}", t.provider.name, t.model))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,13 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pylon_config::{AuthMode, Config, ProviderKind, Resilience, ResolvedTimeouts, Strategy};
 
 use crate::auth::KeyIndex;
@@ -39,8 +33,6 @@ pub enum BuildError {
     Tracing(#[from] pylon_telemetry::TraceError),
 }
 
-pub(crate) type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
-
 /// A configured provider, ready to call.
 pub(crate) struct Provider {
     pub name: String,
@@ -50,7 +42,11 @@ pub(crate) struct Provider {
     /// The credential header, marked sensitive so it never shows in debug output.
     pub auth: Option<(HeaderName, HeaderValue)>,
     pub timeouts: ResolvedTimeouts,
-    pub client: HttpsClient<Full<Bytes>>,
+    pub client: crate::client::Pool,
+    /// Clients may address `name/model` directly.
+    pub direct: bool,
+    /// Client headers forwarded besides the built-in ones (config `forward_headers`).
+    pub forward: Vec<HeaderName>,
     /// Health used when a client addresses `provider/model` directly.
     pub direct_health: Arc<Health>,
     /// A credential stored (encrypted) through the admin API; wins over `auth` when set.
@@ -96,6 +92,10 @@ pub(crate) struct Model {
     /// The model's label in metrics: its name, or `provider/*` when addressed directly (so
     /// clients cannot create series).
     pub metric_name: String,
+    /// Bound on a whole non-stream answer; `None`: each provider's `timeouts.response`.
+    pub response_timeout: Option<std::time::Duration>,
+    /// A request that timed out upstream may be re-sent to the next target.
+    pub resend_on_timeout: bool,
 }
 
 /// An app route (plain reverse proxy).
@@ -107,7 +107,7 @@ pub(crate) struct AppRoute {
     pub http2: bool,
     pub rpm: Option<u64>,
     pub timeouts: ResolvedTimeouts,
-    pub client: HttpsClient<axum::body::Body>,
+    pub client: crate::client::HttpsClient<axum::body::Body>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -120,6 +120,8 @@ pub struct Snapshot {
     pub(crate) routes: Vec<AppRoute>,
     pub(crate) max_body_bytes: usize,
     pub(crate) resilience: Resilience,
+    /// Client headers some provider is configured to receive (`forward_headers`).
+    pub(crate) forwardable: Vec<HeaderName>,
 }
 
 /// The gateway: the current snapshot plus process-wide state.
@@ -131,6 +133,8 @@ pub struct Gateway {
     /// Rate limits, concurrency and spend: in-process or in Redis.
     pub(crate) limiter: Limiter,
     pub(crate) limits: pylon_config::Limits,
+    /// The per-IP request limit in force (configured, or the default with auth off).
+    pub(crate) ip_rpm: Option<u64>,
     pub(crate) trusted_proxies: Vec<(std::net::IpAddr, u8)>,
     pub(crate) prices: Prices,
     pub(crate) usage: Sink,
@@ -198,6 +202,7 @@ impl Gateway {
             auth: config.auth.mode,
             limiter,
             limits: config.limits.clone(),
+            ip_rpm: effective_ip_rpm(config),
             trusted_proxies: config
                 .limits
                 .trusted_proxies
@@ -223,6 +228,11 @@ impl Gateway {
             },
             cache,
         }))
+    }
+
+    /// The per-IP request limit in force, for the start-up log and `/health`.
+    pub fn ip_rpm(&self) -> Option<u64> {
+        self.ip_rpm
     }
 
     /// Connects the queue that receives one [`crate::RequestEvent`] per finished request.
@@ -404,35 +414,15 @@ impl Gateway {
     }
 }
 
-fn https_client<B>(
-    timeouts: &ResolvedTimeouts,
-    http2_only: bool,
-) -> Result<HttpsClient<B>, BuildError>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(timeouts.connect));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(provider)
-        .map_err(|e| BuildError::Tls(e.to_string()))?
-        .https_or_http();
-    let connector = if http2_only {
-        builder.enable_http2().wrap_connector(http)
-    } else {
-        builder.enable_http1().enable_http2().wrap_connector(http)
+/// The per-IP limit that applies: the configured one, else the seed's default when auth is off
+/// (keyed traffic is limited per key; many clients can share one address).
+fn effective_ip_rpm(config: &Config) -> Option<u64> {
+    let rpm = match (config.limits.ip_rpm, config.auth.mode) {
+        (Some(n), _) => n,
+        (None, AuthMode::None) => pylon_config::DEFAULT_OPEN_IP_RPM,
+        (None, AuthMode::Keys) => 0,
     };
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(256);
-    if http2_only {
-        b.http2_only(true);
-    }
-    Ok(b.build(connector))
+    (rpm > 0).then_some(rpm)
 }
 
 impl Snapshot {
@@ -454,15 +444,34 @@ impl Snapshot {
                 ),
             };
             let timeouts = p.timeouts.for_provider();
+            let base = p.base_url().trim_end_matches('/').to_owned();
+            let proxy = crate::client::proxy_for(&base, None)?;
+            let options = crate::client::Options {
+                connect: timeouts.connect,
+                http2: p.http2,
+                http2_only: p.http2 && base.starts_with("http://"),
+                ca_file: p.ca_file.as_ref().map(|f| f.get_ref().as_path()),
+                proxy: proxy.as_ref().map(|(u, _)| u.clone()),
+                proxy_auth: proxy.and_then(|(_, a)| a),
+            };
+            let connections = if p.http2 { p.connections as usize } else { 1 };
             providers.insert(
                 name.clone(),
                 Arc::new(Provider {
                     name,
                     kind: p.kind,
-                    base: p.base_url().trim_end_matches('/').to_owned(),
+                    base,
                     auth,
                     timeouts,
-                    client: https_client(&timeouts, false)?,
+                    client: crate::client::Pool::new(connections, &options)?,
+                    direct: p.direct,
+                    forward: p
+                        .forward_headers
+                        .iter()
+                        .filter_map(|h| {
+                            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
+                        })
+                        .collect(),
                     direct_health: Arc::new(Health::new(policy)),
                     stored_auth: arc_swap::ArcSwapOption::empty(),
                 }),
@@ -499,6 +508,8 @@ impl Snapshot {
                     tpm: m.tpm,
                     log_bodies: m.log_bodies,
                     metric_name: m.name.get_ref().clone(),
+                    response_timeout: m.response_timeout,
+                    resend_on_timeout: m.resend_on_timeout,
                     cache: m.cache.enabled.unwrap_or(config.cache.enabled).then(|| {
                         crate::cache::Policy {
                             ttl: m.cache.ttl.unwrap_or(config.cache.ttl),
@@ -527,11 +538,25 @@ impl Snapshot {
                 http2: r.http2,
                 rpm: r.rpm.filter(|n| *n > 0),
                 timeouts,
-                client: https_client(&timeouts, r.http2)?,
+                client: crate::client::build(&crate::client::Options {
+                    connect: timeouts.connect,
+                    http2: r.http2,
+                    http2_only: r.http2,
+                    ..Default::default()
+                })?,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let mut forwardable: Vec<HeaderName> = Vec::new();
+        for p in providers.values() {
+            for h in &p.forward {
+                if !forwardable.contains(h) {
+                    forwardable.push(h.clone());
+                }
+            }
+        }
         Ok(Snapshot {
+            forwardable,
             providers,
             models,
             model_names,
@@ -552,7 +577,7 @@ impl Snapshot {
             return Some(m.clone());
         }
         let (provider, model) = name.split_once('/')?;
-        let p = self.providers.get(provider)?;
+        let p = self.providers.get(provider).filter(|p| p.direct)?;
         Some(Arc::new(Model {
             name: name.to_owned(),
             strategy: Strategy::Priority,
@@ -569,6 +594,8 @@ impl Snapshot {
             tpm: None,
             log_bodies: false,
             metric_name: format!("{provider}/*"),
+            response_timeout: None,
+            resend_on_timeout: false,
             cache: None,
         }))
     }
@@ -591,7 +618,9 @@ pub(crate) mod tests {
             base: "http://127.0.0.1:1".into(),
             auth: None,
             timeouts,
-            client: https_client(&timeouts, false).unwrap(),
+            client: crate::client::Pool::new(1, &crate::client::Options::default()).unwrap(),
+            direct: false,
+            forward: Vec::new(),
             direct_health: Arc::new(Health::new(policy)),
             stored_auth: arc_swap::ArcSwapOption::empty(),
         });
@@ -614,6 +643,8 @@ pub(crate) mod tests {
             tpm: None,
             log_bodies: false,
             metric_name: "m".into(),
+            response_timeout: None,
+            resend_on_timeout: false,
             cache: None,
         }
     }

@@ -1,11 +1,11 @@
 //! Upstream: try targets in route order, with retries, backoff, Retry-After, breakers and fallbacks.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::response::Response;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::ProviderKind;
 use pylon_providers::{anthropic, gemini, openai};
@@ -15,6 +15,7 @@ use pylon_types::ErrorKind;
 use crate::breaker::Availability;
 use crate::ingress::{Api, Call};
 use crate::snapshot::{Model, Snapshot, Target};
+
 use crate::{respond, route, ProxyError};
 
 /// Why one attempt failed in a way another target might not.
@@ -29,6 +30,12 @@ pub(crate) enum Failure {
     },
     /// The response broke off or was malformed before anything reached the client.
     Broken(String),
+    /// The provider refused Pylon's own credential (401/403): an operator problem, never the
+    /// client's, so the provider's text (which may quote the key) is not passed on.
+    Credential {
+        provider: String,
+        status: StatusCode,
+    },
 }
 
 impl std::fmt::Display for Failure {
@@ -40,6 +47,10 @@ impl std::fmt::Display for Failure {
                 status, message, ..
             } => write!(f, "answered {status}: {message}"),
             Failure::Broken(e) => write!(f, "response broke off: {e}"),
+            Failure::Credential { provider, status } => write!(
+                f,
+                "provider `{provider}` refused Pylon's credential ({status}); an operator must check its api_key"
+            ),
         }
     }
 }
@@ -83,7 +94,10 @@ pub(crate) async fn dispatch(
     let mut attempted = false;
     let mut supported = false;
     let first_name = first.name.clone();
-    for model in route::chain(snap, first) {
+    let chain = route::chain(snap, first);
+    let models = chain.len();
+    for (index, model) in chain.into_iter().enumerate() {
+        let last_model = index + 1 == models;
         let mut model_attempts = 0u32;
         let order = route::order(&model);
         let mut tried = vec![false; order.len()];
@@ -91,9 +105,13 @@ pub(crate) async fn dispatch(
         let mut earliest_cool: Option<std::time::Instant> = None;
         while used <= model.retries && !order.is_empty() {
             if skipped >= order.len() {
-                // Every target is out of rotation: wait for a short Retry-After, else move on.
+                // Every target is out of rotation: move on to a fallback if there is one, else
+                // wait out a short Retry-After.
                 match earliest_cool.take() {
-                    Some(t) if t.saturating_duration_since(Instant::now()) <= r.max_retry_after => {
+                    Some(t)
+                        if last_model
+                            && t.saturating_duration_since(Instant::now()) <= r.max_retry_after =>
+                    {
                         tokio::time::sleep_until(t.into()).await;
                         skipped = 0;
                         continue;
@@ -109,8 +127,8 @@ pub(crate) async fn dispatch(
                 continue;
             }
             supported = true;
-            match target.health.check(Instant::now()) {
-                Availability::Ready => {}
+            let permit = match target.health.check(Instant::now()) {
+                Availability::Ready(permit) => permit,
                 Availability::CoolingUntil(t) => {
                     earliest_cool = Some(earliest_cool.map_or(t, |e| e.min(t)));
                     skipped += 1;
@@ -120,7 +138,7 @@ pub(crate) async fn dispatch(
                     skipped += 1;
                     continue;
                 }
-            }
+            };
             skipped = 0;
             if tried[slot] {
                 tokio::time::sleep(backoff(r.backoff, r.max_backoff, same_target_retries)).await;
@@ -147,7 +165,9 @@ pub(crate) async fn dispatch(
                 let n = rec.attempts;
                 rec.trace.as_ref().map(|t| attempt_span(t, op, target, n))
             });
-            let result = attempt(call, target, span.as_ref()).await;
+            let result = attempt(call, &model, target, span.as_ref()).await;
+            // A probe that ended without a verdict is given back here (and on cancellation).
+            drop(permit);
             if let Some(span) = span {
                 if let Err(AttemptError::Retry(f)) = &result {
                     span.fail(&f.to_string());
@@ -157,6 +177,19 @@ pub(crate) async fn dispatch(
             match result {
                 Ok(resp) => return Ok(resp),
                 Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry(f @ Failure::Timeout(_)))
+                    if !call.stream && !model.resend_on_timeout =>
+                {
+                    // The request was sent: the provider may be working on it (and billing it).
+                    return Err(ProxyError::Exhausted {
+                        kind: ErrorKind::Timeout,
+                        message: format!(
+                            "model `{}`: provider `{}` {f}; not re-sent to another target because it may have been processed (set resend_on_timeout = true on the model to allow it)",
+                            model.name, target.provider.name
+                        ),
+                        retry_after: None,
+                    });
+                }
                 Err(AttemptError::Retry(f)) => {
                     tracing::warn!(
                         target: "pylon::upstream",
@@ -252,6 +285,35 @@ fn exhausted(model: &str, attempted: bool, last: Option<Failure>) -> ProxyError 
     }
 }
 
+/// The longest wait a provider's hint can impose; beyond it the hint is not believed.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A provider's wait hint: `retry-after-ms`, else `Retry-After` as seconds (fractions allowed)
+/// or an HTTP date. Clamped, so no value can overflow a timer or an instant.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let get = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let secs = |v: f64| {
+        (v.is_finite() && v >= 0.0)
+            .then(|| Duration::from_secs_f64(v.min(MAX_RETRY_AFTER.as_secs_f64())))
+    };
+    if let Some(d) = get("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| secs(ms / 1000.0))
+    {
+        return Some(d);
+    }
+    let v = get("retry-after")?;
+    if let Ok(n) = v.parse::<f64>() {
+        return secs(n);
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
 fn retryable(status: StatusCode) -> bool {
     status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429)
 }
@@ -298,11 +360,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Bytes, ProxyError> {
 /// One attempt against one target.
 async fn attempt(
     call: &mut Call,
+    model: &Model,
     target: &Target,
     span: Option<&pylon_telemetry::SpanHandle>,
 ) -> Result<Response, AttemptError> {
     let started = Instant::now();
-    let result = attempt_inner(call, target, span, started).await;
+    let result = attempt_inner(call, model, target, span, started).await;
     let took = started.elapsed();
     let stream = call.stream;
     if let Some(rec) = call.record() {
@@ -333,6 +396,7 @@ async fn attempt(
 
 async fn attempt_inner(
     call: &mut Call,
+    model: &Model,
     target: &Target,
     span: Option<&pylon_telemetry::SpanHandle>,
     started: Instant,
@@ -354,8 +418,11 @@ async fn attempt_inner(
         );
     let traceparent = span.and_then(pylon_telemetry::SpanHandle::traceparent);
     for (name, value) in &call.forward {
-        // Our attempt span becomes the provider's parent when tracing.
-        if traceparent.is_none() || name != "traceparent" {
+        // Our attempt span becomes the provider's parent when tracing; headers beyond the
+        // built-in ones go only to providers configured to receive them.
+        let allowed =
+            crate::ingress::FORWARDED.contains(&name.as_str()) || p.forward.contains(name);
+        if allowed && (traceparent.is_none() || name != "traceparent") {
             req = req.header(name, value);
         }
     }
@@ -376,22 +443,36 @@ async fn attempt_inner(
         ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
     })?;
 
-    let deadline = started + p.timeouts.total.unwrap_or(Duration::from_secs(600));
+    // A stream must show its first event within `first_byte`; a non-stream answer's headers
+    // come only when generation is done, so it is bounded by the response timeout instead.
+    let (head_wait, whole) = if call.stream {
+        let total = p.timeouts.total.unwrap_or(Duration::from_secs(600));
+        (p.timeouts.first_byte, total)
+    } else {
+        let whole = model.response_timeout.unwrap_or(p.timeouts.response);
+        (whole, whole)
+    };
+    let deadline = started
+        .checked_add(whole)
+        .unwrap_or(started + Duration::from_secs(86_400));
     let in_flight = target.health.enter();
-    let resp = match tokio::time::timeout(p.timeouts.first_byte, p.client.request(req)).await {
+    let resp = match tokio::time::timeout(head_wait, p.client.client().request(req)).await {
         Err(_) => return Err(fail(target, Failure::Timeout("response headers"))),
         Ok(Err(e)) => return Err(fail(target, Failure::Connect(error_chain(&e)))),
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();
+    if matches!(status.as_u16(), 401 | 403) {
+        return Err(fail(
+            target,
+            Failure::Credential {
+                provider: p.name.clone(),
+                status,
+            },
+        ));
+    }
     if !status.is_success() {
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+        let retry_after = retry_after(resp.headers(), SystemTime::now());
         let body = match tokio::time::timeout(
             p.timeouts.idle,
             Limited::new(resp.into_body(), 64 * 1024).collect(),
@@ -404,8 +485,8 @@ async fn attempt_inner(
         let message = openai::error_message(&body)
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
         if retryable(status) {
-            if let Some(ra) = retry_after {
-                target.health.cool_down(Instant::now() + ra);
+            if let Some(until) = retry_after.and_then(|ra| Instant::now().checked_add(ra)) {
+                target.health.cool_down(until);
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 target.health.neutral();
@@ -458,4 +539,50 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(name: &'static str, v: &str) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(v).unwrap());
+        retry_after(
+            &h,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+        )
+    }
+
+    #[test]
+    fn retry_after_takes_any_value_without_panicking() {
+        assert_eq!(hint("retry-after", "2"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            hint("retry-after", " 0.5 "),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(hint("retry-after", "1e300"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            hint("retry-after", "99999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(hint("retry-after", "-3"), None);
+        assert_eq!(hint("retry-after", "NaN"), None);
+        assert_eq!(hint("retry-after", "inf"), None);
+        assert_eq!(hint("retry-after", "soon"), None);
+        assert_eq!(
+            hint("retry-after-ms", "1500"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(hint("retry-after-ms", "1e308"), Some(MAX_RETRY_AFTER));
+        // 2001-09-09T01:46:40Z is the injected now; ten seconds later:
+        assert_eq!(
+            hint("retry-after", "Sun, 09 Sep 2001 01:46:50 GMT"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            hint("retry-after", "Sun, 09 Sep 1990 01:46:50 GMT"),
+            Some(Duration::ZERO)
+        );
+    }
 }

@@ -47,6 +47,13 @@ pub struct Metrics {
     pub key_cost: Option<CounterVec>,
     /// Requests refused before reaching a provider, by reason and scope.
     pub rejected: IntCounterVec,
+    /// Requests whose credential did not authenticate (counted here, not in the request log).
+    pub auth_failures: IntCounter,
+    /// Connections and requests refused by load shedding, by what was full.
+    pub shed: IntCounterVec,
+    /// Things a bound made Pylon drop or cut short, by what (`sse_event`, `response_body`,
+    /// `semantic_context`, `stalled_client`, …).
+    pub bounded_drops: IntCounterVec,
     /// Attempts after the first within one model, by model and target.
     pub retries: IntCounterVec,
     /// Requests that moved on to a fallback model, by model and fallback.
@@ -177,6 +184,23 @@ impl Metrics {
                 "pylon_rejected_requests_total",
                 "Requests refused before reaching a provider.",
                 &["reason", "scope"],
+            )?,
+            auth_failures: single_counter(
+                r,
+                "pylon_auth_failures_total",
+                "Requests whose key did not authenticate.",
+            )?,
+            shed: counter(
+                r,
+                "pylon_shed_total",
+                "Connections and requests refused because a server limit was reached.",
+                &["what"],
+            )?,
+            bounded_drops: counter(
+                r,
+                "pylon_bounded_drops_total",
+                "Work dropped or cut short by a memory or time bound.",
+                &["what"],
             )?,
             retries: counter(
                 r,

@@ -34,6 +34,11 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether a hard budget (the key's or its team's) applies to this caller's spend.
+    pub fn has_budget(&self) -> bool {
+        self.key_quota.budget.is_some() || self.team_quota.budget.is_some()
+    }
+
     /// Whether this caller may use the model name it asked for.
     pub fn may_use(&self, model: &str) -> bool {
         self.allowed_models

@@ -256,6 +256,16 @@ async fn run_gateway(
             "auth mode is \"none\": anyone who can reach {addr} can use every configured provider"
         );
     }
+    match gw.ip_rpm() {
+        Some(rpm) => tracing::info!(
+            ip_rpm = rpm,
+            "per-IP limit: {rpm} requests per minute per client address on /v1 (clients behind one proxy share it: set [limits] trusted_proxies, or ip_rpm = 0 to turn it off)"
+        ),
+        None => tracing::info!(
+            failed_auth_rpm = config.limits.failed_auth_rpm,
+            "no per-IP request limit on keyed traffic; failed authentications are limited per address"
+        ),
+    }
     // Other instances may change keys in a shared store; this bounds how stale ours can be.
     let refresher = tokio::spawn(control.clone().refresh_loop(config.auth.refresh));
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -88,6 +88,10 @@ async fn admit(
         s.last_traceparent = header("traceparent");
         s.last_path = Some(path.to_owned());
         s.last_body = body_json;
+        s.last_headers = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
     });
     let b = m.behaviour();
     if !b.latency.is_zero() {
@@ -112,10 +116,12 @@ async fn admit(
             Json(body),
         )
             .into_response();
-        if let Some(secs) = b.retry_after {
-            if let Ok(v) = secs.to_string().parse() {
-                resp.headers_mut().insert("retry-after", v);
-            }
+        let retry_after = b
+            .retry_after_raw
+            .clone()
+            .or_else(|| b.retry_after.map(|s| s.to_string()));
+        if let Some(v) = retry_after.and_then(|v| v.parse().ok()) {
+            resp.headers_mut().insert("retry-after", v);
         }
         return Err(resp);
     }
@@ -382,6 +388,7 @@ async fn anthropic_messages(
 async fn gemini(
     State(m): State<Arc<Mock>>,
     Path(rest): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -396,7 +403,8 @@ async fn gemini(
     let b = match admit(
         &m,
         Wire::Gemini,
-        &format!("/v1beta/models/{rest}"),
+        // The path as sent (still percent-encoded), so tests see what the gateway built.
+        uri.path(),
         &headers,
         &body,
     )

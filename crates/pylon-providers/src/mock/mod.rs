@@ -34,6 +34,9 @@ pub struct Behaviour {
     pub error_rate: f64,
     /// `Retry-After` seconds sent with errors.
     pub retry_after: Option<u64>,
+    /// A raw `Retry-After` value sent with errors instead (providers send odd ones: `1e300`,
+    /// `99999999999999999999`, HTTP dates, negative numbers).
+    pub retry_after_raw: Option<String>,
     /// Break the connection after this many stream chunks (0: before the first).
     pub drop_after_chunks: Option<usize>,
     /// Reply text instead of the default echo.
@@ -51,6 +54,7 @@ impl Default for Behaviour {
             error_status: None,
             error_rate: 1.0,
             retry_after: None,
+            retry_after_raw: None,
             drop_after_chunks: None,
             reply: None,
             repeat: 1,
@@ -79,6 +83,8 @@ pub struct Stats {
     pub last_path: Option<String>,
     /// The body of the last request.
     pub last_body: Option<serde_json::Value>,
+    /// Every header of the last request (lower-case names; credentials included, it is a mock).
+    pub last_headers: std::collections::BTreeMap<String, String>,
 }
 
 /// A mock provider's shared state.

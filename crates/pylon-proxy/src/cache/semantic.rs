@@ -282,7 +282,7 @@ async fn call_embeddings(gw: &Gateway, model: &str, text: &str) -> Result<Vec<f3
     let req = req
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(p.timeouts.first_byte, p.client.request(req))
+    let resp = tokio::time::timeout(p.timeouts.first_byte, p.client.client().request(req))
         .await
         .map_err(|_| "the embedding call timed out".to_owned())?
         .map_err(|e| format!("the embedding call failed: {e}"))?;

@@ -229,7 +229,13 @@ async fn embeddings_and_models() {
 
 #[tokio::test]
 async fn provider_slash_model_addresses_a_provider_directly() {
-    let (_a, b, gw) = two_mocks().await;
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let text = TWO_MOCKS.replace(
+        "api_key = \"sk-provider-b\"",
+        "api_key = \"sk-provider-b\"\ndirect = true",
+    );
+    let gw = Gateway::start(&text, &a, &b).await;
     let resp = gw.chat(hello("b/some-model")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(b.stats().last_body.unwrap()["model"], "some-model");

@@ -102,7 +102,7 @@ impl Gateway {
 }
 
 /// A gateway in front of two mocks, `a` and `b`, with these models:
-/// `a-only` (a, falls back to `b-only`), `b-only`, `a-strict` (a, no fallback),
+/// `a-only` (a, falls back to `b-only`, re-sent after a timeout), `b-only`, `a-strict` (a, no fallback),
 /// `claude` (a, anthropic kind), `gemini` (a, gemini kind).
 pub const TWO_MOCKS: &str = r#"
 [server]
@@ -123,7 +123,7 @@ name = "a"
 kind = "openai"
 base_url = "http://{a}/v1"
 api_key = "sk-provider-a"
-timeouts = { connect = "500ms", first_byte = "400ms", idle = "400ms", total = "5s" }
+timeouts = { connect = "500ms", first_byte = "400ms", idle = "400ms", total = "5s", response = "400ms" }
 
 [[providers]]
 name = "b"
@@ -148,6 +148,7 @@ name = "a-only"
 targets = [ { provider = "a", model = "mock-a" } ]
 fallbacks = ["b-only"]
 retries = 0
+resend_on_timeout = true
 
 [[models]]
 name = "b-only"
@@ -253,4 +254,43 @@ pub async fn pg_schema() -> (sqlx::AnyPool, String, String) {
         .await
         .unwrap();
     (admin, base, schema)
+}
+
+/// `GET` a path without credentials; the body as text.
+pub async fn get_text(gw: &Gateway, path: &str) -> String {
+    client()
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Creates a virtual key through the admin API; the key's secret.
+pub async fn create_key_with(gw: &Gateway, admin_token: &str, body: Value) -> String {
+    let resp = client()
+        .post(gw.url("/admin/v1/keys"))
+        .bearer_auth(admin_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A chat request for `model` with a key.
+pub async fn chat_as(gw: &Gateway, key: &str, model: &str) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&hello(model))
+        .send()
+        .await
+        .unwrap()
 }

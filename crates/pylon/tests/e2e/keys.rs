@@ -11,10 +11,11 @@ const ADMIN: &str = "test-admin-token";
 
 /// TWO_MOCKS with keys required.
 fn keyed_config() -> String {
+    // A catch-all price: keys and teams with budgets may use the mock models.
     TWO_MOCKS.replace(
         "[auth]\nmode = \"none\"",
         "[auth]\nmode = \"keys\"\nrefresh = \"100ms\"",
-    )
+    ) + "\n[[prices]]\nmodel = \"*\"\ninput_per_million = 0.1\noutput_per_million = 0.1\n"
 }
 
 struct Env {

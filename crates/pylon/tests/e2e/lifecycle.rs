@@ -51,6 +51,7 @@ name = "m"
 kind = "openai"
 base_url = "http://{}/v1"
 api_key = "sk-secret-in-config"
+direct = true
 "#,
             temp_dir("drain-data").display(),
             mock.addr

@@ -172,7 +172,7 @@ async fn per_ip_limit_and_trusted_proxies() {
 async fn token_limit_uses_the_estimate_then_reconciles() {
     let mock = MockServer::start().await;
     let (gw, _) = Gateway::with_admin(&config(&mock, ""), Some(ADMIN)).await;
-    let k = key(&gw, json!({"name": "tokens", "limits": {"tpm": 60}})).await;
+    let k = key(&gw, json!({"name": "tokens", "limits": {"tpm": 80}})).await;
     let big =
         json!({"model": "m", "max_tokens": 45, "messages": [{"role": "user", "content": "hello"}]});
     let resp = client()
@@ -183,8 +183,9 @@ async fn token_limit_uses_the_estimate_then_reconciles() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-ratelimit-limit-tokens"], "60");
-    // Estimated ~50, but the answer used 8 tokens: the refund makes room for another.
+    assert_eq!(resp.headers()["x-ratelimit-limit-tokens"], "80");
+    // Estimated ~64 (a quarter of the body's bytes plus max_tokens), but the answer used 8
+    // tokens: the refund makes room for another.
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(&k)

@@ -6,6 +6,7 @@
 mod app_routes;
 mod cache;
 mod formats;
+mod hardening;
 mod harness;
 mod keys;
 mod lifecycle;
