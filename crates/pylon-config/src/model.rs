@@ -75,6 +75,37 @@ pub struct Server {
     /// Terminate TLS on `listen` (TLS 1.2 and 1.3 only).
     #[serde(default)]
     pub tls: Option<Tls>,
+    /// A client must send a request's headers (and finish a TLS handshake) within this.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client must send a whole request body within this (408 otherwise).
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open client connections; more get one 503 with `Retry-After` and are closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// AI requests in progress (open streams included); more get 503 with `Retry-After`.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_max_requests() -> usize {
+    10_000
+}
+fn default_http2_max_streams() -> u32 {
+    256
 }
 
 /// `[server.tls]`: certificate files, re-read on SIGHUP.
@@ -118,6 +149,11 @@ impl Default for Server {
             max_message_bytes: default_max_message_bytes(),
             cors_origins: Vec::new(),
             tls: None,
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+            max_requests: default_max_requests(),
+            http2_max_streams: default_http2_max_streams(),
         }
     }
 }
@@ -421,6 +457,10 @@ pub struct Provider {
     /// HTTP/2 connections kept to this provider; a request takes the least busy one.
     #[serde(default = "default_connections")]
     pub connections: u32,
+    /// An HTTP CONNECT proxy for this provider (`http://user:pass@host:port`); unset: the
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment.
+    #[serde(default)]
+    pub proxy: Option<Secret>,
     /// Client headers forwarded to this provider besides the request id, the trace context and
     /// `anthropic-version` (e.g. `anthropic-beta`, which can change what a request costs).
     #[serde(default)]
@@ -647,6 +687,7 @@ impl Config {
                     // Without a config file, `provider/model` is the only way to name a model.
                     direct: true,
                     ca_file: None,
+                    proxy: None,
                     http2: false,
                     connections: default_connections(),
                     forward_headers: Vec::new(),

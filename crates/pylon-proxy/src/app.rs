@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -152,7 +152,17 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
     let uri = upstream_uri(route, req.uri())?;
     let (mut parts, body) = req.into_parts();
 
-    let host = parts.headers.get(header::HOST).cloned();
+    // HTTP/2 clients name the host in `:authority`, not `Host`.
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let secure = parts
+        .extensions
+        .get::<crate::server::Secure>()
+        .is_some_and(|s| s.0);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     if let Some(ip) = peer {
@@ -168,9 +178,10 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
             parts.headers.insert("x-forwarded-for", v);
         }
     }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if secure { "https" } else { "http" }),
+    );
     if let Some(h) = host {
         parts.headers.insert("x-forwarded-host", h);
     }
@@ -216,14 +227,12 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
             ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = t.idle;
         tokio::spawn(async move {
             let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                 return;
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            // Either side closing ends the tunnel.
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await;
         });
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, Body::empty()));
@@ -251,4 +260,64 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
         }
     });
     Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}
+
+/// Copies both ways until both sides close, or until neither side sent anything for `idle`
+/// (a WebSocket nobody uses must not hold two connections forever).
+async fn tunnel<A, B>(a: A, b: B, idle: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let both = async {
+        let _ = tokio::join!(
+            copy_noting(&mut ar, &mut bw, &last, start),
+            copy_noting(&mut br, &mut aw, &last, start)
+        );
+    };
+    let watchdog = async {
+        loop {
+            let quiet_until = Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            let now = start.elapsed();
+            if now >= quiet_until {
+                return;
+            }
+            tokio::time::sleep(quiet_until - now).await;
+        }
+    };
+    tokio::select! {
+        () = both => {}
+        () = watchdog => {}
+    }
+}
+
+/// Copies `r` to `w` until `r` closes, noting when bytes last passed (ms since `start`).
+async fn copy_noting<R, W>(
+    r: &mut R,
+    w: &mut W,
+    last: &std::sync::atomic::AtomicU64,
+    start: Instant,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        last.store(
+            start.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }

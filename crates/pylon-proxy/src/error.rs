@@ -15,6 +15,9 @@ pub enum ProxyError {
     /// The body exceeds `server.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (server.max_body_bytes)")]
     TooLarge { limit: usize },
+    /// The client did not send its whole body in time.
+    #[error("the request body did not arrive within {}s (server.body_read_timeout)", .0.as_secs())]
+    BodyTimeout(Duration),
     /// The body could not be read from the client.
     #[error("could not read the request body: {0}")]
     BodyRead(String),
@@ -79,6 +82,7 @@ impl ProxyError {
         match self {
             ProxyError::TooLarge { .. } => "too_large",
             ProxyError::BodyRead(_) | ProxyError::Invalid(_) => "invalid_request",
+            ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::UnknownModel(_) => "unknown_model",
             ProxyError::Unsupported(_) => "unsupported",
             ProxyError::Rejected { .. } => "upstream_rejected",
@@ -103,6 +107,7 @@ impl ProxyError {
     pub fn api(&self) -> ApiError {
         let (kind, code) = match self {
             ProxyError::TooLarge { .. } => (ErrorKind::PayloadTooLarge, "request_too_large"),
+            ProxyError::BodyTimeout(_) => (ErrorKind::ClientTimeout, "request_timeout"),
             ProxyError::BodyRead(_) | ProxyError::Invalid(_) => {
                 (ErrorKind::InvalidRequest, "invalid_request")
             }

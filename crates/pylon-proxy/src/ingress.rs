@@ -163,6 +163,16 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             ],
         )
     });
+    if gw.active.load(std::sync::atomic::Ordering::Relaxed) > gw.edge.max_requests {
+        // Shed load before any work; an overload must not also become a write load.
+        gw.metrics.shed.with_label_values(&["requests"]).inc();
+        record.log_row = false;
+        let e = ProxyError::Overloaded(format!(
+            "Pylon is serving its limit of {} requests (server.max_requests); retry shortly",
+            gw.edge.max_requests
+        ));
+        return fail(&mut record, e, api.dialect());
+    }
     let ip = limits::client_ip(&parts, &gw.trusted_proxies);
     // The per-IP limit runs before auth, so a flood costs no key lookup.
     if let (Some(ip), Some(rpm)) = (ip, gw.ip_rpm) {
@@ -194,9 +204,14 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         record.user.clone_from(&p.user_id);
         record.team_id.clone_from(&p.team_id);
     }
-    let call = match read_body(body, &parts.headers, snap.max_body_bytes)
-        .await
-        .and_then(|b| parse(api, b, &parts.headers, &gw.validation, &snap.forwardable))
+    let call = match read_body(
+        body,
+        &parts.headers,
+        snap.max_body_bytes,
+        gw.edge.body_read_timeout,
+    )
+    .await
+    .and_then(|b| parse(api, b, &parts.headers, &gw.validation, &snap.forwardable))
     {
         Ok(call) => call,
         Err(e) => return fail(&mut record, e, api.dialect()),
@@ -335,7 +350,12 @@ fn fail(record: &mut Record, e: ProxyError, dialect: Dialect) -> Response {
     resp
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -343,7 +363,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let Ok(read) = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await else {
+        return Err(ProxyError::BodyTimeout(deadline));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ProxyError::TooLarge { limit })

@@ -71,6 +71,7 @@ impl Record {
         started: Instant,
     ) -> Self {
         gw.metrics.in_flight.with_label_values(&[route]).inc();
+        gw.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Record {
             gw,
             request_id,
@@ -269,6 +270,9 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
+        self.gw
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let total = self.started.elapsed();
         let (usage, cost) = match self.acct.take() {
             Some(acct) => self.account(acct),

@@ -260,13 +260,15 @@ pub(crate) async fn stream(
         relay.record = Some(rec);
     }
 
-    let rest = futures_util::stream::unfold(relay, |mut r| async move {
-        let idle = r.idle;
-        match r.next(idle).await {
-            Ok(Some(b)) => Some((Ok::<Bytes, std::convert::Infallible>(b), r)),
-            Ok(None) => None,
-            Err(e) => Some((Ok(r.fail(e)), r)),
-        }
+    // The relay runs as its own task and hands events over a small channel: its deadlines hold
+    // whatever the client does, and a client that stops reading is cut off after `idle`
+    // instead of holding the provider connection, its slots and its followers forever.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(RELAY_BUFFER);
+    tokio::spawn(pump(relay, tx));
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
     });
     let body =
         futures_util::StreamExt::chain(futures_util::stream::once(async move { Ok(first) }), rest);
@@ -277,6 +279,34 @@ pub(crate) async fn stream(
         resp.headers_mut().insert("x-pylon-overhead-ms", v);
     }
     Ok(resp)
+}
+
+/// Events buffered between the relay and a client's connection.
+const RELAY_BUFFER: usize = 8;
+
+/// Drives a committed stream to its end, handing each piece to the client's connection.
+async fn pump(mut relay: Relay, tx: tokio::sync::mpsc::Sender<Bytes>) {
+    loop {
+        let idle = relay.idle;
+        let (piece, last) = match relay.next(idle).await {
+            Ok(Some(b)) => (b, false),
+            Ok(None) => return,
+            Err(e) => (relay.fail(e), true),
+        };
+        let wait = relay
+            .idle
+            .min(relay.deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, tx.send(piece)).await {
+            Ok(Ok(())) if !last => {}
+            Ok(Ok(())) => return,
+            // The client went away: dropping the relay cancels the upstream call.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                relay.stalled();
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -464,6 +494,21 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// The client stopped reading: the stream is abandoned (recorded as cancelled).
+    fn stalled(&mut self) {
+        if let Some(rec) = self.record.as_mut() {
+            rec.error = Some(format!(
+                "the client stopped reading the stream for {}s (the idle timeout); abandoned",
+                self.idle.as_secs()
+            ));
+            rec.gw
+                .metrics
+                .bounded_drops
+                .with_label_values(&["stalled_client"])
+                .inc();
         }
     }
 

@@ -1,13 +1,11 @@
 //! The HTTP surface: routes, request-id layers, and serving with graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use http::{header, HeaderValue};
 use pylon_types::Dialect;
@@ -154,14 +152,9 @@ pub async fn serve(
     control: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(gw, control).into_make_service_with_connect_info::<SocketAddr>();
-    // Streams write many small chunks; Nagle's algorithm would hold each one back for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let edge = gw.edge.clone();
+    let app = router(gw.clone(), control);
+    accept_loop(listener, None, app, gw, edge, shutdown).await
 }
 
 /// Like [`serve`], over TLS. `shutdown` starts a graceful stop; the caller bounds its length.
@@ -172,35 +165,124 @@ pub async fn serve_tls(
     control: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(gw, control).into_make_service_with_connect_info::<SocketAddr>();
-    let std_listener = listener.into_std()?;
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopper.graceful_shutdown(None);
-    });
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.config).acceptor(NoDelay);
-    axum_server::from_tcp(std_listener)?
-        .acceptor(acceptor)
-        .handle(handle)
-        .serve(app)
-        .await
+    let edge = gw.edge.clone();
+    let app = router(gw.clone(), control);
+    accept_loop(listener, Some(tls), app, gw, edge, shutdown).await
 }
 
-/// Sets `TCP_NODELAY` on each accepted connection before the TLS handshake (see [`serve`]).
-#[derive(Clone, Copy)]
-struct NoDelay;
+/// The scheme a request arrived over, for `X-Forwarded-Proto` on app routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Secure(pub bool);
 
-impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for NoDelay {
-    type Stream = tokio::net::TcpStream;
-    type Service = S;
-    type Future = std::future::Ready<std::io::Result<(tokio::net::TcpStream, S)>>;
+/// Accepts connections within the connection cap, with a header-read timeout (slowloris), a
+/// TLS handshake deadline, and graceful shutdown. Connections over the cap get one 503 with
+/// `Retry-After` and are closed.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<crate::tls::Tls>,
+    app: Router,
+    gw: Arc<Gateway>,
+    edge: crate::snapshot::Edge,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
 
-    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        let _ = stream.set_nodelay(true);
-        std::future::ready(Ok((stream, service)))
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(edge.header_read_timeout))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(Some(edge.http2_max_streams))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(20)));
+    let builder = Arc::new(builder);
+    let slots = Arc::new(tokio::sync::Semaphore::new(edge.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let secure = tls.is_some();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(target: "pylon::server", error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let permit = slots.clone().try_acquire_owned().ok();
+        let app = app.clone();
+        let service = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(Secure(secure));
+            let mut app = app.clone();
+            async move {
+                use tower::Service;
+                app.call(req.map(axum::body::Body::new)).await
+            }
+        });
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let handshake = edge.header_read_timeout;
+        let watcher = graceful.watcher();
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let Some(permit) = permit else {
+                gw.metrics.shed.with_label_values(&["connections"]).inc();
+                let shed = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(overloaded())
+                });
+                let mut one = hyper::server::conn::http1::Builder::new();
+                one.timer(TokioTimer::new())
+                    .header_read_timeout(Some(handshake))
+                    .keep_alive(false);
+                if tls.is_none() {
+                    let _ = one
+                        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(shed))
+                        .await;
+                }
+                return;
+            };
+            let service = TowerToHyperService::new(service);
+            match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get_inner());
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+            drop(permit);
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The answer to a connection or request over Pylon's limits.
+pub(crate) fn overloaded() -> Response {
+    ProxyError::Overloaded("Pylon is at its connection or request limit; retry shortly".into())
+        .into_response(Dialect::OpenAi)
 }
 
 /// A plain-HTTP listener that sends every request to the same host and path over HTTPS.

@@ -110,6 +110,16 @@ pub(crate) struct AppRoute {
     pub client: crate::client::HttpsClient<axum::body::Body>,
 }
 
+/// Limits of the listener itself (what nginx's timeouts and connection caps gave).
+#[derive(Debug, Clone)]
+pub(crate) struct Edge {
+    pub header_read_timeout: std::time::Duration,
+    pub body_read_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_requests: usize,
+    pub http2_max_streams: u32,
+}
+
 /// Everything a request needs, immutable once built.
 pub struct Snapshot {
     pub(crate) providers: HashMap<String, Arc<Provider>>,
@@ -155,6 +165,9 @@ pub struct Gateway {
     pub(crate) deps: crate::health::Dependencies,
     /// The response cache, when `[cache] enabled`.
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
+    pub(crate) edge: Edge,
+    /// AI requests in progress (streams until they end), against `edge.max_requests`.
+    pub(crate) active: std::sync::atomic::AtomicUsize,
 }
 
 impl Gateway {
@@ -227,6 +240,14 @@ impl Gateway {
                 ..Default::default()
             },
             cache,
+            edge: Edge {
+                header_read_timeout: config.server.header_read_timeout,
+                body_read_timeout: config.server.body_read_timeout,
+                max_connections: config.server.max_connections.max(1),
+                max_requests: config.server.max_requests.max(1),
+                http2_max_streams: config.server.http2_max_streams.max(1),
+            },
+            active: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -445,7 +466,7 @@ impl Snapshot {
             };
             let timeouts = p.timeouts.for_provider();
             let base = p.base_url().trim_end_matches('/').to_owned();
-            let proxy = crate::client::proxy_for(&base, None)?;
+            let proxy = crate::client::proxy_for(&base, p.proxy.as_ref().map(|s| s.expose()))?;
             let options = crate::client::Options {
                 connect: timeouts.connect,
                 http2: p.http2,

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Unavailable,
     /// Providers did not answer in time.
     Timeout,
+    /// The client did not send its request in time.
+    ClientTimeout,
     Internal,
 }
 
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Upstream => 502,
             ErrorKind::Unavailable => 503,
             ErrorKind::Timeout => 504,
+            ErrorKind::ClientTimeout => 408,
         }
     }
 
@@ -64,9 +67,10 @@ impl ErrorKind {
 
     fn openai_type(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge => {
-                "invalid_request_error"
-            }
+            ErrorKind::InvalidRequest
+            | ErrorKind::NotFound
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::ClientTimeout => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::RateLimited => "rate_limit_error",
@@ -82,6 +86,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "permission_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::ClientTimeout => "invalid_request_error",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Unavailable => "overloaded_error",
             ErrorKind::Upstream | ErrorKind::Timeout | ErrorKind::Internal => "api_error",

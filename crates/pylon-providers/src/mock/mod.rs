@@ -83,6 +83,8 @@ pub struct Stats {
     pub last_path: Option<String>,
     /// The body of the last request.
     pub last_body: Option<serde_json::Value>,
+    /// Connections accepted by [`serve_h2`].
+    pub connections: u64,
     /// Every header of the last request (lower-case names; credentials included, it is a mock).
     pub last_headers: std::collections::BTreeMap<String, String>,
 }
@@ -150,4 +152,38 @@ pub async fn serve(listener: tokio::net::TcpListener, mock: Arc<Mock>) -> std::i
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router(mock)).await
+}
+
+/// Serves the mock over HTTP/2 only (prior knowledge, `h2c`) with at most `max_streams`
+/// concurrent streams per connection, as providers behind HTTP/2 load balancers do.
+pub async fn serve_h2(
+    listener: tokio::net::TcpListener,
+    mock: Arc<Mock>,
+    max_streams: u32,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let app = router(mock.clone());
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        mock.record(|s| s.connections += 1);
+        let app = app.clone();
+        let svc = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut app = app.clone();
+            async move {
+                use tower::Service;
+                app.call(req.map(axum::body::Body::new)).await
+            }
+        });
+        tokio::spawn(async move {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.max_concurrent_streams(max_streams);
+            let _ = b
+                .serve_connection(
+                    TokioIo::new(tcp),
+                    hyper_util::service::TowerToHyperService::new(svc),
+                )
+                .await;
+        });
+    }
 }

@@ -78,7 +78,10 @@ pub(crate) async fn lookup(
                 Err(question) => semantic = question,
             }
         }
-        if cache.coalesce {
+        // A leader that failed or was cancelled hands the call to one of its followers (they
+        // join again and one leads), not to all of them at once: no thundering herd.
+        let rounds = if cache.coalesce { FLIGHT_ROUNDS } else { 0 };
+        for _ in 0..rounds {
             match cache.join(&key) {
                 Join::Leader(guard) => {
                     let w = write(Some(guard), semantic);
@@ -112,7 +115,7 @@ pub(crate) async fn lookup(
                         rec.gw.metrics.cache_coalesced.inc();
                         return hit(cache, &e, call, rec);
                     }
-                    // The call failed or was cancelled: make our own.
+                    // The call failed or was cancelled: join again.
                 }
             }
         }
@@ -120,6 +123,9 @@ pub(crate) async fn lookup(
     let w = write(None, semantic);
     miss(w, rec)
 }
+
+/// How many leaders in a row a request follows before calling on its own.
+const FLIGHT_ROUNDS: usize = 3;
 
 /// A semantic hit (the entry and its similarity), or what to index the answer under.
 type Similar = Result<(Arc<Entry>, f32), Option<(String, Arc<Vec<f32>>)>>;

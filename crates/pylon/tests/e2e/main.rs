@@ -5,6 +5,7 @@
 
 mod app_routes;
 mod cache;
+mod edge;
 mod formats;
 mod hardening;
 mod harness;
