@@ -115,6 +115,10 @@ impl Control {
         for t in others {
             t.abort();
         }
+        // Settlements, cache writes and webhook sends a request left behind finish first.
+        if !self.gateway.drain(grace).await {
+            tracing::warn!(target: "pylon::control", "background work did not finish within the grace period");
+        }
         if let Some(ledger) = ledger {
             if tokio::time::timeout(grace, ledger).await.is_err() {
                 tracing::warn!(target: "pylon::usage", "the request log was not written within the grace period");
@@ -230,7 +234,9 @@ impl Control {
                 budget_usd: budget.amount_usd,
                 spent_usd: spent,
             };
-            self.notifier.check(&self.store, check, now).await?;
+            self.notifier
+                .check(&self.store, &self.gateway, check, now)
+                .await?;
         }
         Ok(n)
     }

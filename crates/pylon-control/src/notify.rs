@@ -42,6 +42,7 @@ impl Notifier {
     pub async fn check(
         &self,
         store: &pylon_store::Store,
+        gateway: &pylon_proxy::Gateway,
         c: Check<'_>,
         now: i64,
     ) -> Result<(), pylon_store::StoreError> {
@@ -68,7 +69,7 @@ impl Notifier {
             tracing::info!(target: "pylon::budget", scope = c.scope, id = c.id, threshold = t, spent_usd = c.spent_usd, "budget threshold crossed");
             for url in &self.webhooks {
                 let (http, url, event) = (self.http.clone(), url.clone(), event.clone());
-                tokio::spawn(async move { deliver(&http, &url, &event).await });
+                gateway.spawn(async move { deliver(&http, &url, &event).await });
             }
         }
         Ok(())

@@ -27,6 +27,8 @@ pub(crate) struct Admitted {
     pub caps: Vec<(String, Duration)>,
     /// `x-ratelimit-*` headers for the response.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Where the admission was taken; the settlement goes there too.
+    pub origin: pylon_state::Origin,
 }
 
 struct Named {
@@ -186,9 +188,9 @@ pub(crate) async fn admit(
         slots: slots.clone(),
         caps: caps.iter().map(|(c, _)| c.clone()).collect(),
     };
-    let verdict = gw
+    let (verdict, origin) = gw
         .limiter
-        .admit(&admission, now_ms())
+        .admit_at(&admission, now_ms())
         .await
         .map_err(|_| ProxyError::LimitsUnavailable)?;
     match verdict {
@@ -202,6 +204,7 @@ pub(crate) async fn admit(
             estimated_tokens: estimated,
             caps: caps.into_iter().map(|(c, ttl)| (c.key, ttl)).collect(),
             headers: rate_headers(&named, &remaining),
+            origin,
         }),
         Verdict::Limited {
             index,

@@ -147,10 +147,13 @@ impl Record {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        if !self.gw.limiter.settle_if_local(&settlement, now_ms) {
+        let origin = a.origin;
+        if !self.gw.limiter.settle_if_local(&settlement, now_ms, origin) {
             let gw = self.gw.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { gw.limiter.settle(&settlement, now_ms).await });
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.gw.tasks.spawn(async move {
+                    gw.limiter.settle(&settlement, now_ms, origin).await;
+                });
             }
         }
         (usage, cost)

@@ -168,6 +168,9 @@ pub struct Gateway {
     pub(crate) edge: Edge,
     /// AI requests in progress (streams until they end), against `edge.max_requests`.
     pub(crate) active: std::sync::atomic::AtomicUsize,
+    /// Work a request leaves behind (settlements, cache writes, notifications), drained at
+    /// shutdown so a stop loses none of it.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 impl Gateway {
@@ -200,11 +203,17 @@ impl Gateway {
         } else {
             None
         };
+        let tasks = tokio_util::task::TaskTracker::new();
         let cache = if config.cache.enabled {
             let url = config.data.redis_url.as_ref().map(|u| u.expose());
             Some(Arc::new(
-                crate::cache::ResponseCache::new(&config.cache, url, metrics.clone())
-                    .map_err(|e| BuildError::Redis(e.to_string()))?,
+                crate::cache::ResponseCache::new(
+                    &config.cache,
+                    url,
+                    metrics.clone(),
+                    tasks.clone(),
+                )
+                .map_err(|e| BuildError::Redis(e.to_string()))?,
             ))
         } else {
             None
@@ -248,7 +257,25 @@ impl Gateway {
                 http2_max_streams: config.server.http2_max_streams.max(1),
             },
             active: std::sync::atomic::AtomicUsize::new(0),
+            tasks,
         }))
+    }
+
+    /// Runs `work` in the background, tracked so [`Gateway::drain`] waits for it.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(work);
+    }
+
+    /// Waits up to `within` for background work (settlements, cache writes, notifications) to
+    /// finish; true when all of it did.
+    pub async fn drain(&self, within: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// The per-IP request limit in force, for the start-up log and `/health`.

@@ -92,6 +92,17 @@ pub enum StateError {
 }
 
 /// What to do when Redis is unreachable.
+/// Where an admission was taken, so its settlement (slot release, token correction, spend) goes
+/// to the same place: a Redis slot released into local state would stay taken in Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// In-process state.
+    #[default]
+    Local,
+    /// The shared Redis.
+    Redis,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnRedisFailure {
     /// Enforce limits per instance until Redis returns.
@@ -114,6 +125,9 @@ pub struct Limiter {
 }
 
 /// Told the operation, duration and success of every Redis round trip (for metrics).
+/// Attempts at a Redis settlement before giving up (backoff 0.1 s doubling to 10 s: ~1 min).
+const SETTLE_TRIES: u32 = 10;
+
 pub type Observer = Box<dyn Fn(&'static str, Duration, bool) + Send + Sync>;
 
 impl Limiter {
@@ -202,14 +216,23 @@ impl Limiter {
     /// Checks and takes everything in `a`. `now_ms` is used for in-process state; Redis uses its
     /// own clock so instances with skewed clocks still agree.
     pub async fn admit(&self, a: &Admission, now_ms: f64) -> Result<Verdict, StateError> {
+        self.admit_at(a, now_ms).await.map(|(v, _)| v)
+    }
+
+    /// Like [`Limiter::admit`], also saying where the admission was taken.
+    pub async fn admit_at(
+        &self,
+        a: &Admission,
+        now_ms: f64,
+    ) -> Result<(Verdict, Origin), StateError> {
         if a.buckets.is_empty() && a.slots.is_empty() && a.caps.is_empty() {
-            return Ok(Verdict::Allowed(Vec::new()));
+            return Ok((Verdict::Allowed(Vec::new()), Origin::Local));
         }
         if let Some(r) = self.redis_usable() {
             match self.timed("admit", r.admit(a)).await {
                 Ok(v) => {
                     self.mark(Ok(()));
-                    return Ok(v);
+                    return Ok((v, Origin::Redis));
                 }
                 Err(e) => self.mark(Err(&e)),
             }
@@ -217,15 +240,23 @@ impl Limiter {
         if self.redis.is_some() && self.on_failure == OnRedisFailure::Reject {
             return Err(StateError::Unavailable);
         }
-        Ok(self.local.admit(a, now_ms))
+        Ok((self.local.admit(a, now_ms), Origin::Local))
     }
 
     /// Applies a settlement (after the response); failures are logged, not returned.
-    pub async fn settle(&self, s: &Settlement, now_ms: f64) {
+    /// Settles where the admission was taken. A Redis settlement that fails is retried with
+    /// backoff for about a minute (a blip must not leave a concurrency slot taken); it never
+    /// falls back to local state, which did not take that slot.
+    pub async fn settle(&self, s: &Settlement, now_ms: f64, origin: Origin) {
         if s.corrections.is_empty() && s.release.is_empty() && s.spend.is_empty() {
             return;
         }
-        if let Some(r) = self.redis_usable() {
+        let (Origin::Redis, Some(r)) = (origin, self.redis.as_ref()) else {
+            self.local.settle(s, now_ms);
+            return;
+        };
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..SETTLE_TRIES {
             match self.timed("settle", r.settle(s)).await {
                 Ok(()) => {
                     self.mark(Ok(()));
@@ -233,21 +264,31 @@ impl Limiter {
                 }
                 Err(e) => self.mark(Err(&e)),
             }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
         }
-        self.local.settle(s, now_ms);
+        tracing::warn!(target: "pylon::limits", slots = s.release.len(),
+            "could not settle with redis for a minute: its concurrency slots expire on their own");
     }
 
-    /// Settles at once when all state is in-process (no I/O involved) and returns true;
-    /// returns false when the settlement must go to Redis (call [`Limiter::settle`] then).
-    pub fn settle_if_local(&self, s: &Settlement, now_ms: f64) -> bool {
+    /// Where admissions go while Redis answers: Redis if configured, else in-process.
+    pub fn preferred(&self) -> Origin {
         if self.redis.is_some() {
+            Origin::Redis
+        } else {
+            Origin::Local
+        }
+    }
+
+    /// Settles in-process admissions at once; `false` when it must go to Redis.
+    pub fn settle_if_local(&self, s: &Settlement, now_ms: f64, origin: Origin) -> bool {
+        if origin == Origin::Redis {
             return false;
         }
         self.local.settle(s, now_ms);
         true
     }
 
-    /// Raises a spend counter to at least `micros` (seeding from the durable store).
     pub async fn seed_spend(&self, key: &str, micros: i64, ttl: Duration) {
         if let Some(r) = self.redis_usable() {
             if self
@@ -258,7 +299,10 @@ impl Limiter {
                 return;
             }
         }
-        self.local.seed_spend(key, micros);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        self.local.seed_spend(key, micros, ttl, now_ms);
     }
 }
 

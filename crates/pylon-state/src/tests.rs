@@ -71,6 +71,7 @@ async fn suite(limiter: &Limiter, prefix: &str) {
                 ..Settlement::default()
             },
             0.0,
+            limiter.preferred(),
         )
         .await;
     assert!(matches!(
@@ -91,12 +92,12 @@ async fn suite(limiter: &Limiter, prefix: &str) {
         limiter.admit(&s, 0.0).await.unwrap(),
         Verdict::Allowed(_)
     ));
-    limiter.settle(&spend(600), 0.0).await;
+    limiter.settle(&spend(600), 0.0, limiter.preferred()).await;
     assert!(matches!(
         limiter.admit(&s, 0.0).await.unwrap(),
         Verdict::Allowed(_)
     ));
-    limiter.settle(&spend(600), 0.0).await;
+    limiter.settle(&spend(600), 0.0, limiter.preferred()).await;
     assert_eq!(
         limiter.admit(&s, 0.0).await.unwrap(),
         Verdict::OverBudget {
@@ -132,7 +133,7 @@ async fn suite(limiter: &Limiter, prefix: &str) {
         corrections: vec![(t.buckets[0].key.clone(), t.buckets[0].rate, -800)],
         ..Settlement::default()
     };
-    limiter.settle(&refund, 0.0).await;
+    limiter.settle(&refund, 0.0, limiter.preferred()).await;
     let small = Admission {
         buckets: vec![Bucket {
             cost: 500,

@@ -98,6 +98,8 @@ pub(crate) struct ResponseCache {
     pub coalesce: bool,
     pub(crate) semantic: Option<semantic::Semantic>,
     metrics: Arc<Metrics>,
+    /// Background L2 writes, drained at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl ResponseCache {
@@ -106,6 +108,7 @@ impl ResponseCache {
         cfg: &pylon_config::Cache,
         redis_url: Option<&str>,
         metrics: Arc<Metrics>,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Result<ResponseCache, pylon_state::StateError> {
         let evictions = metrics.cache_evictions.clone();
         let l1 = moka::future::Cache::builder()
@@ -124,6 +127,7 @@ impl ResponseCache {
             None => None,
         };
         Ok(ResponseCache {
+            tasks,
             l1,
             l2,
             l2_retry_at: AtomicI64::new(0),
@@ -232,7 +236,7 @@ impl ResponseCache {
                 entry.encode(),
                 Duration::from_millis(entry.meta.ttl_ms.max(1) as u64),
             );
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Some(r) = me.l2() {
                     let started = std::time::Instant::now();
                     let result = r.set_bytes(&k, &value, ttl).await;

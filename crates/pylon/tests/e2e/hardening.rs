@@ -473,3 +473,66 @@ async fn billing_headers_are_forwarded_only_where_configured() {
         Some("context-1m-2025-08-07")
     );
 }
+
+#[tokio::test]
+async fn a_redis_blip_at_settlement_does_not_leak_a_concurrency_slot() {
+    let redis = std::env::var("PYLON_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+        .trim_start_matches("redis://")
+        .to_owned();
+    let (proxy, cut) = cuttable_proxy(&redis).await;
+    let mock = MockServer::start().await;
+    let extra = format!(
+        "[data]\ndir = \"{}\"\nredis_url = \"redis://{proxy}\"\n",
+        temp_dir("slot-leak").display()
+    );
+    let (gw, _) = Gateway::with_admin(&keyed(&mock, &extra), Some(ADMIN)).await;
+    let k = create_key(
+        &gw,
+        json!({"name": "one-at-a-time", "limits": {"max_concurrent": 1}}),
+    )
+    .await;
+    mock.set(Behaviour {
+        latency: Duration::from_millis(400),
+        ..Behaviour::default()
+    });
+    let held = {
+        let (url, k) = (gw.url("/v1/chat/completions"), k.clone());
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(k)
+                .json(&hello("priced"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // The slot is taken in Redis; Redis goes away before the request settles.
+    assert!(eventually(Duration::from_secs(2), || mock.stats().requests == 1).await);
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(held.await.unwrap(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    mock.set(Behaviour::default());
+    // Once Redis answers again the slot is released there, not in local state.
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let s = call(&gw, &k, "priced").await.status().as_u16();
+        statuses.push(s);
+        if s == 200 && !gw_degraded(&gw).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    // And it stays free: the next requests are not refused as busy.
+    for _ in 0..3 {
+        assert_eq!(call(&gw, &k, "priced").await.status(), 200);
+    }
+}
+
+async fn gw_degraded(gw: &Gateway) -> bool {
+    metric(gw, "pylon_limits_degraded").await > 0.0
+}

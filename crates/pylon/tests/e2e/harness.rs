@@ -294,3 +294,37 @@ pub async fn chat_as(gw: &Gateway, key: &str, model: &str) -> reqwest::Response 
         .await
         .unwrap()
 }
+
+/// A TCP proxy to `target` that can be cut (`true`: new and open connections are dropped).
+pub async fn cuttable_proxy(
+    target: &str,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cut.clone();
+    let target = target.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                continue; // dropped: the connection closes at once
+            }
+            let target = target.clone();
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                tokio::select! {
+                    _ = copy => {}
+                    _ = async { while !flag.load(std::sync::atomic::Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}

@@ -4,8 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -283,37 +282,6 @@ async fn kill_9_loses_at_most_the_flush_window_of_the_request_log() {
 }
 
 /// A TCP proxy to PostgreSQL that the test can cut (refuse and drop connections) and restore.
-async fn cuttable_proxy(target: &str) -> (std::net::SocketAddr, Arc<AtomicBool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let flag = cut.clone();
-    let target = target.to_owned();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if flag.load(Ordering::SeqCst) {
-                continue; // dropped: the connection closes at once
-            }
-            let target = target.clone();
-            let flag = flag.clone();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                    return;
-                };
-                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                tokio::select! {
-                    _ = copy => {}
-                    _ = async { while !flag.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
-                }
-            });
-        }
-    });
-    (addr, cut)
-}
-
 #[tokio::test]
 async fn readyz_follows_the_store() {
     let (admin, _base, schema) = pg_schema().await;
