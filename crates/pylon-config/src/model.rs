@@ -423,10 +423,18 @@ pub enum RedisFailure {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
-    /// The upstream model name (or a prefix of it, e.g. `claude-sonnet-4`).
+    /// The upstream model name, exactly (its dated snapshots and `-latest` match too), or a
+    /// pattern where `*` stands for any characters (`llama3.2:*`; `*` alone: every model).
     pub model: String,
     pub input_per_million: f64,
     pub output_per_million: f64,
+    /// Input tokens read from the provider's prompt cache; default: a tenth of the input price
+    /// for Claude models, half for others.
+    #[serde(default)]
+    pub cache_read_per_million: Option<f64>,
+    /// Input tokens written to the provider's prompt cache; default: 1.25 × the input price.
+    #[serde(default)]
+    pub cache_write_per_million: Option<f64>,
 }
 
 /// `[[providers]]`: an upstream model API.

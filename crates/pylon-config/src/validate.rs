@@ -145,7 +145,11 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
         }
     }
     for p in &config.prices {
-        if !(p.input_per_million >= 0.0 && p.output_per_million >= 0.0) {
+        let cache = [p.cache_read_per_million, p.cache_write_per_million];
+        if !(p.input_per_million >= 0.0
+            && p.output_per_million >= 0.0
+            && cache.iter().flatten().all(|v| *v >= 0.0))
+        {
             problems.push((0, format!("price of `{}` must not be negative", p.model)));
         }
     }

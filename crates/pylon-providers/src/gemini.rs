@@ -136,8 +136,29 @@ pub struct UsageMetadata {
     pub prompt_token_count: u64,
     #[serde(default)]
     pub candidates_token_count: u64,
+    /// Thinking tokens, billed as output but not counted in `candidates_token_count`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub thoughts_token_count: u64,
+    /// Prompt tokens served from Gemini's context cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_content_token_count: u64,
     #[serde(default)]
     pub total_token_count: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl UsageMetadata {
+    /// As OpenAI counts it: thinking is output; cached prompt tokens are marked.
+    pub fn to_openai(&self) -> Usage {
+        Usage::new(
+            self.prompt_token_count,
+            self.candidates_token_count + self.thoughts_token_count,
+        )
+        .with_cache(self.cached_content_token_count, 0)
+    }
 }
 
 /// The URL path (after the base URL) for a model.
@@ -379,10 +400,7 @@ pub fn response_to_openai(resp: GenerateResponse, model: &str) -> ChatResponse {
                 tool_calls: (!calls.is_empty()).then_some(calls),
             },
         }],
-        usage: Some(Usage::new(
-            usage.prompt_token_count,
-            usage.candidates_token_count,
-        )),
+        usage: Some(usage.to_openai()),
     }
 }
 
@@ -428,7 +446,7 @@ impl StreamDecoder {
         let resp: GenerateResponse =
             serde_json::from_value(value).map_err(TranslateError::json("Gemini stream event"))?;
         if let Some(u) = resp.usage_metadata {
-            self.usage = Usage::new(u.prompt_token_count, u.candidates_token_count);
+            self.usage = u.to_openai();
         }
         if let Some(id) = resp.response_id {
             self.id = id;
@@ -489,6 +507,27 @@ impl StreamDecoder {
 mod tests {
     use super::*;
     use pylon_types::openai::{Message, ToolCall};
+
+    #[test]
+    fn thinking_tokens_are_output_and_model_names_stay_in_one_segment() {
+        let resp: GenerateResponse = serde_json::from_value(serde_json::json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 2,
+                              "thoughtsTokenCount": 30, "cachedContentTokenCount": 4, "totalTokenCount": 42}
+        }))
+        .unwrap();
+        let usage = response_to_openai(resp, "g").usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (10, 32));
+        assert_eq!(usage.cache_read_tokens, 4);
+        assert_eq!(
+            path("x?alt=json&key=leak#", false),
+            "/models/x%3Falt%3Djson%26key%3Dleak%23:generateContent"
+        );
+        assert_eq!(
+            path("../../x", true),
+            "/models/..%2F..%2Fx:streamGenerateContent?alt=sse"
+        );
+    }
 
     #[test]
     fn tool_round_trip_names_the_function() {

@@ -152,12 +152,71 @@ fn push_json_string(out: &mut Vec<u8>, s: &str) {
 #[derive(Deserialize)]
 struct UsageOnly {
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<UsageWithDetails>,
 }
 
-/// The `usage` of a response body or stream chunk, if it carries one.
+#[derive(Deserialize)]
+struct UsageWithDetails {
+    #[serde(flatten)]
+    usage: Usage,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
+}
+
+/// The `usage` of a response body or stream chunk, if it carries one (with the prompt tokens
+/// read from the provider's cache).
 pub fn usage_of(json: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<UsageOnly>(json).ok()?.usage
+    let u = serde_json::from_slice::<UsageOnly>(json).ok()?.usage?;
+    let cached = u.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+    Some(u.usage.with_cache(cached, 0))
+}
+
+/// The body with `stream_options.include_usage` set, so the provider reports a stream's usage
+/// even when the client did not ask (most clients don't). `None` if it is not a JSON object.
+pub fn with_stream_usage(body: &[u8]) -> Option<Bytes> {
+    const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    if memchr::memmem::find(body, b"\"stream_options\"").is_none() {
+        // Spliced in after the opening brace: the rest of the body stays byte for byte.
+        let at = body.iter().position(|b| !b.is_ascii_whitespace())?;
+        if body[at] != b'{' {
+            return None;
+        }
+        let mut out = Vec::with_capacity(body.len() + FIELD.len());
+        out.extend_from_slice(&body[..=at]);
+        out.extend_from_slice(FIELD);
+        out.extend_from_slice(&body[at + 1..]);
+        return Some(Bytes::from(out));
+    }
+    // Rare: the client sent stream_options without include_usage; rewrite that field only.
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let opts = v.as_object_mut()?.entry("stream_options");
+    let opts = opts.or_insert_with(|| serde_json::json!({}));
+    if !opts.is_object() {
+        *opts = serde_json::json!({});
+    }
+    opts.as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// Whether a stream event is the usage-only chunk (`"choices":[]` with `usage`) that
+/// `include_usage` adds at the end.
+pub fn is_usage_chunk(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        #[serde(default)]
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(data)
+        .is_ok_and(|p| p.usage.is_some() && p.choices.is_some_and(|c| c.is_empty()))
 }
 
 /// The message of a provider error body; OpenAI, Anthropic and Gemini all use `error.message`.
@@ -169,6 +228,29 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_usage_is_asked_for_without_touching_the_rest() {
+        let body = br#" {"model":"m","stream":true,"messages":[]}"#;
+        let out = with_stream_usage(body).unwrap();
+        assert_eq!(
+            &out[..],
+            br#" {"stream_options":{"include_usage":true},"model":"m","stream":true,"messages":[]}"#
+        );
+        let body = br#"{"model":"m","stream_options":{"include_usage":false},"messages":[]}"#;
+        let v: serde_json::Value =
+            serde_json::from_slice(&with_stream_usage(body).unwrap()).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        assert!(with_stream_usage(b"[1]").is_none());
+        assert!(is_usage_chunk(
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!is_usage_chunk(
+            br#"{"id":"x","choices":[{"index":0}],"usage":null}"#
+        ));
+        assert!(!is_usage_chunk(br#"{"id":"x","choices":[]}"#));
+    }
 
     #[test]
     fn model_is_replaced_and_nothing_else_changes() {

@@ -5,23 +5,57 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// Cuts a byte stream at event boundaries (a blank line).
-#[derive(Debug, Default)]
+/// The largest unfinished event a [`Framer`] holds by default.
+pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// An event grew past the framer's limit without ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an event grew past {0} bytes without ending")]
+pub struct TooLarge(pub usize);
+
+/// Cuts a byte stream at event boundaries (a blank line), holding at most `max` bytes of an
+/// unfinished event.
+#[derive(Debug)]
 pub struct Framer {
     buf: BytesMut,
+    max: usize,
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Framer::with_limit(MAX_EVENT_BYTES)
+    }
 }
 
 impl Framer {
+    /// A framer holding at most `max` bytes of an unfinished event.
+    pub fn with_limit(max: usize) -> Self {
+        Framer {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
     /// Feeds a chunk; returns the whole events now available (boundaries included), if any.
     ///
-    /// A chunk that is itself whole events, the usual case, is returned without copying.
-    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+    /// A chunk that is itself whole events, the usual case, is returned without copying. Only
+    /// the new bytes are searched for a boundary, so an event arriving in many small pieces
+    /// costs time linear in its size.
+    pub fn push(&mut self, chunk: Bytes) -> Result<Option<Bytes>, TooLarge> {
         if self.buf.is_empty() && ends_with_boundary(&chunk) {
-            return Some(chunk);
+            return Ok(Some(chunk));
         }
+        // What is held has no boundary; one may end up to 3 bytes back (`\r\n\r\n`).
+        let from = self.buf.len().saturating_sub(3);
         self.buf.extend_from_slice(&chunk);
-        let end = last_boundary(&self.buf)?;
-        Some(self.buf.split_to(end).freeze())
+        match last_boundary(&self.buf, from) {
+            Some(end) => Ok(Some(self.buf.split_to(end).freeze())),
+            None if self.buf.len() > self.max => {
+                self.buf = BytesMut::new();
+                Err(TooLarge(self.max))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Bytes of an unfinished event still held.
@@ -34,9 +68,9 @@ fn ends_with_boundary(b: &[u8]) -> bool {
     b.ends_with(b"\n\n") || b.ends_with(b"\r\n\r\n")
 }
 
-/// Index just past the last blank line.
-fn last_boundary(b: &[u8]) -> Option<usize> {
-    (1..b.len()).rev().find_map(|i| {
+/// Index just past the last blank line that ends at or after `from`.
+fn last_boundary(b: &[u8], from: usize) -> Option<usize> {
+    (from.max(1)..b.len()).rev().find_map(|i| {
         if b[i] != b'\n' {
             return None;
         }
@@ -131,19 +165,51 @@ mod tests {
     fn framer_passes_whole_chunks_and_joins_torn_ones() {
         let mut f = Framer::default();
         assert_eq!(
-            f.push(Bytes::from_static(b"data: a\n\n")).unwrap(),
+            f.push(Bytes::from_static(b"data: a\n\n")).unwrap().unwrap(),
             "data: a\n\n"
         );
-        assert!(f.push(Bytes::from_static(b"data: b")).is_none());
+        assert!(f.push(Bytes::from_static(b"data: b")).unwrap().is_none());
         assert_eq!(
-            f.push(Bytes::from_static(b"c\n\ndata: d")).unwrap(),
+            f.push(Bytes::from_static(b"c\n\ndata: d"))
+                .unwrap()
+                .unwrap(),
             "data: bc\n\n"
         );
         assert_eq!(f.pending(), 7);
         assert_eq!(
-            f.push(Bytes::from_static(b"\r\n\r\n")).unwrap(),
+            f.push(Bytes::from_static(b"\r\n\r\n")).unwrap().unwrap(),
             "data: d\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn any_split_of_a_stream_gives_the_same_events() {
+        let whole: &[u8] = b"data: one\n\nevent: x\ndata: two\r\n\r\ndata: three\n\n";
+        for piece in 1..whole.len() {
+            let mut f = Framer::default();
+            let mut out = Vec::new();
+            for chunk in whole.chunks(piece) {
+                if let Some(b) = f.push(Bytes::copy_from_slice(chunk)).unwrap() {
+                    out.extend_from_slice(&b);
+                }
+            }
+            assert_eq!(out, whole, "pieces of {piece}");
+            assert_eq!(f.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn an_endless_event_is_refused_at_the_limit() {
+        let mut f = Framer::with_limit(1024);
+        let mut refused = None;
+        for i in 0..100 {
+            if let Err(e) = f.push(Bytes::from(vec![b'x'; 100])) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        assert_eq!(refused, Some((10, TooLarge(1024))));
+        assert_eq!(f.pending(), 0, "what was held is let go");
     }
 
     #[test]

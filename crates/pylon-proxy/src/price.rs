@@ -28,8 +28,33 @@ const DEFAULTS: &[(&str, f64, f64)] = &[
     ("gemini-2.5-pro", 1.25, 10.00),
 ];
 
-/// One price: per million input and output tokens.
-type Entry = (String, f64, f64);
+/// Per million tokens: input, output, cache read, cache write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Rates {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: f64,
+    pub cache_write: f64,
+}
+
+impl Rates {
+    fn new(model: &str, input: f64, output: f64, read: Option<f64>, write: Option<f64>) -> Self {
+        let read_share = if model.starts_with("claude") {
+            0.1
+        } else {
+            0.5
+        };
+        Rates {
+            input,
+            output,
+            cache_read: read.unwrap_or(input * read_share),
+            cache_write: write.unwrap_or(input * 1.25),
+        }
+    }
+}
+
+/// A name or pattern and its rates.
+type Entry = (String, Rates);
 
 /// Prices by upstream model name: an exact name first (configured, then built in), then the
 /// most specific matching pattern (`*` matches any run of characters). Built-in names also match
@@ -37,7 +62,7 @@ type Entry = (String, f64, f64);
 /// a different model that shares a prefix (`o3-pro` is not `o3`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Prices {
-    exact: std::collections::HashMap<String, (f64, f64)>,
+    exact: std::collections::HashMap<String, Rates>,
     /// Most specific (longest literal text) first; configured before built-in on ties.
     patterns: Vec<Entry>,
 }
@@ -48,26 +73,33 @@ impl Prices {
         let mut exact = std::collections::HashMap::new();
         let mut patterns: Vec<Entry> = Vec::new();
         for p in configured {
-            let e = (p.input_per_million, p.output_per_million);
+            let r = Rates::new(
+                &p.model,
+                p.input_per_million,
+                p.output_per_million,
+                p.cache_read_per_million,
+                p.cache_write_per_million,
+            );
             if p.model.contains('*') {
-                patterns.push((p.model.clone(), e.0, e.1));
+                patterns.push((p.model.clone(), r));
             } else {
-                exact.insert(p.model.clone(), e);
+                exact.insert(p.model.clone(), r);
                 for suffix in ["-2*", "-latest"] {
-                    patterns.push((format!("{}{suffix}", p.model), e.0, e.1));
+                    patterns.push((format!("{}{suffix}", p.model), r));
                 }
             }
         }
         let configured_patterns = patterns.len();
         for (m, i, o) in DEFAULTS {
-            exact.entry((*m).to_owned()).or_insert((*i, *o));
+            let r = Rates::new(m, *i, *o, None, None);
+            exact.entry((*m).to_owned()).or_insert(r);
             for suffix in ["-2*", "-latest"] {
-                patterns.push((format!("{m}{suffix}"), *i, *o));
+                patterns.push((format!("{m}{suffix}"), r));
             }
         }
         // Stable sort: among equally specific patterns the configured ones stay first.
         let mut indexed: Vec<(usize, Entry)> = patterns.into_iter().enumerate().collect();
-        indexed.sort_by_key(|(i, (p, _, _))| {
+        indexed.sort_by_key(|(i, (p, _))| {
             (
                 std::cmp::Reverse(p.chars().filter(|c| *c != '*').count()),
                 usize::from(*i >= configured_patterns),
@@ -79,22 +111,28 @@ impl Prices {
         }
     }
 
-    /// Per-million input and output prices of `model`, if known.
-    pub fn of(&self, model: &str) -> Option<(f64, f64)> {
-        if let Some(p) = self.exact.get(model) {
-            return Some(*p);
+    /// The rates of `model`, if known.
+    pub fn of(&self, model: &str) -> Option<Rates> {
+        if let Some(r) = self.exact.get(model) {
+            return Some(*r);
         }
         self.patterns
             .iter()
-            .find(|(p, _, _)| glob(p, model))
-            .map(|(_, i, o)| (*i, *o))
+            .find(|(p, _)| glob(p, model))
+            .map(|(_, r)| *r)
     }
 
-    /// The cost of `usage` on `model`, if its price is known.
+    /// The cost of `usage` on `model`, if its price is known. Prompt tokens read from or
+    /// written to a provider's prompt cache are billed at their own rates.
     pub fn cost(&self, model: &str, usage: Usage) -> Option<f64> {
-        let (input, output) = self.of(model)?;
+        let r = self.of(model)?;
+        let cached = usage.cache_read_tokens + usage.cache_write_tokens;
+        let plain = usage.prompt_tokens.saturating_sub(cached);
         Some(
-            (usage.prompt_tokens as f64 * input + usage.completion_tokens as f64 * output)
+            (plain as f64 * r.input
+                + usage.cache_read_tokens as f64 * r.cache_read
+                + usage.cache_write_tokens as f64 * r.cache_write
+                + usage.completion_tokens as f64 * r.output)
                 / 1_000_000.0,
         )
     }
@@ -131,7 +169,26 @@ mod tests {
             model: model.into(),
             input_per_million: i,
             output_per_million: o,
+            cache_read_per_million: None,
+            cache_write_per_million: None,
         }
+    }
+
+    #[test]
+    fn prompt_cache_tokens_are_billed_at_their_rates() {
+        let p = Prices::new(&[]);
+        // claude-sonnet-4: $3 input, $15 output; cache read $0.30, cache write $3.75.
+        let u = Usage::new(3_000_000, 1_000_000).with_cache(1_000_000, 1_000_000);
+        let cost = p.cost("claude-sonnet-4-20250514", u).unwrap();
+        assert!((cost - (3.0 + 0.3 + 3.75 + 15.0)).abs() < 1e-9, "{cost}");
+        let p = Prices::new(&[pylon_config::Price {
+            cache_read_per_million: Some(1.0),
+            ..price("m", 2.0, 0.0)
+        }]);
+        let cost = p
+            .cost("m", Usage::new(2_000_000, 0).with_cache(1_000_000, 0))
+            .unwrap();
+        assert!((cost - 3.0).abs() < 1e-9, "{cost}");
     }
 
     #[test]

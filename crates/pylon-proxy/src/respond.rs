@@ -56,6 +56,10 @@ pub(crate) async fn complete(
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let mut ttfb = None;
+    let declared = resp_len_hint(&body);
+    if declared > MAX_RESPONSE_BYTES {
+        return Err(too_large(call));
+    }
     loop {
         let wait = p
             .timeouts
@@ -68,6 +72,9 @@ pub(crate) async fn complete(
             Ok(Some(Ok(frame))) => {
                 ttfb.get_or_insert_with(|| ctx.started.elapsed());
                 if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > MAX_RESPONSE_BYTES {
+                        return Err(too_large(call));
+                    }
                     buf.extend_from_slice(&data);
                 }
             }
@@ -78,7 +85,7 @@ pub(crate) async fn complete(
         let usage = match p.kind {
             ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(&buf)
                 .ok()
-                .map(|m| Usage::new(m.usage.input_tokens, m.usage.output_tokens)),
+                .map(|m| m.usage.to_openai()),
             _ => openai::usage_of(&buf),
         };
         (Bytes::from(buf), usage)
@@ -113,6 +120,31 @@ pub(crate) async fn complete(
     }
     drop(ctx.in_flight);
     Ok(response(target, "application/json", Body::from(out)))
+}
+
+/// The largest non-stream answer read into memory (a provider sending more is broken).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The body's declared length, if it says.
+fn resp_len_hint(body: &Incoming) -> usize {
+    use http_body::Body as _;
+    body.size_hint()
+        .exact()
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn too_large(call: &Call) -> Failure {
+    if let Some(rec) = call.record.as_ref() {
+        rec.gw
+            .metrics
+            .bounded_drops
+            .with_label_values(&["response_body"])
+            .inc();
+    }
+    Failure::Broken(format!(
+        "the answer is larger than {} MiB",
+        MAX_RESPONSE_BYTES / (1024 * 1024)
+    ))
 }
 
 fn decode_response(kind: ProviderKind, buf: &[u8], model: &str) -> Result<ChatResponse, Failure> {
@@ -200,6 +232,7 @@ pub(crate) async fn stream(
             )
         }),
         live: None,
+        strip_usage: call.api == Api::Chat && p.kind == ProviderKind::Openai && !call.include_usage,
     };
     let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
     let first = match relay.next(first_wait).await {
@@ -341,6 +374,8 @@ struct Relay {
     _in_flight: InFlight,
     /// Stream timing for metrics and the stream span, once committed.
     observed: Option<Observed>,
+    /// Usage was asked for upstream on the client's behalf: its chunk is not passed on.
+    strip_usage: bool,
 }
 
 /// What a committed stream reports as it goes and when it ends.
@@ -388,8 +423,19 @@ impl Relay {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let Some(events) = self.framer.push(data) else {
-                continue;
+            let events = match self.framer.push(data) {
+                Ok(Some(events)) => events,
+                Ok(None) => continue,
+                Err(e) => {
+                    if let Some(rec) = self.record.as_ref() {
+                        rec.gw
+                            .metrics
+                            .bounded_drops
+                            .with_label_values(&["sse_event"])
+                            .inc();
+                    }
+                    return Err(RelayError::Broken(e.to_string()));
+                }
             };
             if let Some(out) = self.process(events)? {
                 if let Some(live) = &self.live {
@@ -421,6 +467,15 @@ impl Relay {
                         asm.push(&c);
                     }
                 }
+            }
+            if self.strip_usage && memchr::memmem::find(&events, b"\"usage\":{").is_some() {
+                let mut kept = Vec::with_capacity(events.len());
+                for raw in sse::events(&events) {
+                    if !openai::is_usage_chunk(sse::parse(raw).data.as_bytes()) {
+                        kept.extend_from_slice(raw);
+                    }
+                }
+                return Ok((!kept.is_empty()).then(|| Bytes::from(kept)));
             }
             return Ok(Some(events));
         };
@@ -474,17 +529,22 @@ impl Relay {
             match self.wire {
                 ProviderKind::Anthropic => match serde_json::from_str::<StreamEvent>(&ev.data) {
                     Ok(StreamEvent::MessageStart { message }) => {
-                        self.usage = Some(Usage::new(
-                            message.usage.input_tokens,
-                            message.usage.output_tokens,
-                        ));
+                        self.usage = Some(message.usage.to_openai());
                     }
                     Ok(StreamEvent::MessageDelta { usage, .. }) => {
-                        let input = self.usage.map_or(0, |u| u.prompt_tokens);
-                        self.usage = Some(Usage::new(
-                            input.max(usage.input_tokens),
-                            usage.output_tokens,
-                        ));
+                        // The delta's input counts, when present, repeat or refine the start's.
+                        let start = self.usage.unwrap_or_default();
+                        let delta = usage.to_openai();
+                        self.usage = Some(
+                            Usage::new(
+                                start.prompt_tokens.max(delta.prompt_tokens),
+                                usage.output_tokens,
+                            )
+                            .with_cache(
+                                start.cache_read_tokens.max(delta.cache_read_tokens),
+                                start.cache_write_tokens.max(delta.cache_write_tokens),
+                            ),
+                        );
                     }
                     _ => {}
                 },

@@ -323,10 +323,17 @@ fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
     let model = &target.model;
     let span = call.model_span.clone();
     Ok(match (call.api, target.provider.kind) {
-        (Api::Chat, ProviderKind::Openai) => (
-            "/chat/completions".into(),
-            openai::with_model(&call.body, span, model),
-        ),
+        (Api::Chat, ProviderKind::Openai) => {
+            let body = openai::with_model(&call.body, span, model);
+            // Usage is asked for on every stream, so it is billed from the provider's count;
+            // the extra chunk is taken out again for clients that did not ask (respond.rs).
+            let body = if call.stream && !call.include_usage {
+                openai::with_stream_usage(&body).unwrap_or(body)
+            } else {
+                body
+            };
+            ("/chat/completions".into(), body)
+        }
         (Api::Embeddings, _) => (
             "/embeddings".into(),
             openai::with_model(&call.body, span, model),

@@ -176,6 +176,28 @@ pub struct Usage {
     pub input_tokens: u64,
     #[serde(default)]
     pub output_tokens: u64,
+    /// Input tokens written to the prompt cache (not counted in `input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_creation_input_tokens: u64,
+    /// Input tokens read from the prompt cache (not counted in `input_tokens`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_input_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Usage {
+    /// As OpenAI counts it: every input token in the prompt, the cached ones marked.
+    pub fn to_openai(self) -> crate::openai::Usage {
+        let prompt =
+            self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens;
+        crate::openai::Usage::new(prompt, self.output_tokens).with_cache(
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+        )
+    }
 }
 
 /// One streamed event.

@@ -167,15 +167,33 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache (billed lower). Kept
+    /// for billing only; clients see the provider's own fields.
+    #[serde(skip)]
+    pub cache_read_tokens: u64,
+    /// Of `prompt_tokens`, those written to the provider's prompt cache (billed higher).
+    #[serde(skip)]
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
+    /// Usage whose prompt includes tokens read from and written to a prompt cache.
+    pub fn with_cache(self, read: u64, write: u64) -> Self {
+        Usage {
+            cache_read_tokens: read.min(self.prompt_tokens),
+            cache_write_tokens: write.min(self.prompt_tokens.saturating_sub(read)),
+            ..self
+        }
+    }
+
     /// Usage from input and output counts.
     pub fn new(input: u64, output: u64) -> Self {
         Usage {
             prompt_tokens: input,
             completion_tokens: output,
             total_tokens: input + output,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         }
     }
 }

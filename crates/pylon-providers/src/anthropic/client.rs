@@ -172,6 +172,7 @@ pub fn response_from_openai(resp: ChatResponse) -> MessagesResponse {
         usage: AUsage {
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
+            ..AUsage::default()
         },
     }
 }
@@ -297,6 +298,7 @@ impl StreamEncoder {
                 usage: AUsage {
                     input_tokens: self.usage.prompt_tokens,
                     output_tokens: self.usage.completion_tokens,
+                    ..AUsage::default()
                 },
             },
         );

@@ -6,7 +6,7 @@ use pylon_types::anthropic::{
 };
 use pylon_types::openai::{
     AssistantMessage, ChatRequest, ChatResponse, Choice, Chunk, Content, Delta, FunctionCall,
-    FunctionDelta, Message, Part, Stop, ToolCall, ToolCallDelta, Usage,
+    FunctionDelta, Message, Part, Stop, ToolCall, ToolCallDelta,
 };
 use serde_json::{json, Value};
 
@@ -205,10 +205,7 @@ pub fn response_to_openai(resp: MessagesResponse) -> ChatResponse {
             },
             finish_reason: finish_reason(resp.stop_reason.as_deref()),
         }],
-        usage: Some(Usage::new(
-            resp.usage.input_tokens,
-            resp.usage.output_tokens,
-        )),
+        usage: Some(resp.usage.to_openai()),
     }
 }
 
@@ -220,6 +217,8 @@ pub struct StreamDecoder {
     created: u64,
     input_tokens: u64,
     output_tokens: u64,
+    cache_read: u64,
+    cache_write: u64,
     /// Content-block index → OpenAI tool-call index, for tool-use blocks.
     tool_blocks: Vec<(u32, u32)>,
 }
@@ -250,6 +249,8 @@ impl StreamDecoder {
                 self.created = unix_now();
                 self.input_tokens = message.usage.input_tokens;
                 self.output_tokens = message.usage.output_tokens;
+                self.cache_read = message.usage.cache_read_input_tokens;
+                self.cache_write = message.usage.cache_creation_input_tokens;
                 out.push(Chunk::delta(
                     &self.id,
                     &self.model,
@@ -315,6 +316,8 @@ impl StreamDecoder {
                 if usage.input_tokens > 0 {
                     self.input_tokens = usage.input_tokens;
                 }
+                self.cache_read = self.cache_read.max(usage.cache_read_input_tokens);
+                self.cache_write = self.cache_write.max(usage.cache_creation_input_tokens);
                 out.push(Chunk::delta(
                     &self.id,
                     &self.model,
@@ -328,7 +331,13 @@ impl StreamDecoder {
                     &self.id,
                     &self.model,
                     self.created,
-                    Usage::new(self.input_tokens, self.output_tokens),
+                    pylon_types::anthropic::Usage {
+                        input_tokens: self.input_tokens,
+                        output_tokens: self.output_tokens,
+                        cache_read_input_tokens: self.cache_read,
+                        cache_creation_input_tokens: self.cache_write,
+                    }
+                    .to_openai(),
                 ));
                 return Ok(true);
             }

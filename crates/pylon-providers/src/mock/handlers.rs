@@ -210,7 +210,7 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
         }
     };
     events.push(chunk(json!({}), json!(finish)));
-    if req["stream_options"]["include_usage"].as_bool() == Some(true) {
+    if req["stream_options"]["include_usage"].as_bool() == Some(true) && !b.no_usage {
         events.push(json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model, "choices": [], "usage": usage}));
     }
     let mut frames: Vec<Bytes> = events.iter().map(|e| frame(None, &e.to_string())).collect();
@@ -317,6 +317,8 @@ async fn anthropic_messages(
         usage: an::Usage {
             input_tokens: s.input_tokens,
             output_tokens: out,
+            cache_read_input_tokens: b.cache_read_tokens,
+            ..an::Usage::default()
         },
     };
     if req["stream"].as_bool() != Some(true) {
@@ -370,6 +372,7 @@ async fn anthropic_messages(
         usage: an::Usage {
             input_tokens: 0,
             output_tokens: s.output_tokens,
+            ..an::Usage::default()
         },
     });
     events.push(StreamEvent::MessageStop);

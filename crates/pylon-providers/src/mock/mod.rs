@@ -43,6 +43,10 @@ pub struct Behaviour {
     pub reply: Option<String>,
     /// Repeat the reply this many times (long streams for tests and benchmarks).
     pub repeat: usize,
+    /// Anthropic answers report this many input tokens read from the prompt cache.
+    pub cache_read_tokens: u64,
+    /// OpenAI streams carry no usage even when asked for (as some compatible servers do).
+    pub no_usage: bool,
 }
 
 impl Default for Behaviour {
@@ -58,6 +62,8 @@ impl Default for Behaviour {
             drop_after_chunks: None,
             reply: None,
             repeat: 1,
+            cache_read_tokens: 0,
+            no_usage: false,
         }
     }
 }
