@@ -93,11 +93,33 @@ async fn admit(
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
     });
-    let b = m.behaviour();
+    let mut b = m.behaviour();
+    let fault = m.chaos(&b);
+    if let Some(k) = fault {
+        m.record(|s| s.faults[k as usize] += 1);
+        match k {
+            0 => {
+                b.error_status = Some(500);
+                b.error_rate = 1.0;
+            }
+            1 => {
+                b.error_status = Some(429);
+                b.error_rate = 1.0;
+                // Fractional seconds: providers send them, and Pylon must cope.
+                b.retry_after_raw = Some("0.05".into());
+            }
+            2 => b.drop_after_chunks = Some(0),
+            3 => b.ttft = std::time::Duration::from_secs(10),
+            _ => b.drop_after_chunks = Some(2),
+        }
+    }
     if !b.latency.is_zero() {
         tokio::time::sleep(b.latency).await;
     }
-    if let Some(status) = m.fails(&b) {
+    let forced = fault
+        .and(b.error_status)
+        .filter(|_| fault.is_some_and(|k| k < 2));
+    if let Some(status) = forced.or_else(|| m.fails(&b)) {
         m.record(|s| s.errors += 1);
         let msg = format!("mock provider injected error {status}");
         let body = match wire {

@@ -47,6 +47,10 @@ pub struct Behaviour {
     pub cache_read_tokens: u64,
     /// OpenAI streams carry no usage even when asked for (as some compatible servers do).
     pub no_usage: bool,
+    /// Share of requests that misbehave as providers do, each in the next way of five: a 500,
+    /// a 429 with `Retry-After: 0.05`, a connection reset before the first byte, a first byte
+    /// that never comes (10 s), and a stream that breaks after two chunks.
+    pub chaos: f64,
 }
 
 impl Default for Behaviour {
@@ -64,6 +68,7 @@ impl Default for Behaviour {
             repeat: 1,
             cache_read_tokens: 0,
             no_usage: false,
+            chaos: 0.0,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Stats {
     pub streams_cancelled: u64,
     /// Requests answered with an injected error.
     pub errors: u64,
+    /// Faults injected by `chaos`: 500, 429, reset, stall, mid-stream drop.
+    pub faults: [u64; 5],
     /// The credential header of the last request (`authorization`, `x-api-key` or `x-goog-api-key`).
     pub last_credential: Option<String>,
     /// The `x-request-id` of the last request.
@@ -101,6 +108,8 @@ pub struct Mock {
     behaviour: RwLock<Behaviour>,
     seen: Mutex<Stats>,
     counter: AtomicU64,
+    chaos_counter: AtomicU64,
+    faults: AtomicU64,
 }
 
 impl Mock {
@@ -133,6 +142,20 @@ impl Mock {
             *s = Stats::default();
         }
         self.counter.store(0, Ordering::Relaxed);
+    }
+
+    /// The fault request number `n` gets under `chaos`, if any: 0..5 as [`Behaviour::chaos`].
+    fn chaos(&self, b: &Behaviour) -> Option<u64> {
+        if b.chaos <= 0.0 {
+            return None;
+        }
+        let n = self.chaos_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let rate = b.chaos.clamp(0.0, 1.0);
+        let hit = (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor();
+        hit.then(|| {
+            let k = self.faults.fetch_add(1, Ordering::Relaxed);
+            k % 5
+        })
     }
 
     fn record(&self, f: impl FnOnce(&mut Stats)) {

@@ -6,6 +6,7 @@
 mod app_routes;
 mod cache;
 mod edge;
+mod faults;
 mod formats;
 mod hardening;
 mod harness;
