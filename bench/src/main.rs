@@ -5,6 +5,7 @@
 //! process, RSS, readiness time, and memory with 1,000 concurrent slow streams.
 
 mod cache;
+mod cost;
 mod load;
 mod procs;
 mod reqlog;
@@ -57,6 +58,9 @@ struct Args {
     /// Run only the response-cache figures.
     #[arg(long)]
     only_cache: bool,
+    /// Run only the cost-per-request figures (CPU, RSS and added latency vs nginx; large bodies).
+    #[arg(long)]
+    only_cost: bool,
     /// Distinct answers cached for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     cache_entries: usize,
@@ -94,6 +98,11 @@ api_key = "sk-bench"
 [[models]]
 name = "bench"
 targets = [ {{ provider = "mock", model = "bench" }} ]
+
+[[prices]]
+model = "bench"
+input_per_million = 1.0
+output_per_million = 2.0
 "#,
         data = data.display()
     )
@@ -192,6 +201,17 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only_request_log {
         return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
+    }
+    if args.only_cost {
+        return cost_figures(
+            &args,
+            &out,
+            &spawn_pylon,
+            mock_port,
+            pylon_port,
+            pylon.pid(),
+        )
+        .await;
     }
     let mut targets = vec![
         Target {
@@ -427,6 +447,86 @@ async fn cache_figures(args: &Args, spawn_pylon: &SpawnPylon<'_>) -> anyhow::Res
     )
     .await?;
     cache::semantic(args.semantic_entries, args.semantic_dims);
+    Ok(())
+}
+
+/// CPU per request, RSS under load and added latency with Pylon's defaults next to nginx, then
+/// realistic prompt sizes with a tokens-per-minute limit on.
+async fn cost_figures(
+    args: &Args,
+    out: &Path,
+    spawn_pylon: &SpawnPylon<'_>,
+    mock_port: u16,
+    pylon_port: u16,
+    pylon_pid: u32,
+) -> anyhow::Result<()> {
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let endpoint = |port: u16, bearer: Option<String>| Endpoint {
+        url: url(port),
+        bearer,
+    };
+    let (tpm_port, tpm) = spawn_pylon("pylon-tpm", "[limits]\nip_rpm = 0\n")?;
+    wait_ready(
+        &format!("http://127.0.0.1:{tpm_port}/livez"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let key = create_key(tpm_port).await?;
+    let nginx_port = free_port()?;
+    let nginx = if args.no_nginx {
+        None
+    } else {
+        let n = procs::nginx(out, nginx_port, mock_port)?;
+        wait_ready(
+            &format!("http://127.0.0.1:{nginx_port}/mock/stats"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        Some(n)
+    };
+    let direct = cost::Via {
+        name: "direct",
+        to: endpoint(mock_port, None),
+        pid: None,
+    };
+    let via_nginx = nginx.as_ref().map(|n| cost::Via {
+        name: "nginx",
+        to: endpoint(nginx_port, None),
+        pid: Some(n.pid()),
+    });
+    let defaults = cost::Via {
+        name: "pylon",
+        to: endpoint(pylon_port, None),
+        pid: Some(pylon_pid),
+    };
+    let limited = cost::Via {
+        name: "pylon+tpm",
+        to: endpoint(tpm_port, Some(key)),
+        pid: Some(tpm.pid()),
+    };
+    let d = Duration::from_secs(args.seconds);
+    let tiny = cost::body(5);
+    let mut vias = vec![direct, defaults];
+    vias.extend(via_nginx);
+    for (title, conc) in [
+        (
+            "60-byte body, 50 connections (request log and metrics on)",
+            50,
+        ),
+        ("60-byte body, concurrency 1", 1),
+    ] {
+        let rows = cost::run(title, &vias, tiny.clone(), conc, d).await;
+        cost::compare(&rows);
+    }
+    vias[1] = limited;
+    for size in [4 * 1024, 64 * 1024] {
+        let title = format!(
+            "{} KiB prompt, 8 connections, key with a tokens-per-minute limit",
+            size / 1024
+        );
+        let rows = cost::run(&title, &vias, cost::body(size), 8, d).await;
+        cost::compare(&rows);
+    }
     Ok(())
 }
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pylon_proxy::RequestEvent;
-use pylon_store::{RequestRow, Store, UsageDelta};
+use pylon_proxy::{Gateway, RequestEvent, UsageTotal};
+use pylon_store::{HourlyTotal, RequestRow, Store, UsageDelta};
 use pylon_telemetry::Metrics;
 use pylon_types::day::civil_day;
 use tokio::sync::{mpsc, watch};
@@ -30,6 +30,8 @@ pub(crate) struct Settings {
 struct Pending {
     usage: HashMap<(String, String, String), UsageDelta>,
     rows: Vec<RequestRow>,
+    /// Rollups of requests whose events overflowed the queue (no rows).
+    rollups: Vec<HourlyTotal>,
 }
 
 /// Drains the queue every `flush / 4` (never woken per event: that would cost the request path
@@ -37,6 +39,7 @@ struct Pending {
 /// left, then returns.
 pub(crate) async fn run(
     store: Store,
+    gateway: Arc<Gateway>,
     mut rx: mpsc::Receiver<RequestEvent>,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -62,6 +65,24 @@ pub(crate) async fn run(
                 }
             }
         }
+        for t in gateway.take_usage_overflow() {
+            add_usage(&mut pending, &t);
+            if pending.rollups.len() < MAX_PENDING_GROUPS {
+                pending.rollups.push(HourlyTotal {
+                    hour: t.at_ms.div_euclid(3_600_000) * 3600,
+                    key_id: t.key_id,
+                    team_id: t.team_id.unwrap_or_default(),
+                    model: t.model,
+                    provider: t.provider.unwrap_or_default(),
+                    requests: t.requests as i64,
+                    errors: t.errors as i64,
+                    input_tokens: t.input_tokens as i64,
+                    output_tokens: t.output_tokens as i64,
+                    cost_usd: t.cost_usd,
+                    latency_ms_sum: t.latency_ms_sum,
+                });
+            }
+        }
         if stopping || closed || last_flush.elapsed() >= settings.flush {
             flush(&store, &mut pending, &settings, &metrics).await;
             last_flush = tokio::time::Instant::now();
@@ -72,9 +93,10 @@ pub(crate) async fn run(
     }
 }
 
-fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
-    let day = civil_day(e.at_ms / 1000);
-    let group = (day, e.key_id.clone(), e.model.clone());
+/// Adds a group of requests to the pending daily usage.
+fn add_usage(p: &mut Pending, t: &UsageTotal) {
+    let day = civil_day(t.at_ms / 1000);
+    let group = (day, t.key_id.clone(), t.model.clone());
     if p.usage.len() < MAX_PENDING_GROUPS || p.usage.contains_key(&group) {
         let d = p
             .usage
@@ -82,20 +104,39 @@ fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
             .or_insert_with_key(|(day, key, model)| UsageDelta {
                 day: day.clone(),
                 key_id: key.clone(),
-                team_id: e.team_id.clone().unwrap_or_default(),
+                team_id: t.team_id.clone().unwrap_or_default(),
                 model: model.clone(),
                 requests: 0,
                 input_tokens: 0,
                 output_tokens: 0,
                 cost_usd: 0.0,
             });
-        d.requests += 1;
-        d.input_tokens += e.input_tokens as i64;
-        d.output_tokens += e.output_tokens as i64;
-        d.cost_usd += e.cost_usd;
+        d.requests += t.requests as i64;
+        d.input_tokens += t.input_tokens as i64;
+        d.output_tokens += t.output_tokens as i64;
+        d.cost_usd += t.cost_usd;
     } else {
         tracing::warn!(target: "pylon::usage", "usage backlog full (store unreachable?): dropping an event");
     }
+}
+
+fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
+    add_usage(
+        p,
+        &UsageTotal {
+            at_ms: e.at_ms,
+            key_id: e.key_id.clone(),
+            team_id: e.team_id.clone(),
+            model: e.model.clone(),
+            provider: None,
+            requests: 1,
+            errors: 0,
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            cost_usd: e.cost_usd,
+            latency_ms_sum: 0.0,
+        },
+    );
     if p.rows.len() >= s.max_rows {
         metrics.request_log_dropped.inc();
         return;
@@ -167,6 +208,14 @@ async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) 
             Ok(()) => p.rows.clear(),
             Err(e) => {
                 tracing::warn!(target: "pylon::usage", error = %e, rows = p.rows.len(), "could not write the request log; will retry")
+            }
+        }
+    }
+    if !p.rollups.is_empty() {
+        match timed(metrics, "add_rollups", store.add_rollups(&p.rollups)).await {
+            Ok(()) => p.rollups.clear(),
+            Err(e) => {
+                tracing::warn!(target: "pylon::usage", error = %e, groups = p.rollups.len(), "could not write overflowed rollups; will retry")
             }
         }
     }

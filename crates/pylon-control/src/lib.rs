@@ -320,6 +320,7 @@ pub async fn bootstrap(
     let metrics = gateway.metrics().clone();
     let ledger = tokio::spawn(ledger::run(
         store.clone(),
+        gateway.clone(),
         rx,
         settings,
         metrics.clone(),

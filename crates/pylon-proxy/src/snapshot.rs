@@ -288,6 +288,11 @@ impl Gateway {
         self.usage.connect(tx);
     }
 
+    /// Usage of requests whose events did not fit in the queue (the ledger takes it).
+    pub fn take_usage_overflow(&self) -> Vec<crate::UsageTotal> {
+        self.usage.take_overflow()
+    }
+
     /// Usage events dropped because the queue was full.
     pub fn usage_dropped(&self) -> u64 {
         self.usage.dropped()

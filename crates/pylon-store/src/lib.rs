@@ -15,7 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use model::*;
-pub use requests::{Bucket, Dim, ErrorGroup, RequestFilter, RequestRow, UsageBucket};
+pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -125,6 +125,53 @@ pub struct ErrorGroup {
     pub last_message: Option<String>,
 }
 
+/// Requests summed per hour, key, team, model and provider: the rollup of requests whose rows
+/// were not kept (the data plane's queue was full).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HourlyTotal {
+    /// Unix seconds at the start of the hour.
+    pub hour: i64,
+    pub key_id: String,
+    pub team_id: String,
+    pub model: String,
+    pub provider: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    pub latency_ms_sum: f64,
+}
+
+/// Adds to one hourly rollup.
+async fn upsert_rollup(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    (hour, key, team, model, provider): (i64, &str, &str, &str, &str),
+    u: &Rollup,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO usage_hourly (hour, key_id, team_id, model, provider, requests, errors, input_tokens, output_tokens, cost_usd, latency_ms_sum) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (hour, key_id, team_id, model, provider) DO UPDATE SET \
+         requests = usage_hourly.requests + excluded.requests, errors = usage_hourly.errors + excluded.errors, \
+         input_tokens = usage_hourly.input_tokens + excluded.input_tokens, output_tokens = usage_hourly.output_tokens + excluded.output_tokens, \
+         cost_usd = usage_hourly.cost_usd + excluded.cost_usd, latency_ms_sum = usage_hourly.latency_ms_sum + excluded.latency_ms_sum",
+    )
+    .bind(hour)
+    .bind(key)
+    .bind(team)
+    .bind(model)
+    .bind(provider)
+    .bind(u.requests)
+    .bind(u.errors)
+    .bind(u.input_tokens)
+    .bind(u.output_tokens)
+    .bind(u.cost_usd)
+    .bind(u.latency_ms_sum)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[derive(Default)]
 struct Rollup {
     requests: i64,
@@ -165,6 +212,28 @@ fn bind_row<'q>(
 }
 
 impl Store {
+    /// Adds request totals whose rows were not kept to the hourly rollups, in one transaction.
+    pub async fn add_rollups(&self, totals: &[HourlyTotal]) -> Result<(), StoreError> {
+        if totals.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for t in totals {
+            let u = Rollup {
+                requests: t.requests,
+                errors: t.errors,
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+                cost_usd: t.cost_usd,
+                latency_ms_sum: t.latency_ms_sum,
+            };
+            let dims = (t.hour, &*t.key_id, &*t.team_id, &*t.model, &*t.provider);
+            upsert_rollup(&mut tx, dims, &u).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Writes a batch: the rows (unless `rows_too` is false), their hourly rollups and error
     /// groups, in one transaction.
     pub async fn record_requests(
@@ -228,26 +297,7 @@ impl Store {
             }
         }
         for ((hour, key, team, model, provider), u) in rollups {
-            sqlx::query(
-                "INSERT INTO usage_hourly (hour, key_id, team_id, model, provider, requests, errors, input_tokens, output_tokens, cost_usd, latency_ms_sum) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (hour, key_id, team_id, model, provider) DO UPDATE SET \
-                 requests = usage_hourly.requests + excluded.requests, errors = usage_hourly.errors + excluded.errors, \
-                 input_tokens = usage_hourly.input_tokens + excluded.input_tokens, output_tokens = usage_hourly.output_tokens + excluded.output_tokens, \
-                 cost_usd = usage_hourly.cost_usd + excluded.cost_usd, latency_ms_sum = usage_hourly.latency_ms_sum + excluded.latency_ms_sum",
-            )
-            .bind(hour)
-            .bind(key)
-            .bind(team)
-            .bind(model)
-            .bind(provider)
-            .bind(u.requests)
-            .bind(u.errors)
-            .bind(u.input_tokens)
-            .bind(u.output_tokens)
-            .bind(u.cost_usd)
-            .bind(u.latency_ms_sum)
-            .execute(&mut *tx)
-            .await?;
+            upsert_rollup(&mut tx, (hour, key, team, model, provider), &u).await?;
         }
         for ((class, route), (count, first, last, example)) in errors {
             sqlx::query(

@@ -667,3 +667,47 @@ async fn prompt_cache_reads_are_billed_at_their_price() {
         );
     }
 }
+
+#[tokio::test]
+async fn usage_is_never_dropped_to_make_room_for_request_log_rows() {
+    let mock = MockServer::start().await;
+    // A one-event queue: nearly every event of a burst overflows it.
+    let (gw, _) = Gateway::with_admin(
+        &keyed(&mock, "[request_log]\nqueue = 1\nflush = \"2s\""),
+        Some(ADMIN),
+    )
+    .await;
+    let k = create_key(&gw, json!({"name": "burst"})).await;
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let (url, k) = (gw.url("/v1/chat/completions"), k.clone());
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .bearer_auth(k)
+                    .json(&hello("priced"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    assert!(
+        metric(&gw, "pylon_request_log_dropped_total").await > 0.0,
+        "rows were dropped"
+    );
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        usage = admin_get(&gw, ADMIN, "/admin/v1/usage?group_by=model").await;
+        if usage["rows"][0]["requests"] == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(usage["rows"][0]["requests"], 30, "{usage}");
+    assert!(usage["rows"][0]["cost_usd"].as_f64().unwrap() > 0.0);
+}
