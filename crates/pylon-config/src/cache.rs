@@ -52,6 +52,14 @@ pub struct Semantic {
     /// Vectors kept per context; a full index starts over.
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
+    /// Contexts (model, parameters, system prompt, earlier turns…) with an index; the least
+    /// used are forgotten beyond this, and any unused for an hour.
+    #[serde(default = "default_max_contexts")]
+    pub max_contexts: u64,
+}
+
+fn default_max_contexts() -> u64 {
+    10_000
 }
 
 impl Default for Semantic {
@@ -61,6 +69,7 @@ impl Default for Semantic {
             threshold: default_threshold(),
             scope: SemanticScope::default(),
             max_entries: default_max_entries(),
+            max_contexts: default_max_contexts(),
         }
     }
 }

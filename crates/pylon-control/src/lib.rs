@@ -212,6 +212,11 @@ impl Control {
                     t.budget?,
                 ))
             }));
+        // One query per (scope, period start), however many keys have budgets.
+        let mut spends: std::collections::HashMap<
+            (bool, String),
+            std::collections::HashMap<String, f64>,
+        > = std::collections::HashMap::new();
         for (scope, owner, id, name, budget) in budgets {
             let period = keys::budget_period(budget.period);
             let since = match budget.period {
@@ -221,9 +226,20 @@ impl Control {
                 }
                 pylon_store::Period::Total => "0000-00-00".to_owned(),
             };
-            let spent = self.store.spend_since(scope == "team", id, &since).await?;
+            let team = scope == "team";
+            let by_owner = match spends.entry((team, since)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let all = self.store.spend_since_all(team, &e.key().1).await?;
+                    e.insert(all)
+                }
+            };
+            let spent = by_owner.get(id).copied().unwrap_or(0.0);
             let (key, ttl) = pylon_proxy::spend_key(&owner, period, now);
-            self.gateway.seed_spend(&key, spent, ttl).await;
+            // Nothing recorded: nothing to raise (and no round trip to Redis).
+            if spent > 0.0 {
+                self.gateway.seed_spend(&key, spent, ttl).await;
+            }
             let check = notify::Check {
                 scope,
                 id,

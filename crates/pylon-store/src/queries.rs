@@ -367,23 +367,28 @@ impl Store {
             .collect()
     }
 
-    /// Total spend of a key (or, with `team`, of a team) since a day (inclusive).
-    pub async fn spend_since(
+    /// Spend since `from_day` of every key (or team) that spent anything, in one query.
+    pub async fn spend_since_all(
         &self,
         team: bool,
-        id: &str,
         from_day: &str,
-    ) -> Result<f64, StoreError> {
+    ) -> Result<std::collections::HashMap<String, f64>, StoreError> {
         let column = if team { "team_id" } else { "key_id" };
         let sql = format!(
-            "SELECT CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS spend FROM usage_daily WHERE {column} = $1 AND day >= $2"
+            "SELECT {column} AS owner, CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS spend FROM usage_daily \
+             WHERE day >= $1 GROUP BY {column}"
         );
-        let row = sqlx::query(&sql)
-            .bind(id)
+        let rows = sqlx::query(&sql)
             .bind(from_day)
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        get(&row, "spend")
+        let mut out = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let owner: String = get(row, "owner")?;
+            let spend: f64 = get(row, "spend")?;
+            out.insert(owner, spend);
+        }
+        Ok(out)
     }
 
     /// Claims the notification for one threshold of one budget period; true for exactly one

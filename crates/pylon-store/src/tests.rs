@@ -185,15 +185,11 @@ async fn suite(store: Store) {
             .len(),
         1
     );
-    assert!((store.spend_since(false, "k1", "2026-11-01").await.unwrap() - 0.75).abs() < 1e-9);
-    assert!((store.spend_since(true, &t.id, "2026-11-02").await.unwrap() - 1.0).abs() < 1e-9);
-    assert_eq!(
-        store
-            .spend_since(false, "nobody", "2000-01-01")
-            .await
-            .unwrap(),
-        0.0
-    );
+    let keys = store.spend_since_all(false, "2026-11-01").await.unwrap();
+    assert!((keys["k1"] - 0.75).abs() < 1e-9, "{keys:?}");
+    assert!(!keys.contains_key("nobody"));
+    let teams = store.spend_since_all(true, "2026-11-02").await.unwrap();
+    assert!((teams[&t.id] - 1.0).abs() < 1e-9, "{teams:?}");
     request_log(&store).await;
 }
 

@@ -136,7 +136,12 @@ impl ResponseCache {
             namespace: cfg.namespace,
             max_temperature: cfg.max_temperature,
             coalesce: cfg.coalesce,
-            semantic: semantic::Semantic::new(&cfg.semantic),
+            semantic: semantic::Semantic::new(
+                &cfg.semantic,
+                metrics
+                    .bounded_drops
+                    .with_label_values(&["semantic_context"]),
+            ),
             metrics,
         })
     }

@@ -4,7 +4,6 @@
 //! the conversation), so multi-turn and tool-calling traffic never gets an answer meant for
 //! another context. Vectors point at exact-cache entries; the answers live there.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -183,19 +182,35 @@ pub(crate) struct Semantic {
     pub threshold: f32,
     pub scope: SemanticScope,
     max_entries: usize,
-    indexes: Mutex<HashMap<String, Arc<VectorIndex>>>,
+    /// One index per context, bounded in number (least used and idle ones are evicted, and
+    /// counted in `pylon_bounded_drops_total{what="semantic_context"}`).
+    indexes: moka::sync::Cache<String, Arc<VectorIndex>>,
+    /// Serializes "full → start over" so two inserts never race to replace one index.
+    replacing: Mutex<()>,
     /// Embeddings of texts already seen, so repeated questions cost no embedding call.
     embeddings: moka::future::Cache<String, Arc<Vec<f32>>>,
 }
 
 impl Semantic {
-    pub fn new(cfg: &pylon_config::Semantic) -> Option<Semantic> {
+    pub fn new(
+        cfg: &pylon_config::Semantic,
+        evicted: pylon_telemetry::prometheus::IntCounter,
+    ) -> Option<Semantic> {
         Some(Semantic {
             embedding_model: cfg.embedding_model.clone()?,
             threshold: cfg.threshold as f32,
             scope: cfg.scope,
             max_entries: cfg.max_entries.max(1),
-            indexes: Mutex::new(HashMap::new()),
+            indexes: moka::sync::Cache::builder()
+                .max_capacity(cfg.max_contexts.max(1))
+                .time_to_idle(Duration::from_secs(3600))
+                .eviction_listener(move |_k, _v, cause| {
+                    if cause.was_evicted() {
+                        evicted.inc();
+                    }
+                })
+                .build(),
+            replacing: Mutex::new(()),
             embeddings: moka::future::Cache::builder()
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|k: &String, v: &Arc<Vec<f32>>| (k.len() + v.len() * 4) as u32)
@@ -205,7 +220,14 @@ impl Semantic {
     }
 
     fn index(&self, context: &str) -> Option<Arc<VectorIndex>> {
-        self.indexes.lock().ok()?.get(context).cloned()
+        self.indexes.get(context)
+    }
+
+    /// Contexts with an index now.
+    #[cfg(test)]
+    pub fn contexts(&self) -> u64 {
+        self.indexes.run_pending_tasks();
+        self.indexes.entry_count()
     }
 
     /// Cached keys similar enough to `vector` in `context`, most similar first.
@@ -225,18 +247,17 @@ impl Semantic {
     /// cannot be deleted from HNSW one by one).
     pub fn remember(&self, context: &str, vector: Arc<Vec<f32>>, key: String) {
         let index = {
-            let Ok(mut all) = self.indexes.lock() else {
+            let Ok(_one) = self.replacing.lock() else {
                 return;
             };
-            let full = all
-                .get(context)
-                .is_some_and(|i| i.len() >= self.max_entries);
-            if full {
-                all.remove(context);
+            match self.indexes.get(context) {
+                Some(i) if i.len() < self.max_entries => i,
+                _ => {
+                    let fresh = Arc::new(VectorIndex::new(1024));
+                    self.indexes.insert(context.to_owned(), fresh.clone());
+                    fresh
+                }
             }
-            all.entry(context.to_owned())
-                .or_insert_with(|| Arc::new(VectorIndex::new(1024)))
-                .clone()
         };
         // Small indexes insert in microseconds: inline, so the next identical question hits.
         match tokio::runtime::Handle::try_current() {
@@ -343,5 +364,32 @@ mod tests {
         let found = index.nearest(&[0.9, 0.1, 0.0], 2);
         assert_eq!(found[0].0, "x");
         assert!(found[0].1 > 0.9 && found[1].1 < 0.2, "{found:?}");
+    }
+
+    #[test]
+    fn contexts_are_bounded_and_evictions_counted() {
+        let evicted = pylon_telemetry::prometheus::IntCounter::new("e", "e").unwrap();
+        let cfg = pylon_config::Semantic {
+            embedding_model: Some("embed".into()),
+            max_contexts: 5,
+            ..pylon_config::Semantic::default()
+        };
+        let sem = Semantic::new(&cfg, evicted.clone()).unwrap();
+        // One conversation prefix each: without a bound every one would keep an index.
+        for i in 0..200 {
+            sem.remember(
+                &format!("ctx-{i}"),
+                Arc::new(vec![1.0, 0.0, 0.0]),
+                format!("k{i}"),
+            );
+        }
+        assert!(sem.contexts() <= 5, "{} contexts", sem.contexts());
+        assert!(evicted.get() >= 195, "{} evictions counted", evicted.get());
+        // A context that is still there answers.
+        let kept = (0..200)
+            .find(|i| sem.index(&format!("ctx-{i}")).is_some())
+            .unwrap();
+        let found = sem.similar(&format!("ctx-{kept}"), &[1.0, 0.0, 0.0]);
+        assert_eq!(found[0].0, format!("k{kept}"));
     }
 }
