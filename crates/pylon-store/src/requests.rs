@@ -8,7 +8,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::Any;
 
-use crate::{get, Store, StoreError};
+use crate::{get, Backend, Store, StoreError};
 
 /// One request as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -254,7 +254,13 @@ impl Store {
                         if c > 0 {
                             sql.push_str(", ");
                         }
-                        sql.push_str(&format!("${}", i * NCOL + c + 1));
+                        // SQLite resolves a named parameter (`$n`) by scanning every name in
+                        // the statement: thousands of them made each batch quadratic (a third
+                        // of the gateway's CPU under load). Anonymous `?` binds in order.
+                        match self.backend {
+                            Backend::Sqlite => sql.push('?'),
+                            Backend::Postgres => sql.push_str(&format!("${}", i * NCOL + c + 1)),
+                        }
                     }
                     sql.push(')');
                 }
