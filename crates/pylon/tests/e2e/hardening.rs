@@ -711,3 +711,27 @@ async fn usage_is_never_dropped_to_make_room_for_request_log_rows() {
     assert_eq!(usage["rows"][0]["requests"], 30, "{usage}");
     assert!(usage["rows"][0]["cost_usd"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test]
+async fn background_work_is_drained_at_shutdown() {
+    let text = format!(
+        "[data]\ndir = \"{}\"\n[auth]\nmode = \"none\"\n",
+        temp_dir("drain").display()
+    );
+    let config = pylon_config::parse(&text, "test.toml", &|_| None).unwrap();
+    let (gw, control) = pylon_control::bootstrap(&config, pylon_control::Env::default())
+        .await
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    // Work a request left behind (a settlement, a cache write, a webhook), still running.
+    gw.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    control.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        done.load(std::sync::atomic::Ordering::SeqCst),
+        "shutdown waited for it"
+    );
+}
