@@ -58,13 +58,7 @@ async fn create_key(gw: &Gateway, body: Value) -> (String, String) {
 }
 
 async fn chat_with(gw: &Gateway, key: &str, model: &str) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&hello(model))
-        .send()
-        .await
-        .unwrap()
+    chat_as(gw, key, model).await
 }
 
 #[tokio::test]

@@ -43,28 +43,11 @@ targets = [ {{ provider = "a", model = "mock-a" }} ]
 }
 
 async fn key(gw: &Gateway, body: Value) -> String {
-    let resp = client()
-        .post(gw.url("/admin/v1/keys"))
-        .bearer_auth(ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    create_key_with(gw, ADMIN, body).await
 }
 
 async fn call(gw: &Gateway, key: &str) -> reqwest::Response {
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&hello("m"))
-        .send()
-        .await
-        .unwrap()
+    chat_as(gw, key, "m").await
 }
 
 #[tokio::test]

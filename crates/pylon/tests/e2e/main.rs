@@ -3,6 +3,7 @@
 // Test code fails loudly by design: an unwrap here is an assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod accounting;
 mod app_routes;
 mod cache;
 mod edge;
