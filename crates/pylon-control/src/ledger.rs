@@ -14,6 +14,11 @@ use tokio::sync::{mpsc, watch};
 
 /// Most distinct (day, key, model) usage groups kept while the store is unreachable.
 const MAX_PENDING_GROUPS: usize = 100_000;
+/// Rows are written as soon as this many are pending, not only every `flush`: a second of rows
+/// under load (tens of thousands) held at once was most of the gateway's memory under load.
+const WRITE_AT: usize = 256;
+/// The queue is drained at least this often.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// How the ledger runs.
 pub(crate) struct Settings {
@@ -34,9 +39,10 @@ struct Pending {
     rollups: Vec<HourlyTotal>,
 }
 
-/// Drains the queue every `flush / 4` (never woken per event: that would cost the request path
-/// a cross-thread wake-up each) and writes every `flush`. On `stop`, drains and writes what is
-/// left, then returns.
+/// Drains the queue every `flush / 4` or 50 ms (never woken per event: that would cost the
+/// request path a cross-thread wake-up each) and writes every `flush`, or as soon as `WRITE_AT`
+/// rows are pending while the store keeps up. On `stop`, drains and writes what is left, then
+/// returns.
 pub(crate) async fn run(
     store: Store,
     gateway: Arc<Gateway>,
@@ -46,18 +52,34 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut pending = Pending::default();
-    let mut tick = tokio::time::interval((settings.flush / 4).max(Duration::from_millis(10)));
+    let drain = (settings.flush / 4).clamp(Duration::from_millis(10), DRAIN_EVERY);
+    let mut tick = tokio::time::interval(drain);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = tokio::time::Instant::now();
+    // False after a failed write: then only the `flush` interval retries, not every event.
+    let mut keeping_up = true;
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
             _ = stop.wait_for(|s| *s) => true,
         };
         let mut closed = false;
+        let mut drained = 0u32;
         loop {
             match rx.try_recv() {
-                Ok(e) => add(&mut pending, e, &settings, &metrics),
+                Ok(e) => {
+                    add(&mut pending, e, &settings, &metrics);
+                    drained += 1;
+                    // Thousands of events in one go would hold this worker for milliseconds,
+                    // and a request waiting behind it on the same worker would see that.
+                    if drained.is_multiple_of(256) {
+                        tokio::task::yield_now().await;
+                    }
+                    if keeping_up && pending.rows.len() >= WRITE_AT {
+                        keeping_up = flush(&store, &mut pending, &settings, &metrics).await;
+                        last_flush = tokio::time::Instant::now();
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closed = true;
@@ -84,7 +106,7 @@ pub(crate) async fn run(
             }
         }
         if stopping || closed || last_flush.elapsed() >= settings.flush {
-            flush(&store, &mut pending, &settings, &metrics).await;
+            keeping_up = flush(&store, &mut pending, &settings, &metrics).await;
             last_flush = tokio::time::Instant::now();
         }
         if stopping || closed {
@@ -186,13 +208,16 @@ pub(crate) async fn timed<T>(
     r
 }
 
-async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) {
+/// Writes what is pending; false when something could not be written (kept for the next try).
+async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) -> bool {
+    let mut ok = true;
     if !p.usage.is_empty() {
         let batch: Vec<UsageDelta> = p.usage.values().cloned().collect();
         match timed(metrics, "add_usage", store.add_usage(&batch)).await {
             Ok(()) => p.usage.clear(),
             // Kept and retried at the next flush; aggregates keep the backlog small.
             Err(e) => {
+                ok = false;
                 tracing::warn!(target: "pylon::usage", error = %e, groups = batch.len(), "could not write usage; will retry")
             }
         }
@@ -207,6 +232,7 @@ async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) 
         {
             Ok(()) => p.rows.clear(),
             Err(e) => {
+                ok = false;
                 tracing::warn!(target: "pylon::usage", error = %e, rows = p.rows.len(), "could not write the request log; will retry")
             }
         }
@@ -215,11 +241,13 @@ async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) 
         match timed(metrics, "add_rollups", store.add_rollups(&p.rollups)).await {
             Ok(()) => p.rollups.clear(),
             Err(e) => {
+                ok = false;
                 tracing::warn!(target: "pylon::usage", error = %e, groups = p.rollups.len(), "could not write overflowed rollups; will retry")
             }
         }
     }
     metrics.request_log_pending.set(p.rows.len() as i64);
+    ok
 }
 
 /// Deletes request-log rows beyond the retention age and row count, every ten minutes.

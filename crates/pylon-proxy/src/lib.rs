@@ -10,6 +10,7 @@ mod breaker;
 mod cache;
 mod client;
 mod error;
+mod head_errors;
 mod health;
 mod ingress;
 mod limits;

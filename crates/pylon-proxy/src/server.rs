@@ -256,7 +256,8 @@ async fn accept_loop(
             let service = TowerToHyperService::new(service);
             match tls {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    let io = TokioIo::new(crate::head_errors::HeadErrors::new(tcp));
+                    let conn = builder.serve_connection_with_upgrades(io, service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(tls) => {
@@ -266,8 +267,8 @@ async fn accept_loop(
                     else {
                         return;
                     };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let io = TokioIo::new(crate::head_errors::HeadErrors::new(stream));
+                    let conn = builder.serve_connection_with_upgrades(io, service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }

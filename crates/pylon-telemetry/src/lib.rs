@@ -1,6 +1,8 @@
-//! What Pylon tells operators about itself: Prometheus metrics, OpenTelemetry traces, and the
-//! run-time log level. Every other crate reports through here; none talks to an exporter.
+//! What Pylon tells operators about itself: Prometheus metrics, OpenTelemetry traces, the log
+//! writer and the run-time log level. Every other crate reports through here; none talks to an
+//! exporter.
 
+pub mod logs;
 pub mod metrics;
 pub mod trace;
 

@@ -354,6 +354,10 @@ impl Metrics {
 
     /// The text exposition format, for `GET /metrics`.
     pub fn render(&self) -> String {
+        // Log lines are dropped by the process-wide writer, before any gateway exists.
+        let dropped = crate::logs::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed);
+        let lines = self.bounded_drops.with_label_values(&["log_line"]);
+        lines.inc_by(dropped.saturating_sub(lines.get()));
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec fails only on malformed metrics, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AdminError, ErrorBody};
+use super::{AdminError, AdminQuery, ErrorBody};
 use crate::Control;
 
 /// Which cached answers to delete; every given filter must match (none: everything).
@@ -34,7 +34,7 @@ pub struct Purged {
     responses((status = 200, body = Purged), (status = 409, body = ErrorBody, description = "caching is off")))]
 pub(super) async fn purge(
     State(c): State<Arc<Control>>,
-    Query(q): Query<PurgeQuery>,
+    AdminQuery(q): AdminQuery<PurgeQuery>,
 ) -> Result<Json<Purged>, AdminError> {
     match c
         .gateway

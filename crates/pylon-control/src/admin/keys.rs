@@ -4,21 +4,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use pylon_store::ApiKey;
 
-use super::{parse, AdminError, CreatedKey, ErrorBody, KeyView, NewKey, Rotate};
+use super::{
+    parse, AdminError, AdminPath, BudgetBody, CreatedKey, ErrorBody, KeyView, LimitsBody, NewKey,
+    Rotate,
+};
 use crate::keys::{generate, unix_now};
 use crate::Control;
 
+/// A whole number (up to six digits) and one unit of `s`, `m`, `h`, `d` or `w`.
 fn duration(what: &str, text: &str) -> Result<Duration, AdminError> {
-    humantime::parse_duration(text).map_err(|e| {
-        AdminError::bad_request(format!(
-            "`{what}` is not a duration like `30d` or `1h`: {e}"
-        ))
-    })
+    let bad = || AdminError::bad_request(format!("`{what}` is not a duration like `30d` or `1h`"));
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n = &text[..text.len() - unit.len_utf8()];
+    if n.is_empty() || n.len() > 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(n * secs))
 }
 
 fn new_key_material() -> Result<(String, String, String), AdminError> {
@@ -46,18 +61,22 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), AdminError> {
     let req: NewKey = parse(&body)?;
-    if req.name.trim().is_empty() {
-        return Err(AdminError::bad_request("`name` must not be empty"));
+    if req.name.trim_matches([' ', '\t', '\r', '\n']).is_empty() {
+        return Err(AdminError::bad_request("`name` must not be blank"));
     }
+    req.limits.as_ref().map(LimitsBody::check).transpose()?;
+    req.budget.as_ref().map(BudgetBody::check).transpose()?;
     if let Some(models) = &req.allowed_models {
         let known = c.gateway.model_names();
         if let Some(bad) = models
             .iter()
             .find(|m| !known.contains(m) && !m.contains('/'))
         {
-            return Err(AdminError::bad_request(format!(
-                "`allowed_models` names `{bad}`, which is not a configured model"
-            )));
+            return Err(AdminError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("`allowed_models` names `{bad}`, which is not a configured model"),
+            ));
         }
     }
     if let Some(team) = &req.team_id {
@@ -116,7 +135,7 @@ pub(super) async fn list(State(c): State<Arc<Control>>) -> Result<Json<Vec<KeyVi
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)))]
 pub(super) async fn show(
     State(c): State<Arc<Control>>,
-    Path(id): Path<String>,
+    AdminPath(id): AdminPath<String>,
 ) -> Result<Json<KeyView>, AdminError> {
     Ok(Json(KeyView::of(c.store.key(&id).await?, unix_now())))
 }
@@ -126,7 +145,7 @@ pub(super) async fn show(
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)))]
 pub(super) async fn revoke(
     State(c): State<Arc<Control>>,
-    Path(id): Path<String>,
+    AdminPath(id): AdminPath<String>,
 ) -> Result<Json<KeyView>, AdminError> {
     let now = unix_now();
     c.store.revoke_key(&id, now).await?;
@@ -136,14 +155,15 @@ pub(super) async fn revoke(
 }
 
 /// Issues a new key with the same settings; the old one stays valid for the grace period.
-#[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", operation_id = "rotate_key", tag = "keys", params(("id" = String, Path)), request_body = Rotate,
+#[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", operation_id = "rotate_key", tag = "keys", params(("id" = String, Path)),
+    request_body(content = Option<Rotate>, description = "Optional; without it the old key stays valid for 24 hours."),
     responses((status = 201, body = CreatedKey), (status = 404, body = ErrorBody)))]
 pub(super) async fn rotate(
     State(c): State<Arc<Control>>,
-    Path(id): Path<String>,
+    AdminPath(id): AdminPath<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), AdminError> {
-    let req: Rotate = if body.is_empty() {
+    let req: Rotate = if body.is_empty() || body.trim_ascii() == b"null" {
         Rotate::default()
     } else {
         parse(&body)?

@@ -74,7 +74,7 @@ pub fn router(control: Arc<Control>) -> Router {
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
           usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
-    modifiers(&AdminToken),
+    modifiers(&AdminToken, &CommonErrors),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),
          (name = "usage", description = "Spend and token usage"),
@@ -94,6 +94,92 @@ impl Modify for AdminToken {
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The errors every operation can answer with, so the document lists every status the API
+/// sends: 400 where there is input to reject, 401 without the admin token, 503 when the admin
+/// API is disabled or the store is down.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let has_path_params = item.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let takes_input = has_path_params
+                    || op.request_body.is_some()
+                    || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let responses = &mut op.responses.responses;
+                if takes_input {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("The request is malformed; the message says which part.").into()
+                    });
+                }
+                responses.entry("401".into()).or_insert_with(|| {
+                    error("The admin token is missing or wrong (`Authorization: Bearer …`).").into()
+                });
+                responses.entry("503".into()).or_insert_with(|| {
+                    error("The admin API is disabled (no admin token configured) or the store is unavailable; retry shortly.").into()
+                });
+            }
+        }
+    }
+}
+
+/// `Query` whose rejection is an admin API error in JSON, not axum's plain text.
+pub(crate) struct AdminQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for AdminQuery<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, AdminError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| AdminQuery(q))
+            .map_err(|e| AdminError::bad_request(e.body_text()))
+    }
+}
+
+/// `Path` whose rejection is an admin API error in JSON.
+pub(crate) struct AdminPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for AdminPath<T>
+{
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, AdminError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| AdminPath(p))
+            .map_err(|e| AdminError::bad_request(e.body_text()))
     }
 }
 
@@ -160,8 +246,9 @@ impl AdminError {
     pub(crate) fn from_secrets(e: crate::secrets::SecretsError) -> Self {
         use crate::secrets::SecretsError;
         match e {
+            // The request is fine; the server is not set up for it.
             SecretsError::NoMasterKey | SecretsError::BadMasterKey(_) => {
-                AdminError::new(StatusCode::BAD_REQUEST, "no_master_key", e.to_string())
+                AdminError::new(StatusCode::CONFLICT, "no_master_key", e.to_string())
             }
             other => AdminError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -206,7 +293,11 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// Parses a JSON body strictly (unknown fields are errors), with a clear 400.
+/// Parses a JSON object body strictly (unknown fields are errors), with a clear 400.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+    // serde would also read a struct from an array of its fields in order.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AdminError::bad_request("invalid body: send a JSON object"));
+    }
     serde_json::from_slice(body).map_err(|e| AdminError::bad_request(format!("invalid body: {e}")))
 }

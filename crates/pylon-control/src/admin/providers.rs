@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{parse, AdminError, ErrorBody};
+use super::{parse, AdminError, AdminPath, ErrorBody};
 use crate::keys::unix_now;
 use crate::Control;
 
@@ -29,6 +29,8 @@ pub struct ProviderView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCredential {
+    /// Printable ASCII without spaces, as provider keys are.
+    #[schema(pattern = "^[!-~]+$")]
     pub api_key: String,
 }
 
@@ -77,10 +79,12 @@ pub(super) async fn list(
 /// Stores a provider's credential, encrypted under the current master key; used at once.
 #[utoipa::path(put, path = "/admin/v1/providers/{name}/credential", operation_id = "set_provider_credential", tag = "providers", params(("name" = String, Path)),
     request_body = NewCredential,
-    responses((status = 200, body = ProviderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ProviderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "No master key is configured (`PYLON_MASTER_KEY`)."),
+              (status = 500, body = ErrorBody, description = "Encryption failed.")))]
 pub(super) async fn set_credential(
     State(c): State<Arc<Control>>,
-    Path(name): Path<String>,
+    AdminPath(name): AdminPath<String>,
     body: Bytes,
 ) -> Result<Json<ProviderView>, AdminError> {
     let req: NewCredential = parse(&body)?;
@@ -91,9 +95,9 @@ pub(super) async fn set_credential(
             format!("provider `{name}` is not configured"),
         ));
     }
-    if req.api_key.trim().is_empty() || req.api_key.contains(['\r', '\n']) {
+    if req.api_key.is_empty() || !req.api_key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(AdminError::bad_request(
-            "`api_key` must be a non-empty single line",
+            "`api_key` must be printable ASCII without spaces",
         ));
     }
     let sealed = c
@@ -111,7 +115,8 @@ pub(super) async fn set_credential(
 /// Re-encrypts every stored credential under the current master key (run after adding a new
 /// `PYLON_MASTER_KEY` with the old one in `PYLON_MASTER_KEY_PREVIOUS`).
 #[utoipa::path(post, path = "/admin/v1/secrets/rotate-master", operation_id = "rotate_master_key", tag = "providers",
-    responses((status = 200, body = Rotated), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Rotated), (status = 409, body = ErrorBody, description = "No master key is configured (`PYLON_MASTER_KEY`)."),
+              (status = 500, body = ErrorBody, description = "Re-encryption failed; nothing was changed.")))]
 pub(super) async fn rotate_master(
     State(c): State<Arc<Control>>,
 ) -> Result<Json<Rotated>, AdminError> {

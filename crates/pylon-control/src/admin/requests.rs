@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use pylon_store::{ErrorGroup, RequestFilter, RequestRow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AdminError, ErrorBody};
+use super::{AdminError, AdminQuery, ErrorBody};
 use crate::Control;
 
 /// Filters and paging of the request log.
@@ -24,6 +24,7 @@ pub(super) struct RequestsQuery {
     model: Option<String>,
     provider: Option<String>,
     /// An exact status (`429`) or a class (`5xx`).
+    #[param(pattern = "^[1-5]([0-9]{2}|xx)$")]
     status: Option<String>,
     error_class: Option<String>,
     /// Unix milliseconds, inclusive.
@@ -31,11 +32,25 @@ pub(super) struct RequestsQuery {
     /// Unix milliseconds, exclusive.
     until: Option<i64>,
     /// The `next` cursor of the previous page.
+    #[param(pattern = "^-?[0-9]{1,18}:")]
     cursor: Option<String>,
-    /// Rows per page, 1 to 1000 (default 100); with `format=jsonl` or `csv`, up to 100000.
+    /// Rows per page (default 100, at most 1000: larger asks get 1000); with `format=jsonl` or
+    /// `csv`, rows in the export (default and most 100000).
+    #[param(minimum = 1, maximum = 100_000)]
     limit: Option<i64>,
     /// `json` (default, one page with a cursor), `jsonl` or `csv` (an export).
+    #[param(pattern = "^(json|jsonl|csv)$")]
     format: Option<String>,
+}
+
+/// `<unix ms>:<request id>`, as `next` gives it.
+fn cursor(c: &str) -> Option<(i64, String)> {
+    let (at, id) = c.split_once(':')?;
+    let digits = at.strip_prefix('-').unwrap_or(at);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((at.parse().ok()?, id.to_owned()))
 }
 
 /// One page of the request log, newest first.
@@ -47,44 +62,38 @@ pub struct RequestsPage {
 }
 
 fn filter(q: &RequestsQuery, export: bool) -> Result<RequestFilter, AdminError> {
-    let (status, status_class) = match q.status.as_deref() {
+    let (status, status_class) = match q.status.as_deref().map(str::as_bytes) {
         None => (None, None),
-        Some(s) if s.len() == 3 && s.ends_with("xx") => match s[..1].parse::<i64>() {
-            Ok(d @ 1..=5) => (None, Some(d * 100)),
-            _ => {
-                return Err(AdminError::bad_request(format!(
-                    "`status={s}`: use a code like 429 or a class like 5xx"
-                )))
-            }
-        },
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) => (Some(n), None),
-            Err(_) => {
-                return Err(AdminError::bad_request(format!(
-                    "`status={s}`: use a code like 429 or a class like 5xx"
-                )))
-            }
-        },
+        Some([d @ b'1'..=b'5', b'x', b'x']) => (None, Some(i64::from(d - b'0') * 100)),
+        Some(b @ [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9']) => (
+            Some(b.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'))),
+            None,
+        ),
+        Some(_) => {
+            return Err(AdminError::bad_request(format!(
+                "`status={}`: use a code like 429 or a class like 5xx",
+                q.status.as_deref().unwrap_or_default()
+            )))
+        }
     };
-    let before =
-        match q.cursor.as_deref() {
-            None => None,
-            Some(c) => {
-                let parsed = c
-                    .split_once(':')
-                    .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())));
-                Some(parsed.ok_or_else(|| {
-                    AdminError::bad_request("`cursor` is not one this API returned")
-                })?)
-            }
-        };
-    let max = if export { 100_000 } else { 1000 };
-    let limit = q.limit.unwrap_or(if export { max } else { 100 });
-    if !(1..=max).contains(&limit) {
-        return Err(AdminError::bad_request(format!(
-            "`limit` must be between 1 and {max}"
-        )));
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            cursor(c)
+                .ok_or_else(|| AdminError::bad_request("`cursor` is not one this API returned"))?,
+        ),
+    };
+    if q.limit.is_some_and(|l| !(1..=100_000).contains(&l)) {
+        return Err(AdminError::bad_request(
+            "`limit` must be between 1 and 100000",
+        ));
     }
+    let limit = match q.limit {
+        Some(l) if export => l,
+        Some(l) => l.min(1000),
+        None if export => 100_000,
+        None => 100,
+    };
     Ok(RequestFilter {
         key_id: q.key.clone(),
         team_id: q.team.clone(),
@@ -102,11 +111,12 @@ fn filter(q: &RequestsQuery, export: bool) -> Result<RequestFilter, AdminError> 
 
 /// The request log, newest first: a page (`json`) or an export (`jsonl`, `csv`).
 #[utoipa::path(get, path = "/admin/v1/requests", operation_id = "list_requests", tag = "requests", params(RequestsQuery),
-    responses((status = 200, body = RequestsPage, description = "A page; `format=jsonl` gives application/x-ndjson and `format=csv` text/csv"),
+    responses((status = 200, description = "A page; `format=jsonl` gives an export as JSON lines and `format=csv` as CSV",
+               content((RequestsPage = "application/json"), (String = "application/x-ndjson"), (String = "text/csv"))),
               (status = 400, body = ErrorBody)))]
 pub(super) async fn list(
     State(c): State<Arc<Control>>,
-    Query(q): Query<RequestsQuery>,
+    AdminQuery(q): AdminQuery<RequestsQuery>,
 ) -> Result<Response, AdminError> {
     let format = q.format.as_deref().unwrap_or("json");
     let export = match format {
@@ -227,7 +237,7 @@ pub struct ErrorGroups {
     responses((status = 200, body = ErrorGroups)))]
 pub(super) async fn errors(
     State(c): State<Arc<Control>>,
-    Query(q): Query<ErrorsQuery>,
+    AdminQuery(q): AdminQuery<ErrorsQuery>,
 ) -> Result<Json<ErrorGroups>, AdminError> {
     let since = q
         .since
@@ -241,6 +251,11 @@ pub(super) async fn errors(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogLevelBody {
+    /// Comma-separated `level` or `target=level` directives (levels: trace, debug, info, warn,
+    /// error, off).
+    #[schema(
+        pattern = "^([A-Za-z0-9_:]+(=(trace|debug|info|warn|error|off))?)(,[A-Za-z0-9_:]+(=(trace|debug|info|warn|error|off))?)*$"
+    )]
     pub level: String,
 }
 
@@ -254,9 +269,24 @@ fn log_level(c: &Control) -> Result<&Arc<pylon_telemetry::LogLevel>, AdminError>
     })
 }
 
+/// Whether `f` is comma-separated `target` or `target=level` directives: the part of the filter
+/// syntax the API documents (span and field filters are for the config file).
+fn directives(f: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let target = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+    };
+    f.split(',').all(|d| match d.split_once('=') {
+        Some((t, level)) => target(t) && LEVELS.contains(&level),
+        None => target(d),
+    })
+}
+
 /// The log filter in force.
 #[utoipa::path(get, path = "/admin/v1/log/level", operation_id = "get_log_level", tag = "operations",
-    responses((status = 200, body = LogLevelBody)))]
+    responses((status = 200, body = LogLevelBody), (status = 501, body = ErrorBody, description = "An embedded gateway without run-time log control.")))]
 pub(super) async fn get_level(
     State(c): State<Arc<Control>>,
 ) -> Result<Json<LogLevelBody>, AdminError> {
@@ -268,12 +298,19 @@ pub(super) async fn get_level(
 /// Changes the log filter at run time (until restart).
 #[utoipa::path(put, path = "/admin/v1/log/level", operation_id = "set_log_level", tag = "operations",
     request_body = LogLevelBody,
-    responses((status = 200, body = LogLevelBody), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = LogLevelBody), (status = 400, body = ErrorBody),
+              (status = 501, body = ErrorBody, description = "An embedded gateway without run-time log control.")))]
 pub(super) async fn set_level(
     State(c): State<Arc<Control>>,
     body: axum::body::Bytes,
 ) -> Result<Json<LogLevelBody>, AdminError> {
     let b: LogLevelBody = super::parse(&body)?;
+    if !directives(&b.level) {
+        return Err(AdminError::bad_request(format!(
+            "`{}` is not a log filter: use `level` or `target=level`, comma-separated",
+            b.level.chars().take(64).collect::<String>()
+        )));
+    }
     let level = log_level(&c)?;
     let metrics = c.gateway.metrics();
     match level.set(&b.level) {

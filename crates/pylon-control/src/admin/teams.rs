@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use pylon_store::{Team, User};
 
-use super::{parse, AdminError, ErrorBody, NewTeam, NewUser, TeamView, UserView};
+use super::{
+    parse, AdminError, AdminPath, BudgetBody, ErrorBody, LimitsBody, NewTeam, NewUser, TeamView,
+    UserView,
+};
 use crate::keys::unix_now;
 use crate::Control;
 
@@ -20,9 +23,11 @@ pub(super) async fn create_team(
     body: Bytes,
 ) -> Result<(StatusCode, Json<TeamView>), AdminError> {
     let req: NewTeam = parse(&body)?;
-    if req.name.trim().is_empty() {
-        return Err(AdminError::bad_request("`name` must not be empty"));
+    if req.name.trim_matches([' ', '\t', '\r', '\n']).is_empty() {
+        return Err(AdminError::bad_request("`name` must not be blank"));
     }
+    req.limits.as_ref().map(LimitsBody::check).transpose()?;
+    req.budget.as_ref().map(BudgetBody::check).transpose()?;
     let team = Team {
         id: uuid::Uuid::new_v4().to_string(),
         name: req.name,
@@ -55,14 +60,14 @@ pub(super) async fn list_teams(
     responses((status = 200, body = TeamView), (status = 404, body = ErrorBody)))]
 pub(super) async fn show_team(
     State(c): State<Arc<Control>>,
-    Path(id): Path<String>,
+    AdminPath(id): AdminPath<String>,
 ) -> Result<Json<TeamView>, AdminError> {
     Ok(Json(c.store.team(&id).await?.into()))
 }
 
 /// Creates a user.
 #[utoipa::path(post, path = "/admin/v1/users", operation_id = "create_user", tag = "teams", request_body = NewUser,
-    responses((status = 201, body = UserView), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = UserView), (status = 404, body = ErrorBody, description = "`team_id` names no team."), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_user(
     State(c): State<Arc<Control>>,
     body: Bytes,

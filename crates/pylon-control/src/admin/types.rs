@@ -20,14 +20,99 @@ pub struct ErrorDetail {
 
 /// Rate limits; omitted fields are unlimited.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "Object")]
 pub struct LimitsBody {
     /// Requests per minute.
+    #[schema(minimum = 0)]
     pub rpm: Option<i64>,
     /// Tokens per minute.
+    #[schema(minimum = 0)]
     pub tpm: Option<i64>,
     /// Requests in flight at once.
+    #[schema(minimum = 0)]
     pub max_concurrent: Option<i64>,
+}
+
+impl LimitsBody {
+    /// Negative limits mean nothing; refused rather than stored.
+    pub(crate) fn check(&self) -> Result<(), super::AdminError> {
+        for (name, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("max_concurrent", self.max_concurrent),
+        ] {
+            if v.is_some_and(|v| v < 0) {
+                return Err(super::AdminError::bad_request(format!(
+                    "`limits.{name}` must not be negative"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON object, and only an object: derived structs would also read an array of their fields.
+type Object = serde_json::Map<String, serde_json::Value>;
+
+/// The fields of [`LimitsBody`], read from an object only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFields {
+    #[serde(default, deserialize_with = "whole")]
+    rpm: Option<i64>,
+    #[serde(default, deserialize_with = "whole")]
+    tpm: Option<i64>,
+    #[serde(default, deserialize_with = "whole")]
+    max_concurrent: Option<i64>,
+}
+
+impl TryFrom<Object> for LimitsBody {
+    type Error = serde_json::Error;
+    fn try_from(o: Object) -> Result<Self, Self::Error> {
+        let f: LimitsFields = serde_json::from_value(serde_json::Value::Object(o))?;
+        Ok(LimitsBody {
+            rpm: f.rpm,
+            tpm: f.tpm,
+            max_concurrent: f.max_concurrent,
+        })
+    }
+}
+
+/// The fields of [`BudgetBody`], read from an object only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFields {
+    amount_usd: f64,
+    period: PeriodBody,
+}
+
+impl TryFrom<Object> for BudgetBody {
+    type Error = serde_json::Error;
+    fn try_from(o: Object) -> Result<Self, Self::Error> {
+        let f: BudgetFields = serde_json::from_value(serde_json::Value::Object(o))?;
+        Ok(BudgetBody {
+            amount_usd: f.amount_usd,
+            period: f.period,
+        })
+    }
+}
+
+/// An optional integer that may be written as a whole float (`60.0`): JSON Schema counts that
+/// as an integer, and so do clients that send every number as a float.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number in range"))),
+    }
 }
 
 impl From<LimitsBody> for Limits {
@@ -61,10 +146,23 @@ pub enum PeriodBody {
 
 /// A spending cap.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "Object")]
 pub struct BudgetBody {
+    #[schema(minimum = 0)]
     pub amount_usd: f64,
     pub period: PeriodBody,
+}
+
+impl BudgetBody {
+    /// A negative budget means nothing; refused rather than stored.
+    pub(crate) fn check(&self) -> Result<(), super::AdminError> {
+        if self.amount_usd < 0.0 {
+            return Err(super::AdminError::bad_request(
+                "`budget.amount_usd` must not be negative",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl From<BudgetBody> for Budget {
@@ -99,12 +197,15 @@ impl From<Budget> for BudgetBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    /// Not blank.
+    #[schema(pattern = "[^ \t\r\n]")]
     pub name: String,
     pub team_id: Option<String>,
     pub user_id: Option<String>,
     /// Model names the key may use; omitted: all.
     pub allowed_models: Option<Vec<String>>,
     /// Lifetime, e.g. `30d`; omitted: no expiry.
+    #[schema(pattern = "^[0-9]{1,6}(s|m|h|d|w)$", example = "30d")]
     pub expires_in: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub limits: Option<LimitsBody>,
@@ -116,6 +217,7 @@ pub struct NewKey {
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     /// e.g. `1h`; default `24h`.
+    #[schema(pattern = "^[0-9]{1,6}(s|m|h|d|w)$", example = "1h")]
     pub grace: Option<String>,
 }
 
@@ -183,6 +285,8 @@ pub struct CreatedKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTeam {
+    /// Not blank.
+    #[schema(pattern = "[^ \t\r\n]")]
     pub name: String,
     pub limits: Option<LimitsBody>,
     pub budget: Option<BudgetBody>,
@@ -217,6 +321,7 @@ impl From<Team> for TeamView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schema(pattern = "@")]
     pub email: String,
     pub team_id: Option<String>,
 }

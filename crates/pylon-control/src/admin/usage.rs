@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use pylon_store::{Bucket, Dim};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{AdminError, ErrorBody, UsageReport, UsageView};
+use super::{AdminError, AdminQuery, ErrorBody, UsageReport, UsageView};
 use crate::Control;
 
 /// Query of a usage report.
@@ -18,10 +18,15 @@ use crate::Control;
 pub(super) struct UsageQuery {
     /// Comma-separated dimensions among `key`, `team`, `model`, `provider`, and at most one time
     /// bucket, `hour` or `day` (default `day`).
+    #[param(
+        pattern = "^(((key|team|model|provider),)*(key|team|model|provider|hour|day)|(hour|day)(,(key|team|model|provider))+)$"
+    )]
     group_by: Option<String>,
     /// First day, `YYYY-MM-DD` (default: 30 days ago).
+    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     from: Option<String>,
     /// Last day, `YYYY-MM-DD` (default: today).
+    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
     to: Option<String>,
 }
 
@@ -61,7 +66,7 @@ fn unix_of_day(s: &str) -> Option<i64> {
     responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody)))]
 pub(super) async fn usage(
     State(c): State<Arc<Control>>,
-    Query(q): Query<UsageQuery>,
+    AdminQuery(q): AdminQuery<UsageQuery>,
 ) -> Result<Json<UsageReport>, AdminError> {
     let group_by = q.group_by.unwrap_or_else(|| "day".into());
     let mut dims = Vec::new();
@@ -155,7 +160,7 @@ pub struct Estimate {
     responses((status = 200, body = Estimate), (status = 404, body = ErrorBody)))]
 pub(super) async fn estimate(
     State(c): State<Arc<Control>>,
-    Query(q): Query<EstimateQuery>,
+    AdminQuery(q): AdminQuery<EstimateQuery>,
 ) -> Result<Json<Estimate>, AdminError> {
     let requests = q.requests.unwrap_or(1);
     let Some((priced_as, cost_usd)) =

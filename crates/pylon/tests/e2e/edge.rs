@@ -1,4 +1,5 @@
-//! The edge under hostile or unlucky peers: slowloris headers, trickled bodies, connection and
+//! The edge under hostile or unlucky peers: slowloris headers, trickled bodies, heads hyper
+//! refuses (400/431 in the API's shape), connection and
 //! request caps with 503 shedding, clients that stop reading, idle WebSockets, a cancelled
 //! coalescing leader, an HTTP/2 provider with a stream limit, a CA file and a CONNECT proxy,
 //! and `X-Forwarded-Proto` behind Pylon's own TLS.
@@ -81,6 +82,48 @@ async fn slow_headers_and_trickled_bodies_are_cut_off() {
         .unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_read_timeout"), "{answer}");
+    assert_eq!(mock.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn heads_hyper_refuses_get_an_api_shaped_error() {
+    let mock = MockServer::start().await;
+    let gw = Gateway::from_text(&one_provider(&mock, "", "")).await;
+    for (head, status, code) in [
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nbroken header\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            [
+                &b"GET /livez HTTP/1.1\r\nhost: x\r\nx-big: "[..],
+                &vec![b'a'; 600_000],
+                b"\r\n\r\n",
+            ]
+            .concat(),
+            431,
+            "headers_too_large",
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        // The server may answer and close before all of an oversize head is sent.
+        let _ = tcp.write_all(&head).await;
+        let answer = read_until_closed(&mut tcp, Duration::from_secs(5))
+            .await
+            .unwrap_or_default();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert_eq!(v["error"]["code"], code);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
     assert_eq!(mock.stats().requests, 0);
 }
 

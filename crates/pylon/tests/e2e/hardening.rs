@@ -571,7 +571,8 @@ async fn usage_is_never_dropped_to_make_room_for_request_log_rows() {
         "rows were dropped"
     );
     let mut usage = Value::Null;
-    for _ in 0..100 {
+    // Written at the next flush (2 s); a loaded CI machine can take a few of them.
+    for _ in 0..300 {
         usage = admin_get(&gw, ADMIN, "/admin/v1/usage?group_by=model").await;
         if usage["rows"][0]["requests"] == 30 {
             break;

@@ -285,7 +285,7 @@ async fn admin_api_checks_its_token_and_input() {
     for (body, status) in [
         (json!({"name": "x", "bogus": 1}), 400),
         (json!({"name": ""}), 400),
-        (json!({"name": "x", "allowed_models": ["nope"]}), 400),
+        (json!({"name": "x", "allowed_models": ["nope"]}), 404),
         (json!({"name": "x", "expires_in": "forever"}), 400),
         (json!({"name": "x", "team_id": "no-such-team"}), 404),
     ] {
