@@ -230,7 +230,12 @@ impl Control {
             let by_owner = match spends.entry((team, since)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    let all = self.store.spend_since_all(team, &e.key().1).await?;
+                    let all = crate::ledger::timed(
+                        self.gateway.metrics(),
+                        "spend_since_all",
+                        self.store.spend_since_all(team, &e.key().1),
+                    )
+                    .await?;
                     e.insert(all)
                 }
             };

@@ -1,7 +1,8 @@
 //! Failure paths real providers and clients produce: cancelled probes, provider credential
-//! errors, odd Retry-After values, long non-stream answers, hostile model names, direct
-//! addressing, unpriced models under a budget, failed-auth floods, cancelled requests, Redis
-//! blips at settlement, usage under a full queue, shutdown draining.
+//! errors, odd Retry-After values, long and oversize non-stream answers, hostile model names,
+//! direct addressing, the per-address default, unpriced models under a budget, failed-auth
+//! floods, cancelled requests, Redis blips at settlement, batched key refresh, usage under a
+//! full queue, shutdown draining.
 
 use std::time::{Duration, Instant};
 
@@ -229,6 +230,55 @@ async fn a_long_non_stream_answer_is_not_cut_off_by_first_byte() {
     let resp = gw.chat(hello("bounded-resend")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(provider_of(&resp), "b");
+}
+
+#[tokio::test]
+async fn an_oversize_non_stream_answer_is_refused_not_buffered() {
+    let mock = MockServer::start().await;
+    let gw = Gateway::from_text(&format!(
+        "[auth]\nmode = \"none\"\n[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n[[models]]\nname = \"m\"\nretries = 0\ntargets = [ {{ provider = \"a\", model = \"mock-a\" }} ]\n",
+        mock.addr
+    ))
+    .await;
+    // About 70 MB of answer, past the 64 MiB a non-stream answer may take in memory.
+    mock.set(Behaviour {
+        repeat: 2_000_000,
+        ..Behaviour::default()
+    });
+    let resp = gw.chat(hello("m")).await;
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 64 MiB"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&gw, "pylon_bounded_drops_total{what=\"response_body\"}").await,
+        1.0
+    );
+    // Answers within the bound still pass.
+    mock.set(Behaviour::default());
+    assert_eq!(gw.chat(hello("m")).await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_per_address_default_applies_only_without_keys_and_health_says_so() {
+    let mock = MockServer::start().await;
+    for (auth, rpm) in [("none", 100), ("keys", 0)] {
+        let gw = Gateway::from_text(&format!(
+            "[auth]\nmode = \"{auth}\"\n[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n[[models]]\nname = \"m\"\ntargets = [ {{ provider = \"a\", model = \"mock-a\" }} ]\n",
+            mock.addr
+        ))
+        .await;
+        let health: Value = serde_json::from_str(&get_text(&gw, "/health").await).unwrap();
+        assert_eq!(
+            health["checks"]["limits:ipRate"][0]["observedValue"], rpm,
+            "auth {auth}: {health}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -536,6 +586,27 @@ async fn a_redis_blip_at_settlement_does_not_leak_a_concurrency_slot() {
 
 async fn gw_degraded(gw: &Gateway) -> bool {
     metric(gw, "pylon_limits_degraded").await > 0.0
+}
+
+#[tokio::test]
+async fn key_refresh_reads_spend_once_per_budget_period_not_per_key() {
+    let mock = MockServer::start().await;
+    let (gw, _) = Gateway::with_admin(&keyed(&mock, ""), Some(ADMIN)).await;
+    // Each creation refreshes the index: with one spend query per budgeted key that would be
+    // 1 + 2 + … + 20 = 210 queries; batched it is one per refresh.
+    for i in 0..20 {
+        create_key(
+            &gw,
+            json!({"name": format!("k{i}"), "budget": {"amount_usd": 5, "period": "monthly"}}),
+        )
+        .await;
+    }
+    let queries = metric(
+        &gw,
+        "pylon_store_operation_duration_seconds_count{operation=\"spend_since_all\"}",
+    )
+    .await;
+    assert!((20.0..=30.0).contains(&queries), "{queries} spend queries");
 }
 
 #[tokio::test]
