@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 const MAX_PENDING_GROUPS: usize = 100_000;
 /// Rows are written as soon as this many are pending, not only every `flush`: a second of rows
 /// under load (tens of thousands) held at once was most of the gateway's memory under load.
-const WRITE_AT: usize = 2_048;
+const WRITE_AT: usize = 1_024;
 /// The queue is drained at least this often.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 

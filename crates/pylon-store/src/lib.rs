@@ -51,6 +51,10 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where the ledger's batches go: on SQLite a connection that commits without waiting for
+    /// the disk (`synchronous = NORMAL`: a batch survives a crash of Pylon, not a power cut, the
+    /// same promise as the `flush` interval); on PostgreSQL the same pool.
+    bulk: AnyPool,
     backend: Backend,
 }
 
@@ -76,10 +80,23 @@ impl Store {
             Backend::Sqlite
         };
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        let mut bulk = None;
         if backend == Backend::Sqlite {
+            bulk = Some(
+                AnyPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(5))
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                                .await?;
+                            Ok(())
+                        })
+                    }),
+            );
             // SQLite allows one writer; WAL lets readers run beside it. A busy timeout queues
             // writers briefly instead of failing them. FULL: an acknowledged admin write survives
-            // a power loss (writes are rare; usage is batched to one commit a second).
+            // a power loss (admin writes are rare; the ledger's frequent batches use `bulk`).
             options = options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
@@ -92,7 +109,25 @@ impl Store {
         }
         let pool = options.connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, backend })
+        let bulk = match bulk {
+            Some(options) => {
+                let before = threads();
+                let bulk = options.connect(url).await?;
+                // The bulk connection's SQLite thread does the ledger's inserts and WAL
+                // checkpoints: at the lowest priority it never takes a core from the request
+                // path (on a small machine its bursts showed in the request latency's tail).
+                for tid in threads().difference(&before) {
+                    lower_priority(*tid);
+                }
+                bulk
+            }
+            None => pool.clone(),
+        };
+        Ok(Store {
+            pool,
+            bulk,
+            backend,
+        })
     }
 
     /// Which database this is.
@@ -104,6 +139,27 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// The process's thread ids (Linux; empty elsewhere).
+fn threads() -> std::collections::HashSet<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Gives a thread the lowest scheduling priority (nice 19); best effort (a thread that is gone,
+/// or a system that refuses, leaves it as it was).
+fn lower_priority(tid: u32) {
+    if let Some(pid) = i32::try_from(tid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::setpriority_process(Some(pid), 19);
     }
 }
 

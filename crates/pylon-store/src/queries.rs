@@ -308,7 +308,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.bulk.begin().await?;
         for u in batch {
             sqlx::query(
                 "INSERT INTO usage_daily (day, key_id, team_id, model, requests, input_tokens, output_tokens, cost_usd) \

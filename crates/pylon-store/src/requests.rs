@@ -47,8 +47,9 @@ pub struct RequestRow {
 const COLUMNS: &str = "at_ms, request_id, key_id, user_id, team_id, route, model, served_model, provider, status, outcome, \
     error_class, error, latency_ms, ttft_ms, input_tokens, output_tokens, cost_usd, cache, attempts, fallback, stream, trace_id";
 const NCOL: usize = 23;
-/// Rows per INSERT statement: well under SQLite's limit of bound parameters.
-const CHUNK: usize = 400;
+/// Rows per INSERT statement: well under SQLite's limit of bound parameters, and small enough
+/// that binding one never holds a runtime worker for long (each statement is an await).
+const CHUNK: usize = 64;
 
 /// Which requests to list.
 #[derive(Debug, Clone, Default)]
@@ -217,7 +218,7 @@ impl Store {
         if totals.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.bulk.begin().await?;
         for t in totals {
             let u = Rollup {
                 requests: t.requests,
@@ -244,7 +245,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.bulk.begin().await?;
         if rows_too {
             for chunk in batch.chunks(CHUNK) {
                 let mut sql = format!("INSERT INTO requests ({COLUMNS}) VALUES ");
