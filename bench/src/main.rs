@@ -527,6 +527,15 @@ async fn cost_figures(
         let rows = cost::run(&title, &vias, cost::body(size), 8, d).await;
         cost::compare(&rows);
     }
+    // The request log must keep up with the load it measured, not shed rows to look cheap.
+    for (name, port) in [("pylon", pylon_port), ("pylon+tpm", tpm_port)] {
+        let dropped = procs::metric(
+            &format!("http://127.0.0.1:{port}/metrics"),
+            "pylon_request_log_dropped_total",
+        )
+        .await?;
+        println!("\n{name}: request-log rows dropped during the runs: {dropped}");
+    }
     Ok(())
 }
 

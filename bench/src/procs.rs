@@ -124,6 +124,18 @@ pub async fn wait_ready(url: &str, within: Duration) -> anyhow::Result<Duration>
     anyhow::bail!("{url} not ready within {within:?}")
 }
 
+/// The value of an un-labelled series in a Prometheus text page at `url` (0 if absent).
+pub async fn metric(url: &str, series: &str) -> anyhow::Result<f64> {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::get(url).body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    let resp = crate::load::client(1).request(req).await?;
+    let text = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
 /// Writes an nginx config proxying `listen` to `upstream` (keep-alive, no buffering) and starts it.
 pub fn nginx(dir: &Path, listen: u16, upstream: u16) -> anyhow::Result<Proc> {
     let conf = format!(

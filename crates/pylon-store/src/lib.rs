@@ -110,17 +110,7 @@ impl Store {
         let pool = options.connect(url).await?;
         MIGRATOR.run(&pool).await?;
         let bulk = match bulk {
-            Some(options) => {
-                let before = threads();
-                let bulk = options.connect(url).await?;
-                // The bulk connection's SQLite thread does the ledger's inserts and WAL
-                // checkpoints: at the lowest priority it never takes a core from the request
-                // path (on a small machine its bursts showed in the request latency's tail).
-                for tid in threads().difference(&before) {
-                    lower_priority(*tid);
-                }
-                bulk
-            }
+            Some(options) => options.connect(url).await?,
             None => pool.clone(),
         };
         Ok(Store {
@@ -139,27 +129,6 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-}
-
-/// The process's thread ids (Linux; empty elsewhere).
-fn threads() -> std::collections::HashSet<u32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Gives a thread the lowest scheduling priority (nice 19); best effort (a thread that is gone,
-/// or a system that refuses, leaves it as it was).
-fn lower_priority(tid: u32) {
-    if let Some(pid) = i32::try_from(tid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::setpriority_process(Some(pid), 19);
     }
 }
 

@@ -265,7 +265,9 @@ impl Store {
                     }
                     sql.push(')');
                 }
-                let mut q = sqlx::query(&sql);
+                // Only the full-size statement is worth keeping prepared; a cached statement
+                // per odd remainder size would hold thousands of parameters each.
+                let mut q = sqlx::query(&sql).persistent(chunk.len() == CHUNK);
                 for r in chunk {
                     q = bind_row(q, r);
                 }
