@@ -47,6 +47,9 @@ pub struct Tracing {
     /// `service.name` of the spans.
     #[serde(default = "default_service_name")]
     pub service_name: String,
+    /// How often finished spans are sent to the collector.
+    #[serde(default = "default_export_every", with = "humantime_serde")]
+    pub export_every: Duration,
 }
 
 impl Default for Tracing {
@@ -57,6 +60,7 @@ impl Default for Tracing {
             protocol: OtlpProtocol::default(),
             sample_ratio: 1.0,
             service_name: default_service_name(),
+            export_every: default_export_every(),
         }
     }
 }
@@ -141,6 +145,9 @@ fn one() -> f64 {
 }
 fn default_otlp_endpoint() -> String {
     "http://127.0.0.1:4318".to_owned()
+}
+fn default_export_every() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_service_name() -> String {
     "pylon".to_owned()

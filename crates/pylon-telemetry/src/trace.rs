@@ -63,8 +63,12 @@ impl Tracer {
                 .build(),
         }
         .map_err(|e| err(&e))?;
-        let processor =
-            BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+        let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_scheduled_delay(cfg.export_every)
+            .build();
+        let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+            .with_batch_config(batch)
+            .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(

@@ -392,7 +392,7 @@ async fn otlp_spans_show_a_retry_and_a_fallback_and_the_traceparent_goes_upstrea
     let config = TWO_MOCKS.replace(
         "fallbacks = [\"b-only\"]\nretries = 0",
         "fallbacks = [\"b-only\"]\nretries = 1",
-    ) + &format!("\n[tracing]\nenabled = true\nendpoint = \"http://{collector}\"\n");
+    ) + &format!("\n[tracing]\nenabled = true\nendpoint = \"http://{collector}\"\nexport_every = \"100ms\"\n");
     let gw = Gateway::start(&config, &a, &b).await;
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = client()
