@@ -20,7 +20,7 @@ pub struct ErrorDetail {
 
 /// Rate limits; omitted fields are unlimited.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, try_from = "Object")]
+#[serde(try_from = "Object")]
 pub struct LimitsBody {
     /// Requests per minute.
     #[schema(minimum = 0)]
@@ -146,7 +146,7 @@ pub enum PeriodBody {
 
 /// A spending cap.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, try_from = "Object")]
+#[serde(try_from = "Object")]
 pub struct BudgetBody {
     #[schema(minimum = 0)]
     pub amount_usd: f64,
