@@ -10,8 +10,9 @@ venv=target/sdk-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check openai anthropic openapi-spec-validator \
-  schemathesis==4.32.5
+# Pinned: a new SDK release is a deliberate upgrade, not a surprise in CI.
+"$venv/bin/pip" install --quiet --disable-pip-version-check openai==3.57.0 anthropic==2.15.0 \
+  openapi-spec-validator==0.9.0 schemathesis==4.32.5
 
 cargo build --quiet -p pylon
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
