@@ -20,7 +20,9 @@ pub struct ErrorDetail {
 
 /// Rate limits; omitted fields are unlimited.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
-#[serde(try_from = "Object")]
+// `deny_unknown_fields` here is for the schema (`additionalProperties: false`); the field
+// struct enforces it.
+#[serde(deny_unknown_fields, try_from = "Object")]
 pub struct LimitsBody {
     /// Requests per minute.
     #[schema(minimum = 0)]
@@ -146,7 +148,9 @@ pub enum PeriodBody {
 
 /// A spending cap.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(try_from = "Object")]
+// `deny_unknown_fields` here is for the schema (`additionalProperties: false`); the field
+// struct enforces it.
+#[serde(deny_unknown_fields, try_from = "Object")]
 pub struct BudgetBody {
     #[schema(minimum = 0)]
     pub amount_usd: f64,
