@@ -235,11 +235,7 @@ async fn a_long_non_stream_answer_is_not_cut_off_by_first_byte() {
 #[tokio::test]
 async fn an_oversize_non_stream_answer_is_refused_not_buffered() {
     let mock = MockServer::start().await;
-    let gw = Gateway::from_text(&format!(
-        "[auth]\nmode = \"none\"\n[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n[[models]]\nname = \"m\"\nretries = 0\ntargets = [ {{ provider = \"a\", model = \"mock-a\" }} ]\n",
-        mock.addr
-    ))
-    .await;
+    let gw = Gateway::from_text(&one_model(&mock, "none", "retries = 0")).await;
     // About 70 MB of answer, past the 64 MiB a non-stream answer may take in memory.
     mock.set(Behaviour {
         repeat: 2_000_000,
@@ -268,11 +264,7 @@ async fn an_oversize_non_stream_answer_is_refused_not_buffered() {
 async fn the_per_address_default_applies_only_without_keys_and_health_says_so() {
     let mock = MockServer::start().await;
     for (auth, rpm) in [("none", 100), ("keys", 0)] {
-        let gw = Gateway::from_text(&format!(
-            "[auth]\nmode = \"{auth}\"\n[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n[[models]]\nname = \"m\"\ntargets = [ {{ provider = \"a\", model = \"mock-a\" }} ]\n",
-            mock.addr
-        ))
-        .await;
+        let gw = Gateway::from_text(&one_model(&mock, auth, "")).await;
         let health: Value = serde_json::from_str(&get_text(&gw, "/health").await).unwrap();
         assert_eq!(
             health["checks"]["limits:ipRate"][0]["observedValue"], rpm,
@@ -342,6 +334,14 @@ async fn direct_addressing_is_off_unless_the_provider_allows_it() {
 }
 
 pub(crate) const ADMIN: &str = "hardening-admin";
+
+/// One provider `a` on `mock` and one model `m` (with `model_extra` settings) under `auth`.
+fn one_model(mock: &MockServer, auth: &str, model_extra: &str) -> String {
+    format!(
+        "[auth]\nmode = \"{auth}\"\n[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n[[models]]\nname = \"m\"\n{model_extra}\ntargets = [ {{ provider = \"a\", model = \"mock-a\" }} ]\n",
+        mock.addr
+    )
+}
 
 fn keyed(mock: &MockServer, extra: &str) -> String {
     format!(
