@@ -4,6 +4,8 @@ mod cache;
 mod interpolate;
 mod model;
 mod observe;
+mod provider;
+mod server;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub use cache::*;
 pub use model::*;
 pub use observe::*;
+pub use provider::*;
+pub use server::*;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

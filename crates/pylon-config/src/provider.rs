@@ -1,0 +1,140 @@
+//! `[[providers]]`: upstream model APIs, how Pylon reaches them and their timeouts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::Secret;
+
+/// `[[providers]]`: an upstream model API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub name: Spanned<String>,
+    pub kind: ProviderKind,
+    /// Defaults to the kind's public API.
+    #[serde(default)]
+    pub base_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Clients may address `name/model` directly (off by default: such a model has no
+    /// configured limits, and is priced only if the price table knows its name).
+    #[serde(default)]
+    pub direct: bool,
+    /// Extra PEM CA certificates to trust for this provider (a corporate CA or a private
+    /// gateway), besides the public roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Speak HTTP/2 to this provider over `connections` connections (each multiplexes streams
+    /// up to the server's limit). Off: an HTTP/1.1 connection pool that grows with load.
+    #[serde(default)]
+    pub http2: bool,
+    /// HTTP/2 connections kept to this provider; a request takes the least busy one.
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+    /// An HTTP CONNECT proxy for this provider (`http://user:pass@host:port`); unset: the
+    /// `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment.
+    #[serde(default)]
+    pub proxy: Option<Secret>,
+    /// Client headers forwarded to this provider besides the request id, the trace context and
+    /// `anthropic-version` (e.g. `anthropic-beta`, which can change what a request costs).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+pub(crate) fn default_connections() -> u32 {
+    8
+}
+
+impl Provider {
+    /// The base URL, or the kind's public default.
+    pub fn base_url(&self) -> &str {
+        self.base_url
+            .as_ref()
+            .map_or(self.kind.default_base_url(), |u| u.get_ref())
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server (Ollama, vLLM, …).
+    Openai,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    /// The public API base URL of this kind.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+        }
+    }
+}
+
+/// Upstream timeouts; unset fields take the defaults of where they are used.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default, with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    /// Until the response headers (and, for streams, the first chunk) arrive.
+    #[serde(default, with = "humantime_serde")]
+    pub first_byte: Option<Duration>,
+    /// Longest silence between two chunks of a body.
+    #[serde(default, with = "humantime_serde")]
+    pub idle: Option<Duration>,
+    /// The whole exchange.
+    #[serde(default, with = "humantime_serde")]
+    pub total: Option<Duration>,
+    /// A non-stream answer, from sending the request to its last byte. Its headers come only
+    /// when generation is done, so this, not `first_byte`, bounds it (providers only).
+    #[serde(default, with = "humantime_serde")]
+    pub response: Option<Duration>,
+}
+
+/// Timeouts with every field resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedTimeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    /// `None`: no bound (long-lived app connections such as WebSockets).
+    pub total: Option<Duration>,
+    /// A whole non-stream answer (providers).
+    pub response: Duration,
+}
+
+impl Timeouts {
+    /// Defaults for model providers: 2s connect, 30s first byte and idle (streams), 600s total
+    /// and 600s for a whole non-stream answer.
+    pub fn for_provider(&self) -> ResolvedTimeouts {
+        let total = self.total.unwrap_or(Duration::from_secs(600));
+        ResolvedTimeouts {
+            connect: self.connect.unwrap_or(Duration::from_secs(2)),
+            first_byte: self.first_byte.unwrap_or(Duration::from_secs(30)),
+            idle: self.idle.unwrap_or(Duration::from_secs(30)),
+            total: Some(total),
+            response: self.response.unwrap_or(total),
+        }
+    }
+
+    /// Defaults for app routes: 2s connect, 60s first byte, 300s idle, no total (SSE, WebSockets).
+    pub fn for_route(&self) -> ResolvedTimeouts {
+        ResolvedTimeouts {
+            connect: self.connect.unwrap_or(Duration::from_secs(2)),
+            first_byte: self.first_byte.unwrap_or(Duration::from_secs(60)),
+            idle: self.idle.unwrap_or(Duration::from_secs(300)),
+            total: self.total,
+            response: self.total.unwrap_or(Duration::MAX),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `[server]`: the listener, its TLS and the edge limits (timeouts, connection and request caps).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[server]`: the listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still accepted, so load
+    /// balancers stop routing here before the listener closes.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Most messages one chat request may carry.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: usize,
+    /// Largest single message (its JSON content, in bytes).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Origins allowed to call Pylon from a browser (CORS); empty: no cross-origin access.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Terminate TLS on `listen` (TLS 1.2 and 1.3 only).
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// A client must send a request's headers (and finish a TLS handshake) within this.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client must send a whole request body within this (408 otherwise).
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open client connections; more get one 503 with `Retry-After` and are closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// AI requests in progress (open streams included); more get 503 with `Retry-After`.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_max_requests() -> usize {
+    10_000
+}
+fn default_http2_max_streams() -> u32 {
+    256
+}
+
+/// `[server.tls]`: certificate files, re-read on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Also listen here in plain HTTP and redirect every request to HTTPS.
+    #[serde(default)]
+    pub redirect_http: Option<SocketAddr>,
+}
+
+fn default_max_messages() -> usize {
+    2_000
+}
+fn default_max_message_bytes() -> usize {
+    2 * 1024 * 1024
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            shutdown_grace: default_grace(),
+            shutdown_delay: Duration::ZERO,
+            max_messages: default_max_messages(),
+            max_message_bytes: default_max_message_bytes(),
+            cors_origins: Vec::new(),
+            tls: None,
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
+            max_requests: default_max_requests(),
+            http2_max_streams: default_http2_max_streams(),
+        }
+    }
+}
