@@ -67,6 +67,10 @@ pub async fn fill(data: &Path, n: usize) -> anyhow::Result<Duration> {
             fallback: None,
             stream: i % 3 == 0,
             trace_id: None,
+            cache_similarity: None,
+            cache_matched: None,
+            cache_entry: None,
+            cache_question: None,
         });
         if batch.len() == 10_000 {
             store.record_requests(&batch, true).await?;

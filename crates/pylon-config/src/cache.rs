@@ -56,6 +56,41 @@ pub struct Semantic {
     /// used are forgotten beyond this, and any unused for an hour.
     #[serde(default = "default_max_contexts")]
     pub max_contexts: u64,
+    /// Refuse a similar question whose numbers, units, dates, negation, opposites, direction or
+    /// names differ from the one asked (on by default; off only to measure the bare threshold).
+    #[serde(default = "yes")]
+    pub guards: bool,
+    /// Longer questions (in characters) are answered by the exact cache only: an embedding
+    /// model reads a bounded prefix, so a long question's vector does not describe all of it.
+    #[serde(default = "default_max_question_chars")]
+    pub max_question_chars: usize,
+    /// A chat model asked whether the question and a guarded candidate have the same answer.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+}
+
+/// `[cache.semantic.verify]`: a judge for semantic hits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A configured chat model (small and fast is enough: it answers YES or NO).
+    pub model: String,
+    /// A judge slower than this counts as a refusal (the request goes to its provider).
+    #[serde(default = "default_verify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Decisions remembered per (question, candidate), so a pair is judged once.
+    #[serde(default = "default_verify_memo")]
+    pub memo: u64,
+}
+
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_verify_memo() -> u64 {
+    100_000
+}
+fn default_max_question_chars() -> usize {
+    2_000
 }
 
 fn default_max_contexts() -> u64 {
@@ -70,6 +105,9 @@ impl Default for Semantic {
             scope: SemanticScope::default(),
             max_entries: default_max_entries(),
             max_contexts: default_max_contexts(),
+            guards: true,
+            max_question_chars: default_max_question_chars(),
+            verify: None,
         }
     }
 }

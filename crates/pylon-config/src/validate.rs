@@ -193,6 +193,23 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             Some(_) => {}
         }
     }
+    if let Some(v) = &sem.verify {
+        if !models.contains(v.model.as_str()) {
+            problems.push((
+                0,
+                format!(
+                    "cache.semantic.verify.model `{}` is not a configured model",
+                    v.model
+                ),
+            ));
+        }
+        if v.timeout.is_zero() || v.memo == 0 {
+            problems.push((
+                0,
+                "cache.semantic.verify: timeout and memo must be greater than 0".to_owned(),
+            ));
+        }
+    }
     if !(0.0..=1.0).contains(&sem.threshold) {
         problems.push((
             0,

@@ -187,6 +187,10 @@ fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
         fallback: e.fallback,
         stream: e.stream,
         trace_id: e.trace_id,
+        cache_similarity: e.semantic.as_ref().map(|s| f64::from(s.similarity)),
+        cache_matched: e.semantic.as_ref().map(|s| s.matched.clone()),
+        cache_entry: e.semantic.as_ref().map(|s| s.entry.clone()),
+        cache_question: e.semantic.map(|s| s.question),
     });
 }
 

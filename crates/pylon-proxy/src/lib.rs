@@ -32,4 +32,4 @@ pub use health::Check;
 pub use limits::spend_key;
 pub use server::{metrics_router, router, serve, serve_redirect, serve_tls};
 pub use snapshot::{BuildError, Gateway, Snapshot};
-pub use usage::{RequestEvent, UsageTotal};
+pub use usage::{RequestEvent, SemanticAudit, UsageTotal};

@@ -61,6 +61,8 @@ pub(crate) struct Record {
     pub cache: Option<&'static str>,
     /// Whether the request becomes a request-log row (failed authentications do not).
     pub log_row: bool,
+    /// What a semantic cache hit matched.
+    pub semantic: Option<Box<crate::usage::SemanticAudit>>,
 }
 
 impl Record {
@@ -103,6 +105,7 @@ impl Record {
             completion: None,
             cache: None,
             log_row: true,
+            semantic: None,
         }
     }
 
@@ -256,6 +259,7 @@ impl Record {
                     output_tokens = usage.completion_tokens,
                     error_class = self.error_class,
                     cache = self.cache,
+                    cache_similarity = self.semantic.as_ref().map(|s| s.similarity),
                     error = self.error.as_deref(),
                     prompt = prompt.as_deref(),
                     completion = completion.as_deref(),
@@ -318,6 +322,7 @@ impl Drop for Record {
             fallback: self.fallback.take(),
             stream: self.stream,
             trace_id: self.trace.as_ref().map(SpanHandle::trace_id),
+            semantic: self.semantic.take(),
         });
     }
 }

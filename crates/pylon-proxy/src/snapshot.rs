@@ -66,6 +66,7 @@ fn auth_header(kind: ProviderKind, key: &str) -> Option<(HeaderName, HeaderValue
 }
 
 /// One provider model behind a model name.
+#[derive(Clone)]
 pub(crate) struct Target {
     pub provider: Arc<Provider>,
     pub model: String,
@@ -451,6 +452,12 @@ impl Gateway {
         key_id: Option<&str>,
     ) -> Option<u64> {
         Some(self.cache.as_ref()?.purge(namespace, model, key_id).await)
+    }
+
+    /// Reports a semantic hit wrong: its entry is deleted and the (question, entry) pair
+    /// blocked; whether this instance held the entry, `None` when caching is off.
+    pub async fn report_wrong_hit(&self, question: &str, entry: &str) -> Option<bool> {
+        Some(self.cache.as_ref()?.report_wrong(question, entry).await)
     }
 
     /// Moves the response cache's clock forward, so tests can expire entries without waiting.

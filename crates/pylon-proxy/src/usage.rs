@@ -45,6 +45,21 @@ pub struct RequestEvent {
     pub fallback: Option<String>,
     pub stream: bool,
     pub trace_id: Option<String>,
+    /// What a semantic cache hit matched (boxed: most requests have none).
+    pub semantic: Option<Box<SemanticAudit>>,
+}
+
+/// The audit of one semantic cache hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticAudit {
+    /// Cosine similarity between the question and the one it matched.
+    pub similarity: f32,
+    /// The matched question (truncated).
+    pub matched: String,
+    /// The cache entry that answered.
+    pub entry: String,
+    /// The asked question's id in the cache (a hash, never the text).
+    pub question: String,
 }
 
 /// Usage of requests whose events did not fit in the queue, summed per hour, key, team, model

@@ -203,6 +203,16 @@ impl RedisState {
         Ok(())
     }
 
+    /// Deletes one key; whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, StateError> {
+        let mut conn = self.conn().await?;
+        let n: u64 = redis::cmd("DEL")
+            .arg(format!("{}{key}", self.prefix))
+            .query_async(&mut conn)
+            .await?;
+        Ok(n > 0)
+    }
+
     /// Deletes every key matching a glob `pattern` (under the prefix); returns how many.
     pub async fn delete_matching(&self, pattern: &str) -> Result<u64, StateError> {
         let mut conn = self.conn().await?;

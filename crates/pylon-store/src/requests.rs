@@ -42,11 +42,24 @@ pub struct RequestRow {
     pub fallback: Option<String>,
     pub stream: bool,
     pub trace_id: Option<String>,
+    /// For a semantic cache hit: the cosine similarity of the question it matched.
+    #[serde(default)]
+    pub cache_similarity: Option<f64>,
+    /// The cached question whose answer was served (truncated).
+    #[serde(default)]
+    pub cache_matched: Option<String>,
+    /// The cache entry that answered.
+    #[serde(default)]
+    pub cache_entry: Option<String>,
+    /// The asked question's id in the cache (a hash: the text is not logged), for feedback.
+    #[serde(default)]
+    pub cache_question: Option<String>,
 }
 
 const COLUMNS: &str = "at_ms, request_id, key_id, user_id, team_id, route, model, served_model, provider, status, outcome, \
-    error_class, error, latency_ms, ttft_ms, input_tokens, output_tokens, cost_usd, cache, attempts, fallback, stream, trace_id";
-const NCOL: usize = 23;
+    error_class, error, latency_ms, ttft_ms, input_tokens, output_tokens, cost_usd, cache, attempts, fallback, stream, trace_id, \
+    cache_similarity, cache_matched, cache_entry, cache_question";
+const NCOL: usize = 27;
 /// Rows per INSERT statement: well under SQLite's limit of bound parameters, and small enough
 /// that binding one never holds a runtime worker for long (each statement is an await).
 const CHUNK: usize = 64;
@@ -210,6 +223,42 @@ fn bind_row<'q>(
         .bind(&r.fallback)
         .bind(i64::from(r.stream))
         .bind(&r.trace_id)
+        .bind(r.cache_similarity)
+        .bind(&r.cache_matched)
+        .bind(&r.cache_entry)
+        .bind(&r.cache_question)
+}
+
+fn row(r: &sqlx::any::AnyRow) -> Result<RequestRow, StoreError> {
+    Ok(RequestRow {
+        at_ms: get(r, "at_ms")?,
+        request_id: get(r, "request_id")?,
+        key_id: get(r, "key_id")?,
+        user_id: get(r, "user_id")?,
+        team_id: get(r, "team_id")?,
+        route: get(r, "route")?,
+        model: get(r, "model")?,
+        served_model: get(r, "served_model")?,
+        provider: get(r, "provider")?,
+        status: get(r, "status")?,
+        outcome: get(r, "outcome")?,
+        error_class: get(r, "error_class")?,
+        error: get(r, "error")?,
+        latency_ms: get(r, "latency_ms")?,
+        ttft_ms: get(r, "ttft_ms")?,
+        input_tokens: get(r, "input_tokens")?,
+        output_tokens: get(r, "output_tokens")?,
+        cost_usd: get(r, "cost_usd")?,
+        cache: get(r, "cache")?,
+        attempts: get(r, "attempts")?,
+        fallback: get(r, "fallback")?,
+        stream: get::<i64>(r, "stream")? != 0,
+        trace_id: get(r, "trace_id")?,
+        cache_similarity: get(r, "cache_similarity")?,
+        cache_matched: get(r, "cache_matched")?,
+        cache_entry: get(r, "cache_entry")?,
+        cache_question: get(r, "cache_question")?,
+    })
 }
 
 impl Store {
@@ -399,35 +448,19 @@ impl Store {
             q = q.bind(*at).bind(*at).bind(id);
         }
         let rows = q.bind(f.limit).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RequestRow {
-                    at_ms: get(r, "at_ms")?,
-                    request_id: get(r, "request_id")?,
-                    key_id: get(r, "key_id")?,
-                    user_id: get(r, "user_id")?,
-                    team_id: get(r, "team_id")?,
-                    route: get(r, "route")?,
-                    model: get(r, "model")?,
-                    served_model: get(r, "served_model")?,
-                    provider: get(r, "provider")?,
-                    status: get(r, "status")?,
-                    outcome: get(r, "outcome")?,
-                    error_class: get(r, "error_class")?,
-                    error: get(r, "error")?,
-                    latency_ms: get(r, "latency_ms")?,
-                    ttft_ms: get(r, "ttft_ms")?,
-                    input_tokens: get(r, "input_tokens")?,
-                    output_tokens: get(r, "output_tokens")?,
-                    cost_usd: get(r, "cost_usd")?,
-                    cache: get(r, "cache")?,
-                    attempts: get(r, "attempts")?,
-                    fallback: get(r, "fallback")?,
-                    stream: get::<i64>(r, "stream")? != 0,
-                    trace_id: get(r, "trace_id")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row).collect()
+    }
+
+    /// The request-log row of a semantic cache hit, by request id.
+    pub async fn semantic_hit(&self, request_id: &str) -> Result<Option<RequestRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM requests WHERE request_id = $1 AND cache_entry IS NOT NULL"
+        );
+        let found = sqlx::query(&sql)
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        found.as_ref().map(row).transpose()
     }
 
     /// Usage from the hourly rollups between two unix times (seconds), grouped by `dims` and

@@ -191,6 +191,25 @@ async fn suite(store: Store) {
     let teams = store.spend_since_all(true, "2026-11-02").await.unwrap();
     assert!((teams[&t.id] - 1.0).abs() < 1e-9, "{teams:?}");
     request_log(&store).await;
+    semantic_audit(&store).await;
+}
+
+/// A semantic hit's row is found by id with what it matched; other rows are not.
+async fn semantic_audit(store: &Store) {
+    let mut hit = row(42, "sem-hit", "k", 200);
+    hit.cache = Some("hit".into());
+    hit.cache_similarity = Some(0.97);
+    hit.cache_matched = Some("what is 2 + 2?".into());
+    hit.cache_entry = Some("k:k1:m:abc".into());
+    hit.cache_question = Some("q1".into());
+    let plain = row(43, "plain", "k", 200);
+    store
+        .record_requests(&[hit.clone(), plain], true)
+        .await
+        .unwrap();
+    assert_eq!(store.semantic_hit("sem-hit").await.unwrap(), Some(hit));
+    assert_eq!(store.semantic_hit("plain").await.unwrap(), None);
+    assert_eq!(store.semantic_hit("nothing").await.unwrap(), None);
 }
 
 fn row(at_ms: i64, id: &str, key: &str, status: i64) -> crate::RequestRow {
@@ -218,6 +237,10 @@ fn row(at_ms: i64, id: &str, key: &str, status: i64) -> crate::RequestRow {
         fallback: None,
         stream: true,
         trace_id: None,
+        cache_similarity: None,
+        cache_matched: None,
+        cache_entry: None,
+        cache_question: None,
     }
 }
 

@@ -90,9 +90,91 @@ pub struct Metrics {
     /// Tokens and spend that cache hits did not send to a provider.
     pub cache_tokens_saved: IntCounter,
     pub cache_cost_saved: prometheus::Counter,
-    /// Hits answered by a similar question, and the time of the vector search.
-    pub cache_semantic_hits: IntCounter,
-    pub cache_semantic_lookup: prometheus::Histogram,
+    /// The semantic cache's decisions.
+    pub semantic: SemanticMetrics,
+}
+
+/// What the semantic cache decided, and what its judge cost.
+pub struct SemanticMetrics {
+    /// Hits answered by a similar question.
+    pub hits: IntCounter,
+    /// Time of the vector search.
+    pub lookup: prometheus::Histogram,
+    /// Candidates above the threshold that were not served, by reason (a guard's class,
+    /// `blocked` by feedback, `judge` refused, `judge_error`).
+    pub rejected: IntCounterVec,
+    /// Questions not compared at all (`too_long`, `no_embedding`).
+    pub skipped: IntCounterVec,
+    /// Judge calls by decision (`accept`, `reject`, `error`), and decisions reused from memory.
+    pub judge: IntCounterVec,
+    pub judge_memo: IntCounter,
+    pub judge_seconds: prometheus::Histogram,
+    pub judge_cost: prometheus::Counter,
+    /// Hits reported wrong through `POST /admin/v1/cache/feedback`.
+    pub wrong: IntCounter,
+}
+
+impl SemanticMetrics {
+    fn new(r: &Registry) -> Result<SemanticMetrics, prometheus::Error> {
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = prometheus::Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            )?;
+            r.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let judge_cost = prometheus::Counter::new(
+            "pylon_cache_semantic_judge_cost_usd_total",
+            "Spend on semantic-cache judge calls, in US dollars.",
+        )?;
+        r.register(Box::new(judge_cost.clone()))?;
+        Ok(SemanticMetrics {
+            hits: single_counter(
+                r,
+                "pylon_cache_semantic_hits_total",
+                "Cache hits answered by a similar question.",
+            )?,
+            lookup: histogram(
+                "pylon_cache_semantic_lookup_seconds",
+                "Vector search time of the semantic cache.",
+                DEPENDENCY_BUCKETS,
+            )?,
+            rejected: counter(
+                r,
+                "pylon_cache_semantic_rejected_total",
+                "Similar cached questions not served, by reason.",
+                &["reason"],
+            )?,
+            skipped: counter(
+                r,
+                "pylon_cache_semantic_skipped_total",
+                "Questions the semantic cache did not compare, by reason.",
+                &["reason"],
+            )?,
+            judge: counter(
+                r,
+                "pylon_cache_semantic_judge_total",
+                "Semantic-cache judge calls by decision.",
+                &["decision"],
+            )?,
+            judge_memo: single_counter(
+                r,
+                "pylon_cache_semantic_judge_memo_total",
+                "Judge decisions reused from memory instead of a call.",
+            )?,
+            judge_seconds: histogram(
+                "pylon_cache_semantic_judge_seconds",
+                "Time of semantic-cache judge calls.",
+                REQUEST_BUCKETS,
+            )?,
+            judge_cost,
+            wrong: single_counter(
+                r,
+                "pylon_cache_semantic_wrong_total",
+                "Semantic hits reported wrong by feedback.",
+            )?,
+        })
+    }
 }
 
 /// Registering a metric failed: a programming error (duplicate or malformed name).
@@ -320,22 +402,7 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
-            cache_semantic_hits: single_counter(
-                r,
-                "pylon_cache_semantic_hits_total",
-                "Cache hits answered by a similar question.",
-            )?,
-            cache_semantic_lookup: {
-                let h = prometheus::Histogram::with_opts(
-                    HistogramOpts::new(
-                        "pylon_cache_semantic_lookup_seconds",
-                        "Vector search time of the semantic cache.",
-                    )
-                    .buckets(DEPENDENCY_BUCKETS.to_vec()),
-                )?;
-                r.register(Box::new(h.clone()))?;
-                h
-            },
+            semantic: SemanticMetrics::new(r)?,
             registry,
         };
         let build = gauge(

@@ -45,6 +45,10 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/v1/usage", get(usage::usage))
         .route("/admin/v1/requests", get(requests::list))
         .route("/admin/v1/cache", axum::routing::delete(cache::purge))
+        .route(
+            "/admin/v1/cache/feedback",
+            axum::routing::post(cache::feedback),
+        )
         .route("/admin/v1/errors", get(requests::errors))
         .route(
             "/admin/v1/log/level",
@@ -73,7 +77,7 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
+          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
     modifiers(&AdminToken, &CommonErrors),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),

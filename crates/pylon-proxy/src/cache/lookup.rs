@@ -10,6 +10,10 @@ use http::HeaderMap;
 use super::{
     directive, hit_response, identity, Directive, Entry, Join, Policy, ResponseCache, Write,
 };
+use pylon_policy::guard::{self, Facets};
+
+use super::judge::Decision;
+use super::semantic::{shortened, Pending};
 use crate::ingress::Call;
 use crate::log::Record;
 
@@ -64,8 +68,10 @@ pub(crate) async fn lookup(
         }
         if let Some(found) = similar(cache, policy, call, rec, &namespace).await {
             match found {
-                Ok((e, similarity)) => {
-                    let mut resp = hit(cache, &e, call, rec);
+                Ok(found) => {
+                    let similarity = found.audit.similarity;
+                    rec.semantic = Some(Box::new(found.audit));
+                    let mut resp = hit(cache, &found.entry, call, rec);
                     if let Lookup::Hit(r) = &mut resp {
                         r.headers_mut().insert(
                             "x-pylon-cache-similarity",
@@ -75,7 +81,7 @@ pub(crate) async fn lookup(
                     }
                     return resp;
                 }
-                Err(question) => semantic = question,
+                Err(pending) => semantic = pending,
             }
         }
         // A leader that failed or was cancelled hands the call to one of its followers (they
@@ -127,11 +133,19 @@ pub(crate) async fn lookup(
 /// How many leaders in a row a request follows before calling on its own.
 const FLIGHT_ROUNDS: usize = 3;
 
-/// A semantic hit (the entry and its similarity), or what to index the answer under.
-type Similar = Result<(Arc<Entry>, f32), Option<(String, Arc<Vec<f32>>)>>;
+/// A semantic hit: the entry and what it matched.
+struct Found {
+    entry: Arc<Entry>,
+    audit: crate::usage::SemanticAudit,
+}
+
+/// A semantic hit, or what to index the answer under.
+type Similar = Result<Found, Option<Pending>>;
 
 /// Looks for the answer to a similar question asked in the same context; `None` when the
-/// semantic cache does not apply to this request.
+/// semantic cache does not apply to this request. A candidate above the threshold is served
+/// only if the guards agree, the pair was never reported wrong, and the judge (when
+/// configured) says YES.
 async fn similar(
     cache: &ResponseCache,
     policy: &Policy,
@@ -144,28 +158,70 @@ async fn similar(
         return None;
     }
     let q = super::semantic::question(&rec.metric_model, &call.body, sem.scope)?;
+    let m = &rec.gw.metrics.semantic;
+    if q.text.len() > sem.max_chars && q.text.chars().count() > sem.max_chars {
+        m.skipped.with_label_values(&["too_long"]).inc();
+        return None;
+    }
     // Tenants never share vectors: the namespace is part of the context.
     let context = format!("{namespace}:{}", q.context);
     let vector = match sem.embed(&rec.gw, &q.text).await {
         Ok(v) => v,
         Err(e) => {
+            m.skipped.with_label_values(&["no_embedding"]).inc();
             tracing::warn!(target: "pylon::cache", request_id = %rec.request_id, error = %e, "semantic cache skipped: no embedding");
             return None;
         }
     };
     let started = std::time::Instant::now();
     let candidates = sem.similar(&context, &vector);
-    rec.gw
-        .metrics
-        .cache_semantic_lookup
-        .observe(started.elapsed().as_secs_f64());
-    for (key, similarity) in candidates {
-        if let Some(e) = cache.get(&key).await {
-            rec.gw.metrics.cache_semantic_hits.inc();
-            return Some(Ok((e, similarity)));
+    m.lookup.observe(started.elapsed().as_secs_f64());
+    let facets = Facets::of(&q.text);
+    for (stored, similarity) in candidates {
+        if sem.guards {
+            if let Err(reason) = guard::check(&facets, &stored.facets) {
+                m.rejected.with_label_values(&[reason.as_str()]).inc();
+                continue;
+            }
         }
+        if cache.blocked(&q.id, &stored.entry).await {
+            m.rejected.with_label_values(&["blocked"]).inc();
+            continue;
+        }
+        let Some(entry) = cache.get(&stored.entry).await else {
+            continue;
+        };
+        if let Some(judge) = &sem.judge {
+            let said = judge
+                .decide(&rec.gw, &q.id, &q.text, &stored.entry, &stored.text)
+                .await;
+            match said {
+                Decision::Same => {}
+                Decision::Different => {
+                    m.rejected.with_label_values(&["judge"]).inc();
+                    continue;
+                }
+                Decision::Failed => {
+                    m.rejected.with_label_values(&["judge_error"]).inc();
+                    continue;
+                }
+            }
+        }
+        m.hits.inc();
+        let audit = crate::usage::SemanticAudit {
+            similarity,
+            matched: stored.text.to_string(),
+            entry: stored.entry.clone(),
+            question: q.id,
+        };
+        return Some(Ok(Found { entry, audit }));
     }
-    Some(Err(Some((context, vector))))
+    Some(Err(Some(Pending {
+        context,
+        vector,
+        text: shortened(&q.text),
+        facets,
+    })))
 }
 
 /// What a follower saw first: the leader's stream starting, or the call's end.

@@ -5,7 +5,9 @@
 //! it as a well-formed stream, and a stream that completed is assembled into one. Only complete,
 //! successful answers are stored.
 
+mod call;
 mod flight;
+mod judge;
 mod key;
 mod lookup;
 mod reply;
@@ -255,6 +257,64 @@ impl ResponseCache {
         self.l1.insert(key, entry).await;
     }
 
+    /// Whether `entry` was reported a wrong answer to `question`, here or (through Redis) on
+    /// another instance.
+    pub async fn blocked(&self, question: &str, entry: &str) -> bool {
+        let Some(sem) = &self.semantic else {
+            return false;
+        };
+        if sem.is_blocked(question, entry) {
+            return true;
+        }
+        let Some(r) = self.l2() else {
+            return false;
+        };
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_millis(250),
+            r.get_bytes(&block_key(question, entry)),
+        )
+        .await;
+        self.observe_l2("cache_get", started, got.as_ref().is_ok_and(Result::is_ok));
+        match got {
+            Ok(Ok(Some(_))) => {
+                sem.block(question, entry).await;
+                true
+            }
+            Ok(Ok(None)) => false,
+            // Unknown: refuse the candidate rather than risk serving a reported-wrong answer.
+            Ok(Err(e)) => {
+                self.l2_failed(&e);
+                true
+            }
+            Err(_) => {
+                self.l2_failed(&pylon_state::StateError::Unavailable);
+                true
+            }
+        }
+    }
+
+    /// A semantic hit was wrong: the entry goes (here and in Redis) and the pair is blocked.
+    /// Returns whether this instance still held the entry.
+    pub async fn report_wrong(&self, question: &str, entry: &str) -> bool {
+        self.metrics.semantic.wrong.inc();
+        let held = self.l1.contains_key(entry);
+        self.l1.invalidate(entry).await;
+        if let Some(sem) = &self.semantic {
+            sem.block(question, entry).await;
+        }
+        if let Some(r) = &self.l2 {
+            let gone = r.delete(&format!("cache:{entry}")).await.map(drop);
+            let kept = r
+                .set_bytes(&block_key(question, entry), b"1", semantic::BLOCK_TTL)
+                .await;
+            if let Err(e) = gone.and(kept) {
+                tracing::warn!(target: "pylon::cache", error = %e, "wrong-hit report not shared through redis: other instances may serve the pair until it expires");
+            }
+        }
+        held
+    }
+
     /// Joins the in-flight call for `key`, or becomes the one others wait for.
     pub fn join(self: &Arc<Self>, key: &str) -> Join {
         flight::join(self, key)
@@ -323,6 +383,14 @@ impl moka::Expiry<String, Arc<Entry>> for PerEntryTtl {
     }
 }
 
+/// The Redis key that blocks one (question, entry) pair.
+fn block_key(question: &str, entry: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(entry.as_bytes());
+    let e: String = h[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("cache-block:{question}:{e}")
+}
+
 fn glob_escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| match c {
@@ -342,8 +410,8 @@ pub(crate) struct Write {
     pub key_id: Option<String>,
     pub ttl: Duration,
     pub flight: Option<FlightGuard>,
-    /// The question's context and embedding, to index the answer for similar questions.
-    pub semantic: Option<(String, Arc<Vec<f32>>)>,
+    /// The question, to index the answer for similar questions.
+    pub semantic: Option<semantic::Pending>,
 }
 
 impl Write {
@@ -363,8 +431,9 @@ impl Write {
             body,
         });
         let key = std::mem::take(&mut self.key);
-        if let (Some(sem), Some((context, vector))) = (&self.cache.semantic, self.semantic.take()) {
-            sem.remember(&context, vector, key.clone());
+        if let (Some(sem), Some(pending)) = (&self.cache.semantic, self.semantic.take()) {
+            let (context, vector, stored) = pending.stored(key.clone());
+            sem.remember(&context, vector, stored);
         }
         self.cache.put(key, entry.clone()).await;
         if let Some(f) = self.flight.take() {

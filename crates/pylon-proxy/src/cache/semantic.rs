@@ -7,11 +7,10 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use pylon_policy::guard::Facets;
+
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::prelude::Distance;
-use http::Request;
-use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::SemanticScope;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -53,42 +52,42 @@ fn unit(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x / norm).collect()
 }
 
-/// An approximate nearest-neighbour index (HNSW, cosine) from vectors to cache keys.
-pub struct VectorIndex {
+/// An approximate nearest-neighbour index (HNSW, cosine) from vectors to items.
+pub struct VectorIndex<T> {
     hnsw: Hnsw<'static, f32, UnitCosine>,
-    keys: RwLock<Vec<String>>,
+    items: RwLock<Vec<T>>,
 }
 
-impl VectorIndex {
+impl<T: Clone> VectorIndex<T> {
     /// An empty index sized for about `capacity` vectors.
-    pub fn new(capacity: usize) -> VectorIndex {
+    pub fn new(capacity: usize) -> VectorIndex<T> {
         VectorIndex {
             hnsw: Hnsw::new(16, capacity.max(16), 16, 100, UnitCosine),
-            keys: RwLock::new(Vec::new()),
+            items: RwLock::new(Vec::new()),
         }
     }
 
-    /// Adds a vector that answers with `key`.
-    pub fn insert(&self, vector: &[f32], key: String) {
-        let id = match self.keys.write() {
-            Ok(mut keys) => {
-                keys.push(key);
-                keys.len() - 1
+    /// Adds a vector that answers with `item`.
+    pub fn insert(&self, vector: &[f32], item: T) {
+        let id = match self.items.write() {
+            Ok(mut items) => {
+                items.push(item);
+                items.len() - 1
             }
             Err(_) => return,
         };
         self.hnsw.insert((&unit(vector), id));
     }
 
-    /// Up to `k` nearest keys with their cosine similarity, most similar first.
-    pub fn nearest(&self, vector: &[f32], k: usize) -> Vec<(String, f32)> {
+    /// Up to `k` nearest items with their cosine similarity, most similar first.
+    pub fn nearest(&self, vector: &[f32], k: usize) -> Vec<(T, f32)> {
         let found = self.hnsw.search(&unit(vector), k, 32.max(k));
-        let Ok(keys) = self.keys.read() else {
+        let Ok(items) = self.items.read() else {
             return Vec::new();
         };
-        let mut out: Vec<(String, f32)> = found
+        let mut out: Vec<(T, f32)> = found
             .into_iter()
-            .filter_map(|n| Some((keys.get(n.d_id)?.clone(), 1.0 - n.distance)))
+            .filter_map(|n| Some((items.get(n.d_id)?.clone(), 1.0 - n.distance)))
             .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out
@@ -96,12 +95,51 @@ impl VectorIndex {
 
     /// Vectors held.
     pub fn len(&self) -> usize {
-        self.keys.read().map_or(0, |k| k.len())
+        self.items.read().map_or(0, |k| k.len())
     }
 
     /// Whether the index holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Characters of a question kept beside its vector for the audit (request log, feedback).
+const AUDIT_CHARS: usize = 500;
+
+/// A question as stored beside its vector: where its answer is, what the guards compare, and
+/// (shortened) what it said.
+pub(crate) struct Stored {
+    pub entry: String,
+    pub text: Box<str>,
+    pub facets: Facets,
+}
+
+/// What a miss carries so its answer can be found by similar questions later.
+pub(crate) struct Pending {
+    pub context: String,
+    pub vector: Arc<Vec<f32>>,
+    pub text: Box<str>,
+    pub facets: Facets,
+}
+
+impl Pending {
+    /// The stored form, once the answer's entry exists.
+    pub fn stored(self, entry: String) -> (String, Arc<Vec<f32>>, Arc<Stored>) {
+        let stored = Stored {
+            entry,
+            text: self.text,
+            facets: self.facets,
+        };
+        (self.context, self.vector, Arc::new(stored))
+    }
+}
+
+/// The first `AUDIT_CHARS` characters of `text`.
+pub(crate) fn shortened(text: &str) -> Box<str> {
+    match text.char_indices().nth(AUDIT_CHARS) {
+        Some((at, _)) => text[..at].into(),
+        None => text.into(),
     }
 }
 
@@ -111,6 +149,9 @@ pub(crate) struct Question {
     pub context: String,
     /// The text that is compared by meaning.
     pub text: String,
+    /// A hash of context and text: the question's id in blocks, the judge's memory and the
+    /// request log (which never holds the text itself).
+    pub id: String,
 }
 
 /// Splits a chat body into context and question; `None` when the last message is not a user
@@ -160,8 +201,17 @@ pub(crate) fn question(model: &str, body: &[u8], scope: SemanticScope) -> Option
     h.update(model.as_bytes());
     h.update([0]);
     h.update(serde_json::to_vec(&map).ok()?);
-    let context = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Some(Question { context, text })
+    let context: String = hex(&h.finalize());
+    let id = hex(&Sha256::new()
+        .chain_update(context.as_bytes())
+        .chain_update([0])
+        .chain_update(text.as_bytes())
+        .finalize()[..16]);
+    Some(Question { context, text, id })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn text_of(m: &Value) -> String {
@@ -176,15 +226,25 @@ fn text_of(m: &Value) -> String {
     }
 }
 
+/// How long a pair reported wrong stays blocked (longer than any sensible cache TTL).
+pub(crate) const BLOCK_TTL: Duration = Duration::from_secs(30 * 86_400);
+
 /// The semantic layer of a gateway's cache.
 pub(crate) struct Semantic {
     pub embedding_model: String,
     pub threshold: f32,
     pub scope: SemanticScope,
+    /// Compare facets (numbers, negation, …) before serving a similar question's answer.
+    pub guards: bool,
+    /// Longer questions are not compared by meaning.
+    pub max_chars: usize,
+    pub judge: Option<super::judge::Judge>,
+    /// (question id, entry) pairs reported wrong: never served again.
+    blocked: moka::sync::Cache<(String, String), ()>,
     max_entries: usize,
     /// One index per context, bounded in number (least used and idle ones are evicted, and
     /// counted in `pylon_bounded_drops_total{what="semantic_context"}`).
-    indexes: moka::sync::Cache<String, Arc<VectorIndex>>,
+    indexes: moka::sync::Cache<String, Arc<VectorIndex<Arc<Stored>>>>,
     /// Serializes "full → start over" so two inserts never race to replace one index.
     replacing: Mutex<()>,
     /// Embeddings of texts already seen, so repeated questions cost no embedding call.
@@ -200,6 +260,13 @@ impl Semantic {
             embedding_model: cfg.embedding_model.clone()?,
             threshold: cfg.threshold as f32,
             scope: cfg.scope,
+            guards: cfg.guards,
+            max_chars: cfg.max_question_chars,
+            judge: cfg.verify.as_ref().map(super::judge::Judge::new),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(BLOCK_TTL)
+                .build(),
             max_entries: cfg.max_entries.max(1),
             indexes: moka::sync::Cache::builder()
                 .max_capacity(cfg.max_contexts.max(1))
@@ -219,8 +286,23 @@ impl Semantic {
         })
     }
 
-    fn index(&self, context: &str) -> Option<Arc<VectorIndex>> {
+    fn index(&self, context: &str) -> Option<Arc<VectorIndex<Arc<Stored>>>> {
         self.indexes.get(context)
+    }
+
+    /// Whether this instance knows the pair was reported wrong.
+    pub fn is_blocked(&self, question: &str, entry: &str) -> bool {
+        self.blocked
+            .contains_key(&(question.to_owned(), entry.to_owned()))
+    }
+
+    /// Never serve `entry` to `question` again (on this instance; Redis carries it to others).
+    pub async fn block(&self, question: &str, entry: &str) {
+        self.blocked
+            .insert((question.to_owned(), entry.to_owned()), ());
+        if let Some(j) = &self.judge {
+            j.forget(question, entry).await;
+        }
     }
 
     /// Contexts with an index now.
@@ -230,8 +312,8 @@ impl Semantic {
         self.indexes.entry_count()
     }
 
-    /// Cached keys similar enough to `vector` in `context`, most similar first.
-    pub fn similar(&self, context: &str, vector: &[f32]) -> Vec<(String, f32)> {
+    /// Stored questions similar enough to `vector` in `context`, most similar first.
+    pub fn similar(&self, context: &str, vector: &[f32]) -> Vec<(Arc<Stored>, f32)> {
         let Some(index) = self.index(context) else {
             return Vec::new();
         };
@@ -245,7 +327,7 @@ impl Semantic {
     /// Remembers that `key` answers `vector` in `context`, off the request path (an HNSW insert
     /// costs milliseconds at scale). A full index starts over, which bounds memory (vectors
     /// cannot be deleted from HNSW one by one).
-    pub fn remember(&self, context: &str, vector: Arc<Vec<f32>>, key: String) {
+    pub fn remember(&self, context: &str, vector: Arc<Vec<f32>>, stored: Arc<Stored>) {
         let index = {
             let Ok(_one) = self.replacing.lock() else {
                 return;
@@ -262,9 +344,9 @@ impl Semantic {
         // Small indexes insert in microseconds: inline, so the next identical question hits.
         match tokio::runtime::Handle::try_current() {
             Ok(rt) if index.len() >= 1024 => {
-                rt.spawn_blocking(move || index.insert(&vector, key));
+                rt.spawn_blocking(move || index.insert(&vector, stored));
             }
-            _ => index.insert(&vector, key),
+            _ => index.insert(&vector, stored),
         }
     }
 
@@ -274,60 +356,10 @@ impl Semantic {
         if let Some(v) = self.embeddings.get(&memo_key).await {
             return Ok(v);
         }
-        let v = Arc::new(call_embeddings(gw, &self.embedding_model, text).await?);
+        let v = Arc::new(super::call::embedding(gw, &self.embedding_model, text).await?);
         self.embeddings.insert(memo_key, v.clone()).await;
         Ok(v)
     }
-}
-
-/// One embeddings call to the first usable target of `model`.
-async fn call_embeddings(gw: &Gateway, model: &str, text: &str) -> Result<Vec<f32>, String> {
-    let m = gw
-        .snap
-        .resolve(model)
-        .ok_or_else(|| format!("embedding model `{model}` is not configured"))?;
-    let now = std::time::Instant::now();
-    let target = m
-        .targets
-        .iter()
-        .find(|t| t.health.breaker(now) != crate::breaker::Breaker::Open)
-        .ok_or_else(|| format!("every target of `{model}` is unavailable"))?;
-    let p = &target.provider;
-    let body = serde_json::json!({"model": target.model, "input": text});
-    let mut req = Request::post(format!("{}/embeddings", p.base))
-        .header(http::header::CONTENT_TYPE, "application/json");
-    let stored = p.stored_auth.load();
-    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
-        req = req.header(name, value.clone());
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(p.timeouts.first_byte, p.client.client().request(req))
-        .await
-        .map_err(|_| "the embedding call timed out".to_owned())?
-        .map_err(|e| format!("the embedding call failed: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("the embedding call answered {}", resp.status()));
-    }
-    let bytes = tokio::time::timeout(
-        p.timeouts.idle,
-        Limited::new(resp.into_body(), 4 << 20).collect(),
-    )
-    .await
-    .map_err(|_| "the embedding answer timed out".to_owned())?
-    .map_err(|e| e.to_string())?
-    .to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    v["data"][0]["embedding"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_f64().map(|f| f as f32))
-                .collect::<Vec<f32>>()
-        })
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| "the embedding answer has no vector".to_owned())
 }
 
 #[cfg(test)]
@@ -358,9 +390,9 @@ mod tests {
 
     #[test]
     fn nearest_finds_the_closest_vector() {
-        let index = VectorIndex::new(100);
-        index.insert(&[1.0, 0.0, 0.0], "x".into());
-        index.insert(&[0.0, 1.0, 0.0], "y".into());
+        let index = VectorIndex::<&str>::new(100);
+        index.insert(&[1.0, 0.0, 0.0], "x");
+        index.insert(&[0.0, 1.0, 0.0], "y");
         let found = index.nearest(&[0.9, 0.1, 0.0], 2);
         assert_eq!(found[0].0, "x");
         assert!(found[0].1 > 0.9 && found[1].1 < 0.2, "{found:?}");
@@ -377,11 +409,14 @@ mod tests {
         let sem = Semantic::new(&cfg, evicted.clone()).unwrap();
         // One conversation prefix each: without a bound every one would keep an index.
         for i in 0..200 {
-            sem.remember(
-                &format!("ctx-{i}"),
-                Arc::new(vec![1.0, 0.0, 0.0]),
-                format!("k{i}"),
-            );
+            let pending = Pending {
+                context: format!("ctx-{i}"),
+                vector: Arc::new(vec![1.0, 0.0, 0.0]),
+                text: "q".into(),
+                facets: Facets::of("q"),
+            };
+            let (context, vector, stored) = pending.stored(format!("k{i}"));
+            sem.remember(&context, vector, stored);
         }
         assert!(sem.contexts() <= 5, "{} contexts", sem.contexts());
         assert!(evicted.get() >= 195, "{} evictions counted", evicted.get());
@@ -390,6 +425,6 @@ mod tests {
             .find(|i| sem.index(&format!("ctx-{i}")).is_some())
             .unwrap();
         let found = sem.similar(&format!("ctx-{kept}"), &[1.0, 0.0, 0.0]);
-        assert_eq!(found[0].0, format!("k{kept}"));
+        assert_eq!(found[0].0.entry, format!("k{kept}"));
     }
 }

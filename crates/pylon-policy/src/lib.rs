@@ -1,0 +1,5 @@
+//! Pure decisions, no I/O: what the data plane decides from values alone, so each rule can be
+//! tested by property and example without a server.
+
+pub mod guard;
+mod lexicon;
