@@ -72,7 +72,7 @@ pub struct Facets {
     /// (opposite pair, sides mentioned as bits), sorted by pair.
     sides: Vec<(u16, u8)>,
     /// (left phrase, right phrase) around each arrow word.
-    arrows: Vec<(Vec<Box<str>>, Vec<Box<str>>)>,
+    arrows: Vec<Arrow>,
     /// Names, identifiers and quoted words, lower case, without separators.
     names: Vec<Box<str>>,
     /// The whole text's letters and digits in lower case, for "is this name mentioned".

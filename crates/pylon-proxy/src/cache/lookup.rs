@@ -81,7 +81,7 @@ pub(crate) async fn lookup(
                     }
                     return resp;
                 }
-                Err(pending) => semantic = pending,
+                Err(pending) => semantic = pending.map(Box::new),
             }
         }
         // A leader that failed or was cancelled hands the call to one of its followers (they

@@ -411,7 +411,7 @@ pub(crate) struct Write {
     pub ttl: Duration,
     pub flight: Option<FlightGuard>,
     /// The question, to index the answer for similar questions.
-    pub semantic: Option<semantic::Pending>,
+    pub semantic: Option<Box<semantic::Pending>>,
 }
 
 impl Write {
@@ -432,7 +432,7 @@ impl Write {
         });
         let key = std::mem::take(&mut self.key);
         if let (Some(sem), Some(pending)) = (&self.cache.semantic, self.semantic.take()) {
-            let (context, vector, stored) = pending.stored(key.clone());
+            let (context, vector, stored) = (*pending).stored(key.clone());
             sem.remember(&context, vector, stored);
         }
         self.cache.put(key, entry.clone()).await;

@@ -18,6 +18,7 @@ mod observe;
 mod observe_bin;
 mod resilience;
 mod secrets;
+mod semantic;
 mod streaming;
 mod tls;
 mod validation;
