@@ -107,3 +107,50 @@ pub fn semantic(n: usize, dims: usize) {
         (n * dims * 4) as f64 / (1024.0 * 1024.0)
     );
 }
+
+/// The semantic-cache guards' cost: facets of a question (once per lookup) and one check (per
+/// candidate), over the quality bench's questions, and facets of the longest question compared.
+pub fn guards() {
+    use pylon_policy::guard::{check, Facets};
+    let pairs: Vec<(&str, &str)> = include_str!("../semantic/pairs.tsv")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split('\t').skip(2);
+            Some((f.next()?, f.next()?))
+        })
+        .collect();
+    let rounds = 200;
+    let started = std::time::Instant::now();
+    let mut facets = Vec::new();
+    for _ in 0..rounds {
+        facets = pairs
+            .iter()
+            .map(|(a, b)| (Facets::of(a), Facets::of(b)))
+            .collect();
+    }
+    let extract = started.elapsed().as_secs_f64() * 1e6 / (rounds * pairs.len() * 2) as f64;
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..rounds * 10 {
+        refused = facets.iter().filter(|(a, b)| check(a, b).is_err()).count();
+    }
+    let per_check = started.elapsed().as_secs_f64() * 1e6 / (rounds * 10 * facets.len()) as f64;
+    let long: String = pairs
+        .iter()
+        .map(|(a, _)| *a)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(2_000)
+        .collect();
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(Facets::of(&long));
+    }
+    let long_us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+    println!(
+        "semantic guards: facets of a question {extract:.1} µs (a 2,000-character one {long_us:.0} µs), one candidate check {per_check:.2} µs ({} pairs, {refused} refused)",
+        pairs.len()
+    );
+}

@@ -58,6 +58,9 @@ struct Args {
     /// Run only the response-cache figures.
     #[arg(long)]
     only_cache: bool,
+    /// Run only the semantic-cache guard cost.
+    #[arg(long)]
+    only_guards: bool,
     /// Run only the cost-per-request figures (CPU, RSS and added latency vs nginx; large bodies).
     #[arg(long)]
     only_cost: bool,
@@ -145,6 +148,10 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.only_guards {
+        cache::guards();
+        return Ok(());
+    }
     let out = PathBuf::from("bench/out");
     std::fs::create_dir_all(&out)?;
     let out = out.canonicalize()?;
@@ -447,6 +454,7 @@ async fn cache_figures(args: &Args, spawn_pylon: &SpawnPylon<'_>) -> anyhow::Res
     )
     .await?;
     cache::semantic(args.semantic_entries, args.semantic_dims);
+    cache::guards();
     Ok(())
 }
 

@@ -493,7 +493,6 @@ pub(crate) const FUNCTION: &[&str] = &[
     "give",
     "show",
     "describe",
-    "list",
     "way",
     "ways",
     "want",
@@ -571,8 +570,8 @@ pub(crate) const FUNCTION: &[&str] = &[
     "definition",
 ];
 
-/// Words the direction guard reads as "A → B".
-pub(crate) const ARROWS: &[&str] = &["to", "into", "→", "->", "=>", "⇒"];
+/// Words the direction guard reads as "A → B" ("30 Celsius in Fahrenheit" converts too).
+pub(crate) const ARROWS: &[&str] = &["to", "into", "in", "→", "->", "=>", "⇒"];
 
 /// `word`, with plural, tense and possessive endings cut, so one lexicon entry covers its forms.
 pub(crate) fn stem(word: &str) -> &str {

@@ -236,3 +236,42 @@ pub(crate) async fn rotate_master(remote: Remote) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `pylon cache …` commands.
+#[derive(Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Report a semantic cache hit as wrong: its entry is deleted and the pair blocked.
+    Wrong {
+        /// The wrong response's `x-request-id`.
+        request_id: String,
+        /// Why it was wrong (kept in Pylon's log).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+/// Runs a `pylon cache` command.
+pub(crate) async fn cache(remote: Remote, cmd: CacheCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    match cmd {
+        CacheCommand::Wrong { request_id, note } => {
+            let r = c
+                .call(
+                    reqwest::Method::POST,
+                    "/admin/v1/cache/feedback",
+                    Some(json!({"request_id": request_id, "note": note})),
+                )
+                .await?;
+            eprintln!(
+                "entry {} {}; the pair is blocked",
+                r["entry"].as_str().unwrap_or("?"),
+                if r["evicted"] == true {
+                    "evicted"
+                } else {
+                    "was already gone here (deleted in Redis if shared)"
+                }
+            );
+            print_json(&r)
+        }
+    }
+}

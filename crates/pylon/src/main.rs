@@ -58,6 +58,13 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::KeysCommand,
     },
+    /// The response cache through the admin API.
+    Cache {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        command: admin_cli::CacheCommand,
+    },
     /// Master keys for provider credentials stored through the admin API.
     Secrets {
         #[command(subcommand)]
@@ -159,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check { file },
         } => check(&file),
         Command::Keys { remote, command } => admin_cli::keys(remote, command).await,
+        Command::Cache { remote, command } => admin_cli::cache(remote, command).await,
         Command::Secrets {
             command: SecretsCommand::GenMaster,
         } => {

@@ -100,6 +100,11 @@ pub(super) async fn feedback(
             "`request_id` must be 1 to 200 printable ASCII characters",
         ));
     }
+    if f.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+        return Err(AdminError::bad_request(
+            "`note` must be at most 1000 characters",
+        ));
+    }
     let found = c.store.semantic_hit(&f.request_id).await?;
     let Some((row, entry, question)) = found.and_then(|r| {
         let (e, q) = (r.cache_entry.clone()?, r.cache_question.clone()?);
@@ -121,8 +126,7 @@ pub(super) async fn feedback(
             "the response cache is off ([cache] enabled = false)",
         ));
     };
-    let note: Option<String> = f.note.map(|n| n.chars().take(1000).collect());
-    tracing::warn!(target: "pylon::control", request_id = %f.request_id, entry = %entry, note = note.as_deref(), "semantic cache hit reported wrong: entry evicted, pair blocked");
+    tracing::warn!(target: "pylon::control", request_id = %f.request_id, entry = %entry, note = f.note.as_deref(), "semantic cache hit reported wrong: entry evicted, pair blocked");
     Ok(Json(FeedbackResult {
         request_id: f.request_id,
         entry,

@@ -244,9 +244,32 @@ async fn a_hit_reported_wrong_is_evicted_audited_and_never_served_again() {
             >= 1.0
     );
 
-    // Unknown ids and bad bodies get clear 4xx answers.
+    // Unknown ids and bad bodies get clear 4xx answers, through the API and the CLI.
     let (status, v) = report(&gw, json!({"request_id": "no-such-request"})).await;
     assert_eq!(status, 404, "{v}");
+    let url = gw.url("");
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pylon"))
+            .args([
+                "cache",
+                "--url",
+                &url,
+                "--token",
+                ADMIN,
+                "wrong",
+                "no-such-request",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!cli.status.success());
+    let said = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        said.contains("404") && said.contains("no semantic cache hit"),
+        "{said}"
+    );
     let (status, _) = report(&gw, json!({"request_id": "has space"})).await;
     assert_eq!(status, 400);
     let (status, _) = report(&gw, json!(["x"])).await;
