@@ -11,15 +11,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// The value of one un-labelled (or fully labelled) series in `/metrics`.
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    get_text(gw, "/metrics")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Whether model `model`'s target `target` reports breaker `state` in `/health`.
 async fn breaker_is(gw: &Gateway, model: &str, target: &str, state: &str) -> bool {
     let health: Value = serde_json::from_str(&get_text(gw, "/health").await).unwrap();

@@ -226,6 +226,15 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The value of one un-labelled (or fully labelled) series in `/metrics`, 0 when absent.
+pub async fn metric(gw: &Gateway, series: &str) -> f64 {
+    get_text(gw, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `GET` an admin path with the admin token; the JSON answer.
 pub async fn admin_get(gw: &Gateway, token: &str, path: &str) -> Value {
     client()

@@ -62,15 +62,6 @@ async fn ask(gw: &Gateway, context: &str, question: &str) -> Asked {
     }
 }
 
-/// The value of one metric series, 0 when absent.
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    get_text(gw, "/metrics")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn fresh_context() -> String {
     format!("be brief {}", uuid::Uuid::new_v4().simple())
 }
