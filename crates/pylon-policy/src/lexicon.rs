@@ -212,7 +212,6 @@ const OPPOSITES: &[(&[&str], &[&str])] = &[
     (&["arrive", "arrival"], &["depart", "departure"]),
     (&["summer"], &["winter"]),
     (&["morning"], &["evening", "night"]),
-    (&["maximum"], &["minimum"]),
 ];
 
 /// Canonical units and currencies. `true` marks forms that are ordinary words too ("in", "m"),
@@ -523,7 +522,6 @@ pub(crate) const FUNCTION: &[&str] = &[
     "vs",
     "versus",
     "between",
-    "any",
     "okay",
     "ok",
     "hi",
