@@ -72,6 +72,9 @@ struct Args {
     semantic_entries: usize,
     #[arg(long, default_value_t = 384)]
     semantic_dims: usize,
+    /// Pylon's `[server] workers` (left out by default, so older builds run too).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -79,12 +82,13 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// A config for a Pylon in front of the mock; `extra` adds sections.
-fn pylon_config(port: u16, mock: u16, data: &Path, extra: &str) -> String {
+fn pylon_config(port: u16, mock: u16, data: &Path, extra: &str, workers: Option<usize>) -> String {
+    let workers = workers.map_or(String::new(), |n| format!("workers = {n}\n"));
     format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
 shutdown_grace = "1s"
-
+{workers}
 [data]
 dir = "{data}"
 {extra}
@@ -177,7 +181,10 @@ async fn main() -> anyhow::Result<()> {
         let data = out.join(format!("data-{name}"));
         let _ = std::fs::remove_dir_all(&data);
         let cfg = out.join(format!("{name}.toml"));
-        std::fs::write(&cfg, pylon_config(port, mock_port, &data, extra))?;
+        std::fs::write(
+            &cfg,
+            pylon_config(port, mock_port, &data, extra, args.workers),
+        )?;
         let p = Proc::spawn(
             Command::new(&pylon_bin)
                 .arg("serve")
@@ -594,6 +601,7 @@ async fn request_log(
             9,
             &data.canonicalize()?,
             "[request_log]\nmax_rows = 100000000\n",
+            args.workers,
         ),
     )?;
     let _p = Proc::spawn(

@@ -47,6 +47,10 @@ pub struct Server {
     /// Concurrent streams one HTTP/2 client connection may open.
     #[serde(default = "default_http2_max_streams")]
     pub http2_max_streams: u32,
+    /// Data-plane threads, each with its own runtime and upstream connections; 0: one per
+    /// available core.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 fn default_header_read_timeout() -> Duration {
@@ -111,6 +115,7 @@ impl Default for Server {
             max_connections: default_max_connections(),
             max_requests: default_max_requests(),
             http2_max_streams: default_http2_max_streams(),
+            workers: 0,
         }
     }
 }

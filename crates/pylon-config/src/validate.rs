@@ -228,6 +228,15 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
     if config.server.max_body_bytes == 0 {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }
+    if config.server.workers > 1024 {
+        problems.push((
+            0,
+            format!(
+                "server.workers: {} is more threads than any machine needs; use 0 for one per core",
+                config.server.workers
+            ),
+        ));
+    }
     problems
 }
 

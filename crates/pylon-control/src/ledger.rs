@@ -89,21 +89,7 @@ pub(crate) async fn run(
         }
         for t in gateway.take_usage_overflow() {
             add_usage(&mut pending, &t);
-            if pending.rollups.len() < MAX_PENDING_GROUPS {
-                pending.rollups.push(HourlyTotal {
-                    hour: t.at_ms.div_euclid(3_600_000) * 3600,
-                    key_id: t.key_id,
-                    team_id: t.team_id.unwrap_or_default(),
-                    model: t.model,
-                    provider: t.provider.unwrap_or_default(),
-                    requests: t.requests as i64,
-                    errors: t.errors as i64,
-                    input_tokens: t.input_tokens as i64,
-                    output_tokens: t.output_tokens as i64,
-                    cost_usd: t.cost_usd,
-                    latency_ms_sum: t.latency_ms_sum,
-                });
-            }
+            add_rollup(&mut pending, t);
         }
         if stopping || closed || last_flush.elapsed() >= settings.flush {
             keeping_up = flush(&store, &mut pending, &settings, &metrics).await;
@@ -112,6 +98,25 @@ pub(crate) async fn run(
         if stopping || closed {
             return;
         }
+    }
+}
+
+/// Adds a group of requests that have no rows to the pending hourly rollups.
+fn add_rollup(p: &mut Pending, t: UsageTotal) {
+    if p.rollups.len() < MAX_PENDING_GROUPS {
+        p.rollups.push(HourlyTotal {
+            hour: t.at_ms.div_euclid(3_600_000) * 3600,
+            key_id: t.key_id,
+            team_id: t.team_id.unwrap_or_default(),
+            model: t.model,
+            provider: t.provider.unwrap_or_default(),
+            requests: t.requests as i64,
+            errors: t.errors as i64,
+            input_tokens: t.input_tokens as i64,
+            output_tokens: t.output_tokens as i64,
+            cost_usd: t.cost_usd,
+            latency_ms_sum: t.latency_ms_sum,
+        });
     }
 }
 
@@ -143,24 +148,25 @@ fn add_usage(p: &mut Pending, t: &UsageTotal) {
 }
 
 fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
-    add_usage(
-        p,
-        &UsageTotal {
-            at_ms: e.at_ms,
-            key_id: e.key_id.clone(),
-            team_id: e.team_id.clone(),
-            model: e.model.clone(),
-            provider: None,
-            requests: 1,
-            errors: 0,
-            input_tokens: e.input_tokens,
-            output_tokens: e.output_tokens,
-            cost_usd: e.cost_usd,
-            latency_ms_sum: 0.0,
-        },
-    );
+    let failed = e.status >= 400 || e.outcome == "broken";
+    let total = UsageTotal {
+        at_ms: e.at_ms,
+        key_id: e.key_id.clone(),
+        team_id: e.team_id.clone(),
+        model: e.model.clone(),
+        provider: e.provider.clone(),
+        requests: 1,
+        errors: u64::from(failed),
+        input_tokens: e.input_tokens,
+        output_tokens: e.output_tokens,
+        cost_usd: e.cost_usd,
+        latency_ms_sum: e.latency_ms,
+    };
+    add_usage(p, &total);
     if p.rows.len() >= s.max_rows {
+        // The row goes; the request still counts in the hourly rollups (they come from rows).
         metrics.request_log_dropped.inc();
+        add_rollup(p, total);
         return;
     }
     p.rows.push(RequestRow {
@@ -275,5 +281,60 @@ pub(crate) async fn prune_loop(store: Store, cfg: pylon_config::RequestLog, metr
                 tracing::warn!(target: "pylon::usage", error = %e, "could not prune the request log")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, status: u16) -> RequestEvent {
+        RequestEvent {
+            at_ms: 1_700_000_000_000,
+            request_id: id.into(),
+            key_id: "k".into(),
+            user: None,
+            team_id: None,
+            route: "/v1/chat/completions",
+            model: "m".into(),
+            served_model: None,
+            provider: Some("p".into()),
+            status,
+            outcome: if status < 400 { "ok" } else { "error" },
+            error_class: None,
+            error: None,
+            latency_ms: 10.0,
+            ttft_ms: None,
+            input_tokens: 3,
+            output_tokens: 4,
+            cost_usd: 0.5,
+            cache: None,
+            attempts: 1,
+            fallback: None,
+            stream: false,
+            trace_id: None,
+            semantic: None,
+        }
+    }
+
+    #[test]
+    fn a_row_dropped_past_max_rows_still_counts_in_usage_and_rollups() {
+        let metrics = Metrics::new(false).unwrap();
+        let settings = Settings {
+            rows: true,
+            flush: Duration::from_secs(1),
+            max_rows: 1,
+        };
+        let mut p = Pending::default();
+        add(&mut p, event("a", 200), &settings, &metrics);
+        add(&mut p, event("b", 502), &settings, &metrics);
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!(metrics.request_log_dropped.get(), 1);
+        let usage: i64 = p.usage.values().map(|u| u.requests).sum();
+        assert_eq!(usage, 2, "both requests are billed");
+        assert_eq!(p.rollups.len(), 1, "the dropped row's request is rolled up");
+        let r = &p.rollups[0];
+        assert_eq!((r.requests, r.errors, r.cost_usd), (1, 1, 0.5));
+        assert_eq!(r.provider, "p");
     }
 }

@@ -203,7 +203,7 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
     let started = Instant::now();
     let t = route.timeouts;
     let mut resp =
-        match tokio::time::timeout(t.first_byte, route.client.request(upstream_req)).await {
+        match tokio::time::timeout(t.first_byte, route.client.get().request(upstream_req)).await {
             Err(_) => {
                 return Err((
                     StatusCode::GATEWAY_TIMEOUT,

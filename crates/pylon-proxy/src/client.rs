@@ -19,6 +19,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use crate::snapshot::BuildError;
+use crate::worker::PerWorker;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -73,12 +74,21 @@ pub(crate) struct Options<'a> {
     pub proxy_auth: Option<http::HeaderValue>,
 }
 
-/// A client built from `o`.
-pub(crate) fn build<B>(o: &Options<'_>) -> Result<HttpsClient<B>, BuildError>
+/// One client per data-plane worker, built from `o` (the TLS set-up is shared; each has its
+/// own connection pool).
+pub(crate) fn build<B>(
+    o: &Options<'_>,
+    workers: usize,
+) -> Result<PerWorker<HttpsClient<B>>, BuildError>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    let connector = connector(o)?;
+    Ok(PerWorker::new(workers, || client(connector.clone(), o)))
+}
+
+fn connector(o: &Options<'_>) -> Result<HttpsConnector<Egress>, BuildError> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(o.connect));
     http.set_nodelay(true);
@@ -116,11 +126,18 @@ where
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
-    let connector = match (o.http2_only, o.http2) {
+    Ok(match (o.http2_only, o.http2) {
         (true, _) => builder.enable_http2().wrap_connector(egress),
         (false, true) => builder.enable_http1().enable_http2().wrap_connector(egress),
         (false, false) => builder.enable_http1().wrap_connector(egress),
-    };
+    })
+}
+
+fn client<B>(connector: HttpsConnector<Egress>, o: &Options<'_>) -> HttpsClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut b = Client::builder(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -133,7 +150,7 @@ where
     if o.http2_only {
         b.http2_only(true);
     }
-    Ok(b.build(connector))
+    b.build(connector)
 }
 
 /// The proxy for `base` from the config, else from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
@@ -155,27 +172,31 @@ pub(crate) fn proxy_for(
         .map(|i| (i.uri().clone(), i.basic_auth().cloned())))
 }
 
-/// Several clients to one provider; each HTTP/2 client holds its own connection, so the
-/// streams of many requests spread over `n` connections instead of queueing on one.
+/// Several clients to one provider for each worker; each HTTP/2 client holds its own
+/// connection, so the streams of many requests spread over `n` connections per worker instead
+/// of queueing on one.
 pub(crate) struct Pool {
-    clients: Vec<HttpsClient<http_body_util::Full<bytes::Bytes>>>,
+    clients: PerWorker<Vec<HttpsClient<http_body_util::Full<bytes::Bytes>>>>,
     next: AtomicUsize,
 }
 
 impl Pool {
-    pub fn new(n: usize, o: &Options<'_>) -> Result<Pool, BuildError> {
-        let clients = (0..n.max(1))
-            .map(|_| build(o))
-            .collect::<Result<Vec<_>, _>>()?;
+    pub fn new(n: usize, workers: usize, o: &Options<'_>) -> Result<Pool, BuildError> {
+        let connector = connector(o)?;
+        let clients = PerWorker::new(workers, || {
+            (0..n.max(1))
+                .map(|_| client(connector.clone(), o))
+                .collect()
+        });
         Ok(Pool {
             clients,
             next: AtomicUsize::new(0),
         })
     }
 
-    /// The client for the next request (round robin).
+    /// The calling worker's client for the next request (round robin).
     pub fn client(&self) -> &HttpsClient<http_body_util::Full<bytes::Bytes>> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
+        let mine = self.clients.get();
+        &mine[self.next.fetch_add(1, Ordering::Relaxed) % mine.len()]
     }
 }

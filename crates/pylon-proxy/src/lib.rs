@@ -24,12 +24,14 @@ mod snapshot;
 pub mod tls;
 mod upstream;
 mod usage;
+mod worker;
 
 pub use auth::{hash_key, KeyIndex};
 pub use cache::VectorIndex;
 pub use error::ProxyError;
 pub use health::Check;
 pub use limits::spend_key;
-pub use server::{metrics_router, router, serve, serve_redirect, serve_tls};
+pub use server::{metrics_router, router, serve_redirect, Workers};
 pub use snapshot::{BuildError, Gateway, Snapshot};
 pub use usage::{RequestEvent, SemanticAudit, UsageTotal};
+pub use worker::count as worker_count;

@@ -108,7 +108,7 @@ pub(crate) struct AppRoute {
     pub http2: bool,
     pub rpm: Option<u64>,
     pub timeouts: ResolvedTimeouts,
-    pub client: crate::client::HttpsClient<axum::body::Body>,
+    pub client: crate::worker::PerWorker<crate::client::HttpsClient<axum::body::Body>>,
 }
 
 /// Limits of the listener itself (what nginx's timeouts and connection caps gave).
@@ -119,6 +119,8 @@ pub(crate) struct Edge {
     pub max_connections: usize,
     pub max_requests: usize,
     pub http2_max_streams: u32,
+    /// Data-plane worker threads (resolved: at least one).
+    pub workers: usize,
 }
 
 /// Everything a request needs, immutable once built.
@@ -256,6 +258,7 @@ impl Gateway {
                 max_connections: config.server.max_connections.max(1),
                 max_requests: config.server.max_requests.max(1),
                 http2_max_streams: config.server.http2_max_streams.max(1),
+                workers: crate::worker::count(config.server.workers),
             },
             active: std::sync::atomic::AtomicUsize::new(0),
             tasks,
@@ -493,6 +496,7 @@ impl Snapshot {
             failures: r.breaker_failures.max(1),
             cooldown: r.breaker_cooldown,
         };
+        let workers = crate::worker::count(config.server.workers);
         let mut providers = HashMap::new();
         for p in &config.providers {
             let name = p.name.get_ref().clone();
@@ -523,7 +527,7 @@ impl Snapshot {
                     base,
                     auth,
                     timeouts,
-                    client: crate::client::Pool::new(connections, &options)?,
+                    client: crate::client::Pool::new(connections, workers, &options)?,
                     direct: p.direct,
                     forward: p
                         .forward_headers
@@ -598,12 +602,15 @@ impl Snapshot {
                 http2: r.http2,
                 rpm: r.rpm.filter(|n| *n > 0),
                 timeouts,
-                client: crate::client::build(&crate::client::Options {
-                    connect: timeouts.connect,
-                    http2: r.http2,
-                    http2_only: r.http2,
-                    ..Default::default()
-                })?,
+                client: crate::client::build(
+                    &crate::client::Options {
+                        connect: timeouts.connect,
+                        http2: r.http2,
+                        http2_only: r.http2,
+                        ..Default::default()
+                    },
+                    workers,
+                )?,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -678,7 +685,7 @@ pub(crate) mod tests {
             base: "http://127.0.0.1:1".into(),
             auth: None,
             timeouts,
-            client: crate::client::Pool::new(1, &crate::client::Options::default()).unwrap(),
+            client: crate::client::Pool::new(1, 1, &crate::client::Options::default()).unwrap(),
             direct: false,
             forward: Vec::new(),
             direct_health: Arc::new(Health::new(policy)),

@@ -134,7 +134,10 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The data plane has threads of its own (`[server] workers`); this runtime runs the control
+    // plane (ledger, refresh, health checks, admin listener) and the CLI.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -310,8 +313,7 @@ async fn run_gateway(
         }
         None => (admin, None),
     };
-    tracing::info!(%addr, providers = config.providers.len(), models = config.models.len(), "listening");
-    let server = match &config.server.tls {
+    let tls = match &config.server.tls {
         Some(t) => {
             let tls = pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file)?;
             reload_tls_on_sighup(tls.clone(), gw.clone());
@@ -324,21 +326,20 @@ async fn run_gateway(
                     stopped(rx.clone()),
                 ));
             }
-            tokio::spawn(pylon_proxy::serve_tls(
-                listener,
-                tls,
-                gw.clone(),
-                main_extra,
-                stopped(rx),
-            ))
+            Some(tls)
         }
-        None => tokio::spawn(pylon_proxy::serve(
-            listener,
-            gw.clone(),
-            main_extra,
-            stopped(rx),
-        )),
+        None => None,
     };
+    let mut workers =
+        pylon_proxy::Workers::start(listener.into_std()?, tls, gw.clone(), main_extra)
+            .context("cannot start the data-plane workers")?;
+    tracing::info!(
+        %addr,
+        providers = config.providers.len(),
+        models = config.models.len(),
+        workers = pylon_proxy::worker_count(config.server.workers),
+        "listening"
+    );
     stop.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
     gw.start_draining();
@@ -348,10 +349,9 @@ async fn run_gateway(
     }
     let _ = tx.send(true);
     refresher.abort();
-    match tokio::time::timeout(config.server.shutdown_grace, server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("drained; bye"),
-        Ok(Ok(Err(e))) => return Err(e).context("server failed"),
-        Ok(Err(e)) => return Err(e).context("server task failed"),
+    match tokio::time::timeout(config.server.shutdown_grace, workers.stop()).await {
+        Ok(Ok(())) => tracing::info!("drained; bye"),
+        Ok(Err(e)) => return Err(e).context("server failed"),
         Err(_) => tracing::warn!("shutdown grace expired; closing the remaining connections"),
     }
     if let Some(admin) = admin_server {
@@ -362,6 +362,7 @@ async fn run_gateway(
     }
     // Requests have ended: write the request log's last rows and export buffered spans.
     control.shutdown(config.server.shutdown_grace).await;
+    workers.release();
     Ok(())
 }
 

@@ -488,15 +488,12 @@ async fn x_forwarded_proto_is_https_behind_pylons_tls() {
         .await
         .unwrap();
     let tls = pylon_proxy::tls::Tls::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(pylon_proxy::serve_tls(
-        listener,
-        tls,
-        gw,
-        pylon_control::router(control),
-        std::future::pending(),
-    ));
+    std::mem::forget(
+        pylon_proxy::Workers::start(listener, Some(tls), gw, pylon_control::router(control))
+            .unwrap(),
+    );
     for http2 in [false, true] {
         let mut b = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())

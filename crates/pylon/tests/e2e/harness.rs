@@ -75,15 +75,12 @@ impl Gateway {
         let config = pylon_config::parse(&text, "test.toml", &|_| None).unwrap();
         let (gw, control) = pylon_control::bootstrap(&config, env).await.unwrap();
         tokio::spawn(control.clone().refresh_loop(config.auth.refresh));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = pylon_control::router(control.clone());
-        tokio::spawn(pylon_proxy::serve(
-            listener,
-            gw,
-            admin,
-            std::future::pending(),
-        ));
+        // The data plane on its own worker threads, as `pylon serve` runs it; they serve until
+        // the test process ends.
+        std::mem::forget(pylon_proxy::Workers::start(listener, None, gw, admin).unwrap());
         (Gateway { addr }, control)
     }
 
