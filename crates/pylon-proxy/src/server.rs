@@ -14,7 +14,6 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::snapshot::Gateway;
 use crate::{app, health, ingress, ProxyError};
@@ -43,31 +42,14 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
     .with_state(gw);
     let app = control
         .merge(data_plane)
-        .layer(axum::middleware::map_response(strict_csp_on_html))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+        .layer(axum::middleware::map_response_with_state(
+            hsts,
+            security_headers,
         ))
         // Outermost first on the way in: an id is set (or kept) before anything else runs,
         // and copied onto every response, errors included.
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(FastRequestId));
-    let app = if hsts {
-        app.layer(SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
-        ))
-    } else {
-        app
-    };
     match cors(&origins) {
         Some(layer) => app.layer(layer),
         None => app,
@@ -81,15 +63,33 @@ pub fn metrics_router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// HTML pages (the API docs) may load only what Pylon itself serves.
-async fn strict_csp_on_html(mut resp: Response) -> Response {
+/// The security headers of every response, in one pass: no sniffing, framing or referrer; HSTS
+/// behind TLS; and HTML pages (the API docs) may load only what Pylon itself serves. A header a
+/// handler set itself is kept.
+async fn security_headers(
+    axum::extract::State(hsts): axum::extract::State<bool>,
+    mut resp: Response,
+) -> Response {
     let html = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/html"));
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.entry(name)
+            .or_insert_with(|| HeaderValue::from_static(value));
+    }
+    if hsts {
+        h.entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    }
     if html {
-        resp.headers_mut().insert(
+        h.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
                 "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
