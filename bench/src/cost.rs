@@ -87,22 +87,44 @@ pub async fn run(
     out
 }
 
-/// Prints each proxy's figure against the direct and nginx rows of the same table.
-pub fn compare(rows: &[(&'static str, f64, f64, Option<f64>)]) {
+/// Prints each proxy's figure against the direct and nginx rows of the same table; returns
+/// (proxy, CPU per request as a multiple of nginx's, added p99 in µs) for each proxy row.
+pub fn compare(
+    rows: &[(&'static str, f64, f64, Option<f64>)],
+) -> Vec<(&'static str, Option<f64>, f64)> {
     let get = |name: &str| rows.iter().find(|r| r.0 == name);
     let (Some(direct), Some(nginx)) = (get("direct"), get("nginx")) else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for r in rows.iter().filter(|r| r.0 != "direct") {
         let ratio = match (r.3, nginx.3) {
-            (Some(p), Some(n)) if n > 0.0 => format!("{:.2}× nginx CPU", p / n),
-            _ => String::new(),
+            (Some(p), Some(n)) if n > 0.0 => Some(p / n),
+            _ => None,
         };
+        let added_p99 = r.2 - direct.2;
         println!(
-            "  {:<14} added p50 {:+7.0} µs, p99 {:+7.0} µs   {ratio}",
+            "  {:<14} added p50 {:+7.0} µs, p99 {:+7.0} µs   {}",
             r.0,
             r.1 - direct.1,
-            r.2 - direct.2
+            added_p99,
+            ratio.map_or(String::new(), |x| format!("{x:.2}× nginx CPU"))
         );
+        out.push((r.0, ratio, added_p99));
+    }
+    out
+}
+
+/// The median of `xs` (empty: NaN).
+pub fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        (xs[m - 1] + xs[m]) / 2.0
     }
 }

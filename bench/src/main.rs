@@ -72,6 +72,10 @@ struct Args {
     semantic_entries: usize,
     #[arg(long, default_value_t = 384)]
     semantic_dims: usize,
+    /// Rounds of the 60-byte cost tables; more than one prints the median of each figure (the
+    /// machine's noise is about ±10 % per round).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Pylon's `[server] workers` (left out by default, so older builds run too).
     #[arg(long)]
     workers: Option<usize>,
@@ -523,15 +527,46 @@ async fn cost_figures(
     let tiny = cost::body(5);
     let mut vias = vec![direct, defaults];
     vias.extend(via_nginx);
-    for (title, conc) in [
-        (
-            "60-byte body, 50 connections (request log and metrics on)",
-            50,
-        ),
-        ("60-byte body, concurrency 1", 1),
-    ] {
-        let rows = cost::run(title, &vias, tiny.clone(), conc, d).await;
-        cost::compare(&rows);
+    // (table, proxy) → per-round (CPU ratio, added p99).
+    let mut seen: Vec<((&str, &str), Vec<f64>, Vec<f64>)> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            println!("\n-- round {round} of {}", args.rounds);
+        }
+        for (title, conc) in [
+            (
+                "60-byte body, 50 connections (request log and metrics on)",
+                50,
+            ),
+            ("60-byte body, concurrency 1", 1),
+        ] {
+            let rows = cost::run(title, &vias, tiny.clone(), conc, d).await;
+            for (proxy, ratio, p99) in cost::compare(&rows) {
+                let i = match seen.iter().position(|s| s.0 == (title, proxy)) {
+                    Some(i) => i,
+                    None => {
+                        seen.push(((title, proxy), Vec::new(), Vec::new()));
+                        seen.len() - 1
+                    }
+                };
+                seen[i].1.extend(ratio);
+                seen[i].2.push(p99);
+            }
+        }
+    }
+    if args.rounds > 1 {
+        println!("\nmedians over {} rounds:", args.rounds);
+        for ((title, proxy), mut ratios, mut p99s) in seen {
+            let (lo, hi) = (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            );
+            println!(
+                "  {title}: {proxy:<6} CPU {:.2}× nginx (range {lo:.2}–{hi:.2}), added p99 {:+.0} µs",
+                cost::median(&mut ratios),
+                cost::median(&mut p99s),
+            );
+        }
     }
     vias[1] = limited;
     for size in [4 * 1024, 64 * 1024] {
