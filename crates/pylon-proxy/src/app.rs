@@ -161,7 +161,7 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
     });
     let secure = parts
         .extensions
-        .get::<crate::server::Secure>()
+        .get::<crate::context::Secure>()
         .is_some_and(|s| s.0);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);

@@ -18,7 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
-use crate::snapshot::BuildError;
+use crate::error::BuildError;
 use crate::worker::PerWorker;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

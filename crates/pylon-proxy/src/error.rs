@@ -204,3 +204,21 @@ fn json(status: StatusCode, body: Bytes) -> Response {
     );
     resp
 }
+
+/// Why a config could not become a running gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A credential contains characters that cannot go in an HTTP header.
+    #[error("the api_key of provider `{0}` contains characters not allowed in an HTTP header")]
+    BadCredential(String),
+    /// The TLS setup failed.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// `data.redis_url` is not a usable Redis URL.
+    #[error("data.redis_url: {0}")]
+    Redis(String),
+    #[error(transparent)]
+    Metrics(#[from] pylon_telemetry::MetricsError),
+    #[error(transparent)]
+    Tracing(#[from] pylon_telemetry::TraceError),
+}

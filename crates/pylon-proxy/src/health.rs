@@ -281,3 +281,39 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     )
         .into_response()
 }
+
+// What the control plane's health loops report into the gateway.
+impl crate::snapshot::Gateway {
+    /// Records the latest store check (read by `/readyz` and `/health`).
+    pub fn report_store(&self, check: Check) {
+        if let Ok(mut g) = self.deps.store.lock() {
+            *g = Some(check);
+        }
+    }
+
+    /// Pings Redis (when configured) and records the result for `/health`.
+    pub async fn check_redis(&self, timeout: std::time::Duration) {
+        let started = std::time::Instant::now();
+        let check = match tokio::time::timeout(timeout, self.limiter.ping()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(took))) => Check::pass(took),
+            Ok(Some(Err(e))) => Check::fail(started.elapsed(), e.to_string()),
+            Err(_) => Check::fail(started.elapsed(), "timed out"),
+        };
+        if let Ok(mut g) = self.deps.redis.lock() {
+            *g = Some(check);
+        }
+    }
+
+    /// Records the data dir's disk use (share used, bytes free) and the process's resident memory.
+    pub fn report_system(&self, disk: Option<(f64, u64)>, rss_bytes: Option<u64>) {
+        if let (Some(d), Ok(mut g)) = (disk, self.deps.disk.lock()) {
+            *g = Some(d);
+        }
+        if let Some(rss) = rss_bytes {
+            self.deps
+                .rss
+                .store(rss, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

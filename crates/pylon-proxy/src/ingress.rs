@@ -1,6 +1,5 @@
 //! Ingress: read the body within its limit, check it, and build the per-request context.
 
-use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -12,97 +11,17 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pylon_config::AuthMode;
-use pylon_providers::{anthropic, openai, TranslateError};
+use pylon_providers::{openai, TranslateError};
 use pylon_telemetry::trace::Attribute;
 use pylon_types::anthropic::MessagesRequest;
-use pylon_types::openai::ChatRequest;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
+use crate::context::{Api, Call, FORWARDED};
 use crate::limits;
 use crate::log::{Accounting, Record};
-use crate::snapshot::Gateway;
+use crate::snapshot::{Gateway, Validation};
 use crate::{auth, upstream, ProxyError};
-
-/// Which endpoint a request came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Api {
-    Chat,
-    Messages,
-    Embeddings,
-}
-
-impl Api {
-    /// `gen_ai.operation.name`.
-    fn operation(self) -> &'static str {
-        match self {
-            Api::Chat | Api::Messages => "chat",
-            Api::Embeddings => "embeddings",
-        }
-    }
-
-    fn route(self) -> &'static str {
-        match self {
-            Api::Chat => "/v1/chat/completions",
-            Api::Messages => "/v1/messages",
-            Api::Embeddings => "/v1/embeddings",
-        }
-    }
-
-    pub fn dialect(self) -> Dialect {
-        match self {
-            Api::Messages => Dialect::Anthropic,
-            Api::Chat | Api::Embeddings => Dialect::OpenAi,
-        }
-    }
-}
-
-/// The per-request context threaded through route → upstream → respond.
-pub(crate) struct Call {
-    pub api: Api,
-    /// The body exactly as the client sent it.
-    pub body: Bytes,
-    pub model: String,
-    /// Where the model value sits in `body`, for pass-through with the model replaced.
-    pub model_span: Range<usize>,
-    pub stream: bool,
-    pub include_usage: bool,
-    /// Headers forwarded upstream: request id, trace context, Anthropic version and betas.
-    pub forward: Vec<(http::HeaderName, HeaderValue)>,
-    /// The Anthropic request as parsed at ingress (Messages API only).
-    messages: Option<MessagesRequest>,
-    canonical: OnceLock<Result<ChatRequest, String>>,
-    pub record: Option<Record>,
-    /// Where a successful answer is stored, when the model is cached and this is a miss.
-    pub cache: Option<crate::cache::Write>,
-}
-
-impl Call {
-    /// The request as canonical OpenAI chat, parsed on first use (only translations need it).
-    pub fn canonical(&self) -> Result<&ChatRequest, ProxyError> {
-        let parsed = self.canonical.get_or_init(|| match &self.messages {
-            Some(m) => Ok(anthropic::to_chat(m.clone())),
-            None => serde_json::from_slice::<ChatRequest>(&self.body).map_err(|e| e.to_string()),
-        });
-        parsed.as_ref().map_err(|e| {
-            ProxyError::Invalid(TranslateError::Unsupported(format!(
-                "chat request does not match the schema: {e}"
-            )))
-        })
-    }
-
-    pub fn record(&mut self) -> Option<&mut Record> {
-        self.record.as_mut()
-    }
-}
-
-/// Client headers every provider receives; others only where `forward_headers` names them.
-pub(crate) const FORWARDED: [&str; 4] = [
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "anthropic-version",
-];
 
 /// Longest model name accepted; longer is a 400 before anything keeps it.
 const MAX_MODEL_NAME: usize = 256;
@@ -451,33 +370,6 @@ fn parse(
         record: None,
         cache: None,
     })
-}
-
-/// Size limits of a chat request beyond the body limit.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Validation {
-    pub max_messages: usize,
-    pub max_message_bytes: usize,
-}
-
-impl Validation {
-    fn check(&self, messages: usize, largest: usize) -> Result<(), ProxyError> {
-        if messages > self.max_messages {
-            return Err(TranslateError::Unsupported(format!(
-                "{messages} messages is more than the limit of {} (server.max_messages)",
-                self.max_messages
-            ))
-            .into());
-        }
-        if largest > self.max_message_bytes {
-            return Err(TranslateError::Unsupported(format!(
-                "a message of {largest} bytes is larger than the limit of {} (server.max_message_bytes)",
-                self.max_message_bytes
-            ))
-            .into());
-        }
-        Ok(())
-    }
 }
 
 /// `GET /v1/models`: the configured names, in the Anthropic shape when the client is the Anthropic SDK.

@@ -43,3 +43,16 @@ pub(crate) async fn provider(p: &Provider) -> Check {
         }
     }
 }
+
+// The control plane's probe loop runs this.
+impl crate::snapshot::Gateway {
+    /// Probes every provider once (`GET /models` with its credential) and records the results.
+    pub async fn probe_providers(&self) {
+        for p in self.snap.providers.values() {
+            let check = provider(p).await;
+            if let Ok(mut g) = self.deps.probes.lock() {
+                g.insert(p.name.clone(), check);
+            }
+        }
+    }
+}

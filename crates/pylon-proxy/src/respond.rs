@@ -23,7 +23,7 @@ use pylon_telemetry::trace::Attribute;
 use pylon_telemetry::SpanHandle;
 
 use crate::breaker::InFlight;
-use crate::ingress::{Api, Call};
+use crate::context::{Api, Call};
 use crate::log::Record;
 use crate::snapshot::Target;
 use crate::upstream::{passthrough, Failure};

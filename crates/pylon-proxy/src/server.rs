@@ -15,6 +15,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
+use crate::context::Secure;
 use crate::snapshot::Gateway;
 use crate::{app, health, ingress, ProxyError};
 
@@ -232,10 +233,6 @@ impl Workers {
         let _ = self.release.send(true);
     }
 }
-
-/// The scheme a request arrived over, for `X-Forwarded-Proto` on app routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Secure(pub bool);
 
 /// Accepts connections within the connection cap, with a header-read timeout (slowloris), a
 /// TLS handshake deadline, and graceful shutdown. Connections over the cap get one 503 with

@@ -11,26 +11,38 @@ use pylon_config::{AuthMode, Config, ProviderKind, Resilience, ResolvedTimeouts,
 
 use crate::auth::KeyIndex;
 use crate::breaker::{Health, Policy};
+use crate::error::BuildError;
 use crate::price::Prices;
 use crate::usage::Sink;
+use crate::ProxyError;
+use pylon_providers::TranslateError;
 use pylon_state::{Limiter, OnRedisFailure, RedisState};
 
-/// Why a config could not become a running gateway.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// A credential contains characters that cannot go in an HTTP header.
-    #[error("the api_key of provider `{0}` contains characters not allowed in an HTTP header")]
-    BadCredential(String),
-    /// The TLS setup failed.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    /// `data.redis_url` is not a usable Redis URL.
-    #[error("data.redis_url: {0}")]
-    Redis(String),
-    #[error(transparent)]
-    Metrics(#[from] pylon_telemetry::MetricsError),
-    #[error(transparent)]
-    Tracing(#[from] pylon_telemetry::TraceError),
+/// Size limits of a chat request beyond the body limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Validation {
+    pub max_messages: usize,
+    pub max_message_bytes: usize,
+}
+
+impl Validation {
+    pub fn check(&self, messages: usize, largest: usize) -> Result<(), ProxyError> {
+        if messages > self.max_messages {
+            return Err(TranslateError::Unsupported(format!(
+                "{messages} messages is more than the limit of {} (server.max_messages)",
+                self.max_messages
+            ))
+            .into());
+        }
+        if largest > self.max_message_bytes {
+            return Err(TranslateError::Unsupported(format!(
+                "a message of {largest} bytes is larger than the limit of {} (server.max_message_bytes)",
+                self.max_message_bytes
+            ))
+            .into());
+        }
+        Ok(())
+    }
 }
 
 /// A configured provider, ready to call.
@@ -151,7 +163,7 @@ pub struct Gateway {
     pub(crate) trusted_proxies: Vec<(std::net::IpAddr, u8)>,
     pub(crate) prices: Prices,
     pub(crate) usage: Sink,
-    pub(crate) validation: crate::ingress::Validation,
+    pub(crate) validation: Validation,
     /// Browser origins allowed by CORS.
     pub(crate) cors_origins: Vec<String>,
     /// Served over TLS: responses carry HSTS.
@@ -236,7 +248,7 @@ impl Gateway {
                 .collect(),
             prices: Prices::new(&config.prices),
             usage: Sink::new(metrics.request_log_dropped.clone()),
-            validation: crate::ingress::Validation {
+            validation: Validation {
                 max_messages: config.server.max_messages,
                 max_message_bytes: config.server.max_message_bytes,
             },
@@ -402,72 +414,6 @@ impl Gateway {
             m.cache_entries.set(entries as i64);
         }
         m.render()
-    }
-
-    /// Records the latest store check (read by `/readyz` and `/health`).
-    pub fn report_store(&self, check: crate::health::Check) {
-        if let Ok(mut g) = self.deps.store.lock() {
-            *g = Some(check);
-        }
-    }
-
-    /// Pings Redis (when configured) and records the result for `/health`.
-    pub async fn check_redis(&self, timeout: std::time::Duration) {
-        let started = std::time::Instant::now();
-        let check = match tokio::time::timeout(timeout, self.limiter.ping()).await {
-            Ok(None) => return,
-            Ok(Some(Ok(took))) => crate::health::Check::pass(took),
-            Ok(Some(Err(e))) => crate::health::Check::fail(started.elapsed(), e.to_string()),
-            Err(_) => crate::health::Check::fail(started.elapsed(), "timed out"),
-        };
-        if let Ok(mut g) = self.deps.redis.lock() {
-            *g = Some(check);
-        }
-    }
-
-    /// Records the data dir's disk use (share used, bytes free) and the process's resident memory.
-    pub fn report_system(&self, disk: Option<(f64, u64)>, rss_bytes: Option<u64>) {
-        if let (Some(d), Ok(mut g)) = (disk, self.deps.disk.lock()) {
-            *g = Some(d);
-        }
-        if let Some(rss) = rss_bytes {
-            self.deps
-                .rss
-                .store(rss, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// Probes every provider once (`GET /models` with its credential) and records the results.
-    pub async fn probe_providers(&self) {
-        for p in self.snap.providers.values() {
-            let check = crate::probe::provider(p).await;
-            if let Ok(mut g) = self.deps.probes.lock() {
-                g.insert(p.name.clone(), check);
-            }
-        }
-    }
-
-    /// Deletes cached answers matching every given filter; `None` when caching is off.
-    pub async fn purge_cache(
-        &self,
-        namespace: Option<&str>,
-        model: Option<&str>,
-        key_id: Option<&str>,
-    ) -> Option<u64> {
-        Some(self.cache.as_ref()?.purge(namespace, model, key_id).await)
-    }
-
-    /// Reports a semantic hit wrong: its entry is deleted and the (question, entry) pair
-    /// blocked; whether this instance held the entry, `None` when caching is off.
-    pub async fn report_wrong_hit(&self, question: &str, entry: &str) -> Option<bool> {
-        Some(self.cache.as_ref()?.report_wrong(question, entry).await)
-    }
-
-    /// Moves the response cache's clock forward, so tests can expire entries without waiting.
-    pub fn advance_cache_clock(&self, by: std::time::Duration) {
-        if let Some(c) = &self.cache {
-            c.advance(by);
-        }
     }
 
     /// Marks the gateway as draining (readiness fails; requests in flight continue).

@@ -13,7 +13,7 @@ use pylon_telemetry::trace::Attribute;
 use pylon_types::ErrorKind;
 
 use crate::breaker::Availability;
-use crate::ingress::{Api, Call};
+use crate::context::{Api, Call};
 use crate::snapshot::{Model, Snapshot, Target};
 
 use crate::{respond, route, ProxyError};
@@ -428,7 +428,7 @@ async fn attempt_inner(
         // Our attempt span becomes the provider's parent when tracing; headers beyond the
         // built-in ones go only to providers configured to receive them.
         let allowed =
-            crate::ingress::FORWARDED.contains(&name.as_str()) || p.forward.contains(name);
+            crate::context::FORWARDED.contains(&name.as_str()) || p.forward.contains(name);
         if allowed && (traceparent.is_none() || name != "traceparent") {
             req = req.header(name, value);
         }

@@ -14,7 +14,7 @@ use pylon_policy::guard::{self, Facets};
 
 use super::judge::Decision;
 use super::semantic::{shortened, Pending};
-use crate::ingress::Call;
+use crate::context::Call;
 use crate::log::Record;
 
 /// How long a coalesced request waits for the call it joined before making its own.

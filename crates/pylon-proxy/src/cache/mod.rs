@@ -441,3 +441,29 @@ impl Write {
         }
     }
 }
+
+// Cache administration through the gateway (admin API, tests).
+impl crate::snapshot::Gateway {
+    /// Deletes cached answers matching every given filter; `None` when caching is off.
+    pub async fn purge_cache(
+        &self,
+        namespace: Option<&str>,
+        model: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Option<u64> {
+        Some(self.cache.as_ref()?.purge(namespace, model, key_id).await)
+    }
+
+    /// Reports a semantic hit wrong: its entry is deleted and the (question, entry) pair
+    /// blocked; whether this instance held the entry, `None` when caching is off.
+    pub async fn report_wrong_hit(&self, question: &str, entry: &str) -> Option<bool> {
+        Some(self.cache.as_ref()?.report_wrong(question, entry).await)
+    }
+
+    /// Moves the response cache's clock forward, so tests can expire entries without waiting.
+    pub fn advance_cache_clock(&self, by: std::time::Duration) {
+        if let Some(c) = &self.cache {
+            c.advance(by);
+        }
+    }
+}

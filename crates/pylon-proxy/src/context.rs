@@ -1,0 +1,99 @@
+//! The per-request context every phase after ingress takes: which endpoint, the body and what
+//! was parsed from it, the headers to forward, the request's record and its cache write.
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pylon_providers::{anthropic, TranslateError};
+use pylon_types::anthropic::MessagesRequest;
+use pylon_types::openai::ChatRequest;
+use pylon_types::Dialect;
+
+use crate::log::Record;
+use crate::ProxyError;
+
+/// Which endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Chat,
+    Messages,
+    Embeddings,
+}
+
+impl Api {
+    /// `gen_ai.operation.name`.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Api::Chat | Api::Messages => "chat",
+            Api::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn route(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Messages => "/v1/messages",
+            Api::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Api::Messages => Dialect::Anthropic,
+            Api::Chat | Api::Embeddings => Dialect::OpenAi,
+        }
+    }
+}
+
+/// The per-request context threaded through route → upstream → respond.
+pub(crate) struct Call {
+    pub api: Api,
+    /// The body exactly as the client sent it.
+    pub body: Bytes,
+    pub model: String,
+    /// Where the model value sits in `body`, for pass-through with the model replaced.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Headers forwarded upstream: request id, trace context, Anthropic version and betas.
+    pub forward: Vec<(http::HeaderName, HeaderValue)>,
+    /// The Anthropic request as parsed at ingress (Messages API only).
+    pub messages: Option<MessagesRequest>,
+    pub canonical: OnceLock<Result<ChatRequest, String>>,
+    pub record: Option<Record>,
+    /// Where a successful answer is stored, when the model is cached and this is a miss.
+    pub cache: Option<crate::cache::Write>,
+}
+
+impl Call {
+    /// The request as canonical OpenAI chat, parsed on first use (only translations need it).
+    pub fn canonical(&self) -> Result<&ChatRequest, ProxyError> {
+        let parsed = self.canonical.get_or_init(|| match &self.messages {
+            Some(m) => Ok(anthropic::to_chat(m.clone())),
+            None => serde_json::from_slice::<ChatRequest>(&self.body).map_err(|e| e.to_string()),
+        });
+        parsed.as_ref().map_err(|e| {
+            ProxyError::Invalid(TranslateError::Unsupported(format!(
+                "chat request does not match the schema: {e}"
+            )))
+        })
+    }
+
+    pub fn record(&mut self) -> Option<&mut Record> {
+        self.record.as_mut()
+    }
+}
+
+/// Client headers every provider receives; others only where `forward_headers` names them.
+pub(crate) const FORWARDED: [&str; 4] = [
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "anthropic-version",
+];
+
+/// The scheme a request arrived over, for `X-Forwarded-Proto` on app routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Secure(pub bool);
