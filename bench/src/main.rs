@@ -527,8 +527,9 @@ async fn cost_figures(
     let tiny = cost::body(5);
     let mut vias = vec![direct, defaults];
     vias.extend(via_nginx);
-    // (table, proxy) → per-round (CPU ratio, added p99).
-    let mut seen: Vec<((&str, &str), Vec<f64>, Vec<f64>)> = Vec::new();
+    // Per (table, proxy): each round's CPU ratio and added p99.
+    type Rounds<'a> = ((&'a str, &'a str), Vec<f64>, Vec<f64>);
+    let mut seen: Vec<Rounds> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         if args.rounds > 1 {
             println!("\n-- round {round} of {}", args.rounds);
