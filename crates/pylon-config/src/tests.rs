@@ -194,3 +194,14 @@ fn cidrs() {
     let errs = check("[limits]\ntrusted_proxies = [\"bad\"]\n").unwrap_err();
     assert!(errs[0].contains("not an IP address or CIDR"), "{errs:?}");
 }
+
+#[test]
+fn workers_default_to_one_per_core_and_are_bounded() {
+    assert_eq!(check("").unwrap().server.workers, 0, "0 means one per core");
+    assert_eq!(check("[server]\nworkers = 3\n").unwrap().server.workers, 3);
+    let errs = check("[server]\nworkers = 5000\n").unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.contains("server.workers")),
+        "{errs:?}"
+    );
+}

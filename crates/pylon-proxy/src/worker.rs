@@ -68,4 +68,11 @@ mod tests {
             }
         });
     }
+
+    #[test]
+    fn a_configured_count_is_kept_and_zero_means_every_core() {
+        assert_eq!(count(3), 3);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(count(0), cores);
+    }
 }
