@@ -274,20 +274,24 @@ pub async fn get_text(gw: &Gateway, path: &str) -> String {
         .unwrap()
 }
 
-/// Creates a virtual key through the admin API; the key's secret.
-pub async fn create_key_with(gw: &Gateway, admin_token: &str, body: Value) -> String {
+/// POSTs `body` to an admin path; the status and the JSON answer.
+pub async fn admin_post(gw: &Gateway, token: &str, path: &str, body: &Value) -> (u16, Value) {
     let resp = client()
-        .post(gw.url("/admin/v1/keys"))
-        .bearer_auth(admin_token)
-        .json(&body)
+        .post(gw.url(path))
+        .bearer_auth(token)
+        .json(body)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// Creates a virtual key through the admin API; the key's secret.
+pub async fn create_key_with(gw: &Gateway, admin_token: &str, body: Value) -> String {
+    let (status, v) = admin_post(gw, admin_token, "/admin/v1/keys", &body).await;
+    assert_eq!(status, 201);
+    v["key"].as_str().unwrap().to_owned()
 }
 
 /// A chat request for `model` with a key.

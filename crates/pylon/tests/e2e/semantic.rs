@@ -163,15 +163,7 @@ async fn a_question_longer_than_the_limit_is_never_compared() {
 /// POSTs feedback until the hit's row is in the request log; the final answer.
 async fn report(gw: &Gateway, body: Value) -> (u16, Value) {
     for _ in 0..300 {
-        let r = client()
-            .post(gw.url("/admin/v1/cache/feedback"))
-            .bearer_auth(ADMIN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap();
+        let (status, v) = admin_post(gw, ADMIN, "/admin/v1/cache/feedback", &body).await;
         if status != 404 {
             return (status, v);
         }
