@@ -13,7 +13,8 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use pylon_types::Dialect;
 
-use crate::snapshot::{AppRoute, Gateway};
+use crate::gateway::Gateway;
+use crate::snapshot::AppRoute;
 use crate::ProxyError;
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
@@ -31,7 +32,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// The fallback handler: proxies to the longest matching app route, or answers 404.
 pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
-    let Some(route) = gw.snap.routes.iter().find(|r| matches(&r.prefix, &path)) else {
+    let snap = gw.snapshot();
+    let Some(route) = snap.routes.iter().find(|r| matches(&r.prefix, &path)) else {
         return ProxyError::NoRoute(path).into_response(Dialect::OpenAi);
     };
     if let Some(rpm) = route.rpm {

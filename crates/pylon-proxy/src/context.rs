@@ -97,3 +97,14 @@ pub(crate) const FORWARDED: [&str; 4] = [
 /// The scheme a request arrived over, for `X-Forwarded-Proto` on app routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Secure(pub bool);
+
+/// Whether the provider speaks the client's dialect, so bodies pass through untranslated.
+pub(crate) fn passthrough(api: Api, kind: pylon_config::ProviderKind) -> bool {
+    matches!(
+        (api, kind),
+        (
+            Api::Chat | Api::Embeddings,
+            pylon_config::ProviderKind::Openai
+        ) | (Api::Messages, pylon_config::ProviderKind::Anthropic)
+    )
+}

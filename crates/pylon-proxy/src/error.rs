@@ -222,3 +222,40 @@ pub enum BuildError {
     #[error(transparent)]
     Tracing(#[from] pylon_telemetry::TraceError),
 }
+
+/// Why one attempt failed in a way another target might not.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Connect(String),
+    Timeout(&'static str),
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// The response broke off or was malformed before anything reached the client.
+    Broken(String),
+    /// The provider refused Pylon's own credential (401/403): an operator problem, never the
+    /// client's, so the provider's text (which may quote the key) is not passed on.
+    Credential {
+        provider: String,
+        status: StatusCode,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connection failed: {e}"),
+            Failure::Timeout(phase) => write!(f, "timed out waiting for {phase}"),
+            Failure::Status {
+                status, message, ..
+            } => write!(f, "answered {status}: {message}"),
+            Failure::Broken(e) => write!(f, "response broke off: {e}"),
+            Failure::Credential { provider, status } => write!(
+                f,
+                "provider `{provider}` refused Pylon's credential ({status}); an operator must check its api_key"
+            ),
+        }
+    }
+}

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -15,53 +15,8 @@ use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use crate::breaker::Breaker;
-use crate::snapshot::Gateway;
-
-/// The last result of checking one dependency.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub ok: bool,
-    /// Round-trip time of the check.
-    pub latency: Duration,
-    pub at: SystemTime,
-    pub error: Option<String>,
-}
-
-impl Check {
-    /// A check that passed in `latency`.
-    pub fn pass(latency: Duration) -> Check {
-        Check {
-            ok: true,
-            latency,
-            at: SystemTime::now(),
-            error: None,
-        }
-    }
-
-    /// A check that failed.
-    pub fn fail(latency: Duration, error: impl Into<String>) -> Check {
-        Check {
-            ok: false,
-            latency,
-            at: SystemTime::now(),
-            error: Some(error.into()),
-        }
-    }
-}
-
-/// Dependency state written by background checks and read by the probes.
-#[derive(Debug, Default)]
-pub(crate) struct Dependencies {
-    pub store: Mutex<Option<Check>>,
-    pub redis: Mutex<Option<Check>>,
-    /// Share of the data dir's disk in use, and bytes free.
-    pub disk: Mutex<Option<(f64, u64)>>,
-    /// Resident memory in bytes, read by the same background check.
-    pub rss: std::sync::atomic::AtomicU64,
-    pub disk_warn: f64,
-    /// Active provider probes, by provider name.
-    pub probes: Mutex<BTreeMap<String, Check>>,
-}
+use crate::gateway::Check;
+use crate::gateway::Gateway;
 
 fn read<T: Clone>(m: &Mutex<T>) -> Option<T> {
     m.lock().ok().map(|g| g.clone())
@@ -79,8 +34,9 @@ fn not_ready(gw: &Gateway) -> Option<String> {
         ));
     }
     let now = Instant::now();
-    gw.snap.model_names.iter().find_map(|name| {
-        let model = gw.snap.models.get(name)?;
+    let snap = gw.snapshot();
+    snap.model_names.iter().find_map(|name| {
+        let model = snap.models.get(name)?;
         let all_open = !model.targets.is_empty()
             && model
                 .targets
@@ -173,8 +129,9 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     }
     let probes = read(&gw.deps.probes).unwrap_or_default();
     let mut providers: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for name in &gw.snap.model_names {
-        let Some(model) = gw.snap.models.get(name) else {
+    let snap = gw.snapshot();
+    for name in &snap.model_names {
+        let Some(model) = snap.models.get(name) else {
             continue;
         };
         let mut usable = false;
@@ -280,40 +237,4 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-// What the control plane's health loops report into the gateway.
-impl crate::snapshot::Gateway {
-    /// Records the latest store check (read by `/readyz` and `/health`).
-    pub fn report_store(&self, check: Check) {
-        if let Ok(mut g) = self.deps.store.lock() {
-            *g = Some(check);
-        }
-    }
-
-    /// Pings Redis (when configured) and records the result for `/health`.
-    pub async fn check_redis(&self, timeout: std::time::Duration) {
-        let started = std::time::Instant::now();
-        let check = match tokio::time::timeout(timeout, self.limiter.ping()).await {
-            Ok(None) => return,
-            Ok(Some(Ok(took))) => Check::pass(took),
-            Ok(Some(Err(e))) => Check::fail(started.elapsed(), e.to_string()),
-            Err(_) => Check::fail(started.elapsed(), "timed out"),
-        };
-        if let Ok(mut g) = self.deps.redis.lock() {
-            *g = Some(check);
-        }
-    }
-
-    /// Records the data dir's disk use (share used, bytes free) and the process's resident memory.
-    pub fn report_system(&self, disk: Option<(f64, u64)>, rss_bytes: Option<u64>) {
-        if let (Some(d), Ok(mut g)) = (disk, self.deps.disk.lock()) {
-            *g = Some(d);
-        }
-        if let Some(rss) = rss_bytes {
-            self.deps
-                .rss
-                .store(rss, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
 }

@@ -4,11 +4,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pylon_config::AuthMode;
 use pylon_providers::{openai, TranslateError};
@@ -18,10 +18,11 @@ use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
 use crate::context::{Api, Call, FORWARDED};
+use crate::gateway::Gateway;
 use crate::limits;
-use crate::log::{Accounting, Record};
-use crate::snapshot::{Gateway, Validation};
-use crate::{auth, upstream, ProxyError};
+use crate::log::Record;
+use crate::snapshot::{Snapshot, Validation};
+use crate::{auth, ProxyError};
 
 /// Longest model name accepted; longer is a 400 before anything keeps it.
 const MAX_MODEL_NAME: usize = 256;
@@ -44,36 +45,18 @@ fn check_model_name(name: &str) -> Result<(), ProxyError> {
     .into())
 }
 
-/// `POST /v1/chat/completions`.
-pub(crate) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    run(gw, req, Api::Chat).await
-}
-
-/// `POST /v1/messages` (Anthropic Messages API).
-pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    run(gw, req, Api::Messages).await
-}
-
-/// `POST /v1/embeddings`.
-pub(crate) async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    run(gw, req, Api::Embeddings).await
-}
-
-async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
-    let started = Instant::now();
-    let snap = gw.snap.clone();
-    let (parts, body) = req.into_parts();
-    let request_id = parts
-        .headers
+/// Opens the request's record (and its server span, when tracing).
+pub(crate) fn open(gw: &Arc<Gateway>, headers: &HeaderMap, api: Api) -> Record {
+    let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let mut record = Record::new(gw.clone(), api.route(), request_id, started);
+    let mut record = Record::new(gw.clone(), api.route(), request_id, Instant::now());
     record.trace = gw.tracer.as_ref().map(|t| {
         t.request(
             format!("{} {}", api.operation(), api.route()),
-            &parts.headers,
+            headers,
             vec![
                 Attribute::new("gen_ai.operation.name", api.operation()),
                 Attribute::new("http.request.method", "POST"),
@@ -82,40 +65,46 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             ],
         )
     });
-    if gw.active.load(std::sync::atomic::Ordering::Relaxed) > gw.edge.max_requests {
-        // Shed load before any work; an overload must not also become a write load.
-        gw.metrics.shed.with_label_values(&["requests"]).inc();
-        record.log_row = false;
-        let e = ProxyError::Overloaded(format!(
-            "Pylon is serving its limit of {} requests (server.max_requests); retry shortly",
-            gw.edge.max_requests
-        ));
-        return fail(&mut record, e, api.dialect());
+    record
+}
+
+/// Sheds the request when `max_requests` are in progress, before any other work: an overload
+/// must not also become a write load.
+pub(crate) fn shed(gw: &Gateway, record: &mut Record) -> Result<(), ProxyError> {
+    if gw.active.load(std::sync::atomic::Ordering::Relaxed) <= gw.edge.max_requests {
+        return Ok(());
     }
-    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
-    // The per-IP limit runs before auth, so a flood costs no key lookup.
-    if let (Some(ip), Some(rpm)) = (ip, gw.ip_rpm) {
-        if let Err(e) = limits::admit(&gw, None, Some((ip, rpm)), None, || 0).await {
-            return fail(&mut record, e, api.dialect());
-        }
-    }
+    gw.metrics.shed.with_label_values(&["requests"]).inc();
+    record.log_row = false;
+    Err(ProxyError::Overloaded(format!(
+        "Pylon is serving its limit of {} requests (server.max_requests); retry shortly",
+        gw.edge.max_requests
+    )))
+}
+
+/// Authenticates the caller (`None` with auth off). Failed authentication is counted, not
+/// written to the store: a bad-key flood must not become a write load. Past `failed_auth_rpm`
+/// an address gets 429s instead.
+pub(crate) async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    ip: Option<std::net::IpAddr>,
+    record: &mut Record,
+) -> Result<Option<Arc<Principal>>, ProxyError> {
     let step_start = gw.tracer.is_some().then(SystemTime::now);
-    let principal = authorize(&gw, &parts.headers);
-    step(&record, "auth", step_start, principal.as_ref().err());
+    let principal = authorize(gw, headers);
+    record.step("auth", step_start, principal.as_ref().err());
     let principal = match principal {
         Ok(p) => p,
         Err(e) => {
-            // Failed authentication is counted, not written to the store: a bad-key flood must
-            // not become a write load. Past `failed_auth_rpm` an address gets 429s instead.
             gw.metrics.auth_failures.inc();
             record.log_row = false;
-            let e = match (ip, gw.ip_rpm) {
+            return Err(match (ip, gw.ip_rpm) {
                 (Some(ip), None) if gw.limits.failed_auth_rpm > 0 => {
-                    limits::failed_auth(&gw, ip).await.unwrap_or(e)
+                    limits::failed_auth(gw, ip).await.unwrap_or(e)
                 }
                 _ => e,
-            };
-            return fail(&mut record, e, api.dialect());
+            });
         }
     };
     if let Some(p) = &principal {
@@ -123,18 +112,26 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         record.user.clone_from(&p.user_id);
         record.team_id.clone_from(&p.team_id);
     }
-    let call = match read_body(
+    Ok(principal)
+}
+
+/// Reads and checks the body (within its size and time limits) and builds the call.
+pub(crate) async fn read(
+    gw: &Gateway,
+    snap: &Snapshot,
+    api: Api,
+    body: Body,
+    headers: &HeaderMap,
+    record: &mut Record,
+) -> Result<Call, ProxyError> {
+    let body = read_body(
         body,
-        &parts.headers,
+        headers,
         snap.max_body_bytes,
         gw.edge.body_read_timeout,
     )
-    .await
-    .and_then(|b| parse(api, b, &parts.headers, &gw.validation, &snap.forwardable))
-    {
-        Ok(call) => call,
-        Err(e) => return fail(&mut record, e, api.dialect()),
-    };
+    .await?;
+    let call = parse(api, body, headers, &gw.validation, &snap.forwardable)?;
     record.stream = call.stream;
     if let Some(span) = &record.trace {
         span.set([
@@ -142,105 +139,7 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
             Attribute::new("pylon.stream", call.stream),
         ]);
     }
-    if let Some(p) = principal.as_ref().filter(|p| !p.may_use(&call.model)) {
-        let e = ProxyError::Forbidden(format!(
-            "key `{}` may not use model `{}`; it may use: {}",
-            p.key_name,
-            call.model,
-            p.allowed_models.as_deref().unwrap_or_default().join(", ")
-        ));
-        return fail(&mut record, e, api.dialect());
-    }
-    let Some(model) = snap.resolve(&call.model) else {
-        // An unknown name is only quoted in the error: it never becomes a log key or label.
-        return fail(
-            &mut record,
-            ProxyError::UnknownModel(crate::error::quote(&call.model)),
-            api.dialect(),
-        );
-    };
-    record.model = call.model.clone();
-    record.metric_model.clone_from(&model.metric_name);
-    if model.log_bodies {
-        record.prompt = Some(call.body.clone());
-    }
-    if let Some(p) = principal.as_deref().filter(|p| p.has_budget()) {
-        if let Some(unpriced) = crate::route::unpriced(&snap, &gw.prices, &model) {
-            let e = ProxyError::Unpriced(format!(
-                "key `{}` has a budget, but model `{}` may be served by `{unpriced}`, whose price is unknown; an operator must add it to [[prices]] (or a catch-all `model = \"*\"`)",
-                p.key_name, model.name
-            ));
-            return fail(&mut record, e, api.dialect());
-        }
-    }
-    let body = call.body.clone();
-    let step_start = gw.tracer.is_some().then(SystemTime::now);
-    let admitted = limits::admit(&gw, principal.as_deref(), None, Some(&model), || {
-        limits::estimate_tokens(&body)
-    })
-    .await;
-    step(&record, "limits", step_start, admitted.as_ref().err());
-    let mut admitted = match admitted {
-        Ok(a) => a,
-        Err(e) => return fail(&mut record, e, api.dialect()),
-    };
-    let mut rate_headers = std::mem::take(&mut admitted.headers);
-    record.acct = Some(Accounting {
-        admitted,
-        input_estimate: (call.body.len() as u64).div_ceil(4),
-    });
-    let mut write = None;
-    if let (Some(cache), Some(policy), false) = (&gw.cache, &model.cache, api == Api::Messages) {
-        let step_start = gw.tracer.is_some().then(SystemTime::now);
-        let found = crate::cache::lookup(cache, policy, &call, &parts.headers, &mut record).await;
-        step(&record, "cache", step_start, None);
-        match found {
-            crate::cache::Lookup::Hit(mut resp) => {
-                record.status = resp.status().as_u16();
-                record.outcome = "ok";
-                for (name, value) in rate_headers {
-                    resp.headers_mut().insert(name, value);
-                }
-                return resp;
-            }
-            crate::cache::Lookup::Miss(w) => write = Some(w),
-            crate::cache::Lookup::Bypass => {}
-        }
-        if let Some(r) = record.cache {
-            rate_headers.push((
-                http::HeaderName::from_static("x-pylon-cache"),
-                HeaderValue::from_static(r),
-            ));
-        }
-    }
-    let mut call = Call {
-        record: Some(record),
-        cache: write,
-        ..call
-    };
-    let mut resp = match upstream::dispatch(&snap, &mut call, model).await {
-        Ok(resp) => resp,
-        Err(e) => match call.record.as_mut() {
-            Some(r) => fail(r, e, api.dialect()),
-            None => e.into_response(api.dialect()),
-        },
-    };
-    for (name, value) in rate_headers {
-        resp.headers_mut().insert(name, value);
-    }
-    resp
-}
-
-/// Records a finished step (auth, limits) as a span, when tracing.
-fn step(
-    record: &Record,
-    name: &'static str,
-    start: Option<SystemTime>,
-    error: Option<&ProxyError>,
-) {
-    if let (Some(span), Some(start)) = (&record.trace, start) {
-        span.step(name, start, error.map(ToString::to_string).as_deref());
-    }
+    Ok(call)
 }
 
 /// The caller's principal in `keys` mode; `None` when auth is off.
@@ -249,24 +148,6 @@ fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Arc<Principal>>
         AuthMode::None => Ok(None),
         AuthMode::Keys => auth::authenticate(&gw.keys.load(), headers, auth::unix_now()).map(Some),
     }
-}
-
-fn fail(record: &mut Record, e: ProxyError, dialect: Dialect) -> Response {
-    record.error = Some(e.to_string());
-    record.error_class = Some(e.class());
-    if matches!(e, ProxyError::LimitsUnavailable) {
-        record
-            .gw
-            .metrics
-            .rejected
-            .with_label_values(&["limits_unavailable", "other"])
-            .inc();
-    }
-    let mut resp = e.into_response(dialect);
-    record.status = resp.status().as_u16();
-    record.outcome = "error";
-    crate::respond::overhead_header(&mut resp, record);
-    resp
 }
 
 async fn read_body(
@@ -383,8 +264,8 @@ pub(crate) async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -
         Ok(p) => p,
         Err(e) => return e.into_response(dialect),
     };
-    let names: Vec<&String> = gw
-        .snap
+    let snap = gw.snapshot();
+    let names: Vec<&String> = snap
         .model_names
         .iter()
         .filter(|n| principal.as_ref().is_none_or(|p| p.may_use(n)))

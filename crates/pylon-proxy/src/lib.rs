@@ -1,4 +1,5 @@
-//! The data plane, in request order: ingress → auth → limits → route → upstream → respond → usage
+//! The data plane, in request order (`pipeline.rs` lists the phases): ingress → auth → route →
+//! limits → cache lookup → upstream → respond → usage
 //! (+ app routes).
 //!
 //! [`Gateway`] holds an immutable [`Snapshot`] built from the config; handlers read it without
@@ -11,11 +12,14 @@ mod cache;
 mod client;
 mod context;
 mod error;
+mod gateway;
 mod head_errors;
 mod health;
 mod ingress;
 mod limits;
 mod log;
+mod lookup;
+mod pipeline;
 mod price;
 mod probe;
 mod respond;
@@ -30,9 +34,9 @@ mod worker;
 pub use auth::{hash_key, KeyIndex};
 pub use cache::VectorIndex;
 pub use error::{BuildError, ProxyError};
-pub use health::Check;
+pub use gateway::{Check, Gateway};
 pub use limits::spend_key;
 pub use server::{metrics_router, router, serve_redirect, Workers};
-pub use snapshot::{Gateway, Snapshot};
+pub use snapshot::Snapshot;
 pub use usage::{RequestEvent, SemanticAudit, UsageTotal};
 pub use worker::count as worker_count;

@@ -9,26 +9,16 @@ use pylon_state::{Admission, Bucket, Cap, Rate, Slot, Verdict};
 use pylon_types::day::{civil_day, civil_month};
 use pylon_types::{BudgetPeriod, Principal, Quota};
 
-use crate::snapshot::{Gateway, Model};
+use crate::context::Call;
+use crate::gateway::Gateway;
+use crate::log::{Accounting, Admitted, Record};
+use crate::snapshot::Model;
 use crate::ProxyError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unit {
     Requests,
     Tokens,
-}
-
-/// What admission took, to be settled when the request ends.
-#[derive(Debug, Default)]
-pub(crate) struct Admitted {
-    pub release: Vec<String>,
-    pub token_buckets: Vec<(String, Rate)>,
-    pub estimated_tokens: u64,
-    pub caps: Vec<(String, Duration)>,
-    /// `x-ratelimit-*` headers for the response.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Where the admission was taken; the settlement goes there too.
-    pub origin: pylon_state::Origin,
 }
 
 struct Named {
@@ -63,6 +53,38 @@ fn period_name(period: BudgetPeriod) -> &'static str {
 pub fn spend_key(owner: &str, period: BudgetPeriod, now: i64) -> (String, Duration) {
     let (tag, ttl) = period_tag(period, now);
     (format!("{owner}:spend:{tag}"), ttl)
+}
+
+/// The per-IP limit, when in force; it runs before auth, so a flood costs no key lookup.
+pub(crate) async fn per_ip(gw: &Gateway, ip: Option<IpAddr>) -> Result<(), ProxyError> {
+    match (ip, gw.ip_rpm) {
+        (Some(ip), Some(rpm)) => admit(gw, None, Some((ip, rpm)), None, || 0).await.map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// Takes the call's limits (key, team, user, model; requests and estimated tokens; budgets)
+/// and leaves their settlement in the record; returns the `x-ratelimit-*` headers.
+pub(crate) async fn admit_call(
+    gw: &Gateway,
+    principal: Option<&Principal>,
+    model: &Model,
+    call: &Call,
+    record: &mut Record,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+    let step_start = gw.tracer.is_some().then(std::time::SystemTime::now);
+    let admitted = admit(gw, principal, None, Some(model), || {
+        estimate_tokens(&call.body)
+    })
+    .await;
+    record.step("limits", step_start, admitted.as_ref().err());
+    let mut admitted = admitted?;
+    let headers = std::mem::take(&mut admitted.headers);
+    record.acct = Some(Accounting {
+        admitted,
+        input_estimate: (call.body.len() as u64).div_ceil(4),
+    });
+    Ok(headers)
 }
 
 /// Checks and takes every limit that applies to this request.

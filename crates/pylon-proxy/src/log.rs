@@ -5,14 +5,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pylon_state::Settlement;
+use http::{HeaderName, HeaderValue};
+use pylon_state::{Rate, Settlement};
 use pylon_telemetry::trace::Attribute;
 use pylon_telemetry::{status_class, SpanHandle};
 use pylon_types::openai::Usage;
 
-use crate::limits::Admitted;
-use crate::snapshot::Gateway;
+use crate::gateway::Gateway;
 use crate::RequestEvent;
+
+/// What admission took, to be settled when the request ends.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    pub release: Vec<String>,
+    pub token_buckets: Vec<(String, Rate)>,
+    pub estimated_tokens: u64,
+    pub caps: Vec<(String, Duration)>,
+    /// `x-ratelimit-*` headers for the response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Where the admission was taken; the settlement goes there too.
+    pub origin: pylon_state::Origin,
+}
 
 /// What admission took; settled when the request ends.
 pub(crate) struct Accounting {
@@ -106,6 +119,18 @@ impl Record {
             cache: None,
             log_row: true,
             semantic: None,
+        }
+    }
+
+    /// Records a finished step (auth, limits, cache) as a span, when tracing.
+    pub fn step(
+        &self,
+        name: &'static str,
+        start: Option<std::time::SystemTime>,
+        error: Option<&crate::ProxyError>,
+    ) {
+        if let (Some(span), Some(start)) = (&self.trace, start) {
+            span.step(name, start, error.map(ToString::to_string).as_deref());
         }
     }
 

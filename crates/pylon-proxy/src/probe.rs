@@ -7,7 +7,7 @@ use http::Request;
 use http_body_util::Full;
 use pylon_config::ProviderKind;
 
-use crate::health::Check;
+use crate::gateway::Check;
 use crate::snapshot::Provider;
 
 /// Probes `p` once: reachable with an accepted credential passes; 401/403, 5xx, timeouts and
@@ -45,10 +45,10 @@ pub(crate) async fn provider(p: &Provider) -> Check {
 }
 
 // The control plane's probe loop runs this.
-impl crate::snapshot::Gateway {
+impl crate::gateway::Gateway {
     /// Probes every provider once (`GET /models` with its credential) and records the results.
     pub async fn probe_providers(&self) {
-        for p in self.snap.providers.values() {
+        for p in self.snapshot().providers.values() {
             let check = provider(p).await;
             if let Ok(mut g) = self.deps.probes.lock() {
                 g.insert(p.name.clone(), check);

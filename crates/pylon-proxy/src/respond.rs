@@ -23,10 +23,11 @@ use pylon_telemetry::trace::Attribute;
 use pylon_telemetry::SpanHandle;
 
 use crate::breaker::InFlight;
+use crate::context::passthrough;
 use crate::context::{Api, Call};
+use crate::error::Failure;
 use crate::log::Record;
 use crate::snapshot::Target;
-use crate::upstream::{passthrough, Failure};
 
 /// Timing of one attempt, and its in-flight registration.
 pub(crate) struct Ctx<'a> {

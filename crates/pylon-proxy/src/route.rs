@@ -4,7 +4,50 @@ use std::sync::Arc;
 
 use pylon_config::Strategy;
 
+use pylon_types::Principal;
+
+use crate::context::Call;
+use crate::log::Record;
+use crate::price::Prices;
 use crate::snapshot::{Model, Snapshot};
+use crate::ProxyError;
+
+/// Resolves the model the call asks for: one the caller's key may use, that exists, and — for a
+/// key with a budget — that is priced for every target that may serve it.
+pub(crate) fn choose(
+    snap: &Snapshot,
+    prices: &Prices,
+    principal: Option<&Principal>,
+    call: &Call,
+    record: &mut Record,
+) -> Result<Arc<Model>, ProxyError> {
+    if let Some(p) = principal.filter(|p| !p.may_use(&call.model)) {
+        return Err(ProxyError::Forbidden(format!(
+            "key `{}` may not use model `{}`; it may use: {}",
+            p.key_name,
+            call.model,
+            p.allowed_models.as_deref().unwrap_or_default().join(", ")
+        )));
+    }
+    // An unknown name is only quoted in the error: it never becomes a log key or label.
+    let model = snap
+        .resolve(&call.model)
+        .ok_or_else(|| ProxyError::UnknownModel(crate::error::quote(&call.model)))?;
+    record.model = call.model.clone();
+    record.metric_model.clone_from(&model.metric_name);
+    if model.log_bodies {
+        record.prompt = Some(call.body.clone());
+    }
+    if let Some(p) = principal.filter(|p| p.has_budget()) {
+        if let Some(unpriced) = unpriced(snap, prices, &model) {
+            return Err(ProxyError::Unpriced(format!(
+                "key `{}` has a budget, but model `{}` may be served by `{unpriced}`, whose price is unknown; an operator must add it to [[prices]] (or a catch-all `model = \"*\"`)",
+                p.key_name, model.name
+            )));
+        }
+    }
+    Ok(model)
+}
 
 /// The order in which to try a model's targets, by its strategy.
 pub(crate) fn order(model: &Model) -> Vec<usize> {

@@ -16,8 +16,8 @@ use tower_http::request_id::{
 };
 
 use crate::context::Secure;
-use crate::snapshot::Gateway;
-use crate::{app, health, ingress, ProxyError};
+use crate::gateway::Gateway;
+use crate::{app, health, ingress, pipeline, ProxyError};
 
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
@@ -25,9 +25,9 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
     let hsts = gw.hsts;
     let metrics_here = gw.metrics_on_main;
     let data_plane = Router::new()
-        .route("/v1/chat/completions", post(ingress::chat))
-        .route("/v1/messages", post(ingress::messages))
-        .route("/v1/embeddings", post(ingress::embeddings))
+        .route("/v1/chat/completions", post(pipeline::chat))
+        .route("/v1/messages", post(pipeline::messages))
+        .route("/v1/embeddings", post(pipeline::embeddings))
         .route("/v1/models", get(ingress::models))
         .route("/v1/{*rest}", any(unknown_v1))
         .route("/livez", get(|| async { "ok" }))
@@ -242,7 +242,7 @@ async fn accept_loop(
     tls: Option<crate::tls::Tls>,
     app: Router,
     gw: Arc<Gateway>,
-    edge: crate::snapshot::Edge,
+    edge: crate::gateway::Edge,
     slots: Arc<tokio::sync::Semaphore>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

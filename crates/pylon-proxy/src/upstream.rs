@@ -16,44 +16,9 @@ use crate::breaker::Availability;
 use crate::context::{Api, Call};
 use crate::snapshot::{Model, Snapshot, Target};
 
+use crate::context::passthrough;
+use crate::error::Failure;
 use crate::{respond, route, ProxyError};
-
-/// Why one attempt failed in a way another target might not.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Connect(String),
-    Timeout(&'static str),
-    Status {
-        status: StatusCode,
-        retry_after: Option<Duration>,
-        message: String,
-    },
-    /// The response broke off or was malformed before anything reached the client.
-    Broken(String),
-    /// The provider refused Pylon's own credential (401/403): an operator problem, never the
-    /// client's, so the provider's text (which may quote the key) is not passed on.
-    Credential {
-        provider: String,
-        status: StatusCode,
-    },
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Connect(e) => write!(f, "connection failed: {e}"),
-            Failure::Timeout(phase) => write!(f, "timed out waiting for {phase}"),
-            Failure::Status {
-                status, message, ..
-            } => write!(f, "answered {status}: {message}"),
-            Failure::Broken(e) => write!(f, "response broke off: {e}"),
-            Failure::Credential { provider, status } => write!(
-                f,
-                "provider `{provider}` refused Pylon's credential ({status}); an operator must check its api_key"
-            ),
-        }
-    }
-}
 
 /// The outcome of one failed attempt.
 pub(crate) enum AttemptError {
@@ -72,15 +37,6 @@ impl From<ProxyError> for AttemptError {
 /// Whether a provider of this kind can serve this endpoint.
 fn supports(api: Api, kind: ProviderKind) -> bool {
     api != Api::Embeddings || kind == ProviderKind::Openai
-}
-
-/// Whether the provider speaks the client's dialect, so bodies pass through untranslated.
-pub(crate) fn passthrough(api: Api, kind: ProviderKind) -> bool {
-    matches!(
-        (api, kind),
-        (Api::Chat | Api::Embeddings, ProviderKind::Openai)
-            | (Api::Messages, ProviderKind::Anthropic)
-    )
 }
 
 /// Serves a call from its model, then the model's fallbacks.

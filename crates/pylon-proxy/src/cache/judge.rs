@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use pylon_types::openai::ChatRequest;
 
-use crate::snapshot::Gateway;
-
 /// What the judge said about one pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -44,15 +42,19 @@ impl Judge {
     }
 
     /// Whether `candidate` answers `question`; `question_id` and `entry` key the memory.
-    pub async fn decide(
+    /// `ask` puts the question to the judge model when the memory has no decision.
+    pub async fn decide<F, Fut>(
         &self,
-        gw: &Gateway,
+        metrics: &pylon_telemetry::Metrics,
         question_id: &str,
-        question: &str,
         entry: &str,
-        candidate: &str,
-    ) -> Decision {
-        let m = &gw.metrics.semantic;
+        ask: F,
+    ) -> Decision
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Decision>,
+    {
+        let m = &metrics.semantic;
         let pair = (question_id.to_owned(), entry.to_owned());
         if let Some(same) = self.memo.get(&pair).await {
             m.judge_memo.inc();
@@ -63,7 +65,7 @@ impl Judge {
             };
         }
         let started = Instant::now();
-        let decision = self.ask(gw, question, candidate).await;
+        let decision = ask().await;
         m.judge_seconds.observe(started.elapsed().as_secs_f64());
         let label = match decision {
             Decision::Same => "accept",
@@ -84,7 +86,8 @@ impl Judge {
             .await;
     }
 
-    async fn ask(&self, gw: &Gateway, question: &str, candidate: &str) -> Decision {
+    /// The request the judge model is sent for a pair: the candidate's question and this one.
+    pub fn request(&self, question: &str, candidate: &str) -> Option<ChatRequest> {
         let body = serde_json::json!({
             "model": self.model,
             "temperature": 0,
@@ -94,32 +97,22 @@ impl Judge {
                 {"role": "user", "content": format!("Question A: {candidate}\n\nQuestion B: {question}")},
             ],
         });
-        let Ok(req) = serde_json::from_value::<ChatRequest>(body) else {
-            return Decision::Failed;
-        };
-        let answer = match super::call::chat(gw, &self.model, &req, self.timeout).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(target: "pylon::cache", error = %e, "semantic-cache judge failed: treated as a miss");
-                return Decision::Failed;
-            }
-        };
-        if let Some(usage) = answer.usage {
-            if let Some(cost) = gw.prices.cost(&answer.model, usage) {
-                gw.metrics.semantic.judge_cost.inc_by(cost);
-            }
-        }
-        let text = answer
-            .choices
-            .first()
-            .and_then(|c| c.message.content.as_deref())
-            .unwrap_or("");
-        verdict(text)
+        serde_json::from_value(body).ok()
+    }
+
+    /// The judge model's name.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// How long the judge may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
 /// YES or NO at the start of the reply, in any case, with any punctuation after it.
-fn verdict(text: &str) -> Decision {
+pub(crate) fn verdict(text: &str) -> Decision {
     let word: String = text
         .trim_start()
         .chars()

@@ -5,13 +5,11 @@
 //! it as a well-formed stream, and a stream that completed is assembled into one. Only complete,
 //! successful answers are stored.
 
-mod call;
 mod flight;
-mod judge;
-mod key;
-mod lookup;
-mod reply;
-mod semantic;
+pub(crate) mod judge;
+pub(crate) mod key;
+pub(crate) mod reply;
+pub(crate) mod semantic;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -26,9 +24,6 @@ use pylon_types::openai::Usage;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use flight::{FlightGuard, Join, Live};
-use key::{directive, identity, Directive};
-pub(crate) use lookup::{lookup, Lookup};
-use reply::hit_response;
 pub use semantic::VectorIndex;
 
 /// Per-model cache policy, resolved from `[cache]` and the model's overrides.
@@ -438,32 +433,6 @@ impl Write {
         self.cache.put(key, entry.clone()).await;
         if let Some(f) = self.flight.take() {
             f.complete(Some(entry));
-        }
-    }
-}
-
-// Cache administration through the gateway (admin API, tests).
-impl crate::snapshot::Gateway {
-    /// Deletes cached answers matching every given filter; `None` when caching is off.
-    pub async fn purge_cache(
-        &self,
-        namespace: Option<&str>,
-        model: Option<&str>,
-        key_id: Option<&str>,
-    ) -> Option<u64> {
-        Some(self.cache.as_ref()?.purge(namespace, model, key_id).await)
-    }
-
-    /// Reports a semantic hit wrong: its entry is deleted and the (question, entry) pair
-    /// blocked; whether this instance held the entry, `None` when caching is off.
-    pub async fn report_wrong_hit(&self, question: &str, entry: &str) -> Option<bool> {
-        Some(self.cache.as_ref()?.report_wrong(question, entry).await)
-    }
-
-    /// Moves the response cache's clock forward, so tests can expire entries without waiting.
-    pub fn advance_cache_clock(&self, by: std::time::Duration) {
-        if let Some(c) = &self.cache {
-            c.advance(by);
         }
     }
 }

@@ -15,8 +15,6 @@ use pylon_config::SemanticScope;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::snapshot::Gateway;
-
 /// Cosine distance between unit vectors: one pass of multiply-adds in eight lanes (the
 /// compiler vectorizes it), clamped so rounding never yields a negative distance.
 #[derive(Debug, Default, Clone, Copy)]
@@ -350,13 +348,18 @@ impl Semantic {
         }
     }
 
-    /// The embedding of `text`, from the memo or the embedding model's provider.
-    pub async fn embed(&self, gw: &Gateway, text: &str) -> Result<Arc<Vec<f32>>, String> {
+    /// The embedding of `text`, from the memo or else from `fetch` (the embedding model's
+    /// provider).
+    pub async fn embed<'a, F, Fut>(&self, text: &'a str, fetch: F) -> Result<Arc<Vec<f32>>, String>
+    where
+        F: FnOnce(&'a str) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<f32>, String>>,
+    {
         let memo_key = format!("{:x}", Sha256::digest(text.as_bytes()));
         if let Some(v) = self.embeddings.get(&memo_key).await {
             return Ok(v);
         }
-        let v = Arc::new(super::call::embedding(gw, &self.embedding_model, text).await?);
+        let v = Arc::new(fetch(text).await?);
         self.embeddings.insert(memo_key, v.clone()).await;
         Ok(v)
     }

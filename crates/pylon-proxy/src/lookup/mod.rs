@@ -1,21 +1,26 @@
-//! The cache's part of a request: decide whether it may be cached, serve a hit, wait for an
-//! identical call in flight, or prepare to store the answer.
+//! The cache phase of a request: decide whether it may be cached, serve a hit (exact, or
+//! semantic after the guards and the judge), wait for an identical call in flight, or prepare to
+//! store the answer. The cache itself (`crate::cache`) knows nothing of requests.
+
+mod call;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{
-    directive, hit_response, identity, Directive, Entry, Join, Policy, ResponseCache, Write,
-};
+use crate::cache::key::{directive, identity, Directive};
+use crate::cache::reply::hit_response;
+use crate::cache::{Entry, Join, Policy, ResponseCache, Write};
 use pylon_policy::guard::{self, Facets};
 
-use super::judge::Decision;
-use super::semantic::{shortened, Pending};
-use crate::context::Call;
+use crate::cache::judge::Decision;
+use crate::cache::semantic::{shortened, Pending};
+use crate::context::{Api, Call};
+use crate::gateway::Gateway;
 use crate::log::Record;
+use crate::snapshot::Model;
 
 /// How long a coalesced request waits for the call it joined before making its own.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -30,8 +35,34 @@ pub(crate) enum Lookup {
     Miss(Write),
 }
 
+/// The cache phase: for a cached model (chat or embeddings; not Messages), consults the cache;
+/// a miss adds `x-pylon-cache` to `headers`.
+pub(crate) async fn phase(
+    gw: &Gateway,
+    model: &Model,
+    call: &Call,
+    request_headers: &HeaderMap,
+    record: &mut Record,
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+) -> Lookup {
+    let (Some(cache), Some(policy), false) = (&gw.cache, &model.cache, call.api == Api::Messages)
+    else {
+        return Lookup::Bypass;
+    };
+    let step_start = gw.tracer.is_some().then(std::time::SystemTime::now);
+    let found = lookup(cache, policy, call, request_headers, record).await;
+    record.step("cache", step_start, None);
+    if let (Some(r), false) = (record.cache, matches!(found, Lookup::Hit(_))) {
+        headers.push((
+            HeaderName::from_static("x-pylon-cache"),
+            HeaderValue::from_static(r),
+        ));
+    }
+    found
+}
+
 /// Consults the cache for `call` (chat or embeddings) on `model` under `policy`.
-pub(crate) async fn lookup(
+async fn lookup(
     cache: &Arc<ResponseCache>,
     policy: &Policy,
     call: &Call,
@@ -157,7 +188,7 @@ async fn similar(
     if rec.route != "/v1/chat/completions" {
         return None;
     }
-    let q = super::semantic::question(&rec.metric_model, &call.body, sem.scope)?;
+    let q = crate::cache::semantic::question(&rec.metric_model, &call.body, sem.scope)?;
     let m = &rec.gw.metrics.semantic;
     if q.text.len() > sem.max_chars && q.text.chars().count() > sem.max_chars {
         m.skipped.with_label_values(&["too_long"]).inc();
@@ -165,7 +196,12 @@ async fn similar(
     }
     // Tenants never share vectors: the namespace is part of the context.
     let context = format!("{namespace}:{}", q.context);
-    let vector = match sem.embed(&rec.gw, &q.text).await {
+    let vector = match sem
+        .embed(&q.text, |text| {
+            call::embedding(&rec.gw, &sem.embedding_model, text)
+        })
+        .await
+    {
         Ok(v) => v,
         Err(e) => {
             m.skipped.with_label_values(&["no_embedding"]).inc();
@@ -193,7 +229,9 @@ async fn similar(
         };
         if let Some(judge) = &sem.judge {
             let said = judge
-                .decide(&rec.gw, &q.id, &q.text, &stored.entry, &stored.text)
+                .decide(&rec.gw.metrics, &q.id, &stored.entry, || {
+                    call::judge(&rec.gw, judge, &q.text, &stored.text)
+                })
                 .await;
             match said {
                 Decision::Same => {}
@@ -231,7 +269,7 @@ enum Followed {
 }
 
 /// A follower's response fed from the leader's live stream.
-fn live_hit(live: Arc<super::Live>, rec: &mut Record) -> Lookup {
+fn live_hit(live: Arc<crate::cache::Live>, rec: &mut Record) -> Lookup {
     rec.gw
         .metrics
         .cache_requests

@@ -11,7 +11,9 @@ use pylon_providers::{anthropic, gemini};
 use pylon_types::openai::{ChatRequest, ChatResponse};
 use serde_json::Value;
 
-use crate::snapshot::{Gateway, Provider, Target};
+use crate::cache::judge::{verdict, Decision, Judge};
+use crate::gateway::Gateway;
+use crate::snapshot::{Provider, Target};
 
 /// Largest answer read (an embedding of a few thousand dimensions, or a one-word verdict).
 const MAX_ANSWER: usize = 4 << 20;
@@ -19,7 +21,7 @@ const MAX_ANSWER: usize = 4 << 20;
 /// The model's targets whose breakers let a call through, in configured order.
 fn usable(gw: &Gateway, model: &str) -> Result<Vec<Target>, String> {
     let m = gw
-        .snap
+        .snapshot()
         .resolve(model)
         .ok_or_else(|| format!("model `{model}` is not configured"))?;
     let now = Instant::now();
@@ -149,4 +151,35 @@ pub(crate) async fn chat(
         return parsed.map_err(|e| format!("the answer does not parse: {e}"));
     }
     Err(last)
+}
+
+/// Asks `judge` whether a single answer to `candidate` answers `question` too; anything but a
+/// clear YES (a NO, an error, a timeout) is a miss.
+pub(crate) async fn judge(
+    gw: &Gateway,
+    judge: &Judge,
+    question: &str,
+    candidate: &str,
+) -> Decision {
+    let Some(req) = judge.request(question, candidate) else {
+        return Decision::Failed;
+    };
+    let answer = match chat(gw, judge.model(), &req, judge.timeout()).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(target: "pylon::cache", error = %e, "semantic-cache judge failed: treated as a miss");
+            return Decision::Failed;
+        }
+    };
+    if let Some(usage) = answer.usage {
+        if let Some(cost) = gw.prices.cost(&answer.model, usage) {
+            gw.metrics.semantic.judge_cost.inc_by(cost);
+        }
+    }
+    let text = answer
+        .choices
+        .first()
+        .and_then(|c| c.message.content.as_deref())
+        .unwrap_or("");
+    verdict(text)
 }

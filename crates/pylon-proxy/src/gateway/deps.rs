@@ -1,0 +1,87 @@
+//! Dependency state that the control plane's background checks write and the probes read.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// The last result of checking one dependency.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub ok: bool,
+    /// Round-trip time of the check.
+    pub latency: Duration,
+    pub at: SystemTime,
+    pub error: Option<String>,
+}
+
+impl Check {
+    /// A check that passed in `latency`.
+    pub fn pass(latency: Duration) -> Check {
+        Check {
+            ok: true,
+            latency,
+            at: SystemTime::now(),
+            error: None,
+        }
+    }
+
+    /// A check that failed.
+    pub fn fail(latency: Duration, error: impl Into<String>) -> Check {
+        Check {
+            ok: false,
+            latency,
+            at: SystemTime::now(),
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Dependency state written by background checks and read by the probes.
+#[derive(Debug, Default)]
+pub(crate) struct Dependencies {
+    pub store: Mutex<Option<Check>>,
+    pub redis: Mutex<Option<Check>>,
+    /// Share of the data dir's disk in use, and bytes free.
+    pub disk: Mutex<Option<(f64, u64)>>,
+    /// Resident memory in bytes, read by the same background check.
+    pub rss: std::sync::atomic::AtomicU64,
+    pub disk_warn: f64,
+    /// Active provider probes, by provider name.
+    pub probes: Mutex<BTreeMap<String, Check>>,
+}
+
+// What the control plane's health loops report into the gateway.
+impl super::Gateway {
+    /// Records the latest store check (read by `/readyz` and `/health`).
+    pub fn report_store(&self, check: Check) {
+        if let Ok(mut g) = self.deps.store.lock() {
+            *g = Some(check);
+        }
+    }
+
+    /// Pings Redis (when configured) and records the result for `/health`.
+    pub async fn check_redis(&self, timeout: std::time::Duration) {
+        let started = std::time::Instant::now();
+        let check = match tokio::time::timeout(timeout, self.limiter.ping()).await {
+            Ok(None) => return,
+            Ok(Some(Ok(took))) => Check::pass(took),
+            Ok(Some(Err(e))) => Check::fail(started.elapsed(), e.to_string()),
+            Err(_) => Check::fail(started.elapsed(), "timed out"),
+        };
+        if let Ok(mut g) = self.deps.redis.lock() {
+            *g = Some(check);
+        }
+    }
+
+    /// Records the data dir's disk use (share used, bytes free) and the process's resident memory.
+    pub fn report_system(&self, disk: Option<(f64, u64)>, rss_bytes: Option<u64>) {
+        if let (Some(d), Ok(mut g)) = (disk, self.deps.disk.lock()) {
+            *g = Some(d);
+        }
+        if let Some(rss) = rss_bytes {
+            self.deps
+                .rss
+                .store(rss, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

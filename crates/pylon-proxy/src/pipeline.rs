@@ -1,0 +1,121 @@
+//! One AI request's path, phase by phase. Each phase is a module that takes the request's
+//! context and knows nothing of the phases after it; this file is the only place that knows
+//! their order.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue};
+use pylon_types::Dialect;
+
+use crate::context::{Api, Call};
+use crate::gateway::Gateway;
+use crate::log::Record;
+use crate::lookup::Lookup;
+use crate::snapshot::{Model, Snapshot};
+use crate::{ingress, limits, lookup, route, upstream, ProxyError};
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Chat).await
+}
+
+/// `POST /v1/messages` (Anthropic Messages API).
+pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Messages).await
+}
+
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Embeddings).await
+}
+
+/// Where the phases before the provider left the request.
+// One per request, moved once: boxing the call would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// Answered without a provider (a cache hit).
+    Answered(Response),
+    /// Send to the provider.
+    Upstream(Call, Arc<Model>),
+}
+
+async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
+    // The request keeps the snapshot it started with, whatever a reload installs meanwhile.
+    let snap = gw.snapshot();
+    let (parts, body) = req.into_parts();
+    let mut record = ingress::open(&gw, &parts.headers, api);
+    let mut headers = Vec::new();
+    let mut resp = match prepare(&gw, &snap, api, &parts, body, &mut record, &mut headers).await {
+        Err(e) => fail(&mut record, e, api.dialect()),
+        Ok(Next::Answered(resp)) => {
+            record.status = resp.status().as_u16();
+            record.outcome = "ok";
+            resp
+        }
+        Ok(Next::Upstream(call, model)) => {
+            let mut call = Call {
+                record: Some(record),
+                ..call
+            };
+            match upstream::dispatch(&snap, &mut call, model).await {
+                Ok(resp) => resp,
+                Err(e) => match call.record.as_mut() {
+                    Some(r) => fail(r, e, api.dialect()),
+                    None => e.into_response(api.dialect()),
+                },
+            }
+        }
+    };
+    for (name, value) in headers {
+        resp.headers_mut().insert(name, value);
+    }
+    resp
+}
+
+/// The phases before a provider is called, in order; any of them may end the request.
+async fn prepare(
+    gw: &Gateway,
+    snap: &Snapshot,
+    api: Api,
+    parts: &Parts,
+    body: Body,
+    record: &mut Record,
+    headers: &mut Vec<(HeaderName, HeaderValue)>,
+) -> Result<Next, ProxyError> {
+    ingress::shed(gw, record)?;
+    let ip = limits::client_ip(parts, &gw.trusted_proxies);
+    limits::per_ip(gw, ip).await?;
+    let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
+    let call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
+    let model = route::choose(snap, &gw.prices, principal.as_deref(), &call, record)?;
+    headers.extend(limits::admit_call(gw, principal.as_deref(), &model, &call, record).await?);
+    let cache = match lookup::phase(gw, &model, &call, &parts.headers, record, headers).await {
+        Lookup::Hit(resp) => return Ok(Next::Answered(resp)),
+        Lookup::Miss(write) => Some(write),
+        Lookup::Bypass => None,
+    };
+    Ok(Next::Upstream(Call { cache, ..call }, model))
+}
+
+/// Ends the request with `e`, in the client's dialect, and records why.
+fn fail(record: &mut Record, e: ProxyError, dialect: Dialect) -> Response {
+    record.error = Some(e.to_string());
+    record.error_class = Some(e.class());
+    if matches!(e, ProxyError::LimitsUnavailable) {
+        record
+            .gw
+            .metrics
+            .rejected
+            .with_label_values(&["limits_unavailable", "other"])
+            .inc();
+    }
+    let mut resp = e.into_response(dialect);
+    record.status = resp.status().as_u16();
+    record.outcome = "error";
+    crate::respond::overhead_header(&mut resp, record);
+    resp
+}
