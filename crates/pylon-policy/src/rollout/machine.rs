@@ -208,10 +208,8 @@ pub fn advance(plan: &Plan, p: &Progress, event: Event, now_ms: u64) -> (Progres
         (State::Promoted, Event::Verdict(_)) if p.window_until_ms.is_some() => {
             n.consecutive_failures = 0;
         }
-        (State::Promoted, Event::Tick) => {
-            if p.window_until_ms.is_some_and(|until| now_ms >= until) {
-                n.window_until_ms = None;
-            }
+        (State::Promoted, Event::Tick) if p.window_until_ms.is_some_and(|u| now_ms >= u) => {
+            n.window_until_ms = None;
         }
         (State::Progressing, Event::Tick) => {
             let held = plan.steps.get(p.step).and_then(|s| s.hold_ms);
