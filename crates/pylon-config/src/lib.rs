@@ -5,6 +5,7 @@ mod interpolate;
 mod model;
 mod observe;
 mod provider;
+mod rollout;
 mod server;
 mod validate;
 
@@ -14,6 +15,7 @@ pub use cache::*;
 pub use model::*;
 pub use observe::*;
 pub use provider::*;
+pub use rollout::*;
 pub use server::*;
 
 /// Why a configuration could not be loaded.

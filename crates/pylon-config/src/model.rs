@@ -50,6 +50,8 @@ pub struct Config {
     pub health: crate::Health,
     #[serde(default)]
     pub cache: crate::Cache,
+    #[serde(default)]
+    pub rollouts: Vec<crate::Rollout>,
 }
 
 /// `[data]`: where durable state lives.

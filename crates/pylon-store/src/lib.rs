@@ -6,6 +6,7 @@
 mod model;
 mod queries;
 mod requests;
+mod rollouts;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use model::*;
+pub use rollouts::{RolloutRow, VerdictRow};
 pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};
 
 /// A store failure.

@@ -192,6 +192,42 @@ async fn suite(store: Store) {
     assert!((teams[&t.id] - 1.0).abs() < 1e-9, "{teams:?}");
     request_log(&store).await;
     semantic_audit(&store).await;
+    rollouts(&store).await;
+}
+
+/// Rollout progress upserts, verdicts come back newest first, and a lease has one holder
+/// until it expires or is released.
+async fn rollouts(store: &Store) {
+    assert_eq!(store.rollout("r").await.unwrap(), None);
+    let mut r = RolloutRow {
+        name: "r".into(),
+        progress: "{}".into(),
+        state: "progressing".into(),
+        updated_at: 1,
+    };
+    store.put_rollout(&r).await.unwrap();
+    r.state = "promoted".into();
+    store.put_rollout(&r).await.unwrap();
+    assert_eq!(store.rollout("r").await.unwrap(), Some(r));
+    for at in [10, 20] {
+        let v = VerdictRow {
+            rollout: "r".into(),
+            at,
+            outcome: "pass".into(),
+            detail: "{}".into(),
+            state: "progressing".into(),
+            weight: 5.0,
+        };
+        store.add_verdict(&v).await.unwrap();
+    }
+    let v = store.verdicts("r", 10).await.unwrap();
+    assert_eq!(v.iter().map(|v| v.at).collect::<Vec<_>>(), [20, 10]);
+    assert!(store.take_lease("judge", "a", 1000, 100).await.unwrap());
+    assert!(!store.take_lease("judge", "b", 1050, 100).await.unwrap(), "a holds it");
+    assert!(store.take_lease("judge", "a", 1050, 100).await.unwrap(), "renewed");
+    assert!(store.take_lease("judge", "b", 1200, 100).await.unwrap(), "expired: taken over");
+    store.release_lease("judge", "b").await.unwrap();
+    assert!(store.take_lease("judge", "a", 1201, 100).await.unwrap(), "released");
 }
 
 /// A semantic hit's row is found by id with what it matched; other rows are not.

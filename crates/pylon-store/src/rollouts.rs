@@ -1,0 +1,131 @@
+//! Rollout state, verdict history and leases.
+
+use crate::{get, Store, StoreError};
+
+/// A rollout's stored progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRow {
+    pub name: String,
+    /// The state machine's progress, as JSON.
+    pub progress: String,
+    pub state: String,
+    pub updated_at: i64,
+}
+
+/// One stored verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictRow {
+    pub rollout: String,
+    pub at: i64,
+    pub outcome: String,
+    /// The verdict's figures, as JSON.
+    pub detail: String,
+    pub state: String,
+    pub weight: f64,
+}
+
+impl Store {
+    /// A rollout's progress, if it was ever stored.
+    pub async fn rollout(&self, name: &str) -> Result<Option<RolloutRow>, StoreError> {
+        let row = sqlx::query("SELECT name, progress, state, updated_at FROM rollouts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(RolloutRow {
+                name: get(&r, "name")?,
+                progress: get(&r, "progress")?,
+                state: get(&r, "state")?,
+                updated_at: get(&r, "updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a rollout's progress.
+    pub async fn put_rollout(&self, r: &RolloutRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO rollouts (name, progress, state, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET progress = excluded.progress, state = excluded.state, updated_at = excluded.updated_at",
+        )
+        .bind(&r.name)
+        .bind(&r.progress)
+        .bind(&r.state)
+        .bind(r.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends a verdict.
+    pub async fn add_verdict(&self, v: &VerdictRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO rollout_verdicts (rollout, at, outcome, detail, state, weight) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&v.rollout)
+        .bind(v.at)
+        .bind(&v.outcome)
+        .bind(&v.detail)
+        .bind(&v.state)
+        .bind(v.weight)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A rollout's latest verdicts, newest first.
+    pub async fn verdicts(&self, rollout: &str, limit: i64) -> Result<Vec<VerdictRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rollout, at, outcome, detail, state, weight FROM rollout_verdicts WHERE rollout = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(rollout)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VerdictRow {
+                    rollout: get(r, "rollout")?,
+                    at: get(r, "at")?,
+                    outcome: get(r, "outcome")?,
+                    detail: get(r, "detail")?,
+                    state: get(r, "state")?,
+                    weight: get(r, "weight")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl_ms`; true when `holder`
+    /// holds it (it was free, expired, or already its own).
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives a lease up (at shutdown, so another instance takes over at once).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
