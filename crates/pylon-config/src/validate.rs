@@ -254,7 +254,8 @@ fn rollouts(
     for r in &config.rollouts {
         let name = r.name.get_ref();
         let at = r.name.span().start;
-        let mut bad = |at: usize, msg: String| problems.push((at, format!("rollout `{name}`: {msg}")));
+        let mut bad =
+            |at: usize, msg: String| problems.push((at, format!("rollout `{name}`: {msg}")));
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -271,20 +272,39 @@ fn rollouts(
         match (&r.model, &r.route) {
             (Some(m), None) => {
                 if !models.contains(m.get_ref().as_str()) {
-                    bad(m.span().start, format!("model `{}` is not a configured model", m.get_ref()));
+                    bad(
+                        m.span().start,
+                        format!("model `{}` is not a configured model", m.get_ref()),
+                    );
                 }
                 if !subjects.insert(format!("model:{}", m.get_ref())) {
-                    bad(m.span().start, format!("model `{}` already has a rollout", m.get_ref()));
+                    bad(
+                        m.span().start,
+                        format!("model `{}` already has a rollout", m.get_ref()),
+                    );
                 }
                 for t in &c.targets {
                     if !providers.contains(t.provider.get_ref().as_str()) {
-                        bad(t.provider.span().start, format!("candidate points at unknown provider `{}`", t.provider.get_ref()));
+                        bad(
+                            t.provider.span().start,
+                            format!(
+                                "candidate points at unknown provider `{}`",
+                                t.provider.get_ref()
+                            ),
+                        );
                     }
                 }
                 if c.upstream.is_some() {
-                    bad(c_at, "a model's candidate has targets and overrides, not an upstream".into());
+                    bad(
+                        c_at,
+                        "a model's candidate has targets and overrides, not an upstream".into(),
+                    );
                 }
-                if c.targets.is_empty() && c.system_prompt.is_none() && c.temperature.is_none() && c.max_tokens.is_none() {
+                if c.targets.is_empty()
+                    && c.system_prompt.is_none()
+                    && c.temperature.is_none()
+                    && c.max_tokens.is_none()
+                {
                     bad(c_at, "the candidate changes nothing: give targets, a system_prompt, temperature or max_tokens".into());
                 }
                 if c.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
@@ -292,11 +312,24 @@ fn rollouts(
                 }
             }
             (None, Some(route)) => {
-                if !config.routes.iter().any(|x| x.prefix.get_ref() == route.get_ref()) {
-                    bad(route.span().start, format!("route `{}` is not a configured [[routes]] prefix", route.get_ref()));
+                if !config
+                    .routes
+                    .iter()
+                    .any(|x| x.prefix.get_ref() == route.get_ref())
+                {
+                    bad(
+                        route.span().start,
+                        format!(
+                            "route `{}` is not a configured [[routes]] prefix",
+                            route.get_ref()
+                        ),
+                    );
                 }
                 if !subjects.insert(format!("route:{}", route.get_ref())) {
-                    bad(route.span().start, format!("route `{}` already has a rollout", route.get_ref()));
+                    bad(
+                        route.span().start,
+                        format!("route `{}` already has a rollout", route.get_ref()),
+                    );
                 }
                 match &c.upstream {
                     None => bad(c_at, "a route's candidate needs an upstream URL".into()),
@@ -306,14 +339,29 @@ fn rollouts(
                         }
                     }
                 }
-                if !c.targets.is_empty() || c.system_prompt.is_some() || c.temperature.is_some() || c.max_tokens.is_some() {
-                    bad(c_at, "a route's candidate is an upstream; targets and overrides are for models".into());
+                if !c.targets.is_empty()
+                    || c.system_prompt.is_some()
+                    || c.temperature.is_some()
+                    || c.max_tokens.is_some()
+                {
+                    bad(
+                        c_at,
+                        "a route's candidate is an upstream; targets and overrides are for models"
+                            .into(),
+                    );
                 }
                 if r.strategy == crate::RolloutStrategy::Shadow {
-                    bad(at, "shadow is for models (an app's requests may not be safe to send twice)".into());
+                    bad(
+                        at,
+                        "shadow is for models (an app's requests may not be safe to send twice)"
+                            .into(),
+                    );
                 }
             }
-            _ => bad(at, "name exactly one subject: model = \"…\" or route = \"/…\"".into()),
+            _ => bad(
+                at,
+                "name exactly one subject: model = \"…\" or route = \"/…\"".into(),
+            ),
         }
         if r.strategy != crate::RolloutStrategy::BlueGreen && r.steps.is_empty() {
             bad(at, "add steps, e.g. [ { weight = 5, hold = \"10m\" }, { weight = 50, hold = \"10m\" } ]".into());
@@ -322,9 +370,15 @@ fn rollouts(
         for s in &r.steps {
             let w = s.get_ref().weight;
             if !(w > 0.0 && w <= 100.0) {
-                bad(s.span().start, format!("step weight {w} must be above 0 and at most 100"));
+                bad(
+                    s.span().start,
+                    format!("step weight {w} must be above 0 and at most 100"),
+                );
             } else if w < last {
-                bad(s.span().start, format!("step weight {w} is below the step before ({last}); steps only rise"));
+                bad(
+                    s.span().start,
+                    format!("step weight {w} is below the step before ({last}); steps only rise"),
+                );
             }
             last = w;
         }
@@ -333,10 +387,16 @@ fn rollouts(
             .strip_prefix("header:")
             .is_some_and(|h| http_header_name(&h.to_ascii_lowercase()).is_some());
         if !matches!(st.as_str(), "key" | "user" | "ip") && !header_ok {
-            bad(r.stickiness.span().start, format!("stickiness `{st}` must be key, user, ip or header:<name>"));
+            bad(
+                r.stickiness.span().start,
+                format!("stickiness `{st}` must be key, user, ip or header:<name>"),
+            );
         }
         if http_header_name(&r.preview_header.to_ascii_lowercase()).is_none() {
-            bad(at, format!("preview_header `{}` is not a header name", r.preview_header));
+            bad(
+                at,
+                format!("preview_header `{}` is not a header name", r.preview_header),
+            );
         }
         for url in [&r.webhook, &r.confirm_url].into_iter().flatten() {
             if let Some(why) = bad_url(url.get_ref()) {
@@ -344,14 +404,27 @@ fn rollouts(
             }
         }
         let a = &r.analysis;
-        if a.interval < std::time::Duration::from_secs(1) || a.min_requests == 0 || a.failure_limit == 0 {
-            bad(at, "analysis: interval must be at least 1s, min_requests and failure_limit at least 1".into());
+        if a.interval < std::time::Duration::from_secs(1)
+            || a.min_requests == 0
+            || a.failure_limit == 0
+        {
+            bad(
+                at,
+                "analysis: interval must be at least 1s, min_requests and failure_limit at least 1"
+                    .into(),
+            );
         }
         let ratios = [a.max_latency_ratio, a.max_ttft_ratio, a.max_cost_ratio];
-        if ratios.iter().flatten().any(|r| !(*r >= 1.0))
-            || [a.max_error_rate_increase, a.max_error_rate].iter().flatten().any(|v| !(0.0..=1.0).contains(v))
+        if ratios.iter().flatten().any(|r| r.is_nan() || *r < 1.0)
+            || [a.max_error_rate_increase, a.max_error_rate]
+                .iter()
+                .flatten()
+                .any(|v| !(0.0..=1.0).contains(v))
         {
-            bad(at, "analysis: ratios must be at least 1.0, error rates between 0 and 1".into());
+            bad(
+                at,
+                "analysis: ratios must be at least 1.0, error rates between 0 and 1".into(),
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ mod health;
 mod keys;
 mod ledger;
 mod notify;
+pub mod rollouts;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct Control {
     stop: tokio::sync::watch::Sender<bool>,
     /// The ledger and the background checks, stopped at shutdown.
     tasks: std::sync::Mutex<Tasks>,
+    /// Rollouts: applied here, judged here when this instance holds the lease.
+    pub rollouts: Arc<rollouts::Rollouts>,
     /// The run-time log filter, when the binary installed one.
     log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
 }
@@ -74,6 +77,7 @@ impl Control {
         admin_token: Option<String>,
         keyring: secrets::Keyring,
         budgets: &pylon_config::Budgets,
+        rollouts: Arc<rollouts::Rollouts>,
     ) -> Arc<Control> {
         let notifier = notify::Notifier::new(budgets);
         let admin_token = admin_token
@@ -89,6 +93,7 @@ impl Control {
             stop: tokio::sync::watch::channel(false).0,
             tasks: std::sync::Mutex::new(Tasks::default()),
             log_level: std::sync::OnceLock::new(),
+            rollouts,
         })
     }
 
@@ -327,6 +332,11 @@ pub async fn bootstrap(
         token,
         keyring,
         &config.budgets,
+        Arc::new(rollouts::Rollouts::new(
+            config,
+            store.clone(),
+            gateway.clone(),
+        )),
     );
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.
@@ -364,6 +374,9 @@ pub async fn bootstrap(
         config.health.clone(),
         config.data.dir.clone(),
     ));
+    if control.rollouts.any() {
+        control.spawn(control.rollouts.clone().run());
+    }
     if let Some(every) = config.health.probe_every {
         control.spawn(health::probe_loop(gateway.clone(), every));
     }

@@ -76,16 +76,16 @@ impl Notifier {
     }
 }
 
-/// Posts an event, retrying a few times with backoff; failures are logged.
-async fn deliver(http: &reqwest::Client, url: &str, event: &serde_json::Value) {
+/// Posts an event (budget or rollout), retrying a few times with backoff; failures are logged.
+pub(crate) async fn deliver(http: &reqwest::Client, url: &str, event: &serde_json::Value) {
     for attempt in 0..4u32 {
         match http.post(url).json(event).send().await {
             Ok(r) if r.status().is_success() => return,
             Ok(r) => {
-                tracing::warn!(target: "pylon::budget", url, status = %r.status(), attempt, "budget webhook refused the event")
+                tracing::warn!(target: "pylon::webhook", url, status = %r.status(), attempt, "webhook refused the event")
             }
             Err(e) => {
-                tracing::warn!(target: "pylon::budget", url, error = %e, attempt, "budget webhook unreachable")
+                tracing::warn!(target: "pylon::webhook", url, error = %e, attempt, "webhook unreachable")
             }
         }
         tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;

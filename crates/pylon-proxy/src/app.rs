@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use pylon_types::Dialect;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Arm, Gateway};
 use crate::snapshot::AppRoute;
 use crate::ProxyError;
 
@@ -49,7 +49,35 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     m.in_flight
         .with_label_values(&[route.prefix.as_str()])
         .inc();
-    let resp = respond(route, req).await;
+    let arm = route.candidate.as_ref().and_then(|c| {
+        let state = gw.rollout(&c.spec.name)?;
+        let (parts, body) = std::mem::take(&mut req).into_parts();
+        let caller = crate::rollout::Caller {
+            principal: None,
+            parts: &parts,
+            ip: crate::limits::client_ip(&parts, &gw.trusted_proxies),
+        };
+        let arm = caller.arm(&c.spec, state.weights().0);
+        req = Request::from_parts(parts, body);
+        Some((state, arm, &c.upstream))
+    });
+    let upstream = arm.as_ref().map_or(&route.upstream, |(_, a, u)| match a {
+        Arm::Candidate => u,
+        Arm::Stable => &route.upstream,
+    });
+    let mut resp = respond(route, upstream, req).await;
+    if let Some((state, arm, _)) = &arm {
+        let error = resp.status().is_server_error();
+        state.observe(
+            *arm,
+            error,
+            started.elapsed().as_secs_f64() * 1000.0,
+            None,
+            0.0,
+        );
+        resp.headers_mut()
+            .insert("x-pylon-arm", http::HeaderValue::from_static(arm.as_str()));
+    }
     m.in_flight
         .with_label_values(&[route.prefix.as_str()])
         .dec();
@@ -63,14 +91,14 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     resp
 }
 
-async fn respond(route: &AppRoute, req: Request) -> Response {
+async fn respond(route: &AppRoute, upstream: &Uri, req: Request) -> Response {
     let request_id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    match forward(route, req).await {
+    match forward(route, upstream, req).await {
         Ok(resp) => resp,
         Err((status, msg)) => {
             tracing::warn!(target: "pylon::app", request_id, prefix = %route.prefix, error = %msg, "app route failed");
@@ -89,7 +117,7 @@ fn matches(prefix: &str, path: &str) -> bool {
         || (path.starts_with(bare) && path[bare.len()..].starts_with('/'))
 }
 
-fn upstream_uri(route: &AppRoute, uri: &Uri) -> Result<Uri, (StatusCode, String)> {
+fn upstream_uri(route: &AppRoute, upstream: &Uri, uri: &Uri) -> Result<Uri, (StatusCode, String)> {
     let path = uri.path();
     let rest = if route.strip_prefix {
         let stripped = path
@@ -103,10 +131,10 @@ fn upstream_uri(route: &AppRoute, uri: &Uri) -> Result<Uri, (StatusCode, String)
     } else {
         path.to_owned()
     };
-    let base = route.upstream.path().trim_end_matches('/');
+    let base = upstream.path().trim_end_matches('/');
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let scheme = route.upstream.scheme_str().unwrap_or("http");
-    let authority = route.upstream.authority().map(|a| a.as_str()).unwrap_or("");
+    let scheme = upstream.scheme_str().unwrap_or("http");
+    let authority = upstream.authority().map(|a| a.as_str()).unwrap_or("");
     format!("{scheme}://{authority}{base}{rest}{query}")
         .parse()
         .map_err(|_| {
@@ -143,7 +171,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (StatusCode, String)> {
+async fn forward(
+    route: &AppRoute,
+    upstream: &Uri,
+    mut req: Request,
+) -> Result<Response, (StatusCode, String)> {
     let upgrade = is_upgrade(req.headers());
     let upgrade_proto = req.headers().get(header::UPGRADE).cloned();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -151,7 +183,7 @@ async fn forward(route: &AppRoute, mut req: Request) -> Result<Response, (Status
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let uri = upstream_uri(route, req.uri())?;
+    let uri = upstream_uri(route, upstream, req.uri())?;
     let (mut parts, body) = req.into_parts();
 
     // HTTP/2 clients name the host in `:authority`, not `Host`.

@@ -175,7 +175,7 @@ async fn read_body(
     }
 }
 
-fn parse(
+pub(crate) fn parse(
     api: Api,
     body: Bytes,
     headers: &HeaderMap,

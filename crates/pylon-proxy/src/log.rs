@@ -74,6 +74,10 @@ pub(crate) struct Record {
     pub cache: Option<&'static str>,
     /// Whether the request becomes a request-log row (failed authentications do not).
     pub log_row: bool,
+    /// The rollout arm that served the request, counted for the judge when it ends.
+    pub arm: Option<(Arc<crate::gateway::ArmState>, crate::gateway::Arm)>,
+    /// A shadow copy: counted for its rollout only, never billed, logged or stored.
+    pub shadow: bool,
     /// What a semantic cache hit matched.
     pub semantic: Option<Box<crate::usage::SemanticAudit>>,
 }
@@ -118,6 +122,8 @@ impl Record {
             completion: None,
             cache: None,
             log_row: true,
+            arm: None,
+            shadow: false,
             semantic: None,
         }
     }
@@ -314,6 +320,34 @@ impl Drop for Record {
                 (u, self.cost(u))
             }
         };
+        if let Some((state, arm)) = self.arm.take() {
+            // Server-side failures only (a client's bad request says nothing of the arm); an
+            // answer a fallback model had to give is the arm's failure too.
+            let error = self.status >= 500 || self.outcome == "broken" || self.fallback.is_some();
+            let latency = total.as_secs_f64();
+            let ttft_ms = self
+                .ttfb
+                .filter(|_| self.stream)
+                .map(|d| d.as_secs_f64() * 1000.0);
+            state.observe(arm, error, latency * 1000.0, ttft_ms, cost);
+            let r = &self.gw.metrics.rollout;
+            let labels = [&*state.name, arm.as_str()];
+            r.requests
+                .with_label_values(&[labels[0], labels[1], if error { "error" } else { "ok" }])
+                .inc();
+            r.duration.with_label_values(&labels).observe(latency);
+            if cost > 0.0 {
+                r.cost.with_label_values(&labels).inc_by(cost);
+            }
+        }
+        if self.shadow {
+            self.gw
+                .metrics
+                .in_flight
+                .with_label_values(&[self.route])
+                .dec();
+            return;
+        }
         self.observe(usage, cost, total);
         if let Some(span) = &self.trace {
             self.end_span(span, usage);

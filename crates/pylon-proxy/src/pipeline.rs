@@ -3,20 +3,26 @@
 //! their order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
+use http_body_util::BodyExt;
 use pylon_types::Dialect;
 
 use crate::context::{Api, Call};
-use crate::gateway::Gateway;
+use crate::gateway::{Arm, Gateway};
 use crate::log::Record;
 use crate::lookup::Lookup;
+use crate::rollout::Shadow;
 use crate::snapshot::{Model, Snapshot};
-use crate::{ingress, limits, lookup, route, upstream, ProxyError};
+use crate::{ingress, limits, lookup, rollout, route, upstream, ProxyError};
+
+/// Names the rollout arm that served a response.
+const ARM: HeaderName = HeaderName::from_static("x-pylon-arm");
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
@@ -39,8 +45,8 @@ pub(crate) async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> 
 enum Next {
     /// Answered without a provider (a cache hit).
     Answered(Response),
-    /// Send to the provider.
-    Upstream(Call, Arc<Model>),
+    /// Send to the provider (and a shadow copy to a rollout's candidate).
+    Upstream(Call, Arc<Model>, Option<Shadow>),
 }
 
 async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
@@ -49,14 +55,21 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
     let (parts, body) = req.into_parts();
     let mut record = ingress::open(&gw, &parts.headers, api);
     let mut headers = Vec::new();
-    let mut resp = match prepare(&gw, &snap, api, &parts, body, &mut record, &mut headers).await {
+    let next = prepare(&gw, &snap, api, &parts, body, &mut record, &mut headers).await;
+    if let Some((_, arm)) = &record.arm {
+        headers.push((ARM, HeaderValue::from_static(arm.as_str())));
+    }
+    let mut resp = match next {
         Err(e) => fail(&mut record, e, api.dialect()),
         Ok(Next::Answered(resp)) => {
             record.status = resp.status().as_u16();
             record.outcome = "ok";
             resp
         }
-        Ok(Next::Upstream(call, model)) => {
+        Ok(Next::Upstream(call, model, shadow)) => {
+            if let Some(s) = shadow {
+                send_shadow(&gw, &snap, api, s);
+            }
             let mut call = Call {
                 record: Some(record),
                 ..call
@@ -92,13 +105,57 @@ async fn prepare(
     let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
     let call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
     let model = route::choose(snap, &gw.prices, principal.as_deref(), &call, record)?;
+    let caller = rollout::Caller {
+        principal: principal.as_deref(),
+        parts,
+        ip,
+    };
+    let (call, model, shadow) = rollout::assign(gw, snap, &caller, call, model, record)?;
     headers.extend(limits::admit_call(gw, principal.as_deref(), &model, &call, record).await?);
     let cache = match lookup::phase(gw, &model, &call, &parts.headers, record, headers).await {
         Lookup::Hit(resp) => return Ok(Next::Answered(resp)),
         Lookup::Miss(write) => Some(write),
         Lookup::Bypass => None,
     };
-    Ok(Next::Upstream(Call { cache, ..call }, model))
+    Ok(Next::Upstream(Call { cache, ..call }, model, shadow))
+}
+
+/// Sends a shadow copy to a rollout's candidate on a tracked task: its answer is read to the
+/// end (so its latency and usage are measured) and discarded; nothing is billed or logged.
+fn send_shadow(gw: &Arc<Gateway>, snap: &Arc<Snapshot>, api: Api, s: Shadow) {
+    // Copies are optional work: under load they are the first thing dropped.
+    if gw.active.load(std::sync::atomic::Ordering::Relaxed) > gw.edge.max_requests / 2 {
+        gw.metrics
+            .bounded_drops
+            .with_label_values(&["shadow"])
+            .inc();
+        return;
+    }
+    let mut record = Record::new(gw.clone(), api.route(), String::new(), Instant::now());
+    record.shadow = true;
+    record.log_row = false;
+    record.stream = s.call.stream;
+    record.model.clone_from(&s.call.model);
+    record.metric_model.clone_from(&s.model.metric_name);
+    record.arm = Some((s.state, Arm::Candidate));
+    let mut call = Call {
+        record: Some(record),
+        ..s.call
+    };
+    let snap = snap.clone();
+    gw.spawn(async move {
+        match upstream::dispatch(&snap, &mut call, s.model).await {
+            Ok(resp) => {
+                let mut body = resp.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+            }
+            Err(e) => {
+                if let Some(r) = call.record.as_mut() {
+                    fail(r, e, api.dialect());
+                }
+            }
+        }
+    });
 }
 
 /// Ends the request with `e`, in the client's dialect, and records why.

@@ -105,6 +105,72 @@ pub(crate) struct Model {
     pub resend_on_timeout: bool,
 }
 
+/// What keeps a caller on one arm of a rollout.
+pub(crate) enum Stickiness {
+    Key,
+    User,
+    Ip,
+    Header(HeaderName),
+}
+
+/// How a rollout picks a request's arm.
+pub(crate) struct RolloutSpec {
+    pub name: Arc<str>,
+    pub stickiness: Stickiness,
+    /// Requests with this header go to the candidate whatever the weight.
+    pub preview_header: HeaderName,
+    /// Key names always served by the candidate.
+    pub preview_keys: Vec<String>,
+}
+
+impl RolloutSpec {
+    fn new(r: &pylon_config::Rollout) -> RolloutSpec {
+        let st = r.stickiness.get_ref();
+        let stickiness = match st.as_str() {
+            "user" => Stickiness::User,
+            "ip" => Stickiness::Ip,
+            other => match other
+                .strip_prefix("header:")
+                .and_then(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+            {
+                Some(h) => Stickiness::Header(h),
+                None => Stickiness::Key,
+            },
+        };
+        RolloutSpec {
+            name: Arc::from(r.name.get_ref().as_str()),
+            stickiness,
+            preview_header: HeaderName::from_bytes(
+                r.preview_header.to_ascii_lowercase().as_bytes(),
+            )
+            .unwrap_or(HeaderName::from_static("x-pylon-preview")),
+            preview_keys: r.preview_keys.clone(),
+        }
+    }
+}
+
+/// A model rollout's candidate: its targets and the request overrides (a prompt version).
+pub(crate) struct ModelCandidate {
+    pub spec: RolloutSpec,
+    pub model: Arc<Model>,
+    pub system_prompt: Option<pylon_config::SystemPrompt>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u64>,
+}
+
+impl ModelCandidate {
+    /// Whether serving the candidate changes the request body.
+    pub fn rewrites(&self) -> bool {
+        self.system_prompt.is_some() || self.temperature.is_some() || self.max_tokens.is_some()
+    }
+}
+
+/// An app route rollout's candidate: another upstream (a new release of the application).
+pub(crate) struct RouteCandidate {
+    pub spec: RolloutSpec,
+    pub upstream: http::Uri,
+}
+
 /// An app route (plain reverse proxy).
 pub(crate) struct AppRoute {
     pub prefix: String,
@@ -115,6 +181,8 @@ pub(crate) struct AppRoute {
     pub rpm: Option<u64>,
     pub timeouts: ResolvedTimeouts,
     pub client: crate::worker::PerWorker<crate::client::HttpsClient<axum::body::Body>>,
+    /// The route's rollout, when it has one.
+    pub candidate: Option<RouteCandidate>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -129,6 +197,8 @@ pub struct Snapshot {
     pub(crate) resilience: Resilience,
     /// Client headers some provider is configured to receive (`forward_headers`).
     pub(crate) forwardable: Vec<HeaderName>,
+    /// Model rollouts' candidates, by the model they roll out.
+    pub(crate) rollouts: HashMap<String, Arc<ModelCandidate>>,
 }
 
 impl Snapshot {
@@ -227,6 +297,56 @@ impl Snapshot {
                 }),
             );
         }
+        let mut rollouts = HashMap::new();
+        for r in &config.rollouts {
+            let Some(subject) = r.model.as_ref().and_then(|m| models.get(m.get_ref())) else {
+                continue;
+            };
+            let c = r.candidate.get_ref();
+            let targets = if c.targets.is_empty() {
+                // A prompt version: the same targets (and their health), other overrides.
+                subject.targets.clone()
+            } else {
+                c.targets
+                    .iter()
+                    .filter_map(|t| {
+                        Some(Target {
+                            provider: providers.get(t.provider.get_ref())?.clone(),
+                            model: t.model.clone(),
+                            label: format!("{}/{}", t.provider.get_ref(), t.model),
+                            weight: t.weight,
+                            health: Arc::new(Health::new(policy)),
+                        })
+                    })
+                    .collect()
+            };
+            let model = Model {
+                name: subject.name.clone(),
+                strategy: subject.strategy,
+                targets,
+                fallbacks: subject.fallbacks.clone(),
+                retries: subject.retries,
+                rpm: subject.rpm,
+                tpm: subject.tpm,
+                log_bodies: subject.log_bodies,
+                metric_name: subject.metric_name.clone(),
+                response_timeout: subject.response_timeout,
+                resend_on_timeout: subject.resend_on_timeout,
+                // The candidate is judged on its own answers: never served from, nor stored
+                // into, the stable's cache.
+                cache: None,
+            };
+            rollouts.insert(
+                subject.name.clone(),
+                Arc::new(ModelCandidate {
+                    spec: RolloutSpec::new(r),
+                    model: Arc::new(model),
+                    system_prompt: c.system_prompt.clone(),
+                    temperature: c.temperature,
+                    max_tokens: c.max_tokens,
+                }),
+            );
+        }
         let mut routes = Vec::new();
         for r in &config.routes {
             let timeouts = r.timeouts.for_route();
@@ -238,7 +358,19 @@ impl Snapshot {
             else {
                 continue;
             };
+            let candidate = config.rollouts.iter().find_map(|ro| {
+                let prefix = ro.route.as_ref()?;
+                if prefix.get_ref() != r.prefix.get_ref() {
+                    return None;
+                }
+                let upstream = ro.candidate.get_ref().upstream.as_deref()?;
+                Some(RouteCandidate {
+                    spec: RolloutSpec::new(ro),
+                    upstream: upstream.trim_end_matches('/').parse().ok()?,
+                })
+            });
             routes.push(AppRoute {
+                candidate,
                 prefix: r.prefix.get_ref().clone(),
                 upstream,
                 strip_prefix: r.strip_prefix,
@@ -266,6 +398,7 @@ impl Snapshot {
             }
         }
         Ok(Snapshot {
+            rollouts,
             forwardable,
             providers,
             models,

@@ -23,3 +23,13 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+-- Per-arm counts each instance has not yet handed to the judge: one row per instance, rollout
+-- and second at most; the judge takes (deletes) them when it evaluates.
+CREATE TABLE rollout_windows (
+    rollout TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    -- Both arms' windows, as JSON.
+    data TEXT NOT NULL
+);
+CREATE INDEX rollout_windows_by_rollout ON rollout_windows (rollout, at);

@@ -16,8 +16,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 pub use model::*;
-pub use rollouts::{RolloutRow, VerdictRow};
 pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};
+pub use rollouts::{RolloutRow, VerdictRow};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -27,10 +27,11 @@ pub struct VerdictRow {
 impl Store {
     /// A rollout's progress, if it was ever stored.
     pub async fn rollout(&self, name: &str) -> Result<Option<RolloutRow>, StoreError> {
-        let row = sqlx::query("SELECT name, progress, state, updated_at FROM rollouts WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT name, progress, state, updated_at FROM rollouts WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(RolloutRow {
                 name: get(&r, "name")?,
@@ -94,6 +95,35 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Hands an instance's per-arm counts to the judge.
+    pub async fn push_window(
+        &self,
+        rollout: &str,
+        instance: &str,
+        at: i64,
+        data: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO rollout_windows (rollout, instance, at, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(rollout)
+        .bind(instance)
+        .bind(at)
+        .bind(data)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes (deletes and returns) every pushed window of a rollout.
+    pub async fn take_windows(&self, rollout: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("DELETE FROM rollout_windows WHERE rollout = $1 RETURNING data")
+            .bind(rollout)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| get(r, "data")).collect()
     }
 
     /// Takes or renews the lease `name` for `holder` until `now + ttl_ms`; true when `holder`

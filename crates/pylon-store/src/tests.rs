@@ -222,12 +222,34 @@ async fn rollouts(store: &Store) {
     }
     let v = store.verdicts("r", 10).await.unwrap();
     assert_eq!(v.iter().map(|v| v.at).collect::<Vec<_>>(), [20, 10]);
+    store.push_window("r", "i1", 1, "a").await.unwrap();
+    store.push_window("r", "i2", 2, "b").await.unwrap();
+    store.push_window("other", "i1", 2, "c").await.unwrap();
+    let mut w = store.take_windows("r").await.unwrap();
+    w.sort();
+    assert_eq!(w, ["a", "b"]);
+    assert!(
+        store.take_windows("r").await.unwrap().is_empty(),
+        "taken once"
+    );
     assert!(store.take_lease("judge", "a", 1000, 100).await.unwrap());
-    assert!(!store.take_lease("judge", "b", 1050, 100).await.unwrap(), "a holds it");
-    assert!(store.take_lease("judge", "a", 1050, 100).await.unwrap(), "renewed");
-    assert!(store.take_lease("judge", "b", 1200, 100).await.unwrap(), "expired: taken over");
+    assert!(
+        !store.take_lease("judge", "b", 1050, 100).await.unwrap(),
+        "a holds it"
+    );
+    assert!(
+        store.take_lease("judge", "a", 1050, 100).await.unwrap(),
+        "renewed"
+    );
+    assert!(
+        store.take_lease("judge", "b", 1200, 100).await.unwrap(),
+        "expired: taken over"
+    );
     store.release_lease("judge", "b").await.unwrap();
-    assert!(store.take_lease("judge", "a", 1201, 100).await.unwrap(), "released");
+    assert!(
+        store.take_lease("judge", "a", 1201, 100).await.unwrap(),
+        "released"
+    );
 }
 
 /// A semantic hit's row is found by id with what it matched; other rows are not.

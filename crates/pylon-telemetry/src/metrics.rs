@@ -92,6 +92,8 @@ pub struct Metrics {
     pub cache_cost_saved: prometheus::Counter,
     /// The semantic cache's decisions.
     pub semantic: SemanticMetrics,
+    /// Per rollout and arm.
+    pub rollout: RolloutMetrics,
 }
 
 /// What the semantic cache decided, and what its judge cost.
@@ -112,6 +114,68 @@ pub struct SemanticMetrics {
     pub judge_cost: prometheus::Counter,
     /// Hits reported wrong through `POST /admin/v1/cache/feedback`.
     pub wrong: IntCounter,
+}
+
+/// Rollouts: what each arm served, its weight and state.
+pub struct RolloutMetrics {
+    /// Requests by rollout, arm (`stable`, `candidate`) and outcome (`ok`, `error`: a
+    /// server-side failure). Shadow copies count as the candidate's.
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub cost: CounterVec,
+    /// The candidate's share of traffic, in percent.
+    pub weight: prometheus::GaugeVec,
+    /// 1 for the rollout's current state, 0 for the others.
+    pub state: IntGaugeVec,
+    /// Verdicts by rollout and outcome (`pass`, `fail`, `inconclusive`).
+    pub verdicts: IntCounterVec,
+}
+
+impl RolloutMetrics {
+    fn new(r: &Registry) -> Result<RolloutMetrics, prometheus::Error> {
+        let weight = prometheus::GaugeVec::new(
+            Opts::new(
+                "pylon_rollout_weight_percent",
+                "The candidate's share of a rollout's traffic.",
+            ),
+            &["rollout"],
+        )?;
+        r.register(Box::new(weight.clone()))?;
+        Ok(RolloutMetrics {
+            requests: counter(
+                r,
+                "pylon_rollout_requests_total",
+                "Requests a rollout's arms served.",
+                &["rollout", "arm", "outcome"],
+            )?,
+            duration: histogram(
+                r,
+                "pylon_rollout_request_duration_seconds",
+                "Request duration per rollout arm.",
+                &["rollout", "arm"],
+                REQUEST_BUCKETS,
+            )?,
+            cost: float_counter(
+                r,
+                "pylon_rollout_cost_usd_total",
+                "Spend per rollout arm, in US dollars.",
+                &["rollout", "arm"],
+            )?,
+            weight,
+            state: gauge(
+                r,
+                "pylon_rollout_state",
+                "1 for a rollout's current state.",
+                &["rollout", "state"],
+            )?,
+            verdicts: counter(
+                r,
+                "pylon_rollout_verdicts_total",
+                "The rollout judge's verdicts.",
+                &["rollout", "outcome"],
+            )?,
+        })
+    }
 }
 
 impl SemanticMetrics {
@@ -403,6 +467,7 @@ impl Metrics {
                 c
             },
             semantic: SemanticMetrics::new(r)?,
+            rollout: RolloutMetrics::new(r)?,
             registry,
         };
         let build = gauge(

@@ -4,6 +4,7 @@ mod cache;
 mod keys;
 mod providers;
 mod requests;
+mod rollouts;
 mod teams;
 mod types;
 mod usage;
@@ -60,6 +61,12 @@ pub fn router(control: Arc<Control>) -> Router {
             "/admin/v1/providers/{name}/credential",
             axum::routing::put(providers::set_credential),
         )
+        .route("/admin/v1/rollouts", get(rollouts::list))
+        .route("/admin/v1/rollouts/{name}", get(rollouts::show))
+        .route(
+            "/admin/v1/rollouts/{name}/{command}",
+            post(rollouts::command),
+        )
         .route(
             "/admin/v1/secrets/rotate-master",
             post(providers::rotate_master),
@@ -77,7 +84,8 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master),
+          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master,
+          rollouts::list, rollouts::show, rollouts::command),
     modifiers(&AdminToken, &CommonErrors),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),
@@ -85,7 +93,8 @@ pub fn router(control: Arc<Control>) -> Router {
          (name = "requests", description = "The request log and error groups"),
          (name = "operations", description = "Run-time operations"),
          (name = "cache", description = "The response cache"),
-         (name = "providers", description = "Provider credentials, encrypted at rest"))
+         (name = "providers", description = "Provider credentials, encrypted at rest"),
+         (name = "rollouts", description = "Canary, blue-green and shadow rollouts"))
 )]
 struct ApiDoc;
 

@@ -1,6 +1,7 @@
 //! The gateway: the config snapshot in force (replaceable while requests run) and the state of
 //! the process — keys, limits, caches, health, metrics, background work.
 
+mod arms;
 mod deps;
 
 use std::sync::atomic::AtomicBool;
@@ -16,6 +17,7 @@ use crate::price::Prices;
 use crate::snapshot::{Snapshot, Validation};
 use crate::usage::Sink;
 
+pub use arms::{Arm, ArmState};
 pub use deps::Check;
 pub(crate) use deps::Dependencies;
 
@@ -67,6 +69,8 @@ pub struct Gateway {
     pub(crate) edge: Edge,
     /// AI requests in progress (streams until they end), against `edge.max_requests`.
     pub(crate) active: std::sync::atomic::AtomicUsize,
+    /// Live state of each configured rollout (weights, per-arm windows), by rollout name.
+    rollouts: ArcSwap<std::collections::HashMap<String, Arc<ArmState>>>,
     /// Work a request leaves behind (settlements, cache writes, notifications), drained at
     /// shutdown so a stop loses none of it.
     pub(crate) tasks: tokio_util::task::TaskTracker,
@@ -157,6 +161,16 @@ impl Gateway {
                 workers: crate::worker::count(config.server.workers),
             },
             active: std::sync::atomic::AtomicUsize::new(0),
+            rollouts: ArcSwap::from_pointee(
+                config
+                    .rollouts
+                    .iter()
+                    .map(|r| {
+                        let name = r.name.get_ref().clone();
+                        (name.clone(), Arc::new(ArmState::new(&name)))
+                    })
+                    .collect(),
+            ),
             tasks,
         }))
     }
@@ -273,6 +287,11 @@ impl Gateway {
     /// The configured model names, for the admin API.
     pub fn model_names(&self) -> Vec<String> {
         self.snap.load().model_names.clone()
+    }
+
+    /// A rollout's live state (weights, per-arm windows), for the data plane and the judge.
+    pub fn rollout(&self, name: &str) -> Option<Arc<ArmState>> {
+        self.rollouts.load().get(name).cloned()
     }
 
     /// The config snapshot in force; a request holds the one it started with to the end.

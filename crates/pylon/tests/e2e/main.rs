@@ -17,6 +17,7 @@ mod limits;
 mod observe;
 mod observe_bin;
 mod resilience;
+mod rollouts;
 mod secrets;
 mod semantic;
 mod streaming;
