@@ -205,3 +205,69 @@ fn workers_default_to_one_per_core_and_are_bounded() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_contract_rollout_parses() {
+    let text = format!(
+        r#"{EXAMPLE}
+[[rollouts]]
+name = "chat-v2"
+model = "chat"
+strategy = "canary"
+candidate = {{ targets = [ {{ provider = "openai", model = "gpt-4.1-mini" }} ],
+              system_prompt = {{ prepend = "Answer briefly." }} }}
+steps = [ {{ weight = 5, hold = "10m" }}, {{ weight = 25, hold = "10m" }}, {{ weight = 50, hold = "10m" }} ]
+stickiness = "key"
+[rollouts.analysis]
+interval = "1m"
+min_requests = 50
+failure_limit = 2
+max_error_rate_increase = 0.02
+max_latency_ratio = 1.25
+max_ttft_ratio = 1.25
+max_cost_ratio = 1.5
+"#
+    );
+    let c = check(&text).unwrap();
+    let r = &c.rollouts[0];
+    assert_eq!(r.steps.len(), 3);
+    assert_eq!(
+        r.candidate.get_ref().system_prompt,
+        Some(SystemPrompt::Prepend("Answer briefly.".into()))
+    );
+    assert_eq!(r.analysis.interval, std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn rollout_mistakes_point_at_the_culprit() {
+    let text = format!(
+        r#"{EXAMPLE}
+[[rollouts]]
+name = "a"
+model = "ghost"
+candidate = {{ targets = [ {{ provider = "nope", model = "x" }} ] }}
+steps = [ {{ weight = 50 }}, {{ weight = 10 }} ]
+stickiness = "cookie"
+
+[[rollouts]]
+name = "b"
+route = "/app/"
+candidate = {{ temperature = 0.5 }}
+steps = [ {{ weight = 5 }} ]
+"#
+    );
+    let errs = check(&text).unwrap_err();
+    for (line, what) in [
+        (43, "model `ghost` is not a configured model"),
+        (44, "unknown provider `nope`"),
+        (45, "step weight 10 is below the step before"),
+        (46, "stickiness `cookie`"),
+        (51, "a route's candidate needs an upstream URL"),
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("pylon.toml:{line}:")) && e.contains(what)),
+            "{what} at line {line}: {errs:?}"
+        );
+    }
+}

@@ -120,6 +120,9 @@ impl Control {
         for t in others {
             t.abort();
         }
+        if self.rollouts.any() {
+            self.rollouts.release().await;
+        }
         // Settlements, cache writes and webhook sends a request left behind finish first.
         if !self.gateway.drain(grace).await {
             tracing::warn!(target: "pylon::control", "background work did not finish within the grace period");

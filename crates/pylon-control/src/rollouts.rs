@@ -203,6 +203,18 @@ impl Rollouts {
         }
     }
 
+    /// This instance's name in the judge's lease.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Gives the judge's lease up (at shutdown), so another instance takes over at once.
+    pub async fn release(&self) {
+        if let Err(e) = self.store.release_lease(LEASE, &self.instance).await {
+            tracing::warn!(target: "pylon::rollout", error = %e, "could not release the judge's lease; it expires on its own");
+        }
+    }
+
     /// Whether any rollout is configured (no loop runs otherwise).
     pub fn any(&self) -> bool {
         !self.defs.is_empty()
@@ -476,14 +488,7 @@ impl Rollouts {
                 serving
             },
         );
-        for s in [
-            State::Pending,
-            State::Progressing,
-            State::Paused,
-            State::Promoted,
-            State::RolledBack,
-            State::Aborted,
-        ] {
+        for s in State::ALL {
             m.state
                 .with_label_values(&[&def.name, s.as_str()])
                 .set(i64::from(s == p.state));

@@ -201,6 +201,26 @@ pub struct Snapshot {
     pub(crate) rollouts: HashMap<String, Arc<ModelCandidate>>,
 }
 
+/// Configured targets over the built providers, each with health of its own.
+fn targets_of(
+    targets: &[pylon_config::Target],
+    providers: &HashMap<String, Arc<Provider>>,
+    policy: Policy,
+) -> Vec<Target> {
+    targets
+        .iter()
+        .filter_map(|t| {
+            Some(Target {
+                provider: providers.get(t.provider.get_ref())?.clone(),
+                model: t.model.clone(),
+                label: format!("{}/{}", t.provider.get_ref(), t.model),
+                weight: t.weight,
+                health: Arc::new(Health::new(policy)),
+            })
+        })
+        .collect()
+}
+
 impl Snapshot {
     /// Builds the runtime view of a config.
     pub fn build(config: &Config) -> Result<Snapshot, BuildError> {
@@ -257,20 +277,7 @@ impl Snapshot {
         let mut models = HashMap::new();
         let mut model_names = Vec::new();
         for m in &config.models {
-            let targets = m
-                .targets
-                .get_ref()
-                .iter()
-                .filter_map(|t| {
-                    Some(Target {
-                        provider: providers.get(t.provider.get_ref())?.clone(),
-                        model: t.model.clone(),
-                        label: format!("{}/{}", t.provider.get_ref(), t.model),
-                        weight: t.weight,
-                        health: Arc::new(Health::new(policy)),
-                    })
-                })
-                .collect();
+            let targets = targets_of(m.targets.get_ref(), &providers, policy);
             let name = m.name.get_ref().clone();
             model_names.push(name.clone());
             models.insert(
@@ -307,18 +314,7 @@ impl Snapshot {
                 // A prompt version: the same targets (and their health), other overrides.
                 subject.targets.clone()
             } else {
-                c.targets
-                    .iter()
-                    .filter_map(|t| {
-                        Some(Target {
-                            provider: providers.get(t.provider.get_ref())?.clone(),
-                            model: t.model.clone(),
-                            label: format!("{}/{}", t.provider.get_ref(), t.model),
-                            weight: t.weight,
-                            health: Arc::new(Health::new(policy)),
-                        })
-                    })
-                    .collect()
+                targets_of(&c.targets, &providers, policy)
             };
             let model = Model {
                 name: subject.name.clone(),

@@ -1,4 +1,5 @@
-//! `pylon keys …` and `pylon usage`: the admin API from the command line, local or remote.
+//! `pylon keys …`, `pylon usage`, `pylon rollout …`: the admin API from the command line, local
+//! or remote.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -274,4 +275,111 @@ pub(crate) async fn cache(remote: Remote, cmd: CacheCommand) -> anyhow::Result<(
             print_json(&r)
         }
     }
+}
+
+/// `pylon rollout …` commands.
+#[derive(Subcommand)]
+pub(crate) enum RolloutCommand {
+    /// Every rollout, or one with its arms and latest verdicts.
+    Status {
+        name: Option<String>,
+        /// Print again every second until the rollout is promoted, rolled back or aborted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start a rollout declared with `start = false`.
+    Start { name: String },
+    /// Hold the current step; verdicts are not acted on until resumed.
+    Pause { name: String },
+    /// Continue (and leave a step held for a manual resume).
+    Resume { name: String },
+    /// Go to 100 % now (blue-green's switch).
+    Promote { name: String },
+    /// Back to stable, final.
+    Abort { name: String },
+}
+
+fn print_rollout(r: &Value) {
+    println!(
+        "{}  {}  state={}  weight={}%  step={}/{}",
+        r["name"].as_str().unwrap_or("?"),
+        r["strategy"].as_str().unwrap_or("?"),
+        r["state"].as_str().unwrap_or("?"),
+        r["weight"],
+        r["step"].as_u64().map_or(0, |s| s + 1),
+        r["steps"].as_array().map_or(0, Vec::len),
+    );
+    for arm in ["stable", "candidate"] {
+        let a = &r["arms"][arm];
+        if a.is_object() {
+            println!(
+                "  {arm:<9} requests={:<6} error_rate={:.3}  p95={}ms  ttft_p95={}ms",
+                a["requests"],
+                a["error_rate"].as_f64().unwrap_or(0.0),
+                a["latency_p95_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.0}")),
+                a["ttft_p95_ms"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.0}")),
+            );
+        }
+    }
+    for v in r["verdicts"].as_array().into_iter().flatten().take(5) {
+        println!(
+            "  verdict {:<12} at weight {}%: {}",
+            v["outcome"].as_str().unwrap_or("?"),
+            v["weight"],
+            v["detail"]["reason"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// Runs a `pylon rollout` command.
+pub(crate) async fn rollout(remote: Remote, cmd: RolloutCommand) -> anyhow::Result<()> {
+    let c = Client::new(remote)?;
+    let (name, command) = match cmd {
+        RolloutCommand::Status { name: None, .. } => {
+            let all = c
+                .call(reqwest::Method::GET, "/admin/v1/rollouts", None)
+                .await?;
+            for r in all.as_array().into_iter().flatten() {
+                print_rollout(r);
+            }
+            return Ok(());
+        }
+        RolloutCommand::Status {
+            name: Some(name),
+            watch,
+        } => loop {
+            let r = c
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/admin/v1/rollouts/{name}"),
+                    None,
+                )
+                .await?;
+            print_rollout(&r);
+            let done = matches!(r["state"].as_str(), Some("rolled_back" | "aborted"))
+                || (r["state"] == "promoted" && r["rollback_window_until"].is_null());
+            if !watch || done {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        },
+        RolloutCommand::Start { name } => (name, "start"),
+        RolloutCommand::Pause { name } => (name, "pause"),
+        RolloutCommand::Resume { name } => (name, "resume"),
+        RolloutCommand::Promote { name } => (name, "promote"),
+        RolloutCommand::Abort { name } => (name, "abort"),
+    };
+    let r = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/admin/v1/rollouts/{name}/{command}"),
+            None,
+        )
+        .await?;
+    print_rollout(&r);
+    Ok(())
 }

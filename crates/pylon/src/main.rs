@@ -65,6 +65,13 @@ enum Command {
         #[command(subcommand)]
         command: admin_cli::CacheCommand,
     },
+    /// Canary, blue-green and shadow rollouts through the admin API.
+    Rollout {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        command: admin_cli::RolloutCommand,
+    },
     /// Master keys for provider credentials stored through the admin API.
     Secrets {
         #[command(subcommand)]
@@ -170,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => check(&file),
         Command::Keys { remote, command } => admin_cli::keys(remote, command).await,
         Command::Cache { remote, command } => admin_cli::cache(remote, command).await,
+        Command::Rollout { remote, command } => admin_cli::rollout(remote, command).await,
         Command::Secrets {
             command: SecretsCommand::GenMaster,
         } => {

@@ -66,18 +66,19 @@ impl State {
         }
     }
 
+    /// Every state.
+    pub const ALL: [State; 6] = [
+        State::Pending,
+        State::Progressing,
+        State::Paused,
+        State::Promoted,
+        State::RolledBack,
+        State::Aborted,
+    ];
+
     /// Parses [`State::as_str`].
     pub fn parse(s: &str) -> Option<State> {
-        [
-            State::Pending,
-            State::Progressing,
-            State::Paused,
-            State::Promoted,
-            State::RolledBack,
-            State::Aborted,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        State::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 
