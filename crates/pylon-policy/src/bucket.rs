@@ -1,7 +1,9 @@
-//! Sticky, consistent bucketing shared by rollouts and flags: a key's bucket is a pure function
-//! of its text, computed as flagd's `fractional` does (MurmurHash3 x86_32, seed 0, of the
-//! concatenated key; |hash as i32| / i32::MAX × 100), so a user sits in the same bucket for a
-//! rollout here, for a flag, and in any flagd-compatible evaluator.
+//! Sticky, consistent bucketing shared by rollouts and flags, computed as flagd's `fractional`
+//! does: MurmurHash3 x86_32 (seed 0) of the flag key (here: the rollout's name) followed by the
+//! targeting key, scaled to the total weight as `(hash × total) >> 32`, with variants taking
+//! consecutive ranges in order. A rollout at w % is the split `[candidate w, stable 100 − w]`
+//! in hundredths of a percent, so a user sits in the same place for a rollout here, for a flag,
+//! and in any flagd-compatible evaluator.
 
 use std::io::Cursor;
 
@@ -11,41 +13,36 @@ pub fn murmur3(bytes: &[u8]) -> u32 {
     murmur3::murmur3_32(&mut Cursor::new(bytes), 0).unwrap_or_default()
 }
 
-/// The bucket of `prefix` + `key`, in [0, 100] (hashed without building the joined string).
-pub fn bucket(prefix: &str, key: &str) -> f64 {
-    let hash = if prefix.is_empty() {
-        murmur3(key.as_bytes())
-    } else {
-        let mut joined = Vec::with_capacity(prefix.len() + key.len());
-        joined.extend_from_slice(prefix.as_bytes());
-        joined.extend_from_slice(key.as_bytes());
-        murmur3(&joined)
-    };
-    f64::from(hash as i32).abs() / f64::from(i32::MAX) * 100.0
+/// The hash of `prefix` followed by `key`.
+fn hash(prefix: &str, key: &str) -> u32 {
+    let mut joined = Vec::with_capacity(prefix.len() + key.len());
+    joined.extend_from_slice(prefix.as_bytes());
+    joined.extend_from_slice(key.as_bytes());
+    murmur3(&joined)
+}
+
+/// The bucket of `prefix` + `key` among `total` (0 ≤ bucket < total).
+pub fn bucket(prefix: &str, key: &str, total: u64) -> u64 {
+    (u64::from(hash(prefix, key)) * total) >> 32
 }
 
 /// Whether `key` is in the candidate arm of rollout `rollout` at `weight` percent. Raising the
 /// weight only ever moves keys from stable to candidate.
 pub fn in_candidate(rollout: &str, key: &str, weight: f64) -> bool {
-    weight >= 100.0 || (weight > 0.0 && bucket(rollout, key) < weight)
+    let hundredths = (weight.clamp(0.0, 100.0) * 100.0).round() as u64;
+    hundredths > 0 && bucket(rollout, key, 10_000) < hundredths
 }
 
-/// The variant whose share of the weights holds `bucket` (flagd's `fractional`): weights are
-/// relative, ranges are laid out in order. `None` when the weights sum to zero.
-pub fn fractional<T>(bucket: f64, weights: &[(T, u64)]) -> Option<&T> {
-    let total: u64 = weights.iter().map(|(_, w)| w).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut end = 0.0;
+/// The variant whose range holds `bucket` when `weights` (relative, in order) share `total`.
+pub fn fractional<T>(bucket: u64, weights: &[(T, u64)]) -> Option<&T> {
+    let mut end = 0;
     for (variant, w) in weights {
-        end += *w as f64 * 100.0 / total as f64;
+        end += w;
         if bucket < end {
             return Some(variant);
         }
     }
-    // |i32::MIN| / i32::MAX is a hair over 1: that one hash lands past the last range.
-    weights.last().map(|(v, _)| v)
+    None
 }
 
 #[cfg(test)]
@@ -67,8 +64,7 @@ mod tests {
     fn buckets_are_spread_evenly() {
         let mut deciles = [0u32; 10];
         for i in 0..100_000 {
-            let b = bucket("chat-v2", &format!("user-{i}"));
-            deciles[((b / 10.0) as usize).min(9)] += 1;
+            deciles[bucket("chat-v2", &format!("user-{i}"), 10) as usize] += 1;
         }
         for d in deciles {
             assert!((9_500..=10_500).contains(&d), "{deciles:?}");
@@ -78,12 +74,24 @@ mod tests {
     #[test]
     fn fractional_lays_out_ranges_in_order() {
         let w = [("a", 50), ("b", 25), ("c", 25)];
-        assert_eq!(fractional(0.0, &w), Some(&"a"));
-        assert_eq!(fractional(49.9, &w), Some(&"a"));
-        assert_eq!(fractional(50.0, &w), Some(&"b"));
-        assert_eq!(fractional(99.99, &w), Some(&"c"));
-        assert_eq!(fractional(100.0, &w), Some(&"c"));
-        assert_eq!(fractional::<&str>(10.0, &[]), None);
+        assert_eq!(fractional(0, &w), Some(&"a"));
+        assert_eq!(fractional(49, &w), Some(&"a"));
+        assert_eq!(fractional(50, &w), Some(&"b"));
+        assert_eq!(fractional(99, &w), Some(&"c"));
+        assert_eq!(fractional::<&str>(10, &[]), None);
+    }
+
+    #[test]
+    fn a_rollout_is_the_flag_split_candidate_first() {
+        for i in 0..1000 {
+            let key = format!("user-{i}");
+            let b = bucket("chat-v2", &key, 10_000);
+            let split = fractional(b, &[("candidate", 500), ("stable", 9_500)]);
+            assert_eq!(
+                in_candidate("chat-v2", &key, 5.0),
+                split == Some(&"candidate")
+            );
+        }
     }
 
     proptest! {
@@ -100,8 +108,7 @@ mod tests {
         #[test]
         fn assignment_is_a_pure_function(key in ".{0,40}", w in 0.0f64..=100.0) {
             prop_assert_eq!(in_candidate("r", &key, w), in_candidate("r", &key, w));
-            let b = bucket("r", &key);
-            prop_assert!((0.0..=100.0001).contains(&b));
+            prop_assert!(bucket("r", &key, 100) < 100);
         }
     }
 }

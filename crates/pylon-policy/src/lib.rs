@@ -2,6 +2,7 @@
 //! tested by property and example without a server.
 
 pub mod bucket;
+pub mod flags;
 pub mod guard;
 mod lexicon;
 pub mod rollout;
