@@ -52,6 +52,8 @@ pub struct Config {
     pub cache: crate::Cache,
     #[serde(default)]
     pub rollouts: Vec<crate::Rollout>,
+    #[serde(default)]
+    pub flags: crate::Flags,
 }
 
 /// `[data]`: where durable state lives.

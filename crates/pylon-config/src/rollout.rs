@@ -1,5 +1,5 @@
 //! `[[rollouts]]`: moving one model's or app route's traffic to a candidate, judged by Pylon's
-//! own metrics.
+//! own metrics; `[flags]`: feature flags served over OFREP.
 
 use std::time::Duration;
 
@@ -181,4 +181,30 @@ fn some_ratio() -> Option<f64> {
 
 fn some_cost_ratio() -> Option<f64> {
     Some(1.5)
+}
+
+/// `[flags]`: feature flags served over OFREP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// Flag definitions in flagd's JSON format; re-read when it changes. Flags made through the
+    /// admin API (kept in the store) are added to these and win on the same key.
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+    /// How often the file and the store are checked for changes.
+    #[serde(default = "default_flag_poll", with = "humantime_serde")]
+    pub poll: Duration,
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Flags {
+            file: None,
+            poll: default_flag_poll(),
+        }
+    }
+}
+
+fn default_flag_poll() -> Duration {
+    Duration::from_secs(1)
 }

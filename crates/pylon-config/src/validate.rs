@@ -229,6 +229,9 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }
     rollouts(config, &providers, &models, &mut problems);
+    if config.flags.poll < std::time::Duration::from_millis(100) {
+        problems.push((0, "flags.poll must be at least 100ms".to_owned()));
+    }
     if config.server.workers > 1024 {
         problems.push((
             0,

@@ -65,6 +65,7 @@ pub(crate) fn principal(k: &ApiKey, team: Option<&Team>) -> Option<([u8; 32], Pr
             team_id: k.team_id.clone(),
             user_id: k.user_id.clone(),
             allowed_models: k.allowed_models.clone(),
+            scopes: k.scopes.clone(),
             expires_at: k.expires_at,
             key_quota: quota(k.limits, k.budget),
             team_quota: team.map(|t| quota(t.limits, t.budget)).unwrap_or_default(),

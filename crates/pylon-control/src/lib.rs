@@ -2,6 +2,7 @@
 //! keeping the data plane's key index in step with the store.
 
 mod admin;
+pub mod flags;
 mod health;
 mod keys;
 mod ledger;
@@ -58,6 +59,8 @@ pub struct Control {
     tasks: std::sync::Mutex<Tasks>,
     /// Rollouts: applied here, judged here when this instance holds the lease.
     pub rollouts: Arc<rollouts::Rollouts>,
+    /// Feature flags: the file and the store, kept current in the gateway.
+    pub flags: Arc<flags::Flags>,
     /// The run-time log filter, when the binary installed one.
     log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
 }
@@ -78,6 +81,7 @@ impl Control {
         keyring: secrets::Keyring,
         budgets: &pylon_config::Budgets,
         rollouts: Arc<rollouts::Rollouts>,
+        flags: Arc<flags::Flags>,
     ) -> Arc<Control> {
         let notifier = notify::Notifier::new(budgets);
         let admin_token = admin_token
@@ -94,6 +98,7 @@ impl Control {
             tasks: std::sync::Mutex::new(Tasks::default()),
             log_level: std::sync::OnceLock::new(),
             rollouts,
+            flags,
         })
     }
 
@@ -297,6 +302,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+    #[error("flags: {0}")]
+    Flags(#[from] flags::FlagError),
 }
 
 /// A secret from its file when one is configured, else from the environment.
@@ -340,7 +347,14 @@ pub async fn bootstrap(
             store.clone(),
             gateway.clone(),
         )),
+        Arc::new(flags::Flags::new(
+            &config.flags,
+            store.clone(),
+            gateway.clone(),
+        )),
     );
+    control.flags.reload().await?;
+    control.spawn(control.flags.clone().run());
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.
     let rl = &config.request_log;

@@ -111,6 +111,12 @@ pub(crate) async fn authenticate(
         record.key_id = Some(p.key_id.clone());
         record.user.clone_from(&p.user_id);
         record.team_id.clone_from(&p.team_id);
+        if !p.has_scope("ai") {
+            return Err(ProxyError::Forbidden(format!(
+                "key `{}` may only evaluate flags (its scopes do not include `ai`)",
+                p.key_name
+            )));
+        }
     }
     Ok(principal)
 }
@@ -143,7 +149,10 @@ pub(crate) async fn read(
 }
 
 /// The caller's principal in `keys` mode; `None` when auth is off.
-fn authorize(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, ProxyError> {
+pub(crate) fn authorize(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Principal>>, ProxyError> {
     match gw.auth {
         AuthMode::None => Ok(None),
         AuthMode::Keys => auth::authenticate(&gw.keys.load(), headers, auth::unix_now()).map(Some),

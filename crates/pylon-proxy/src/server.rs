@@ -17,7 +17,7 @@ use tower_http::request_id::{
 
 use crate::context::Secure;
 use crate::gateway::Gateway;
-use crate::{app, health, ingress, pipeline, ProxyError};
+use crate::{app, health, ingress, ofrep, pipeline, ProxyError};
 
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
@@ -34,6 +34,7 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/startupz", get(health::startupz))
         .route("/health", get(health::health))
+        .merge(ofrep::routes())
         .fallback(app::proxy);
     let data_plane = if metrics_here {
         data_plane.route("/metrics", get(health::metrics))

@@ -73,6 +73,8 @@ pub struct ApiKey {
     pub user_id: Option<String>,
     /// `None`: every model.
     pub allowed_models: Option<Vec<String>>,
+    /// What the key may do (`ai`, `flags`); `None`: everything.
+    pub scopes: Option<Vec<String>>,
     pub limits: Limits,
     pub budget: Option<Budget>,
     pub metadata: serde_json::Value,

@@ -54,6 +54,7 @@ fn key_of(row: &AnyRow) -> Result<ApiKey, StoreError> {
         team_id: get(row, "team_id")?,
         user_id: get(row, "user_id")?,
         allowed_models: models.and_then(|m| serde_json::from_str(&m).ok()),
+        scopes: get::<Option<String>>(row, "scopes")?.and_then(|s| serde_json::from_str(&s).ok()),
         limits: limits_of(row, true)?,
         budget: budget_of(row)?,
         metadata: json_of(row, "metadata")?,
@@ -64,9 +65,40 @@ fn key_of(row: &AnyRow) -> Result<ApiKey, StoreError> {
     })
 }
 
+/// The statement that stores `k`, bound.
+fn insert_key_query(k: &ApiKey) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    let json = |v: &Option<Vec<String>>| {
+        v.as_ref()
+            .map(|m| serde_json::to_string(m).unwrap_or_default())
+    };
+    sqlx::query(INSERT_KEY)
+        .bind(&k.id)
+        .bind(&k.hash)
+        .bind(&k.prefix)
+        .bind(&k.name)
+        .bind(&k.team_id)
+        .bind(&k.user_id)
+        .bind(json(&k.allowed_models))
+        .bind(k.limits.rpm)
+        .bind(k.limits.tpm)
+        .bind(k.limits.max_concurrent)
+        .bind(k.budget.map(|b| b.amount_usd))
+        .bind(k.budget.map(|b| b.period.as_str()))
+        .bind(k.metadata.to_string())
+        .bind(k.expires_at)
+        .bind(k.revoked_at)
+        .bind(&k.replaced_by)
+        .bind(k.created_at)
+        .bind(json(&k.scopes))
+}
+
+const INSERT_KEY: &str = "INSERT INTO api_keys (id, hash, prefix, name, team_id, user_id, allowed_models, rpm, tpm, max_concurrent, \
+     budget_usd, budget_period, metadata, expires_at, revoked_at, replaced_by, created_at, scopes) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
 const KEY_COLUMNS: &str =
     "id, hash, prefix, name, team_id, user_id, allowed_models, rpm, tpm, max_concurrent, \
-     budget_usd, budget_period, metadata, expires_at, revoked_at, replaced_by, created_at";
+     budget_usd, budget_period, metadata, expires_at, revoked_at, replaced_by, created_at, scopes";
 
 impl Store {
     /// Adds a team; its name must be unique.
@@ -142,28 +174,7 @@ impl Store {
 
     /// Stores a new key (its hash; the key itself is never stored).
     pub async fn insert_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        let models = k
-            .allowed_models
-            .as_ref()
-            .map(|m| serde_json::to_string(m).unwrap_or_default());
-        sqlx::query(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"))
-            .bind(&k.id)
-            .bind(&k.hash)
-            .bind(&k.prefix)
-            .bind(&k.name)
-            .bind(&k.team_id)
-            .bind(&k.user_id)
-            .bind(models)
-            .bind(k.limits.rpm)
-            .bind(k.limits.tpm)
-            .bind(k.limits.max_concurrent)
-            .bind(k.budget.map(|b| b.amount_usd))
-            .bind(k.budget.map(|b| b.period.as_str()))
-            .bind(k.metadata.to_string())
-            .bind(k.expires_at)
-            .bind(k.revoked_at)
-            .bind(&k.replaced_by)
-            .bind(k.created_at)
+        insert_key_query(k)
             .execute(&self.pool)
             .await
             .map_err(conflict(format!("key `{}`", k.name)))?;
@@ -225,10 +236,6 @@ impl Store {
         old_expires_at: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let models = new
-            .allowed_models
-            .as_ref()
-            .map(|m| serde_json::to_string(m).unwrap_or_default());
         let done = sqlx::query(
             "UPDATE api_keys SET replaced_by = $1, expires_at = CASE WHEN expires_at IS NULL OR expires_at > $2 THEN $2 ELSE expires_at END \
              WHERE id = $3 AND revoked_at IS NULL AND replaced_by IS NULL",
@@ -243,24 +250,7 @@ impl Store {
                 "active, unrotated key `{old_id}`"
             )));
         }
-        sqlx::query(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"))
-            .bind(&new.id)
-            .bind(&new.hash)
-            .bind(&new.prefix)
-            .bind(&new.name)
-            .bind(&new.team_id)
-            .bind(&new.user_id)
-            .bind(models)
-            .bind(new.limits.rpm)
-            .bind(new.limits.tpm)
-            .bind(new.limits.max_concurrent)
-            .bind(new.budget.map(|b| b.amount_usd))
-            .bind(new.budget.map(|b| b.period.as_str()))
-            .bind(new.metadata.to_string())
-            .bind(new.expires_at)
-            .bind(new.revoked_at)
-            .bind(&new.replaced_by)
-            .bind(new.created_at)
+        insert_key_query(new)
             .execute(&mut *tx)
             .await
             .map_err(conflict(format!("key `{}`", new.name)))?;

@@ -29,6 +29,7 @@ fn key(name: &str, team_id: Option<String>, hash: &str) -> ApiKey {
         team_id,
         user_id: None,
         allowed_models: Some(vec!["chat".into()]),
+        scopes: Some(vec!["flags".into()]),
         limits: Limits {
             rpm: Some(10),
             tpm: Some(1000),
@@ -193,6 +194,44 @@ async fn suite(store: Store) {
     request_log(&store).await;
     semantic_audit(&store).await;
     rollouts(&store).await;
+    flags(&store).await;
+}
+
+/// Flag changes store the definition and the audit row together; a delete leaves the history.
+async fn flags(store: &Store) {
+    assert_eq!(store.flags_version().await.unwrap(), (0, 0));
+    for (at, action, def) in [
+        (10, "create", Some("{\"a\":1}")),
+        (20, "update", Some("{\"a\":2}")),
+    ] {
+        let c = FlagChange {
+            key: "f".into(),
+            at,
+            actor: "ops".into(),
+            action: action.into(),
+            definition: def.map(str::to_owned),
+        };
+        store.change_flag(&c).await.unwrap();
+    }
+    let rows = store.flags().await.unwrap();
+    assert_eq!((rows.len(), rows[0].definition.as_str()), (1, "{\"a\":2}"));
+    store
+        .change_flag(&FlagChange {
+            key: "f".into(),
+            at: 30,
+            actor: "ops".into(),
+            action: "delete".into(),
+            definition: None,
+        })
+        .await
+        .unwrap();
+    assert!(store.flags().await.unwrap().is_empty());
+    let h = store.flag_history("f", 10).await.unwrap();
+    assert_eq!(
+        h.iter().map(|c| c.action.as_str()).collect::<Vec<_>>(),
+        ["delete", "update", "create"]
+    );
+    assert_eq!(store.flags_version().await.unwrap(), (3, 30));
 }
 
 /// Rollout progress upserts, verdicts come back newest first, and a lease has one holder

@@ -94,6 +94,12 @@ pub struct Metrics {
     pub semantic: SemanticMetrics,
     /// Per rollout and arm.
     pub rollout: RolloutMetrics,
+    /// Flag evaluations by flag, variant and reason (flags are the operator's, so the labels
+    /// are bounded); failures by error code only.
+    pub flag_evaluations: IntCounterVec,
+    pub flag_errors: IntCounterVec,
+    /// Open OFREP change streams.
+    pub flag_streams: IntGauge,
 }
 
 /// What the semantic cache decided, and what its judge cost.
@@ -468,6 +474,23 @@ impl Metrics {
             },
             semantic: SemanticMetrics::new(r)?,
             rollout: RolloutMetrics::new(r)?,
+            flag_evaluations: counter(
+                r,
+                "pylon_flag_evaluations_total",
+                "Flag evaluations over OFREP.",
+                &["flag", "variant", "reason"],
+            )?,
+            flag_errors: counter(
+                r,
+                "pylon_flag_errors_total",
+                "Flag evaluations that failed, by OpenFeature error code.",
+                &["code"],
+            )?,
+            flag_streams: single_gauge(
+                r,
+                "pylon_flag_streams",
+                "Open OFREP change-notification streams.",
+            )?,
             registry,
         };
         let build = gauge(

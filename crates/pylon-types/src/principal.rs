@@ -27,6 +27,8 @@ pub struct Principal {
     pub user_id: Option<String>,
     /// `None`: every model.
     pub allowed_models: Option<Vec<String>>,
+    /// What the key may do (`ai`: the model endpoints; `flags`: OFREP); `None`: everything.
+    pub scopes: Option<Vec<String>>,
     /// Unix seconds after which the key no longer authenticates (expiry or rotation grace).
     pub expires_at: Option<i64>,
     pub key_quota: Quota,
@@ -37,6 +39,13 @@ impl Principal {
     /// Whether a hard budget (the key's or its team's) applies to this caller's spend.
     pub fn has_budget(&self) -> bool {
         self.key_quota.budget.is_some() || self.team_quota.budget.is_some()
+    }
+
+    /// Whether the key's scopes include `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == scope))
     }
 
     /// Whether this caller may use the model name it asked for.

@@ -96,6 +96,9 @@ pub(super) async fn create(
         team_id: req.team_id,
         user_id: req.user_id,
         allowed_models: req.allowed_models,
+        scopes: req
+            .scopes
+            .map(|s| s.iter().map(|x| x.as_str().to_owned()).collect()),
         limits: req.limits.unwrap_or_default().into(),
         budget: req.budget.map(Into::into),
         metadata: req.metadata.unwrap_or_else(|| serde_json::json!({})),

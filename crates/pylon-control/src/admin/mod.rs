@@ -1,6 +1,7 @@
 //! The admin API: `/admin/v1/…` behind the admin token, `/openapi.json` and `/docs`.
 
 mod cache;
+mod flags;
 mod keys;
 mod providers;
 mod requests;
@@ -61,6 +62,14 @@ pub fn router(control: Arc<Control>) -> Router {
             "/admin/v1/providers/{name}/credential",
             axum::routing::put(providers::set_credential),
         )
+        .route("/admin/v1/flags", get(flags::list))
+        .route(
+            "/admin/v1/flags/{key}",
+            axum::routing::put(flags::put).delete(flags::delete),
+        )
+        .route("/admin/v1/flags/{key}/disable", post(flags::disable))
+        .route("/admin/v1/flags/{key}/enable", post(flags::enable))
+        .route("/admin/v1/flags/{key}/history", get(flags::history))
         .route("/admin/v1/rollouts", get(rollouts::list))
         .route("/admin/v1/rollouts/{name}", get(rollouts::show))
         .route(
@@ -85,7 +94,8 @@ pub fn router(control: Arc<Control>) -> Router {
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
           usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master,
-          rollouts::list, rollouts::show, rollouts::command),
+          rollouts::list, rollouts::show, rollouts::command,
+          flags::list, flags::put, flags::delete, flags::disable, flags::enable, flags::history),
     modifiers(&AdminToken, &CommonErrors),
     security(("admin_token" = [])),
     tags((name = "keys", description = "Virtual keys"), (name = "teams", description = "Teams and users"),
@@ -94,7 +104,8 @@ pub fn router(control: Arc<Control>) -> Router {
          (name = "operations", description = "Run-time operations"),
          (name = "cache", description = "The response cache"),
          (name = "providers", description = "Provider credentials, encrypted at rest"),
-         (name = "rollouts", description = "Canary, blue-green and shadow rollouts"))
+         (name = "rollouts", description = "Canary, blue-green and shadow rollouts"),
+         (name = "flags", description = "Feature flags (flagd format), served over OFREP"))
 )]
 struct ApiDoc;
 

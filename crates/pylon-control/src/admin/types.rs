@@ -208,12 +208,35 @@ pub struct NewKey {
     pub user_id: Option<String>,
     /// Model names the key may use; omitted: all.
     pub allowed_models: Option<Vec<String>>,
+    /// What the key may do: `ai` (the model endpoints) and/or `flags` (OFREP flag evaluation);
+    /// omitted: both. A browser app's key gets `["flags"]`.
+    pub scopes: Option<Vec<Scope>>,
     /// Lifetime, e.g. `30d`; omitted: no expiry.
     #[schema(pattern = "^[0-9]{1,6}(s|m|h|d|w)$", example = "30d")]
     pub expires_in: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub limits: Option<LimitsBody>,
     pub budget: Option<BudgetBody>,
+}
+
+/// Something a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The model endpoints (`/v1/…`).
+    Ai,
+    /// Flag evaluation over OFREP (`/ofrep/v1/…`).
+    Flags,
+}
+
+impl Scope {
+    /// The scope's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ai => "ai",
+            Scope::Flags => "flags",
+        }
+    }
 }
 
 /// How long the old key stays valid after a rotation.
@@ -235,6 +258,7 @@ pub struct KeyView {
     pub team_id: Option<String>,
     pub user_id: Option<String>,
     pub allowed_models: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
     pub limits: LimitsBody,
     pub budget: Option<BudgetBody>,
     pub metadata: serde_json::Value,
@@ -264,6 +288,7 @@ impl KeyView {
             team_id: k.team_id,
             user_id: k.user_id,
             allowed_models: k.allowed_models,
+            scopes: k.scopes,
             limits: k.limits.into(),
             budget: k.budget.map(Into::into),
             metadata: k.metadata,

@@ -3,6 +3,7 @@
 
 mod arms;
 mod deps;
+mod flags;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::usage::Sink;
 pub use arms::{Arm, ArmState};
 pub use deps::Check;
 pub(crate) use deps::Dependencies;
+pub use flags::LoadedFlags;
 
 /// Limits of the listener itself (what nginx's timeouts and connection caps gave).
 #[derive(Debug, Clone)]
@@ -69,6 +71,8 @@ pub struct Gateway {
     pub(crate) edge: Edge,
     /// AI requests in progress (streams until they end), against `edge.max_requests`.
     pub(crate) active: std::sync::atomic::AtomicUsize,
+    /// Feature flags served over OFREP.
+    pub(crate) flags: flags::FlagState,
     /// Live state of each configured rollout (weights, per-arm windows), by rollout name.
     rollouts: ArcSwap<std::collections::HashMap<String, Arc<ArmState>>>,
     /// Work a request leaves behind (settlements, cache writes, notifications), drained at
@@ -161,6 +165,7 @@ impl Gateway {
                 workers: crate::worker::count(config.server.workers),
             },
             active: std::sync::atomic::AtomicUsize::new(0),
+            flags: flags::FlagState::default(),
             rollouts: ArcSwap::from_pointee(
                 config
                     .rollouts
@@ -287,6 +292,16 @@ impl Gateway {
     /// The configured model names, for the admin API.
     pub fn model_names(&self) -> Vec<String> {
         self.snap.load().model_names.clone()
+    }
+
+    /// Puts a flag set in force (identified by `etag`); whether it differed from the current one.
+    pub fn install_flags(&self, set: pylon_policy::flags::FlagSet, etag: String) -> bool {
+        self.flags.install(set, etag)
+    }
+
+    /// The flags in force.
+    pub fn flags(&self) -> Arc<LoadedFlags> {
+        self.flags.current()
     }
 
     /// A rollout's live state (weights, per-arm windows), for the data plane and the judge.

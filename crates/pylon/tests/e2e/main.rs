@@ -8,6 +8,7 @@ mod app_routes;
 mod cache;
 mod edge;
 mod faults;
+mod flags;
 mod formats;
 mod hardening;
 mod harness;
