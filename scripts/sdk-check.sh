@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the official OpenAI and Anthropic Python SDKs against Pylon (debug build):
+# Runs the official OpenAI and Anthropic Python SDKs against Pylon (debug build), and the
+# OpenFeature Python and Node SDKs with their OFREP providers against its flags:
 # `pylon demo` for the API surface, then a keys-mode `pylon serve` for 401/403/429, the
 # OpenAPI document validated as OpenAPI 3.1 with /docs checked to need no network, and
 # schemathesis checking the admin API against that document (fixed seed: the same cases each run).
@@ -12,7 +13,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Pinned: a new SDK release is a deliberate upgrade, not a surprise in CI.
 "$venv/bin/pip" install --quiet --disable-pip-version-check openai==3.57.0 anthropic==2.15.0 \
-  openapi-spec-validator==0.9.0 schemathesis==4.32.5
+  openapi-spec-validator==0.9.0 schemathesis==4.32.5 openfeature-sdk==0.10.0 openfeature-provider-ofrep==0.3.0
+node_dir=target/ofrep-node
+if [ ! -d "$node_dir/node_modules/@openfeature/ofrep-provider" ]; then
+  mkdir -p "$node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --silent --no-save \
+    @openfeature/server-sdk@1.23.0 @openfeature/ofrep-provider@0.1.3 @openfeature/ofrep-core@0.1.4
+fi
 
 cargo build --quiet -p pylon
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -48,6 +55,8 @@ dir = "$data"
 mode = "keys"
 [limits]
 ip_rpm = 0
+[flags]
+file = "$PWD/scripts/flags.json"
 [[providers]]
 name = "mock"
 kind = "openai"
@@ -64,8 +73,14 @@ pids+=($!)
 wait_up "http://127.0.0.1:$gw/livez" "$!" target/sdk-keys.log
 "$venv/bin/python" scripts/sdk_keys_check.py "http://127.0.0.1:$gw" sdk-admin
 "$venv/bin/python" scripts/openapi_check.py "http://127.0.0.1:$gw"
+flags_key=$(curl -fsS -X POST "http://127.0.0.1:$gw/admin/v1/keys" -H "Authorization: Bearer sdk-admin" \
+  -H 'content-type: application/json' -d '{"name":"web-flags","scopes":["flags"]}' \
+  | "$venv/bin/python" -c 'import sys, json; print(json.load(sys.stdin)["key"])')
+"$venv/bin/python" scripts/flags_check.py "http://127.0.0.1:$gw" "$flags_key"
+cp scripts/flags_check.mjs "$node_dir/"
+node "$node_dir/flags_check.mjs" "http://127.0.0.1:$gw" "$flags_key"
 # Every status the admin API sends is documented, schema-valid input is accepted, invalid input
 # refused, content types as documented. `use_after_free` is left out: DELETE of a key revokes
 # it and the record stays readable (status `revoked`) for audit.
-"$venv/bin/st" run "http://127.0.0.1:$gw/openapi.json" -H "Authorization: Bearer sdk-admin" \
+"$venv/bin/st" --config-file scripts/schemathesis.toml run "http://127.0.0.1:$gw/openapi.json" -H "Authorization: Bearer sdk-admin" \
   --max-examples 30 --seed 1 --exclude-checks use_after_free --no-color

@@ -51,7 +51,7 @@ pub struct EvalError {
 /// A flag's value for one context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolution {
-    /// `None` when the caller's code default applies (a disabled flag, or no default variant).
+    /// `None` when the caller's code default applies (no default variant).
     pub value: Option<Value>,
     pub variant: Option<String>,
     /// `STATIC`, `TARGETING_MATCH`, `DEFAULT` or `DISABLED`.
@@ -267,13 +267,10 @@ impl FlagSet {
             reason,
             metadata: flag.metadata.clone(),
         };
+        // Disabled: the default variant whatever the targeting says, as most flag systems do
+        // (and what today's OFREP providers can carry: they expect a value and a variant).
         if !flag.enabled {
-            return Ok(Resolution {
-                value: None,
-                variant: None,
-                reason: "DISABLED",
-                metadata: flag.metadata.clone(),
-            });
+            return Ok(variant(flag.default_variant.as_deref(), "DISABLED"));
         }
         let Some(targeting) = &flag.targeting else {
             return Ok(variant(flag.default_variant.as_deref(), "STATIC"));

@@ -110,28 +110,39 @@ fn count(gw: &Gateway, key: &str, r: &Result<Resolution, EvalError>) {
     }
 }
 
+/// An evaluation request, admitted, with its body and context (or the error response).
+async fn request(
+    gw: &Gateway,
+    req: axum::extract::Request,
+    key: Option<&str>,
+) -> Result<(http::request::Parts, axum::body::Bytes, Map<String, Value>), Response> {
+    let (parts, body) = req.into_parts();
+    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
+    admit(gw, &parts.headers, ip).await?;
+    let too_large = || format!("the request is larger than {MAX_BODY} bytes");
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY + 1).await else {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            key,
+            "INVALID_CONTEXT",
+            too_large(),
+        ));
+    };
+    match context(&body) {
+        Ok(ctx) => Ok((parts, body, ctx)),
+        Err((code, details)) => Err(failure(StatusCode::BAD_REQUEST, key, code, details)),
+    }
+}
+
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 async fn single(
     State(gw): State<Arc<Gateway>>,
     Path(key): Path<String>,
     req: axum::extract::Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
-    if let Err(resp) = admit(&gw, &parts.headers, ip).await {
-        return resp;
-    }
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY + 1).await else {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            Some(&key),
-            "INVALID_CONTEXT",
-            format!("the request is larger than {MAX_BODY} bytes"),
-        );
-    };
-    let ctx = match context(&body) {
-        Ok(c) => c,
-        Err((code, details)) => return failure(StatusCode::BAD_REQUEST, Some(&key), code, details),
+    let (_, _, ctx) = match request(&gw, req, Some(&key)).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let flags = gw.flags();
     let r = flags.set.evaluate(&key, &ctx);
@@ -171,22 +182,9 @@ fn etag(flags: &LoadedFlags, body: &[u8]) -> String {
 
 /// `POST /ofrep/v1/evaluate/flags`: every enabled flag for one context.
 async fn bulk(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
-    if let Err(resp) = admit(&gw, &parts.headers, ip).await {
-        return resp;
-    }
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY + 1).await else {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            None,
-            "INVALID_CONTEXT",
-            format!("the request is larger than {MAX_BODY} bytes"),
-        );
-    };
-    let ctx = match context(&body) {
-        Ok(c) => c,
-        Err((code, details)) => return failure(StatusCode::BAD_REQUEST, None, code, details),
+    let (parts, body, ctx) = match request(&gw, req, None).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let flags = gw.flags();
     let tag = etag(&flags, &body);
@@ -208,8 +206,6 @@ async fn bulk(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Re
         let r = flags.set.evaluate(key, &ctx);
         count(&gw, key, &r);
         match r {
-            // A disabled flag is left out, as flagd does: the client's default applies.
-            Ok(r) if r.reason == "DISABLED" => {}
             Ok(r) => out.push(success(key, &r)),
             Err(e) => out
                 .push(json!({"key": key, "errorCode": e.code.as_str(), "errorDetails": e.details})),

@@ -101,7 +101,7 @@ fn reasons_follow_flagd() {
     let r = s.evaluate("static", &Map::new()).unwrap();
     assert_eq!((r.value, r.reason), (Some(json!(true)), "STATIC"));
     let r = s.evaluate("off", &Map::new()).unwrap();
-    assert_eq!((r.value, r.reason), (None, "DISABLED"));
+    assert_eq!((r.value, r.reason), (Some(json!(true)), "DISABLED"));
     let r = s
         .evaluate("email", &ctx(json!({"email": "a@example.com"})))
         .unwrap();

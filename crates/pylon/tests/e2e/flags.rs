@@ -143,8 +143,8 @@ async fn bulk_evaluation_answers_304_until_a_change_is_pushed() {
         .collect();
     assert_eq!(
         keys,
-        ["banner", "max-items", "new-checkout", "theme"],
-        "disabled flags are left out"
+        ["banner", "max-items", "new-checkout", "retired", "theme"],
+        "a disabled flag answers its default variant"
     );
     let sse_url = body["refreshConnections"][0]["url"]
         .as_str()
