@@ -11,6 +11,7 @@ use crate::load::{self, Endpoint};
 use crate::procs::{cpu_seconds, rss_mib};
 
 /// One proxy under test: its endpoint and the process to measure (`None`: the mock itself).
+#[derive(Clone)]
 pub struct Via {
     pub name: &'static str,
     pub to: Endpoint,

@@ -6,6 +6,7 @@
 
 mod cache;
 mod cost;
+mod delivery;
 mod load;
 mod procs;
 mod reqlog;
@@ -61,6 +62,10 @@ struct Args {
     /// Run only the semantic-cache guard cost.
     #[arg(long)]
     only_guards: bool,
+    /// Run only the delivery figures (rollout assignment and flag evaluation cost, CPU with an
+    /// active rollout, OFREP latency).
+    #[arg(long)]
+    only_delivery: bool,
     /// Run only the cost-per-request figures (CPU, RSS and added latency vs nginx; large bodies).
     #[arg(long)]
     only_cost: bool,
@@ -219,6 +224,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only_request_log {
         return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
+    }
+    if args.only_delivery {
+        return delivery::figures(&spawn_pylon, &out, args.seconds, args.rounds).await;
     }
     if args.only_cost {
         return cost_figures(

@@ -330,15 +330,6 @@ impl Drop for Record {
                 .filter(|_| self.stream)
                 .map(|d| d.as_secs_f64() * 1000.0);
             state.observe(arm, error, latency * 1000.0, ttft_ms, cost);
-            let r = &self.gw.metrics.rollout;
-            let labels = [&*state.name, arm.as_str()];
-            r.requests
-                .with_label_values(&[labels[0], labels[1], if error { "error" } else { "ok" }])
-                .inc();
-            r.duration.with_label_values(&labels).observe(latency);
-            if cost > 0.0 {
-                r.cost.with_label_values(&labels).inc_by(cost);
-            }
         }
         if self.shadow {
             self.gw

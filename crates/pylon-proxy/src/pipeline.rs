@@ -46,7 +46,7 @@ enum Next {
     /// Answered without a provider (a cache hit).
     Answered(Response),
     /// Send to the provider (and a shadow copy to a rollout's candidate).
-    Upstream(Call, Arc<Model>, Option<Shadow>),
+    Upstream(Call, Arc<Model>, Option<Box<Shadow>>),
 }
 
 async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
@@ -68,7 +68,7 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
         }
         Ok(Next::Upstream(call, model, shadow)) => {
             if let Some(s) = shadow {
-                send_shadow(&gw, &snap, api, s);
+                send_shadow(&gw, &snap, api, *s);
             }
             let mut call = Call {
                 record: Some(record),

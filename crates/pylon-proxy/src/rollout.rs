@@ -27,6 +27,9 @@ pub(crate) struct Shadow {
     pub state: Arc<ArmState>,
 }
 
+/// The call as its arm serves it, the model to serve it with, and a shadow copy to send.
+pub(crate) type Assigned = (Call, Arc<Model>, Option<Box<Shadow>>);
+
 /// Who the request is, for stickiness.
 pub(crate) struct Caller<'a> {
     pub principal: Option<&'a Principal>,
@@ -88,7 +91,7 @@ pub(crate) fn assign(
     call: Call,
     model: Arc<Model>,
     record: &mut Record,
-) -> Result<(Call, Arc<Model>, Option<Shadow>), ProxyError> {
+) -> Result<Assigned, ProxyError> {
     let Some(candidate) = snap.rollouts.get(&model.name) else {
         return Ok((call, model, None));
     };
@@ -107,11 +110,11 @@ pub(crate) fn assign(
             Some(c) => c,
             None => reparse(gw, snap, caller, call.api, call.body.clone())?,
         };
-        Some(Shadow {
+        Some(Box::new(Shadow {
             call: copy,
             model: candidate.model.clone(),
             state,
-        })
+        }))
     } else {
         None
     };

@@ -305,7 +305,7 @@ fn print_rollout(r: &Value) {
         r["name"].as_str().unwrap_or("?"),
         r["strategy"].as_str().unwrap_or("?"),
         r["state"].as_str().unwrap_or("?"),
-        r["weight"],
+        r["weight"].as_f64().unwrap_or(0.0),
         r["step"].as_u64().map_or(0, |s| s + 1),
         r["steps"].as_array().map_or(0, Vec::len),
     );
@@ -329,7 +329,7 @@ fn print_rollout(r: &Value) {
         println!(
             "  verdict {:<12} at weight {}%: {}",
             v["outcome"].as_str().unwrap_or("?"),
-            v["weight"],
+            v["weight"].as_f64().unwrap_or(0.0),
             v["detail"]["reason"].as_str().unwrap_or("")
         );
     }

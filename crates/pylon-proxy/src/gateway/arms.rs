@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pylon_policy::rollout::ArmWindow;
+use pylon_telemetry::prometheus;
 
 /// Which variant served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,29 @@ impl Arm {
     }
 }
 
+/// One arm's metric handles, resolved once (no label lookup per request).
+struct ArmMetrics {
+    ok: prometheus::IntCounter,
+    error: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    cost: prometheus::Counter,
+}
+
+impl ArmMetrics {
+    fn new(m: &pylon_telemetry::Metrics, rollout: &str, arm: Arm) -> ArmMetrics {
+        let r = &m.rollout;
+        let labels = [rollout, arm.as_str()];
+        ArmMetrics {
+            ok: r.requests.with_label_values(&[rollout, arm.as_str(), "ok"]),
+            error: r
+                .requests
+                .with_label_values(&[rollout, arm.as_str(), "error"]),
+            duration: r.duration.with_label_values(&labels),
+            cost: r.cost.with_label_values(&labels),
+        }
+    }
+}
+
 /// One rollout's live state in this process.
 pub struct ArmState {
     /// The rollout's name (also its bucketing prefix).
@@ -34,6 +58,7 @@ pub struct ArmState {
     /// Stable and candidate windows since the judge last took them. Fixed size whatever the
     /// traffic (two histograms of 160 counters per arm); held for a few additions only.
     windows: Mutex<[ArmWindow; 2]>,
+    metrics: [ArmMetrics; 2],
 }
 
 fn hundredths(percent: f64) -> u32 {
@@ -42,12 +67,16 @@ fn hundredths(percent: f64) -> u32 {
 
 impl ArmState {
     /// A rollout serving nothing to the candidate yet.
-    pub fn new(name: &str) -> ArmState {
+    pub fn new(name: &str, metrics: &pylon_telemetry::Metrics) -> ArmState {
         ArmState {
             name: Arc::from(name),
             weight: AtomicU32::new(0),
             shadow: AtomicU32::new(0),
             windows: Mutex::new(Default::default()),
+            metrics: [
+                ArmMetrics::new(metrics, name, Arm::Stable),
+                ArmMetrics::new(metrics, name, Arm::Candidate),
+            ],
         }
     }
 
@@ -65,10 +94,16 @@ impl ArmState {
         self.shadow.store(hundredths(shadow), Ordering::Relaxed);
     }
 
-    /// Counts one finished request of `arm`.
+    /// Counts one finished request of `arm`, for the judge and in the metrics.
     pub fn observe(&self, arm: Arm, error: bool, latency_ms: f64, ttft_ms: Option<f64>, cost: f64) {
         if let Ok(mut w) = self.windows.lock() {
             w[arm as usize].record(error, latency_ms, ttft_ms, cost);
+        }
+        let m = &self.metrics[arm as usize];
+        if error { &m.error } else { &m.ok }.inc();
+        m.duration.observe(latency_ms / 1000.0);
+        if cost > 0.0 {
+            m.cost.inc_by(cost);
         }
     }
 

@@ -125,6 +125,14 @@ impl Gateway {
         } else {
             None
         };
+        let rollouts = config
+            .rollouts
+            .iter()
+            .map(|r| {
+                let name = r.name.get_ref().clone();
+                (name.clone(), Arc::new(ArmState::new(&name, &metrics)))
+            })
+            .collect();
         Ok(Arc::new(Gateway {
             snap: ArcSwap::from_pointee(Snapshot::build(config)?),
             keys: ArcSwap::from_pointee(KeyIndex::default()),
@@ -166,16 +174,7 @@ impl Gateway {
             },
             active: std::sync::atomic::AtomicUsize::new(0),
             flags: flags::FlagState::default(),
-            rollouts: ArcSwap::from_pointee(
-                config
-                    .rollouts
-                    .iter()
-                    .map(|r| {
-                        let name = r.name.get_ref().clone();
-                        (name.clone(), Arc::new(ArmState::new(&name)))
-                    })
-                    .collect(),
-            ),
+            rollouts: ArcSwap::from_pointee(rollouts),
             tasks,
         }))
     }

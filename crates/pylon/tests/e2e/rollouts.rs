@@ -638,3 +638,72 @@ async fn two_instances_share_one_judge_and_apply_weights_together() {
         .await
         .unwrap();
 }
+
+/// Receives webhook events; answers `status` to each.
+async fn receiver(status: StatusCode) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = Router::new()
+        .fallback(
+            |State((seen, status)): State<(Arc<std::sync::Mutex<Vec<Value>>>, StatusCode)>,
+             axum::Json(v): axum::Json<Value>| async move {
+                seen.lock().unwrap().push(v);
+                status
+            },
+        )
+        .with_state((seen.clone(), status));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn webhooks_get_one_event_per_state_change() {
+    let (hook, events) = receiver(StatusCode::OK).await;
+    let rollout = format!(
+        "webhook = \"http://{hook}/events\"\ncandidate = {{ targets = [ {{ provider = \"b\", model = \"mock-b\" }} ] }}\nsteps = [ {{ weight = 20, hold = \"1s\" }}, {{ weight = 50, hold = \"1s\" }} ]\n[rollouts.analysis]\ninterval = \"1s\"\nmin_requests = 5\nmax_latency_ratio = 100.0\nmax_ttft_ratio = 100.0\n"
+    );
+    let (_a, _b, gw) = start(&rollout, 1).await;
+    let load = Load::start(gw.url("/v1/chat/completions"), hello("chat"));
+    let s = wait_for(&gw, "promoted", Duration::from_secs(30)).await;
+    load.stop();
+    assert_eq!(s["state"], "promoted", "{s:#}");
+    assert!(eventually(Duration::from_secs(3), || events.lock().unwrap().len() >= 2).await);
+    // More verdicts came in than state changes: still exactly one event per change.
+    let got: Vec<(String, String)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("pending".into(), "progressing".into()),
+            ("progressing".into(), "promoted".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_refusing_confirm_gate_stops_short_of_100_percent() {
+    let (gate, asked) = receiver(StatusCode::SERVICE_UNAVAILABLE).await;
+    let rollout = format!(
+        "confirm_url = \"http://{gate}/confirm\"\ncandidate = {{ targets = [ {{ provider = \"b\", model = \"mock-b\" }} ] }}\nsteps = [ {{ weight = 20, hold = \"1s\" }} ]\n[rollouts.analysis]\ninterval = \"1s\"\nmin_requests = 5\nmax_latency_ratio = 100.0\nmax_ttft_ratio = 100.0\n"
+    );
+    let (_a, _b, gw) = start(&rollout, 1).await;
+    let load = Load::start(gw.url("/v1/chat/completions"), hello("chat"));
+    let s = wait_for(&gw, "paused", Duration::from_secs(30)).await;
+    load.stop();
+    assert_eq!(
+        (s["state"].as_str(), s["weight"].as_f64()),
+        (Some("paused"), Some(20.0)),
+        "{s:#}"
+    );
+    assert_eq!(asked.lock().unwrap()[0]["type"], "rollout.confirm");
+}
