@@ -19,6 +19,11 @@ pub struct Rollout {
     /// The subject when it is an app route (`[[routes]]` prefix).
     #[serde(default)]
     pub route: Option<Spanned<String>>,
+    /// The subject when it is a feature flag (a guarded flag): the candidate's share of
+    /// targeting keys gets `candidate.variant`, the rest the flag's default variant; the judge
+    /// compares the AI requests of the two groups (of `model`, when given, else of every model).
+    #[serde(default)]
+    pub flag: Option<Spanned<String>>,
     #[serde(default)]
     pub strategy: RolloutStrategy,
     pub candidate: Spanned<Candidate>,
@@ -92,6 +97,9 @@ pub struct Candidate {
     /// A route subject's candidate upstream (a new release of the application).
     #[serde(default)]
     pub upstream: Option<String>,
+    /// A flag subject's candidate variant.
+    #[serde(default)]
+    pub variant: Option<String>,
 }
 
 /// A system prompt override: put before the client's, or in place of it.

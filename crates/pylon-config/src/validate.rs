@@ -272,99 +272,140 @@ fn rollouts(
         }
         let c = r.candidate.get_ref();
         let c_at = r.candidate.span().start;
-        match (&r.model, &r.route) {
-            (Some(m), None) => {
-                if !models.contains(m.get_ref().as_str()) {
-                    bad(
-                        m.span().start,
-                        format!("model `{}` is not a configured model", m.get_ref()),
-                    );
-                }
-                if !subjects.insert(format!("model:{}", m.get_ref())) {
-                    bad(
-                        m.span().start,
-                        format!("model `{}` already has a rollout", m.get_ref()),
-                    );
-                }
-                for t in &c.targets {
-                    if !providers.contains(t.provider.get_ref().as_str()) {
+        if let Some(flag) = &r.flag {
+            if r.route.is_some() {
+                bad(flag.span().start, "a flag rollout has no route".into());
+            }
+            if let Some(m) = r
+                .model
+                .as_ref()
+                .filter(|m| !models.contains(m.get_ref().as_str()))
+            {
+                bad(
+                    m.span().start,
+                    format!("model `{}` is not a configured model", m.get_ref()),
+                );
+            }
+            if !subjects.insert(format!("flag:{}", flag.get_ref())) {
+                bad(
+                    flag.span().start,
+                    format!("flag `{}` already has a rollout", flag.get_ref()),
+                );
+            }
+            if c.variant.is_none()
+                || !c.targets.is_empty()
+                || c.upstream.is_some()
+                || c.system_prompt.is_some()
+                || c.temperature.is_some()
+                || c.max_tokens.is_some()
+            {
+                bad(
+                    c_at,
+                    "a flag's candidate is a variant only: candidate = { variant = \"on\" }".into(),
+                );
+            }
+            if r.strategy != crate::RolloutStrategy::Canary {
+                bad(
+                    at,
+                    "a flag rollout is a canary (its steps set the variant's share)".into(),
+                );
+            }
+        } else {
+            match (&r.model, &r.route) {
+                (Some(m), None) => {
+                    if !models.contains(m.get_ref().as_str()) {
                         bad(
-                            t.provider.span().start,
+                            m.span().start,
+                            format!("model `{}` is not a configured model", m.get_ref()),
+                        );
+                    }
+                    if !subjects.insert(format!("model:{}", m.get_ref())) {
+                        bad(
+                            m.span().start,
+                            format!("model `{}` already has a rollout", m.get_ref()),
+                        );
+                    }
+                    for t in &c.targets {
+                        if !providers.contains(t.provider.get_ref().as_str()) {
+                            bad(
+                                t.provider.span().start,
+                                format!(
+                                    "candidate points at unknown provider `{}`",
+                                    t.provider.get_ref()
+                                ),
+                            );
+                        }
+                    }
+                    if c.upstream.is_some() {
+                        bad(
+                            c_at,
+                            "a model's candidate has targets and overrides, not an upstream".into(),
+                        );
+                    }
+                    if c.targets.is_empty()
+                        && c.system_prompt.is_none()
+                        && c.temperature.is_none()
+                        && c.max_tokens.is_none()
+                    {
+                        bad(c_at, "the candidate changes nothing: give targets, a system_prompt, temperature or max_tokens".into());
+                    }
+                    if c.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                        bad(c_at, "candidate temperature must be between 0 and 2".into());
+                    }
+                }
+                (None, Some(route)) => {
+                    if !config
+                        .routes
+                        .iter()
+                        .any(|x| x.prefix.get_ref() == route.get_ref())
+                    {
+                        bad(
+                            route.span().start,
                             format!(
-                                "candidate points at unknown provider `{}`",
-                                t.provider.get_ref()
+                                "route `{}` is not a configured [[routes]] prefix",
+                                route.get_ref()
                             ),
                         );
                     }
-                }
-                if c.upstream.is_some() {
-                    bad(
-                        c_at,
-                        "a model's candidate has targets and overrides, not an upstream".into(),
-                    );
-                }
-                if c.targets.is_empty()
-                    && c.system_prompt.is_none()
-                    && c.temperature.is_none()
-                    && c.max_tokens.is_none()
-                {
-                    bad(c_at, "the candidate changes nothing: give targets, a system_prompt, temperature or max_tokens".into());
-                }
-                if c.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-                    bad(c_at, "candidate temperature must be between 0 and 2".into());
-                }
-            }
-            (None, Some(route)) => {
-                if !config
-                    .routes
-                    .iter()
-                    .any(|x| x.prefix.get_ref() == route.get_ref())
-                {
-                    bad(
-                        route.span().start,
-                        format!(
-                            "route `{}` is not a configured [[routes]] prefix",
-                            route.get_ref()
-                        ),
-                    );
-                }
-                if !subjects.insert(format!("route:{}", route.get_ref())) {
-                    bad(
-                        route.span().start,
-                        format!("route `{}` already has a rollout", route.get_ref()),
-                    );
-                }
-                match &c.upstream {
-                    None => bad(c_at, "a route's candidate needs an upstream URL".into()),
-                    Some(u) => {
-                        if let Some(why) = bad_url(u) {
-                            bad(c_at, format!("candidate upstream `{u}` {why}"));
+                    if !subjects.insert(format!("route:{}", route.get_ref())) {
+                        bad(
+                            route.span().start,
+                            format!("route `{}` already has a rollout", route.get_ref()),
+                        );
+                    }
+                    match &c.upstream {
+                        None => bad(c_at, "a route's candidate needs an upstream URL".into()),
+                        Some(u) => {
+                            if let Some(why) = bad_url(u) {
+                                bad(c_at, format!("candidate upstream `{u}` {why}"));
+                            }
                         }
                     }
-                }
-                if !c.targets.is_empty()
-                    || c.system_prompt.is_some()
-                    || c.temperature.is_some()
-                    || c.max_tokens.is_some()
-                {
-                    bad(
+                    if !c.targets.is_empty()
+                        || c.system_prompt.is_some()
+                        || c.temperature.is_some()
+                        || c.max_tokens.is_some()
+                    {
+                        bad(
                         c_at,
                         "a route's candidate is an upstream; targets and overrides are for models"
                             .into(),
                     );
-                }
-                if r.strategy == crate::RolloutStrategy::Shadow {
-                    bad(
+                    }
+                    if r.strategy == crate::RolloutStrategy::Shadow {
+                        bad(
                         at,
                         "shadow is for models (an app's requests may not be safe to send twice)"
                             .into(),
                     );
+                    }
                 }
+                _ => bad(
+                    at,
+                    "name exactly one subject: model = \"…\", route = \"/…\" or flag = \"…\""
+                        .into(),
+                ),
             }
-            _ => bad(
-                at,
-                "name exactly one subject: model = \"…\" or route = \"/…\"".into(),
-            ),
         }
         if r.strategy != crate::RolloutStrategy::BlueGreen && r.steps.is_empty() {
             bad(at, "add steps, e.g. [ { weight = 5, hold = \"10m\" }, { weight = 50, hold = \"10m\" } ]".into());

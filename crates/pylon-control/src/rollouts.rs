@@ -49,6 +49,9 @@ impl Def {
             RolloutStrategy::Shadow => Strategy::Shadow,
         };
         let subject = match (&r.model, &r.route) {
+            _ if r.flag.is_some() => {
+                json!({"flag": r.flag.as_ref().map(|f| f.get_ref()), "model": r.model.as_ref().map(|m| m.get_ref())})
+            }
             (Some(m), _) => json!({"model": m.get_ref()}),
             (_, Some(p)) => json!({"route": p.get_ref()}),
             _ => Value::Null,

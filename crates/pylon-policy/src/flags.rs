@@ -251,6 +251,25 @@ impl FlagSet {
         self.flags.get(key).map(|f| &f.source)
     }
 
+    /// `key` resolved to `variant` (`None`: its default variant) with `reason`, for a split
+    /// decided outside the flag (a guarded flag's rollout); `None` when the flag is unknown or
+    /// disabled.
+    pub fn split(
+        &self,
+        key: &str,
+        variant: Option<&str>,
+        reason: &'static str,
+    ) -> Option<Resolution> {
+        let flag = self.flags.get(key).filter(|f| f.enabled)?;
+        let name = variant.or(flag.default_variant.as_deref());
+        Some(Resolution {
+            value: name.and_then(|n| flag.variants.get(n).cloned()),
+            variant: name.map(str::to_owned),
+            reason,
+            metadata: flag.metadata.clone(),
+        })
+    }
+
     /// Evaluates `key` for `context` (an object; `targetingKey` identifies the subject).
     pub fn evaluate(
         &self,

@@ -145,7 +145,8 @@ async fn single(
         Err(resp) => return resp,
     };
     let flags = gw.flags();
-    let r = flags.set.evaluate(&key, &ctx);
+    let snap = gw.snapshot();
+    let r = evaluate(&gw, &snap, &flags, &key, &ctx);
     count(&gw, &key, &r);
     match r {
         Ok(r) => Json(success(&key, &r)).into_response(),
@@ -162,6 +163,39 @@ async fn single(
             e.details,
         ),
     }
+}
+
+/// Evaluates a flag; a guarded flag's split follows its rollout: the rollout's share of
+/// targeting keys gets the candidate variant, the others the default (reason `SPLIT`), the same
+/// bucketing the data plane uses to count their AI requests.
+fn evaluate(
+    gw: &Gateway,
+    snap: &crate::snapshot::Snapshot,
+    flags: &LoadedFlags,
+    key: &str,
+    ctx: &Map<String, Value>,
+) -> Result<Resolution, EvalError> {
+    let plain = flags.set.evaluate(key, ctx);
+    let (Some(f), Ok(r)) = (snap.flag_rollout(key), &plain) else {
+        return plain;
+    };
+    let (Some(tk), Some(state)) = (
+        ctx.get("targetingKey")
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty()),
+        gw.rollout(&f.spec.name),
+    ) else {
+        return plain;
+    };
+    if r.reason == "DISABLED" {
+        return plain;
+    }
+    let candidate = pylon_policy::bucket::in_candidate(&f.spec.name, tk, state.weights().0);
+    let variant = candidate.then_some(f.variant.as_str());
+    Ok(flags
+        .set
+        .split(key, variant, "SPLIT")
+        .unwrap_or_else(|| r.clone()))
 }
 
 /// The bulk answer's validator: the flag set's and the context's.
@@ -187,7 +221,15 @@ async fn bulk(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Re
         Err(resp) => return resp,
     };
     let flags = gw.flags();
-    let tag = etag(&flags, &body);
+    let snap = gw.snapshot();
+    // A guarded flag's split moves with its rollout: its weight is part of the validator.
+    let weights: String = snap
+        .flag_rollouts
+        .iter()
+        .filter_map(|f| Some(gw.rollout(&f.spec.name)?.weights().0.to_string()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let tag = etag(&flags, &[body.as_ref(), weights.as_bytes()].concat());
     let unchanged = parts
         .headers
         .get_all(header::IF_NONE_MATCH)
@@ -203,7 +245,7 @@ async fn bulk(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Re
     }
     let mut out = Vec::with_capacity(flags.set.len());
     for key in flags.set.keys() {
-        let r = flags.set.evaluate(key, &ctx);
+        let r = evaluate(&gw, &snap, &flags, key, &ctx);
         count(&gw, key, &r);
         match r {
             Ok(r) => out.push(success(key, &r)),

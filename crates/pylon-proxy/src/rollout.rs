@@ -93,6 +93,17 @@ pub(crate) fn assign(
     record: &mut Record,
 ) -> Result<Assigned, ProxyError> {
     let Some(candidate) = snap.rollouts.get(&model.name) else {
+        // A guarded flag judges the AI requests of each group of its users; routing is unchanged.
+        let guarded = snap
+            .flag_rollouts
+            .iter()
+            .find(|f| f.model.as_ref().is_none_or(|m| *m == model.name));
+        if let Some(f) = guarded {
+            if let Some(state) = gw.rollout(&f.spec.name) {
+                let arm = caller.arm(&f.spec, state.weights().0);
+                record.arm = Some((state, arm));
+            }
+        }
         return Ok((call, model, None));
     };
     let Some(state) = gw.rollout(&candidate.spec.name) else {

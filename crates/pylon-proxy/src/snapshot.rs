@@ -165,6 +165,25 @@ impl ModelCandidate {
     }
 }
 
+/// A guarded flag: the rollout's share of targeting keys gets `variant`, the others the flag's
+/// default; AI requests (of `model`, or all) are counted per group for the judge.
+pub(crate) struct FlagRollout {
+    pub spec: RolloutSpec,
+    pub flag: String,
+    pub variant: String,
+    pub model: Option<String>,
+}
+
+impl Snapshot {
+    /// The guarded-flag rollout of `flag`, if it has one.
+    pub(crate) fn flag_rollout(&self, flag: &str) -> Option<&FlagRollout> {
+        self.flag_rollouts
+            .iter()
+            .find(|f| f.flag == flag)
+            .map(|f| &**f)
+    }
+}
+
 /// An app route rollout's candidate: another upstream (a new release of the application).
 pub(crate) struct RouteCandidate {
     pub spec: RolloutSpec,
@@ -199,6 +218,8 @@ pub struct Snapshot {
     pub(crate) forwardable: Vec<HeaderName>,
     /// Model rollouts' candidates, by the model they roll out.
     pub(crate) rollouts: HashMap<String, Arc<ModelCandidate>>,
+    /// Guarded flags: rollouts whose subject is a flag.
+    pub(crate) flag_rollouts: Vec<Arc<FlagRollout>>,
 }
 
 /// Configured targets over the built providers, each with health of its own.
@@ -305,7 +326,17 @@ impl Snapshot {
             );
         }
         let mut rollouts = HashMap::new();
+        let mut flag_rollouts = Vec::new();
         for r in &config.rollouts {
+            if let Some(flag) = &r.flag {
+                flag_rollouts.push(Arc::new(FlagRollout {
+                    spec: RolloutSpec::new(r),
+                    flag: flag.get_ref().clone(),
+                    variant: r.candidate.get_ref().variant.clone().unwrap_or_default(),
+                    model: r.model.as_ref().map(|m| m.get_ref().clone()),
+                }));
+                continue;
+            }
             let Some(subject) = r.model.as_ref().and_then(|m| models.get(m.get_ref())) else {
                 continue;
             };
@@ -395,6 +426,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             rollouts,
+            flag_rollouts,
             forwardable,
             providers,
             models,

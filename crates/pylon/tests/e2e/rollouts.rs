@@ -707,3 +707,122 @@ async fn a_refusing_confirm_gate_stops_short_of_100_percent() {
     );
     assert_eq!(asked.lock().unwrap()[0]["type"], "rollout.confirm");
 }
+
+/// A guarded flag: its variant's share follows the rollout, the judge compares the AI requests
+/// of the users in each group (the same bucketing), and a failing variant rolls back to the
+/// default for everyone.
+#[tokio::test]
+async fn a_guarded_flag_rolls_back_when_its_users_requests_fail() {
+    let flags = temp_dir("guarded").join("flags.json");
+    std::fs::write(
+        &flags,
+        json!({"flags": {"new-agent": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    // Users in the candidate group call the model with a header the app sets from the flag.
+    let text = format!(
+        r#"
+[auth]
+mode = "none"
+[limits]
+ip_rpm = 0
+[flags]
+file = "{flags}"
+
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://{a}/v1"
+
+[[providers]]
+name = "b"
+kind = "openai"
+base_url = "http://{b}/v1"
+
+[[models]]
+name = "chat"
+targets = [ {{ provider = "a", model = "mock-a" }} ]
+retries = 0
+
+[[models]]
+name = "agent"
+targets = [ {{ provider = "b", model = "mock-b" }} ]
+retries = 0
+
+[[rollouts]]
+name = "new-agent-rollout"
+flag = "new-agent"
+candidate = {{ variant = "on" }}
+steps = [ {{ weight = 50, hold = "1h" }} ]
+stickiness = "header:x-user"
+[rollouts.analysis]
+interval = "1s"
+min_requests = 10
+"#,
+        flags = flags.display(),
+        a = a.addr,
+        b = b.addr,
+    );
+    let (gw, _) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    let status = || admin_get(&gw, TOKEN, "/admin/v1/rollouts/new-agent-rollout");
+    let mut s = status().await;
+    for _ in 0..50 {
+        if s["state"] == "progressing" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s = status().await;
+    }
+    let flag_for = |user: String| {
+        let gw = &gw;
+        async move {
+            let v: Value = client()
+                .post(gw.url("/ofrep/v1/evaluate/flags/new-agent"))
+                .json(&json!({"context": {"targetingKey": user}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    // The new agent (model `agent`, provider b) fails for a third of its calls.
+    b.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 0.34,
+        ..Behaviour::default()
+    });
+    let mut on = 0;
+    for round in 0..40 {
+        for i in 0..20 {
+            let user = format!("user-{i}");
+            let f = flag_for(user.clone()).await;
+            assert_eq!(f["reason"], "SPLIT", "{f}");
+            let model = if f["value"] == true { "agent" } else { "chat" };
+            on += u32::from(f["value"] == true);
+            let _ = client()
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-user", &user)
+                .json(&hello(model))
+                .send()
+                .await
+                .unwrap();
+        }
+        s = status().await;
+        if s["state"] == "rolled_back" {
+            break;
+        }
+        assert!(round < 39, "never rolled back: {s:#}");
+    }
+    assert!(on > 0, "some users got the new variant");
+    assert_eq!(s["state"], "rolled_back", "{s:#}");
+    // Rolled back: everyone gets the default variant.
+    for i in 0..20 {
+        assert_eq!(flag_for(format!("user-{i}")).await["value"], false);
+    }
+}
