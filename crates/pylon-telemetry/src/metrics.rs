@@ -128,6 +128,8 @@ pub struct RolloutMetrics {
     /// server-side failure). Shadow copies count as the candidate's.
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    /// Time to first token per arm (streams).
+    pub ttft: HistogramVec,
     pub cost: CounterVec,
     /// The candidate's share of traffic, in percent.
     pub weight: prometheus::GaugeVec,
@@ -158,6 +160,13 @@ impl RolloutMetrics {
                 r,
                 "pylon_rollout_request_duration_seconds",
                 "Request duration per rollout arm.",
+                &["rollout", "arm"],
+                REQUEST_BUCKETS,
+            )?,
+            ttft: histogram(
+                r,
+                "pylon_rollout_time_to_first_token_seconds",
+                "Time to first token per rollout arm (streams).",
                 &["rollout", "arm"],
                 REQUEST_BUCKETS,
             )?,

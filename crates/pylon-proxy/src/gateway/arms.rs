@@ -29,6 +29,7 @@ struct ArmMetrics {
     ok: prometheus::IntCounter,
     error: prometheus::IntCounter,
     duration: prometheus::Histogram,
+    ttft: prometheus::Histogram,
     cost: prometheus::Counter,
 }
 
@@ -42,6 +43,7 @@ impl ArmMetrics {
                 .requests
                 .with_label_values(&[rollout, arm.as_str(), "error"]),
             duration: r.duration.with_label_values(&labels),
+            ttft: r.ttft.with_label_values(&labels),
             cost: r.cost.with_label_values(&labels),
         }
     }
@@ -102,6 +104,9 @@ impl ArmState {
         let m = &self.metrics[arm as usize];
         if error { &m.error } else { &m.ok }.inc();
         m.duration.observe(latency_ms / 1000.0);
+        if let Some(t) = ttft_ms {
+            m.ttft.observe(t / 1000.0);
+        }
         if cost > 0.0 {
             m.cost.inc_by(cost);
         }
