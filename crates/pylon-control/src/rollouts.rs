@@ -262,8 +262,11 @@ impl Rollouts {
             self.collect(def);
             if judge {
                 self.judge_one(def, now).await?;
-            } else {
+            } else if judged(&self.progress(&def.name).await?) {
                 self.hand_over(def, now).await?;
+            } else {
+                // Nobody judges a finished or paused rollout: its counts are not kept or sent.
+                take(&self.pending, &def.name);
             }
             let p = self.progress(&def.name).await?;
             self.apply(def, &p);
@@ -322,8 +325,7 @@ impl Rollouts {
                 false
             }
         };
-        let judged = matches!(next.state, State::Progressing)
-            || (next.state == State::Promoted && next.window_until_ms.is_some());
+        let judged = judged(&next);
         let mut verdict = None;
         if due && judged {
             for data in self.store.take_windows(&def.name).await? {
@@ -358,8 +360,12 @@ impl Rollouts {
             next = advance(&def.plan, &next, Event::Verdict(v.outcome), now).0;
             verdict = Some(v);
         } else if !judged {
-            // Nothing to judge: counts of a finished or paused rollout are not kept.
+            // Nothing to judge: counts of a finished or paused rollout are not kept, here or
+            // in the store.
             take(&self.pending, &def.name);
+            if due {
+                self.store.take_windows(&def.name).await?;
+            }
         }
         if next.state == State::Promoted && p.state != State::Promoted {
             if let Some(url) = &def.confirm_url {
@@ -582,6 +588,12 @@ impl Rollouts {
         out["verdicts"] = json!(verdicts);
         Ok(out)
     }
+}
+
+/// Whether the judge compares the arms in this state (progressing, or in a blue-green
+/// rollback window).
+fn judged(p: &Progress) -> bool {
+    p.state == State::Progressing || (p.state == State::Promoted && p.window_until_ms.is_some())
 }
 
 /// An arm's figures for the API (this instance's view of the window being collected).
