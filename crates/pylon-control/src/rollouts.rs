@@ -2,7 +2,7 @@
 //! twice a second and applies its weights, so a new weight is in force everywhere within a
 //! second. One instance at a time — the holder of the `rollout-judge` lease, taken over when
 //! its holder stops renewing it — runs the judge: the others hand it their per-arm counts
-//! through the store, and every `interval` it compares the arms, moves the state machine and
+//! through Redis when configured (else, or while Redis is down, through the store), and every `interval` it compares the arms, moves the state machine and
 //! stores the verdict with its figures. Webhooks get one event per state change.
 
 use std::collections::HashMap;
@@ -24,6 +24,14 @@ const TICK: Duration = Duration::from_millis(500);
 /// How long the judge's lease lasts without renewal: a dead judge is replaced this fast.
 const LEASE_MS: i64 = 5_000;
 const LEASE: &str = "rollout-judge";
+/// Windows one rollout's list in Redis keeps (newest), and how long it outlives its last push.
+const MAX_WINDOWS: usize = 10_000;
+const WINDOWS_TTL: Duration = Duration::from_secs(600);
+
+fn windows_key(rollout: &str) -> String {
+    format!("rollout:{rollout}:windows")
+}
+
 /// Verdicts shown by the API.
 const HISTORY: i64 = 50;
 
@@ -170,6 +178,8 @@ pub struct Rollouts {
     baseline: Mutex<HashMap<String, ArmWindow>>,
     /// Serializes state changes made in this process (the judge and admin commands).
     changing: tokio::sync::Mutex<()>,
+    /// With `[data] redis_url`, instances hand their counts to the judge through Redis.
+    redis: Option<pylon_state::RedisState>,
 }
 
 fn now_ms() -> u64 {
@@ -203,6 +213,11 @@ impl Rollouts {
             next: Mutex::new(HashMap::new()),
             baseline: Mutex::new(HashMap::new()),
             changing: tokio::sync::Mutex::new(()),
+            redis: config
+                .data
+                .redis_url
+                .as_ref()
+                .and_then(|u| pylon_state::RedisState::new(u.expose(), "pylon:").ok()),
         }
     }
 
@@ -297,10 +312,35 @@ impl Rollouts {
             arms: [WireArm::of(&p.stable), WireArm::of(&p.candidate)],
         };
         let data = serde_json::to_string(&wire).unwrap_or_default();
+        if let Some(redis) = &self.redis {
+            match redis
+                .push_list(&windows_key(&def.name), &data, MAX_WINDOWS, WINDOWS_TTL)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(target: "pylon::rollout", error = %e, "Redis unreachable: counts handed over through the store");
+                }
+            }
+        }
         self.store
             .push_window(&def.name, &self.instance, now as i64, &data)
             .await?;
         Ok(())
+    }
+
+    /// Every window other instances handed over (through Redis and the store).
+    async fn handed_over(&self, name: &str) -> Result<Vec<String>, RolloutError> {
+        let mut all = self.store.take_windows(name).await?;
+        if let Some(redis) = &self.redis {
+            match redis.take_list(&windows_key(name)).await {
+                Ok(v) => all.extend(v),
+                Err(e) => {
+                    tracing::warn!(target: "pylon::rollout", error = %e, "Redis unreachable: this interval is judged without the counts handed over there");
+                }
+            }
+        }
+        Ok(all)
     }
 
     /// The judge's pass over one rollout: start it, let time move it, and judge an interval.
@@ -328,7 +368,7 @@ impl Rollouts {
         let judged = judged(&next);
         let mut verdict = None;
         if due && judged {
-            for data in self.store.take_windows(&def.name).await? {
+            for data in self.handed_over(&def.name).await? {
                 if let Ok(w) = serde_json::from_str::<Wire>(&data) {
                     if let Ok(mut g) = self.pending.lock() {
                         let e = g.entry(def.name.clone()).or_default();
@@ -364,7 +404,7 @@ impl Rollouts {
             // in the store.
             take(&self.pending, &def.name);
             if due {
-                self.store.take_windows(&def.name).await?;
+                self.handed_over(&def.name).await?;
             }
         }
         if next.state == State::Promoted && p.state != State::Promoted {

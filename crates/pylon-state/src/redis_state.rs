@@ -86,6 +86,13 @@ if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 "#;
 
+/// Takes a whole list: its items, and the list is gone (one atomic step).
+const TAKE_LIST: &str = r#"
+local v = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return v
+"#;
+
 /// Redis-backed admission state. Connects lazily, so Pylon starts even while Redis is down.
 pub struct RedisState {
     client: redis::Client,
@@ -94,6 +101,7 @@ pub struct RedisState {
     admit: redis::Script,
     settle: redis::Script,
     seed: redis::Script,
+    take_list: redis::Script,
 }
 
 impl RedisState {
@@ -106,6 +114,7 @@ impl RedisState {
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
             seed: redis::Script::new(SEED),
+            take_list: redis::Script::new(TAKE_LIST),
         })
     }
 
@@ -240,6 +249,48 @@ impl RedisState {
             }
             cursor = next;
         }
+    }
+
+    /// Appends `value` to the list `key`, keeping at most `max` items (the oldest go) and the
+    /// list for `ttl` after the last push.
+    pub async fn push_list(
+        &self,
+        key: &str,
+        value: &str,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn().await?;
+        let key = self.key(key);
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("RPUSH")
+            .arg(&key)
+            .arg(value)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(-(max.max(1) as i64))
+            .arg(-1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl.as_millis().max(1) as u64)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes every item of the list `key` (the list is removed in the same step).
+    pub async fn take_list(&self, key: &str) -> Result<Vec<String>, StateError> {
+        let mut conn = self.conn().await?;
+        let v: Vec<String> = self
+            .take_list
+            .key(self.key(key))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(v)
     }
 
     /// One `PING` round trip, for health checks.

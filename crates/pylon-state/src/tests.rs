@@ -292,3 +292,21 @@ async fn falls_back_to_local_when_redis_dies_and_resumes_when_it_returns() {
     server.kill().unwrap();
     let _ = server.wait();
 }
+
+/// Lists hand items between instances: pushes from two clients, one take gets them all once,
+/// and the list keeps only its newest `max` items.
+#[tokio::test]
+async fn lists_are_taken_whole_and_bounded() {
+    let prefix = format!("pylon-test:{}:", uuid::Uuid::new_v4());
+    let one = RedisState::new(&redis_url(), &prefix).unwrap();
+    let two = RedisState::new(&redis_url(), &prefix).unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    one.push_list("w", "a", 3, ttl).await.unwrap();
+    two.push_list("w", "b", 3, ttl).await.unwrap();
+    assert_eq!(one.take_list("w").await.unwrap(), ["a", "b"]);
+    assert!(two.take_list("w").await.unwrap().is_empty(), "taken once");
+    for x in ["1", "2", "3", "4"] {
+        one.push_list("w", x, 3, ttl).await.unwrap();
+    }
+    assert_eq!(two.take_list("w").await.unwrap(), ["2", "3", "4"]);
+}

@@ -529,20 +529,26 @@ async fn commands_move_the_state_and_refuse_what_does_not_apply() {
     assert_eq!(list[0]["name"], "chat-v2");
 }
 
-/// Two instances sharing PostgreSQL: one judges at a time and the other hands it its counts;
-/// when the judge stops, the other takes over; both apply a new weight within a second.
+/// Two instances sharing PostgreSQL and Redis: one judges at a time and the other hands it its
+/// counts (through Redis); when the judge stops, the other takes over; both apply a new weight
+/// within a second.
 #[tokio::test]
 async fn two_instances_share_one_judge_and_apply_weights_together() {
     let (admin, base, schema) = pg_schema().await;
     let a = MockServer::start().await;
     let b = MockServer::start().await;
     let rollout = "candidate = { targets = [ { provider = \"b\", model = \"mock-b\" } ] }\nsteps = [ { weight = 10, hold = \"1h\" }, { weight = 60, hold = \"1h\" } ]\nstart = false\n[rollouts.analysis]\ninterval = \"1s\"\nmin_requests = 5\n";
+    let name = format!("chat-v2-{}", uuid::Uuid::new_v4().simple());
+    let redis =
+        std::env::var("PYLON_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let text = format!(
-        "[data]\nstore_url = \"{base}?options=-c%20search_path%3D{schema}\"\n{}",
+        "[data]\nstore_url = \"{base}?options=-c%20search_path%3D{schema}\"\nredis_url = \"{redis}\"\n{}",
         config(rollout, 1)
     )
     .replace("{a}", &a.addr.to_string())
-    .replace("{b}", &b.addr.to_string());
+    .replace("{b}", &b.addr.to_string())
+    // Its own name: the counts handed over in the shared Redis are this run's alone.
+    .replace("name = \"chat-v2\"", &format!("name = \"{name}\""));
     let (one, c1) = Gateway::with_admin(&text, Some(TOKEN)).await;
     let (two, c2) = Gateway::with_admin(&text, Some(TOKEN)).await;
     let holder = || async {
@@ -574,18 +580,18 @@ async fn two_instances_share_one_judge_and_apply_weights_together() {
     let (code, _) = admin_post(
         judging,
         TOKEN,
-        "/admin/v1/rollouts/chat-v2/start",
+        &format!("/admin/v1/rollouts/{name}/start"),
         &json!({}),
     )
     .await;
     assert_eq!(code, 200);
-    let series = "pylon_rollout_weight_percent{rollout=\"chat-v2\"}";
+    let series = format!("pylon_rollout_weight_percent{{rollout=\"{name}\"}}");
     let started = std::time::Instant::now();
-    while metric(other, series).await != 10.0 && started.elapsed() < Duration::from_secs(3) {
+    while metric(other, &series).await != 10.0 && started.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = started.elapsed();
-    assert_eq!(metric(other, series).await, 10.0);
+    assert_eq!(metric(other, &series).await, 10.0);
     println!("the other instance applied the new weight after {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
     // Traffic only on the other instance reaches the judge.
@@ -601,7 +607,7 @@ async fn two_instances_share_one_judge_and_apply_weights_together() {
     }
     let mut judged = 0;
     for _ in 0..60 {
-        let s = status(judging).await;
+        let s = admin_get(judging, TOKEN, &format!("/admin/v1/rollouts/{name}")).await;
         judged = s["verdicts"]
             .as_array()
             .unwrap()
