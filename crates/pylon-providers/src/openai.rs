@@ -21,6 +21,9 @@ pub struct ChatHead<'a> {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// The end user the application names (OpenAI's `user`).
+    #[serde(default, borrow)]
+    pub user: Option<Cow<'a, str>>,
 }
 
 /// Each message must at least say who speaks; its content is only measured.
@@ -52,6 +55,8 @@ pub struct Head<'a> {
     pub messages: usize,
     /// Size in bytes of the largest message content, as JSON.
     pub largest_message: usize,
+    /// The request's `user` field (chat), if any.
+    pub user: Option<Cow<'a, str>>,
 }
 
 /// Reads and checks the head of a chat-completions body.
@@ -86,6 +91,7 @@ pub fn chat_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
             .map(|m| m.content.map_or(0, |c| c.get().len()))
             .max()
             .unwrap_or(0),
+        user: head.user,
     })
 }
 
@@ -100,6 +106,7 @@ pub fn embeddings_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
         include_usage: false,
         messages: 0,
         largest_message: 0,
+        user: None,
     })
 }
 

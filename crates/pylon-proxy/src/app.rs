@@ -54,6 +54,7 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
         let (parts, body) = std::mem::take(&mut req).into_parts();
         let caller = crate::rollout::Caller {
             principal: None,
+            user: None,
             parts: &parts,
             ip: crate::limits::client_ip(&parts, &gw.trusted_proxies),
         };

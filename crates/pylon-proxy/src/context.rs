@@ -61,6 +61,8 @@ pub(crate) struct Call {
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
     /// The Anthropic request as parsed at ingress (Messages API only).
     pub messages: Option<MessagesRequest>,
+    /// The end user the application names (chat `user`, Messages `metadata.user_id`).
+    pub user: Option<String>,
     pub canonical: OnceLock<Result<ChatRequest, String>>,
     pub record: Option<Record>,
     /// Where a successful answer is stored, when the model is cached and this is a miss.

@@ -191,7 +191,7 @@ pub(crate) fn parse(
     limits: &Validation,
     forwardable: &[http::HeaderName],
 ) -> Result<Call, ProxyError> {
-    let (model, span, stream, include_usage, messages) = match api {
+    let (model, span, stream, include_usage, messages, user) = match api {
         Api::Chat => {
             let h = openai::chat_head(&body)?;
             limits.check(h.messages, h.largest_message)?;
@@ -201,11 +201,12 @@ pub(crate) fn parse(
                 h.stream,
                 h.include_usage,
                 None,
+                h.user.map(|u| u.into_owned()),
             )
         }
         Api::Embeddings => {
             let h = openai::embeddings_head(&body)?;
-            (h.model.into_owned(), h.model_span, false, false, None)
+            (h.model.into_owned(), h.model_span, false, false, None, None)
         }
         Api::Messages => {
             let req: MessagesRequest =
@@ -234,7 +235,8 @@ pub(crate) fn parse(
             limits.check(req.messages.len(), 0)?;
             let (model, span) = openai::model_field(&body)?;
             let stream = req.stream.unwrap_or(false);
-            (model.into_owned(), span, stream, true, Some(req))
+            let user = req.metadata.as_ref().and_then(|m| m.user_id.clone());
+            (model.into_owned(), span, stream, true, Some(req), user)
         }
     };
     check_model_name(&model)?;
@@ -256,6 +258,7 @@ pub(crate) fn parse(
         include_usage,
         forward,
         messages,
+        user,
         canonical: OnceLock::new(),
         record: None,
         cache: None,

@@ -105,10 +105,12 @@ async fn prepare(
     let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
     let call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
     let model = route::choose(snap, &gw.prices, principal.as_deref(), &call, record)?;
+    let user = call.user.clone();
     let caller = rollout::Caller {
         principal: principal.as_deref(),
         parts,
         ip,
+        user: user.as_deref(),
     };
     let (call, model, shadow) = rollout::assign(gw, snap, &caller, call, model, record)?;
     headers.extend(limits::admit_call(gw, principal.as_deref(), &model, &call, record).await?);

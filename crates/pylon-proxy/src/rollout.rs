@@ -35,6 +35,8 @@ pub(crate) struct Caller<'a> {
     pub principal: Option<&'a Principal>,
     pub parts: &'a Parts,
     pub ip: Option<IpAddr>,
+    /// The end user the request body names, if any.
+    pub user: Option<&'a str>,
 }
 
 impl Caller<'_> {
@@ -48,7 +50,10 @@ impl Caller<'_> {
                 .map(str::to_owned)
         };
         let key = self.principal.map(|p| p.key_id.clone());
-        let user = self.principal.and_then(|p| p.user_id.clone());
+        let user = self
+            .user
+            .map(str::to_owned)
+            .or_else(|| self.principal.and_then(|p| p.user_id.clone()));
         let ip = self.ip.map(|ip| ip.to_string());
         let chosen = match how {
             Stickiness::Key => key,

@@ -832,3 +832,43 @@ min_requests = 10
         assert_eq!(flag_for(format!("user-{i}")).await["value"], false);
     }
 }
+
+/// `stickiness = "user"` follows the end user the body names (chat `user`), whatever else
+/// changes between their requests.
+#[tokio::test]
+async fn user_stickiness_follows_the_requests_user_field() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let text = config(
+        "candidate = { targets = [ { provider = \"b\", model = \"mock-b\" } ] }\nsteps = [ { weight = 40 } ]\n",
+        1,
+    )
+    .replace("stickiness = \"header:x-session-id\"", "stickiness = \"user\"")
+    .replace("{a}", &a.addr.to_string())
+    .replace("{b}", &b.addr.to_string());
+    let (gw, _) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    wait_for(&gw, "progressing", Duration::from_secs(5)).await;
+    let arm = |user: String, session: &'static str| {
+        let gw = &gw;
+        async move {
+            let resp = client()
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-session-id", session)
+                .json(&json!({"model": "chat", "user": user, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            resp.headers()["x-pylon-arm"].to_str().unwrap().to_owned()
+        }
+    };
+    let mut candidates = 0;
+    for i in 0..100 {
+        let first = arm(format!("end-user-{i}"), "s1").await;
+        assert_eq!(arm(format!("end-user-{i}"), "s2").await, first, "user {i}");
+        candidates += u32::from(first == "candidate");
+    }
+    assert!(
+        (20..=60).contains(&candidates),
+        "about 40 of 100: {candidates}"
+    );
+}
