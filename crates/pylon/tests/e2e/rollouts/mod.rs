@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
+mod instances;
+mod routes;
+
 const TOKEN: &str = "admin-rollouts";
 
 /// Two mocks: `a` serves the stable `chat`, `b` the candidate; the candidate's model costs
@@ -412,100 +415,6 @@ async fn shadow_traffic_never_reaches_the_client_or_its_bill() {
     assert_eq!(shadowed, 20.0, "the copies are counted for the judge");
 }
 
-/// An application release: answers its version, or 500 while `failing`.
-async fn release(version: &'static str, failing: Arc<AtomicBool>) -> SocketAddr {
-    async fn serve(State((v, f)): State<(&'static str, Arc<AtomicBool>)>) -> (StatusCode, String) {
-        if f.load(Ordering::Relaxed) {
-            (StatusCode::INTERNAL_SERVER_ERROR, "broken".into())
-        } else {
-            (StatusCode::OK, v.to_owned())
-        }
-    }
-    let app = Router::new().fallback(serve).with_state((version, failing));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
-async fn app_gateway(rollout: &str) -> (Gateway, Arc<AtomicBool>) {
-    let failing = Arc::new(AtomicBool::new(false));
-    let v1 = release("v1", Arc::new(AtomicBool::new(false))).await;
-    let v2 = release("v2", failing.clone()).await;
-    let text = format!(
-        r#"
-[auth]
-mode = "none"
-
-[[routes]]
-prefix = "/app/"
-upstream = "http://{v1}"
-
-[[rollouts]]
-name = "chat-v2"
-route = "/app/"
-stickiness = "header:x-session-id"
-candidate = {{ upstream = "http://{v2}" }}
-{rollout}
-"#
-    );
-    let (gw, _) = Gateway::with_admin(&text, Some(TOKEN)).await;
-    (gw, failing)
-}
-
-#[tokio::test]
-async fn an_app_release_is_canaried_under_load_with_no_failed_request() {
-    let (gw, _) = app_gateway(&format!(
-        "steps = [ {{ weight = 25, hold = \"1s\" }}, {{ weight = 50, hold = \"1s\" }} ]\n{FAST}"
-    ))
-    .await;
-    let load = Load::start(gw.url("/app/x"), Value::Null);
-    let s = wait_for(&gw, "promoted", Duration::from_secs(30)).await;
-    let (sent, failed) = load.stop();
-    assert_eq!(s["state"], "promoted", "{s:#}");
-    assert!(sent > 100, "{sent}");
-    assert_eq!(failed, 0, "{failed} of {sent} failed");
-    let body = client().get(gw.url("/app/x")).send().await.unwrap();
-    assert_eq!(body.headers()["x-pylon-arm"], "candidate");
-    assert_eq!(body.text().await.unwrap(), "v2");
-}
-
-#[tokio::test]
-async fn blue_green_switches_at_once_and_back_when_the_new_release_fails() {
-    let (gw, failing) = app_gateway(&format!(
-        "strategy = \"blue-green\"\nrollback_window = \"1m\"\n{FAST}"
-    ))
-    .await;
-    let s = wait_for(&gw, "progressing", Duration::from_secs(5)).await;
-    assert_eq!(s["weight"], 0.0);
-    let get = |preview: bool| {
-        let mut req = client().get(gw.url("/app/x"));
-        if preview {
-            req = req.header("x-pylon-preview", "yes");
-        }
-        async move { req.send().await.unwrap().text().await.unwrap() }
-    };
-    // Before the switch only previews reach the new release.
-    assert_eq!(get(false).await, "v1");
-    assert_eq!(get(true).await, "v2");
-    let load = Load::start(gw.url("/app/x"), Value::Null);
-    // Let the stable's baseline fill one interval, then switch.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (code, s) = admin_post(&gw, TOKEN, "/admin/v1/rollouts/chat-v2/promote", &json!({})).await;
-    assert_eq!(code, 200, "{s:#}");
-    assert_eq!(s["weight"], 100.0);
-    assert_eq!(get(false).await, "v2", "switched for everyone at once");
-    let (_, failed) = load.stop();
-    assert_eq!(failed, 0);
-    // The new release breaks inside the rollback window: the judge switches back.
-    failing.store(true, Ordering::Relaxed);
-    let load = Load::start(gw.url("/app/x"), Value::Null);
-    let s = wait_for(&gw, "rolled_back", Duration::from_secs(20)).await;
-    load.stop();
-    assert_eq!(s["state"], "rolled_back", "{s:#}");
-    assert_eq!(get(false).await, "v1");
-}
-
 #[tokio::test]
 async fn commands_move_the_state_and_refuse_what_does_not_apply() {
     let rollout = "candidate = { targets = [ { provider = \"b\", model = \"mock-b\" } ] }\nsteps = [ { weight = 10, hold = \"1h\" } ]\nstart = false\n";
@@ -527,122 +436,6 @@ async fn commands_move_the_state_and_refuse_what_does_not_apply() {
     assert_eq!(code, 404);
     let list = admin_get(&gw, TOKEN, "/admin/v1/rollouts").await;
     assert_eq!(list[0]["name"], "chat-v2");
-}
-
-/// Two instances sharing PostgreSQL and Redis: one judges at a time and the other hands it its
-/// counts (through Redis); when the judge stops, the other takes over; both apply a new weight
-/// within a second.
-#[tokio::test]
-async fn two_instances_share_one_judge_and_apply_weights_together() {
-    let (admin, base, schema) = pg_schema().await;
-    let a = MockServer::start().await;
-    let b = MockServer::start().await;
-    let rollout = "candidate = { targets = [ { provider = \"b\", model = \"mock-b\" } ] }\nsteps = [ { weight = 10, hold = \"1h\" }, { weight = 60, hold = \"1h\" } ]\nstart = false\n[rollouts.analysis]\ninterval = \"1s\"\nmin_requests = 5\n";
-    let name = format!("chat-v2-{}", uuid::Uuid::new_v4().simple());
-    let redis =
-        std::env::var("PYLON_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let text = format!(
-        "[data]\nstore_url = \"{base}?options=-c%20search_path%3D{schema}\"\nredis_url = \"{redis}\"\n{}",
-        config(rollout, 1)
-    )
-    .replace("{a}", &a.addr.to_string())
-    .replace("{b}", &b.addr.to_string())
-    // Its own name: the counts handed over in the shared Redis are this run's alone.
-    .replace("name = \"chat-v2\"", &format!("name = \"{name}\""));
-    let (one, c1) = Gateway::with_admin(&text, Some(TOKEN)).await;
-    let (two, c2) = Gateway::with_admin(&text, Some(TOKEN)).await;
-    let holder = || async {
-        sqlx::query_scalar::<_, String>(&format!("SELECT holder FROM {schema}.leases"))
-            .fetch_optional(&admin)
-            .await
-            .unwrap()
-    };
-    let mut judge = None;
-    for _ in 0..50 {
-        judge = holder().await;
-        if judge.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let judge = judge.expect("one instance takes the lease");
-    let ids = [
-        c1.rollouts.instance().to_owned(),
-        c2.rollouts.instance().to_owned(),
-    ];
-    assert!(ids.contains(&judge), "{judge} is one of {ids:?}");
-    let (judging, other, other_control) = if judge == ids[0] {
-        (&one, &two, &c2)
-    } else {
-        (&two, &one, &c1)
-    };
-    // A command on the judge is applied by both within a second.
-    let (code, _) = admin_post(
-        judging,
-        TOKEN,
-        &format!("/admin/v1/rollouts/{name}/start"),
-        &json!({}),
-    )
-    .await;
-    assert_eq!(code, 200);
-    let series = format!("pylon_rollout_weight_percent{{rollout=\"{name}\"}}");
-    let started = std::time::Instant::now();
-    while metric(other, &series).await != 10.0 && started.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
-    assert_eq!(metric(other, &series).await, 10.0);
-    println!("the other instance applied the new weight after {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
-    // Traffic only on the other instance reaches the judge.
-    for i in 0..60 {
-        let resp = client()
-            .post(other.url("/v1/chat/completions"))
-            .header("x-session-id", format!("pg-{i}"))
-            .json(&hello("chat"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-    }
-    let mut judged = 0;
-    for _ in 0..60 {
-        let s = admin_get(judging, TOKEN, &format!("/admin/v1/rollouts/{name}")).await;
-        judged = s["verdicts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| {
-                v["detail"]["stable_requests"].as_u64().unwrap_or(0)
-                    + v["detail"]["candidate_requests"].as_u64().unwrap_or(0)
-            })
-            .sum::<u64>();
-        if judged >= 60 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(judged, 60, "the judge saw the other instance's requests");
-    // The judge stops: the other takes the lease over once it expires.
-    let stopped = if judge == ids[0] { &c1 } else { &c2 };
-    stopped.shutdown(Duration::from_secs(1)).await;
-    let mut next = None;
-    for _ in 0..100 {
-        next = holder().await;
-        if next.as_deref() == Some(other_control.rollouts.instance()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        next.as_deref(),
-        Some(other_control.rollouts.instance()),
-        "taken over"
-    );
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
 }
 
 /// Receives webhook events; answers `status` to each.
