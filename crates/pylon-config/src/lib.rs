@@ -117,6 +117,20 @@ pub fn parse(
     }
 }
 
+/// Parses one `[[rollouts]]` entry given as TOML (a rollout made through the admin API).
+pub fn parse_rollout(text: &str) -> Result<Rollout, String> {
+    toml::from_str(text).map_err(|e| e.message().trim().to_owned())
+}
+
+/// What is wrong with a config assembled in memory (the file's plus rollouts made through the
+/// admin API), one sentence per problem.
+pub fn check(config: &Config) -> Vec<String> {
+    validate::check(config)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect()
+}
+
 /// Parses `10.0.0.0/8`, `::1/128` or a bare address into (network, prefix length).
 pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
     let (addr, len) = match s.split_once('/') {

@@ -125,9 +125,7 @@ impl Control {
         for t in others {
             t.abort();
         }
-        if self.rollouts.any() {
-            self.rollouts.release().await;
-        }
+        self.rollouts.release().await;
         // Settlements, cache writes and webhook sends a request left behind finish first.
         if !self.gateway.drain(grace).await {
             tracing::warn!(target: "pylon::control", "background work did not finish within the grace period");
@@ -391,9 +389,8 @@ pub async fn bootstrap(
         config.health.clone(),
         config.data.dir.clone(),
     ));
-    if control.rollouts.any() {
-        control.spawn(control.rollouts.clone().run());
-    }
+    // Always running: a rollout may be made through the admin API at any time.
+    control.spawn(control.rollouts.clone().run());
     if let Some(every) = config.health.probe_every {
         control.spawn(health::probe_loop(gateway.clone(), every));
     }

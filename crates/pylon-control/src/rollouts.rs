@@ -15,7 +15,7 @@ use pylon_policy::rollout::{
     Strategy, Verdict,
 };
 use pylon_proxy::Gateway;
-use pylon_store::{RolloutRow, Store, StoreError, VerdictRow};
+use pylon_store::{RolloutDefinition, RolloutRow, Store, StoreError, VerdictRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -46,10 +46,12 @@ struct Def {
     start: bool,
     webhook: Option<String>,
     confirm_url: Option<String>,
+    /// Who made it through the admin API; `None`: declared in pylon.toml.
+    made_by: Option<String>,
 }
 
 impl Def {
-    fn new(r: &Rollout) -> Def {
+    fn new(r: &Rollout, made_by: Option<String>) -> Def {
         let a = &r.analysis;
         let strategy = match r.strategy {
             RolloutStrategy::Canary => Strategy::Canary,
@@ -95,8 +97,16 @@ impl Def {
             start: r.start,
             webhook: r.webhook.as_ref().map(|u| u.get_ref().clone()),
             confirm_url: r.confirm_url.as_ref().map(|u| u.get_ref().clone()),
+            made_by,
         }
     }
+}
+
+/// The rollouts in force: the file's and those made through the admin API.
+#[derive(Default)]
+struct Set {
+    rollouts: Vec<Rollout>,
+    defs: Vec<Arc<Def>>,
 }
 
 /// Both arms' counts as handed between instances.
@@ -150,6 +160,10 @@ pub enum RolloutError {
         state: &'static str,
         command: &'static str,
     },
+    #[error("the rollout is not valid: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -164,7 +178,11 @@ struct Pending {
 /// The rollouts of this instance: progress applied to the data plane, and the judge when this
 /// instance holds the lease.
 pub struct Rollouts {
-    defs: Vec<Def>,
+    set: std::sync::RwLock<Arc<Set>>,
+    /// The config file's, against which rollouts made through the API are checked.
+    base: pylon_config::Config,
+    /// The definitions read from the store last; a change rebuilds the set.
+    stored: tokio::sync::Mutex<Vec<RolloutDefinition>>,
     store: Store,
     gateway: Arc<Gateway>,
     instance: String,
@@ -201,7 +219,16 @@ impl Rollouts {
         // The webhook client needs a TLS provider; the process may not have installed one yet.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Rollouts {
-            defs: config.rollouts.iter().map(Def::new).collect(),
+            set: std::sync::RwLock::new(Arc::new(Set {
+                rollouts: config.rollouts.clone(),
+                defs: config
+                    .rollouts
+                    .iter()
+                    .map(|r| Arc::new(Def::new(r, None)))
+                    .collect(),
+            })),
+            base: config.clone(),
+            stored: tokio::sync::Mutex::new(Vec::new()),
             store,
             gateway,
             instance: uuid::Uuid::new_v4().to_string(),
@@ -233,16 +260,132 @@ impl Rollouts {
         }
     }
 
-    /// Whether any rollout is configured (no loop runs otherwise).
-    pub fn any(&self) -> bool {
-        !self.defs.is_empty()
+    fn set(&self) -> Arc<Set> {
+        self.set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    fn def(&self, name: &str) -> Result<&Def, RolloutError> {
-        self.defs
+    fn def(&self, name: &str) -> Result<Arc<Def>, RolloutError> {
+        self.set()
+            .defs
             .iter()
             .find(|d| d.name == name)
+            .cloned()
             .ok_or_else(|| RolloutError::Unknown(name.to_owned()))
+    }
+
+    /// Reads the rollouts made through the admin API and, when they changed, puts the new set
+    /// in force in this process (data plane and judge).
+    async fn refresh(&self) -> Result<(), RolloutError> {
+        let mut last = self.stored.lock().await;
+        let stored = self.store.rollout_definitions().await?;
+        if *last == stored {
+            return Ok(());
+        }
+        let mut config = self.base.clone();
+        let mut defs: Vec<Arc<Def>> = config
+            .rollouts
+            .iter()
+            .map(|r| Arc::new(Def::new(r, None)))
+            .collect();
+        for d in &stored {
+            let checked = parse_definition(&d.definition).and_then(|r| {
+                config.rollouts.push(r);
+                let problems = pylon_config::check(&config);
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    config.rollouts.pop();
+                    Err(problems.join("; "))
+                }
+            });
+            match checked {
+                Ok(()) => {
+                    if let Some(r) = config.rollouts.last() {
+                        defs.push(Arc::new(Def::new(r, Some(d.created_by.clone()))));
+                    }
+                }
+                // Another instance's config may lack its subject: it is not applied here.
+                Err(e) => {
+                    tracing::warn!(target: "pylon::rollout", rollout = %d.name, error = %e, "stored rollout does not fit this instance's config; ignored here");
+                }
+            }
+        }
+        self.gateway.install_rollouts(&config.rollouts);
+        *self
+            .set
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Set {
+            rollouts: config.rollouts,
+            defs,
+        });
+        *last = stored;
+        Ok(())
+    }
+
+    /// Makes a rollout from its `[[rollouts]]` entry as JSON, checked like pylon.toml's, shared
+    /// with every instance through the store; it starts at once unless `"start": false`.
+    pub async fn create(&self, body: &Value, actor: &str) -> Result<Value, RolloutError> {
+        let text = toml::to_string(body).map_err(|e| {
+            RolloutError::Invalid(format!(
+                "expected a JSON object like a [[rollouts]] entry ({e})"
+            ))
+        })?;
+        let r = parse_definition(&text).map_err(RolloutError::Invalid)?;
+        let name = r.name.get_ref().clone();
+        if self.def(&name).is_ok() {
+            return Err(RolloutError::Conflict(format!(
+                "a rollout named `{name}` exists: choose another name, or delete it first"
+            )));
+        }
+        let mut config = self.base.clone();
+        config.rollouts.clone_from(&self.set().rollouts);
+        config.rollouts.push(r);
+        let problems = pylon_config::check(&config);
+        if !problems.is_empty() {
+            return Err(RolloutError::Invalid(problems.join("; ")));
+        }
+        let made = self
+            .store
+            .add_rollout_definition(&RolloutDefinition {
+                name: name.clone(),
+                definition: body.to_string(),
+                created_at: now_ms() as i64,
+                created_by: actor.to_owned(),
+            })
+            .await?;
+        if !made {
+            return Err(RolloutError::Conflict(format!(
+                "a rollout named `{name}` was just made elsewhere"
+            )));
+        }
+        self.refresh().await?;
+        self.status(&name).await
+    }
+
+    /// Forgets a rollout made through the admin API that no longer moves traffic (pending,
+    /// rolled back or aborted), with its progress and verdicts.
+    pub async fn delete(&self, name: &str) -> Result<(), RolloutError> {
+        let def = self.def(name)?;
+        if def.made_by.is_none() {
+            return Err(RolloutError::Conflict(format!(
+                "rollout `{name}` is declared in pylon.toml: remove it there"
+            )));
+        }
+        let p = self.progress(name).await?;
+        if !matches!(p.state, State::Pending | State::RolledBack | State::Aborted) {
+            return Err(RolloutError::Conflict(format!(
+                "rollout `{name}` is {}: abort it first (a promoted candidate serves all traffic until its targets become the model's own in pylon.toml)",
+                p.state.as_str()
+            )));
+        }
+        if !self.store.delete_rollout(name).await? {
+            return Err(RolloutError::Unknown(name.to_owned()));
+        }
+        take(&self.pending, &name.to_owned());
+        self.refresh().await
     }
 
     async fn progress(&self, name: &str) -> Result<Progress, RolloutError> {
@@ -268,12 +411,17 @@ impl Rollouts {
 
     /// One pass over every rollout.
     async fn step(&self) -> Result<(), RolloutError> {
+        self.refresh().await?;
+        let set = self.set();
+        if set.defs.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let judge = self
             .store
             .take_lease(LEASE, &self.instance, now as i64, LEASE_MS)
             .await?;
-        for def in &self.defs {
+        for def in &set.defs {
             self.collect(def);
             if judge {
                 self.judge_one(def, now).await?;
@@ -569,7 +717,7 @@ impl Rollouts {
             });
         }
         let reason = format!("{command} by an operator");
-        self.save(def, &before, &after, now, Some(&reason)).await?;
+        self.save(&def, &before, &after, now, Some(&reason)).await?;
         drop(_one);
         self.status(name).await
     }
@@ -577,7 +725,7 @@ impl Rollouts {
     /// Every rollout's state, for the list.
     pub async fn list(&self) -> Result<Vec<Value>, RolloutError> {
         let mut out = Vec::new();
-        for def in &self.defs {
+        for def in &self.set().defs {
             let p = self.progress(&def.name).await?;
             out.push(self.summary(def, &p));
         }
@@ -595,6 +743,7 @@ impl Rollouts {
             "step": p.step,
             "steps": def.plan.steps.iter().map(|s| json!({"weight": s.weight, "hold_ms": s.hold_ms})).collect::<Vec<_>>(),
             "rollback_window_until": p.window_until_ms,
+            "made_by": def.made_by,
         })
     }
 
@@ -602,7 +751,7 @@ impl Rollouts {
     pub async fn status(&self, name: &str) -> Result<Value, RolloutError> {
         let def = self.def(name)?;
         let p = self.progress(name).await?;
-        self.collect(def);
+        self.collect(&def);
         let live = self
             .pending
             .lock()
@@ -621,7 +770,7 @@ impl Rollouts {
                 })
             })
             .collect();
-        let mut out = self.summary(def, &p);
+        let mut out = self.summary(&def, &p);
         out["arms"] =
             json!({"stable": figures(&live.stable), "candidate": figures(&live.candidate)});
         out["analysis"] = json!({"interval_ms": def.interval_ms, "criteria": def.criteria});
@@ -647,4 +796,13 @@ fn figures(w: &ArmWindow) -> Value {
         "ttft_p95_ms": w.ttft.quantile(0.95),
         "cost_per_request_usd": w.cost / n,
     })
+}
+
+/// One stored or posted `[[rollouts]]` entry (JSON or TOML text).
+fn parse_definition(text: &str) -> Result<Rollout, String> {
+    let text = match serde_json::from_str::<Value>(text) {
+        Ok(v) => toml::to_string(&v).map_err(|e| e.to_string())?,
+        Err(_) => text.to_owned(),
+    };
+    pylon_config::parse_rollout(&text)
 }

@@ -49,7 +49,7 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     m.in_flight
         .with_label_values(&[route.prefix.as_str()])
         .inc();
-    let arm = route.candidate.as_ref().and_then(|c| {
+    let arm = snap.route_rollouts.get(&route.prefix).and_then(|c| {
         let state = gw.rollout(&c.spec.name)?;
         let (parts, body) = std::mem::take(&mut req).into_parts();
         let caller = crate::rollout::Caller {

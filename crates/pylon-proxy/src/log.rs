@@ -145,6 +145,24 @@ impl Record {
         self.started.elapsed().saturating_sub(self.upstream)
     }
 
+    /// Frees the request's Redis concurrency slots before its last bytes go out: settling on
+    /// drop runs in a task the client's next request could overtake, and be refused as busy.
+    /// In-process slots are settled synchronously on drop already.
+    pub async fn release_slots(&mut self) {
+        let Some(a) = self.acct.as_mut().map(|a| &mut a.admitted) else {
+            return;
+        };
+        if a.release.is_empty() || a.origin != pylon_state::Origin::Redis {
+            return;
+        }
+        let keys = std::mem::take(&mut a.release);
+        if !self.gw.limiter.release_now(&keys).await {
+            if let Some(a) = self.acct.as_mut() {
+                a.admitted.release = keys;
+            }
+        }
+    }
+
     /// Settles limits and budgets; returns the usage and its cost.
     fn account(&mut self, acct: Accounting) -> (Usage, f64) {
         // A hit sent nothing to a provider: no tokens or spend to settle.

@@ -74,7 +74,11 @@ async fn run(gw: Arc<Gateway>, req: Request, api: Api) -> Response {
                 record: Some(record),
                 ..call
             };
-            match upstream::dispatch(&snap, &mut call, model).await {
+            let resp = upstream::dispatch(&snap, &mut call, model).await;
+            if let Some(r) = call.record.as_mut() {
+                r.release_slots().await;
+            }
+            match resp {
                 Ok(resp) => resp,
                 Err(e) => match call.record.as_mut() {
                     Some(r) => fail(r, e, api.dialect()),

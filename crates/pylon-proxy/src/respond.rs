@@ -327,8 +327,15 @@ async fn pump(mut relay: Relay, tx: tokio::sync::mpsc::Sender<Bytes>) {
         let idle = relay.idle;
         let (piece, last) = match relay.next(idle).await {
             Ok(Some(b)) => (b, false),
-            Ok(None) => return,
-            Err(e) => (relay.fail(e), true),
+            Ok(None) => {
+                relay.free_slots().await;
+                return;
+            }
+            Err(e) => {
+                let event = relay.fail(e);
+                relay.free_slots().await;
+                (event, true)
+            }
         };
         let wait = relay
             .idle
@@ -558,6 +565,13 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// Frees the request's slots before the client's body ends (it ends once the pump returns).
+    async fn free_slots(&mut self) {
+        if let Some(r) = self.record.as_mut() {
+            r.release_slots().await;
         }
     }
 

@@ -200,8 +200,6 @@ pub(crate) struct AppRoute {
     pub rpm: Option<u64>,
     pub timeouts: ResolvedTimeouts,
     pub client: crate::worker::PerWorker<crate::client::HttpsClient<axum::body::Body>>,
-    /// The route's rollout, when it has one.
-    pub candidate: Option<RouteCandidate>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -210,8 +208,8 @@ pub struct Snapshot {
     pub(crate) models: HashMap<String, Arc<Model>>,
     /// Model names in config order, for `/v1/models`.
     pub(crate) model_names: Vec<String>,
-    /// Longest prefix first.
-    pub(crate) routes: Vec<AppRoute>,
+    /// Longest prefix first; shared by the snapshots a rollout change makes.
+    pub(crate) routes: Arc<Vec<AppRoute>>,
     pub(crate) max_body_bytes: usize,
     pub(crate) resilience: Resilience,
     /// Client headers some provider is configured to receive (`forward_headers`).
@@ -220,6 +218,16 @@ pub struct Snapshot {
     pub(crate) rollouts: HashMap<String, Arc<ModelCandidate>>,
     /// Guarded flags: rollouts whose subject is a flag.
     pub(crate) flag_rollouts: Vec<Arc<FlagRollout>>,
+    /// App route rollouts' candidates, by route prefix.
+    pub(crate) route_rollouts: HashMap<String, Arc<RouteCandidate>>,
+}
+
+/// The rollouts of a snapshot, by kind of subject.
+#[derive(Default)]
+struct RolloutParts {
+    models: HashMap<String, Arc<ModelCandidate>>,
+    flags: Vec<Arc<FlagRollout>>,
+    routes: HashMap<String, Arc<RouteCandidate>>,
 }
 
 /// Configured targets over the built providers, each with health of its own.
@@ -242,14 +250,87 @@ fn targets_of(
         .collect()
 }
 
+fn breaker_policy(r: &Resilience) -> Policy {
+    Policy {
+        failures: r.breaker_failures.max(1),
+        cooldown: r.breaker_cooldown,
+    }
+}
+
+/// Builds the rollouts' candidates over a snapshot's providers and models.
+fn rollout_parts(
+    rollouts: &[pylon_config::Rollout],
+    providers: &HashMap<String, Arc<Provider>>,
+    models: &HashMap<String, Arc<Model>>,
+    policy: Policy,
+) -> RolloutParts {
+    let mut parts = RolloutParts::default();
+    for r in rollouts {
+        let c = r.candidate.get_ref();
+        if let Some(flag) = &r.flag {
+            parts.flags.push(Arc::new(FlagRollout {
+                spec: RolloutSpec::new(r),
+                flag: flag.get_ref().clone(),
+                variant: c.variant.clone().unwrap_or_default(),
+                model: r.model.as_ref().map(|m| m.get_ref().clone()),
+            }));
+            continue;
+        }
+        if let (Some(prefix), Some(upstream)) = (&r.route, &c.upstream) {
+            if let Ok(upstream) = upstream.trim_end_matches('/').parse() {
+                parts.routes.insert(
+                    prefix.get_ref().clone(),
+                    Arc::new(RouteCandidate {
+                        spec: RolloutSpec::new(r),
+                        upstream,
+                    }),
+                );
+            }
+            continue;
+        }
+        let Some(subject) = r.model.as_ref().and_then(|m| models.get(m.get_ref())) else {
+            continue;
+        };
+        let targets = if c.targets.is_empty() {
+            // A prompt version: the same targets (and their health), other overrides.
+            subject.targets.clone()
+        } else {
+            targets_of(&c.targets, providers, policy)
+        };
+        let model = Model {
+            name: subject.name.clone(),
+            strategy: subject.strategy,
+            targets,
+            fallbacks: subject.fallbacks.clone(),
+            retries: subject.retries,
+            rpm: subject.rpm,
+            tpm: subject.tpm,
+            log_bodies: subject.log_bodies,
+            metric_name: subject.metric_name.clone(),
+            response_timeout: subject.response_timeout,
+            resend_on_timeout: subject.resend_on_timeout,
+            // The candidate is judged on its own answers: never served from, nor stored
+            // into, the stable's cache.
+            cache: None,
+        };
+        parts.models.insert(
+            subject.name.clone(),
+            Arc::new(ModelCandidate {
+                spec: RolloutSpec::new(r),
+                model: Arc::new(model),
+                system_prompt: c.system_prompt.clone(),
+                temperature: c.temperature,
+                max_tokens: c.max_tokens,
+            }),
+        );
+    }
+    parts
+}
+
 impl Snapshot {
     /// Builds the runtime view of a config.
     pub fn build(config: &Config) -> Result<Snapshot, BuildError> {
-        let r = &config.resilience;
-        let policy = Policy {
-            failures: r.breaker_failures.max(1),
-            cooldown: r.breaker_cooldown,
-        };
+        let policy = breaker_policy(&config.resilience);
         let workers = crate::worker::count(config.server.workers);
         let mut providers = HashMap::new();
         for p in &config.providers {
@@ -325,55 +406,6 @@ impl Snapshot {
                 }),
             );
         }
-        let mut rollouts = HashMap::new();
-        let mut flag_rollouts = Vec::new();
-        for r in &config.rollouts {
-            if let Some(flag) = &r.flag {
-                flag_rollouts.push(Arc::new(FlagRollout {
-                    spec: RolloutSpec::new(r),
-                    flag: flag.get_ref().clone(),
-                    variant: r.candidate.get_ref().variant.clone().unwrap_or_default(),
-                    model: r.model.as_ref().map(|m| m.get_ref().clone()),
-                }));
-                continue;
-            }
-            let Some(subject) = r.model.as_ref().and_then(|m| models.get(m.get_ref())) else {
-                continue;
-            };
-            let c = r.candidate.get_ref();
-            let targets = if c.targets.is_empty() {
-                // A prompt version: the same targets (and their health), other overrides.
-                subject.targets.clone()
-            } else {
-                targets_of(&c.targets, &providers, policy)
-            };
-            let model = Model {
-                name: subject.name.clone(),
-                strategy: subject.strategy,
-                targets,
-                fallbacks: subject.fallbacks.clone(),
-                retries: subject.retries,
-                rpm: subject.rpm,
-                tpm: subject.tpm,
-                log_bodies: subject.log_bodies,
-                metric_name: subject.metric_name.clone(),
-                response_timeout: subject.response_timeout,
-                resend_on_timeout: subject.resend_on_timeout,
-                // The candidate is judged on its own answers: never served from, nor stored
-                // into, the stable's cache.
-                cache: None,
-            };
-            rollouts.insert(
-                subject.name.clone(),
-                Arc::new(ModelCandidate {
-                    spec: RolloutSpec::new(r),
-                    model: Arc::new(model),
-                    system_prompt: c.system_prompt.clone(),
-                    temperature: c.temperature,
-                    max_tokens: c.max_tokens,
-                }),
-            );
-        }
         let mut routes = Vec::new();
         for r in &config.routes {
             let timeouts = r.timeouts.for_route();
@@ -385,19 +417,7 @@ impl Snapshot {
             else {
                 continue;
             };
-            let candidate = config.rollouts.iter().find_map(|ro| {
-                let prefix = ro.route.as_ref()?;
-                if prefix.get_ref() != r.prefix.get_ref() {
-                    return None;
-                }
-                let upstream = ro.candidate.get_ref().upstream.as_deref()?;
-                Some(RouteCandidate {
-                    spec: RolloutSpec::new(ro),
-                    upstream: upstream.trim_end_matches('/').parse().ok()?,
-                })
-            });
             routes.push(AppRoute {
-                candidate,
                 prefix: r.prefix.get_ref().clone(),
                 upstream,
                 strip_prefix: r.strip_prefix,
@@ -424,17 +444,42 @@ impl Snapshot {
                 }
             }
         }
+        let parts = rollout_parts(&config.rollouts, &providers, &models, policy);
         Ok(Snapshot {
-            rollouts,
-            flag_rollouts,
+            rollouts: parts.models,
+            flag_rollouts: parts.flags,
+            route_rollouts: parts.routes,
             forwardable,
             providers,
             models,
             model_names,
-            routes,
+            routes: Arc::new(routes),
             max_body_bytes: config.server.max_body_bytes,
             resilience: config.resilience.clone(),
         })
+    }
+
+    /// This snapshot with other rollouts: providers, models, routes (their connection pools
+    /// and breakers) are shared, only the candidates are built anew.
+    pub fn with_rollouts(&self, rollouts: &[pylon_config::Rollout]) -> Snapshot {
+        let parts = rollout_parts(
+            rollouts,
+            &self.providers,
+            &self.models,
+            breaker_policy(&self.resilience),
+        );
+        Snapshot {
+            providers: self.providers.clone(),
+            models: self.models.clone(),
+            model_names: self.model_names.clone(),
+            routes: self.routes.clone(),
+            max_body_bytes: self.max_body_bytes,
+            resilience: self.resilience.clone(),
+            forwardable: self.forwardable.clone(),
+            rollouts: parts.models,
+            flag_rollouts: parts.flags,
+            route_rollouts: parts.routes,
+        }
     }
 
     /// A configured model by name.

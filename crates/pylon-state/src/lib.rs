@@ -271,6 +271,22 @@ impl Limiter {
             "could not settle with redis for a minute: its concurrency slots expire on their own");
     }
 
+    /// Releases concurrency slots taken in Redis with one attempt, awaited, so a client that
+    /// waits for its answer before sending the next request never finds its own slot still
+    /// taken. `false` when Redis did not answer: the caller leaves them to [`Limiter::settle`].
+    pub async fn release_now(&self, keys: &[String]) -> bool {
+        let Some(r) = self.redis.as_ref() else {
+            return false;
+        };
+        let s = Settlement {
+            release: keys.to_vec(),
+            ..Settlement::default()
+        };
+        let done = self.timed("release", r.settle(&s)).await;
+        self.mark(done.as_ref().map(|_| ()));
+        done.is_ok()
+    }
+
     /// Where admissions go while Redis answers: Redis if configured, else in-process.
     pub fn preferred(&self) -> Origin {
         if self.redis.is_some() {

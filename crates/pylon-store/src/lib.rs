@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Executor};
 pub use flags::{FlagChange, FlagRow};
 pub use model::*;
 pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};
-pub use rollouts::{RolloutRow, VerdictRow};
+pub use rollouts::{RolloutDefinition, RolloutRow, VerdictRow};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

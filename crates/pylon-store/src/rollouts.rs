@@ -24,7 +24,69 @@ pub struct VerdictRow {
     pub weight: f64,
 }
 
+/// A rollout made through the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutDefinition {
+    pub name: String,
+    /// The `[[rollouts]]` entry, as JSON.
+    pub definition: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
 impl Store {
+    /// Every rollout made through the admin API, by name.
+    pub async fn rollout_definitions(&self) -> Result<Vec<RolloutDefinition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, definition, created_at, created_by FROM rollout_definitions ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RolloutDefinition {
+                    name: get(r, "name")?,
+                    definition: get(r, "definition")?,
+                    created_at: get(r, "created_at")?,
+                    created_by: get(r, "created_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new rollout's definition; `false` when one of that name exists.
+    pub async fn add_rollout_definition(&self, d: &RolloutDefinition) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO rollout_definitions (name, definition, created_at, created_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&d.name)
+        .bind(&d.definition)
+        .bind(d.created_at)
+        .bind(&d.created_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets a rollout made through the admin API: its definition, progress and verdicts.
+    pub async fn delete_rollout(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM rollout_definitions WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        for sql in [
+            "DELETE FROM rollouts WHERE name = $1",
+            "DELETE FROM rollout_verdicts WHERE rollout = $1",
+            "DELETE FROM rollout_windows WHERE rollout = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A rollout's progress, if it was ever stored.
     pub async fn rollout(&self, name: &str) -> Result<Option<RolloutRow>, StoreError> {
         let row =

@@ -289,6 +289,21 @@ async fn rollouts(store: &Store) {
         store.take_lease("judge", "a", 1201, 100).await.unwrap(),
         "released"
     );
+    // A rollout made through the API: one per name; deleting it forgets its whole history.
+    let d = RolloutDefinition {
+        name: "r".into(),
+        definition: "{\"name\":\"r\"}".into(),
+        created_at: 5,
+        created_by: "ops".into(),
+    };
+    assert!(store.add_rollout_definition(&d).await.unwrap());
+    assert!(!store.add_rollout_definition(&d).await.unwrap(), "exists");
+    assert_eq!(store.rollout_definitions().await.unwrap(), [d]);
+    assert!(store.delete_rollout("r").await.unwrap());
+    assert!(!store.delete_rollout("r").await.unwrap());
+    assert!(store.rollout_definitions().await.unwrap().is_empty());
+    assert_eq!(store.rollout("r").await.unwrap(), None);
+    assert!(store.verdicts("r", 10).await.unwrap().is_empty());
 }
 
 /// A semantic hit's row is found by id with what it matched; other rows are not.

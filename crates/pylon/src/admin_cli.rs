@@ -287,6 +287,12 @@ pub(crate) enum RolloutCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Make the rollouts of a file (`[[rollouts]]` entries as in pylon.toml, or one as JSON);
+    /// they start at once unless `start = false`, and every instance applies them.
+    Create { file: std::path::PathBuf },
+    /// Forget a rollout made with `create` once it moves no traffic (pending, rolled back or
+    /// aborted).
+    Delete { name: String },
     /// Start a rollout declared with `start = false`.
     Start { name: String },
     /// Hold the current step; verdicts are not acted on until resumed.
@@ -335,6 +341,25 @@ fn print_rollout(r: &Value) {
     }
 }
 
+/// The rollouts a file declares: `[[rollouts]]` entries (TOML), or one JSON object.
+fn rollouts_in(file: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        return Ok(vec![v]);
+    }
+    let mut table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{} is neither TOML nor JSON", file.display()))?;
+    let entries = match table.remove("rollouts") {
+        Some(toml::Value::Array(a)) => a,
+        _ => anyhow::bail!("{}: no [[rollouts]] entries", file.display()),
+    };
+    entries
+        .into_iter()
+        .map(|e| Ok(serde_json::to_value(e)?))
+        .collect()
+}
+
 /// Runs a `pylon rollout` command.
 pub(crate) async fn rollout(remote: Remote, cmd: RolloutCommand) -> anyhow::Result<()> {
     let c = Client::new(remote)?;
@@ -367,6 +392,25 @@ pub(crate) async fn rollout(remote: Remote, cmd: RolloutCommand) -> anyhow::Resu
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         },
+        RolloutCommand::Create { file } => {
+            for entry in rollouts_in(&file)? {
+                let r = c
+                    .call(reqwest::Method::POST, "/admin/v1/rollouts", Some(entry))
+                    .await?;
+                print_rollout(&r);
+            }
+            return Ok(());
+        }
+        RolloutCommand::Delete { name } => {
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/admin/v1/rollouts/{name}"),
+                None,
+            )
+            .await?;
+            println!("{name}  deleted");
+            return Ok(());
+        }
         RolloutCommand::Start { name } => (name, "start"),
         RolloutCommand::Pause { name } => (name, "pause"),
         RolloutCommand::Resume { name } => (name, "resume"),

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::Value;
 
-use super::{AdminError, ErrorBody};
+use super::{actor, AdminError, ErrorBody};
 use crate::flags::FlagError;
 use crate::Control;
 
@@ -27,20 +27,6 @@ impl From<FlagError> for AdminError {
             FlagError::Store(s) => s.into(),
         }
     }
-}
-
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-pylon-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.chars()
-                .filter(|c| !c.is_control())
-                .take(100)
-                .collect::<String>()
-        })
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "admin".to_owned())
 }
 
 /// Every flag in force: key, `source` (`file` or `store`) and definition.

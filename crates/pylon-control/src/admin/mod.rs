@@ -70,8 +70,14 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/v1/flags/{key}/disable", post(flags::disable))
         .route("/admin/v1/flags/{key}/enable", post(flags::enable))
         .route("/admin/v1/flags/{key}/history", get(flags::history))
-        .route("/admin/v1/rollouts", get(rollouts::list))
-        .route("/admin/v1/rollouts/{name}", get(rollouts::show))
+        .route(
+            "/admin/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route(
+            "/admin/v1/rollouts/{name}",
+            get(rollouts::show).delete(rollouts::delete),
+        )
         .route(
             "/admin/v1/rollouts/{name}/{command}",
             post(rollouts::command),
@@ -94,7 +100,7 @@ pub fn router(control: Arc<Control>) -> Router {
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
           usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master,
-          rollouts::list, rollouts::show, rollouts::command,
+          rollouts::list, rollouts::create, rollouts::show, rollouts::delete, rollouts::command,
           flags::list, flags::put, flags::delete, flags::disable, flags::enable, flags::history),
     modifiers(&AdminToken, &CommonErrors),
     security(("admin_token" = [])),
@@ -244,6 +250,21 @@ async fn require_admin(State(c): State<Arc<Control>>, req: Request, next: Next) 
         )
         .into_response(),
     }
+}
+
+/// Who acted, from the `x-pylon-actor` header (default `admin`), kept in audit trails.
+pub(crate) fn actor(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-pylon-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>()
+        })
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "admin".to_owned())
 }
 
 /// An admin API error: status and an OpenAI-style JSON body.

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::Value;
 
-use super::{AdminError, ErrorBody};
+use super::{actor, AdminError, ErrorBody};
 use crate::rollouts::RolloutError;
 use crate::Control;
 
@@ -21,6 +22,10 @@ impl From<RolloutError> for AdminError {
             RolloutError::Refused { .. } => {
                 AdminError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            RolloutError::Invalid(_) => AdminError::bad_request(e.to_string()),
+            RolloutError::Conflict(_) => {
+                AdminError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             RolloutError::Store(s) => s.into(),
         }
     }
@@ -31,6 +36,45 @@ impl From<RolloutError> for AdminError {
     responses((status = 200, description = "the rollouts", body = Vec<Object>)))]
 pub(super) async fn list(State(c): State<Arc<Control>>) -> Result<Json<Vec<Value>>, AdminError> {
     Ok(Json(c.rollouts.list().await?))
+}
+
+/// Makes a rollout: the body is a `[[rollouts]]` entry of pylon.toml as JSON, checked the same
+/// way, kept in the store and applied by every instance within a second. It starts at once
+/// unless `"start": false`. `x-pylon-actor` names who made it.
+#[utoipa::path(post, path = "/admin/v1/rollouts", operation_id = "create_rollout", tag = "rollouts",
+    request_body(content = Object, description = "a [[rollouts]] entry as JSON: name, model | route | flag, strategy, candidate, steps, stickiness, analysis, …"),
+    responses((status = 201, description = "the rollout", body = Object),
+              (status = 400, body = ErrorBody, description = "not a valid rollout (unknown subject, bad steps, …)"),
+              (status = 409, body = ErrorBody, description = "a rollout of that name, or of that subject, exists")))]
+pub(super) async fn create(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let definition: Value = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::bad_request(format!("the body is not JSON: {e}")))?;
+    if !definition.is_object() {
+        return Err(AdminError::bad_request(
+            "the body must be a rollout (an object like a [[rollouts]] entry)",
+        ));
+    }
+    let made = c.rollouts.create(&definition, &actor(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+/// Forgets a rollout made through the API once it moves no traffic (pending, rolled back or
+/// aborted), with its verdict history.
+#[utoipa::path(delete, path = "/admin/v1/rollouts/{name}", operation_id = "delete_rollout", tag = "rollouts",
+    params(("name" = String, Path, description = "The rollout's name")),
+    responses((status = 204, description = "forgotten"),
+              (status = 404, body = ErrorBody, description = "no such rollout"),
+              (status = 409, body = ErrorBody, description = "declared in pylon.toml, or still moving traffic")))]
+pub(super) async fn delete(
+    State(c): State<Arc<Control>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    c.rollouts.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// One rollout: `name`, `state` (pending, progressing, paused, promoted, rolled_back,

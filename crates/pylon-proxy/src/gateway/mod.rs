@@ -308,6 +308,27 @@ impl Gateway {
         self.rollouts.load().get(name).cloned()
     }
 
+    /// Puts another set of rollouts in force (one made or removed through the admin API): new
+    /// rollouts get live state, existing ones keep theirs, requests that start from now on see
+    /// the new candidates.
+    pub fn install_rollouts(&self, rollouts: &[pylon_config::Rollout]) {
+        let current = self.rollouts.load();
+        let states = rollouts
+            .iter()
+            .map(|r| {
+                let name = r.name.get_ref();
+                let state = current
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(ArmState::new(name, &self.metrics)));
+                (name.clone(), state)
+            })
+            .collect();
+        // Live state first: a request that sees a new candidate must find its weights.
+        self.rollouts.store(Arc::new(states));
+        self.install(self.snapshot().with_rollouts(rollouts));
+    }
+
     /// The config snapshot in force; a request holds the one it started with to the end.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snap.load_full()

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
+mod api;
 mod instances;
 mod routes;
 
