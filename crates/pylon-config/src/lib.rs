@@ -1,5 +1,6 @@
 //! `pylon.toml` → a validated [`Config`]; every problem is reported as `file:line:col: sentence`.
 
+mod alert;
 mod cache;
 mod interpolate;
 mod model;
@@ -11,6 +12,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use alert::*;
 pub use cache::*;
 pub use model::*;
 pub use observe::*;

@@ -54,6 +54,14 @@ pub struct Config {
     pub rollouts: Vec<crate::Rollout>,
     #[serde(default)]
     pub flags: crate::Flags,
+    #[serde(default)]
+    pub alerting: crate::Alerting,
+    #[serde(default)]
+    pub alerts: Vec<crate::Alert>,
+    #[serde(default)]
+    pub alert_receivers: Vec<crate::AlertReceiver>,
+    #[serde(default)]
+    pub alert_routing: crate::AlertRoute,
 }
 
 /// `[data]`: where durable state lives.

@@ -271,3 +271,83 @@ steps = [ {{ weight = 5 }} ]
         );
     }
 }
+
+#[test]
+fn the_contract_alerting_parses() {
+    let text = format!(
+        r#"{EXAMPLE}
+[alerting]
+evaluate_every = "10s"
+
+[[alerts]]
+name = "chat-errors"
+kind = "threshold"
+series = "error_rate"
+labels = {{ model = "chat" }}
+above = 0.05
+for = "2m"
+severity = "critical"
+annotations = {{ summary = "chat error rate above 5 %", runbook = "docs/runbook.md#chat-errors" }}
+
+[[alerts]]
+name = "chat-slo"
+kind = "burn-rate"
+labels = {{ model = "chat" }}
+objective = 0.999
+
+[[alert_receivers]]
+name = "oncall"
+kind = "webhook"
+url = "http://127.0.0.1:9093"
+
+[alert_routing]
+receiver = "oncall"
+routes = [ {{ matchers = {{ severity = "critical" }}, receiver = "oncall" }} ]
+"#
+    );
+    let c = check(&text).unwrap();
+    assert_eq!(c.alerts.len(), 2);
+    assert_eq!(c.alerts[0].for_, Some(std::time::Duration::from_secs(120)));
+    assert_eq!(c.alerts[0].severity, Severity::Critical);
+    assert_eq!(c.alert_routing.routes.len(), 1);
+}
+
+#[test]
+fn alerting_mistakes_point_at_the_culprit() {
+    let text = format!(
+        r#"{EXAMPLE}
+[[alerts]]
+name = "a"
+kind = "threshold"
+series = "error_ratio"
+
+[[alerts]]
+name = "b"
+kind = "burn-rate"
+objective = 1.5
+labels = {{ colour = "red" }}
+
+[[alert_receivers]]
+name = "oncall"
+kind = "webhook"
+url = "ftp://x"
+
+[alert_routing]
+receiver = "pager"
+"#
+    );
+    let errs = check(&text).unwrap_err();
+    for (line, what) in [
+        (44, "series `error_ratio` is not one of"),
+        (47, "objective must be between 0 and 1"),
+        (47, "label `colour`"),
+        (55, "is not an http(s) URL"),
+        (58, "receiver `pager` is not declared"),
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("pylon.toml:{line}:")) && e.contains(what)),
+            "{what} at line {line}: {errs:?}"
+        );
+    }
+}

@@ -229,6 +229,7 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }
     rollouts(config, &providers, &models, &mut problems);
+    crate::alert::check(config, &mut problems);
     if config.flags.poll < std::time::Duration::from_millis(100) {
         problems.push((0, "flags.poll must be at least 100ms".to_owned()));
     }
@@ -473,7 +474,7 @@ fn rollouts(
     }
 }
 
-fn bad_url(url: &str) -> Option<&'static str> {
+pub(crate) fn bad_url(url: &str) -> Option<&'static str> {
     match url.parse::<http::Uri>() {
         Err(_) => Some("is not a valid URL"),
         Ok(u) if !matches!(u.scheme_str(), Some("http" | "https")) => {
