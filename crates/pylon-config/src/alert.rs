@@ -46,6 +46,19 @@ pub enum AlertKind {
     Health,
 }
 
+impl AlertKind {
+    /// The name used in pylon.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Threshold => "threshold",
+            AlertKind::BurnRate => "burn-rate",
+            AlertKind::Anomaly => "anomaly",
+            AlertKind::Budget => "budget",
+            AlertKind::Health => "health",
+        }
+    }
+}
+
 /// How urgent an alert is; a firing critical inhibits the warnings and infos of its group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -188,32 +201,76 @@ pub struct AlertRoute {
     pub routes: Vec<AlertRoute>,
 }
 
-/// The series a rule may watch, with what each measures (the README's list).
-pub const SERIES: &[(&str, &str)] = &[
-    ("requests", "requests per second"),
-    ("errors", "server-side failures (5xx) per second"),
-    ("error_rate", "share of requests that failed server-side"),
-    ("latency_p50", "median request latency, seconds"),
-    ("latency_p95", "95th percentile request latency, seconds"),
-    ("latency_p99", "99th percentile request latency, seconds"),
-    ("ttft_p95", "95th percentile time to first token, seconds"),
-    ("tokens", "tokens per second, input and output"),
-    ("cost", "provider spend, USD per hour"),
+/// The series a rule may watch: name, what it measures, the labels it can be narrowed by (the
+/// README's list).
+pub const SERIES: &[(&str, &str, &[&str])] = &[
+    (
+        "requests",
+        "requests per second",
+        &["route", "model", "provider"],
+    ),
+    (
+        "errors",
+        "server-side failures (5xx) per second",
+        &["route", "model", "provider"],
+    ),
+    (
+        "error_rate",
+        "share of requests that failed server-side",
+        &["route", "model", "provider"],
+    ),
+    (
+        "latency_p50",
+        "median request latency, seconds",
+        &["route", "model"],
+    ),
+    (
+        "latency_p95",
+        "95th percentile request latency, seconds",
+        &["route", "model"],
+    ),
+    (
+        "latency_p99",
+        "99th percentile request latency, seconds",
+        &["route", "model"],
+    ),
+    (
+        "ttft_p95",
+        "95th percentile time to first token, seconds",
+        &["model", "provider"],
+    ),
+    (
+        "tokens",
+        "tokens per second, input and output",
+        &["model", "provider"],
+    ),
+    (
+        "cost",
+        "provider spend, USD per hour",
+        &["model", "provider"],
+    ),
     (
         "cache_hit_rate",
-        "share of cacheable requests answered from the cache",
+        "share of cache lookups answered from the cache",
+        &[],
     ),
     (
         "rejections",
         "requests refused by limits or budgets per second",
+        &[],
     ),
-    ("open_streams", "streams being relayed"),
-    ("breaker_open", "targets whose circuit breaker is open"),
-    ("request_log_dropped", "request-log rows dropped per second"),
+    ("open_streams", "streams being relayed", &[]),
+    (
+        "breaker_open",
+        "targets whose circuit breaker is open",
+        &["model", "target"],
+    ),
+    (
+        "request_log_dropped",
+        "request-log rows dropped per second",
+        &[],
+    ),
 ];
-
-/// Labels a rule may select on.
-const LABELS: &[&str] = &["model", "provider", "route", "target"];
 
 /// The alerting sections' problems, at their places in the file.
 pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>) {
@@ -269,18 +326,38 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
         if !names.insert(name) {
             bad("declared twice".into());
         }
-        for l in a.labels.keys() {
-            if !LABELS.contains(&l.as_str()) {
-                bad(format!("label `{l}` is not one of {}", LABELS.join(", ")));
+        // Burn-rate rules count requests: the labels of `requests`.
+        let series_name = a
+            .series
+            .as_ref()
+            .map_or("requests", |s| s.get_ref().as_str());
+        if let Some((_, _, labels)) = SERIES.iter().find(|(n, ..)| *n == series_name) {
+            for l in a.labels.keys() {
+                if !labels.contains(&l.as_str()) {
+                    bad(format!(
+                        "label `{l}`: series `{series_name}` is narrowed by {}",
+                        if labels.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            labels.join(", ")
+                        }
+                    ));
+                }
             }
         }
-        let known = |s: &str| SERIES.iter().any(|(n, _)| *n == s);
+        if a.kind == AlertKind::Budget {
+            bad(
+                "budget rules are not available yet; use the budget notifications of [budgets]"
+                    .into(),
+            );
+        }
+        let known = |s: &str| SERIES.iter().any(|(n, ..)| *n == s);
         match (a.kind, &a.series) {
             (AlertKind::Threshold | AlertKind::Anomaly | AlertKind::Health, None) => {
                 bad("name a series, e.g. series = \"error_rate\"".into());
             }
             (_, Some(s)) if !known(s.get_ref()) => {
-                let all: Vec<&str> = SERIES.iter().map(|(n, _)| *n).collect();
+                let all: Vec<&str> = SERIES.iter().map(|(n, ..)| *n).collect();
                 problems.push((
                     s.span().start,
                     format!(

@@ -2,6 +2,7 @@
 //! keeping the data plane's key index in step with the store.
 
 mod admin;
+pub mod alerts;
 pub mod flags;
 mod health;
 mod keys;
@@ -61,8 +62,17 @@ pub struct Control {
     pub rollouts: Arc<rollouts::Rollouts>,
     /// Feature flags: the file and the store, kept current in the gateway.
     pub flags: Arc<flags::Flags>,
+    /// Alert rules: evaluated here when this instance holds the lease.
+    pub alerts: Arc<alerts::Alerts>,
     /// The run-time log filter, when the binary installed one.
     log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
+}
+
+/// The control loops the admin API drives: rollouts, flags, alerts.
+pub(crate) struct Loops {
+    rollouts: Arc<rollouts::Rollouts>,
+    flags: Arc<flags::Flags>,
+    alerts: Arc<alerts::Alerts>,
 }
 
 /// Background tasks owned by the control plane.
@@ -80,9 +90,13 @@ impl Control {
         admin_token: Option<String>,
         keyring: secrets::Keyring,
         budgets: &pylon_config::Budgets,
-        rollouts: Arc<rollouts::Rollouts>,
-        flags: Arc<flags::Flags>,
+        loops: Loops,
     ) -> Arc<Control> {
+        let Loops {
+            rollouts,
+            flags,
+            alerts,
+        } = loops;
         let notifier = notify::Notifier::new(budgets);
         let admin_token = admin_token
             .filter(|t| !t.is_empty())
@@ -99,6 +113,7 @@ impl Control {
             log_level: std::sync::OnceLock::new(),
             rollouts,
             flags,
+            alerts,
         })
     }
 
@@ -126,6 +141,9 @@ impl Control {
             t.abort();
         }
         self.rollouts.release().await;
+        if self.alerts.any() {
+            self.alerts.release().await;
+        }
         // Settlements, cache writes and webhook sends a request left behind finish first.
         if !self.gateway.drain(grace).await {
             tracing::warn!(target: "pylon::control", "background work did not finish within the grace period");
@@ -334,22 +352,32 @@ pub async fn bootstrap(
     };
     let token = secret(config.admin.token_file.as_deref(), env.admin_token)?;
     let gateway = Gateway::new(config)?;
+    let rollouts = Arc::new(rollouts::Rollouts::new(
+        config,
+        store.clone(),
+        gateway.clone(),
+    ));
+    let alerts = Arc::new(alerts::Alerts::new(
+        config,
+        store.clone(),
+        gateway.clone(),
+        rollouts.clone(),
+    ));
     let control = Control::new(
         store.clone(),
         gateway.clone(),
         token,
         keyring,
         &config.budgets,
-        Arc::new(rollouts::Rollouts::new(
-            config,
-            store.clone(),
-            gateway.clone(),
-        )),
-        Arc::new(flags::Flags::new(
-            &config.flags,
-            store.clone(),
-            gateway.clone(),
-        )),
+        Loops {
+            rollouts,
+            flags: Arc::new(flags::Flags::new(
+                &config.flags,
+                store.clone(),
+                gateway.clone(),
+            )),
+            alerts,
+        },
     );
     control.flags.reload().await?;
     control.spawn(control.flags.clone().run());
@@ -391,6 +419,9 @@ pub async fn bootstrap(
     ));
     // Always running: a rollout may be made through the admin API at any time.
     control.spawn(control.rollouts.clone().run());
+    if control.alerts.any() {
+        control.spawn(control.alerts.clone().run());
+    }
     if let Some(every) = config.health.probe_every {
         control.spawn(health::probe_loop(gateway.clone(), every));
     }

@@ -3,6 +3,7 @@
 //! One set of portable migrations and one SQL dialect (`$N` placeholders, portable types) serve
 //! both backends through `sqlx::Any`; the same test suite runs against each.
 
+mod alerts;
 mod flags;
 mod model;
 mod queries;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
+pub use alerts::{AlertEvent, AlertRow};
 pub use flags::{FlagChange, FlagRow};
 pub use model::*;
 pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};

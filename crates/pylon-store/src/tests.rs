@@ -195,6 +195,45 @@ async fn suite(store: Store) {
     semantic_audit(&store).await;
     rollouts(&store).await;
     flags(&store).await;
+    alerts(&store).await;
+}
+
+/// An alert's row upserts; its history comes back newest first and is trimmed.
+async fn alerts(store: &Store) {
+    let mut a = AlertRow {
+        name: "chat-errors".into(),
+        state: "firing".into(),
+        severity: "critical".into(),
+        labels: "{}".into(),
+        annotations: "{}".into(),
+        value: Some(0.2),
+        active_since: Some(1),
+        firing_since: Some(2),
+        resolved_at: None,
+        acked_by: None,
+        acked_until: None,
+        updated_at: 2,
+    };
+    store.put_alert(&a).await.unwrap();
+    a.acked_by = Some("ops".into());
+    a.acked_until = Some(99);
+    store.put_alert(&a).await.unwrap();
+    assert_eq!(store.alert("chat-errors").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.alerts().await.unwrap(), [a]);
+    for at in 0..250 {
+        let e = AlertEvent {
+            at,
+            alert: if at % 2 == 0 { "a" } else { "b" }.into(),
+            kind: "firing".into(),
+            detail: "{}".into(),
+        };
+        store.add_alert_event(&e, 120).await.unwrap();
+    }
+    let all = store.alert_events(None, 1000).await.unwrap();
+    assert_eq!(all[0].at, 249);
+    assert!(all.len() <= 170, "trimmed: {}", all.len());
+    let b = store.alert_events(Some("b"), 3).await.unwrap();
+    assert_eq!(b.iter().map(|e| e.at).collect::<Vec<_>>(), [249, 247, 245]);
 }
 
 /// Flag changes store the definition and the audit row together; a delete leaves the history.

@@ -100,6 +100,12 @@ pub struct Metrics {
     pub flag_errors: IntCounterVec,
     /// Open OFREP change streams.
     pub flag_streams: IntGauge,
+    /// Alerts firing (1) by rule and severity.
+    pub alerts_firing: IntGaugeVec,
+    /// Notification deliveries by receiver and outcome (`ok`, `failed`).
+    pub alert_deliveries: IntCounterVec,
+    /// Time to evaluate every rule once.
+    pub alert_evaluation: prometheus::Histogram,
 }
 
 /// What the semantic cache decided, and what its judge cost.
@@ -500,6 +506,29 @@ impl Metrics {
                 "pylon_flag_streams",
                 "Open OFREP change-notification streams.",
             )?,
+            alerts_firing: gauge(
+                r,
+                "pylon_alerts_firing",
+                "Alerts firing (1) by rule and severity.",
+                &["alertname", "severity"],
+            )?,
+            alert_deliveries: counter(
+                r,
+                "pylon_alert_deliveries_total",
+                "Alert notification deliveries by receiver and outcome.",
+                &["receiver", "outcome"],
+            )?,
+            alert_evaluation: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pylon_alert_evaluation_seconds",
+                        "Time to evaluate every alert rule once.",
+                    )
+                    .buckets(OVERHEAD_BUCKETS.to_vec()),
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
             registry,
         };
         let build = gauge(
@@ -514,6 +543,11 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(m)
+    }
+
+    /// Every metric family's current values (the alert evaluator reads its series from these).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The text exposition format, for `GET /metrics`.

@@ -1,5 +1,6 @@
 //! The admin API: `/admin/v1/…` behind the admin token, `/openapi.json` and `/docs`.
 
+mod alerts;
 mod cache;
 mod flags;
 mod keys;
@@ -70,6 +71,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/v1/flags/{key}/disable", post(flags::disable))
         .route("/admin/v1/flags/{key}/enable", post(flags::enable))
         .route("/admin/v1/flags/{key}/history", get(flags::history))
+        .route("/admin/v1/alerts", get(alerts::list))
+        .route("/admin/v1/alerts/history", get(alerts::history))
+        .route("/admin/v1/alerts/{name}/ack", post(alerts::ack))
         .route(
             "/admin/v1/rollouts",
             get(rollouts::list).post(rollouts::create),
@@ -100,6 +104,7 @@ pub fn router(control: Arc<Control>) -> Router {
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
           usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master,
+          alerts::list, alerts::history, alerts::ack,
           rollouts::list, rollouts::create, rollouts::show, rollouts::delete, rollouts::command,
           flags::list, flags::put, flags::delete, flags::disable, flags::enable, flags::history),
     modifiers(&AdminToken, &CommonErrors),
@@ -111,6 +116,7 @@ pub fn router(control: Arc<Control>) -> Router {
          (name = "cache", description = "The response cache"),
          (name = "providers", description = "Provider credentials, encrypted at rest"),
          (name = "rollouts", description = "Canary, blue-green and shadow rollouts"),
+         (name = "alerts", description = "Alert rules, their history and acknowledgement"),
          (name = "flags", description = "Feature flags (flagd format), served over OFREP"))
 )]
 struct ApiDoc;

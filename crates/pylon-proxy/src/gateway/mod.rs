@@ -351,6 +351,18 @@ impl Gateway {
 
     /// The metrics text, with scrape-time values (breakers, degraded limits) brought current.
     pub fn render_metrics(&self) -> String {
+        self.refresh_gauges();
+        self.metrics.render()
+    }
+
+    /// Every metric family with scrape-time values brought current, for the alert evaluator.
+    pub fn gather_metrics(&self) -> Vec<pylon_telemetry::prometheus::proto::MetricFamily> {
+        self.refresh_gauges();
+        self.metrics.gather()
+    }
+
+    /// Brings the values only known when asked (breakers, degraded limits, queues) current.
+    fn refresh_gauges(&self) {
         let m = &self.metrics;
         let now = std::time::Instant::now();
         let snap = self.snap.load();
@@ -370,7 +382,6 @@ impl Gateway {
             m.cache_bytes.set(bytes as i64);
             m.cache_entries.set(entries as i64);
         }
-        m.render()
     }
 
     /// Marks the gateway as draining (readiness fails; requests in flight continue).

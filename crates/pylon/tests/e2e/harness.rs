@@ -338,3 +338,29 @@ pub async fn cuttable_proxy(
     });
     (addr, cut)
 }
+
+/// Receives webhook events; answers `status` to each.
+pub async fn webhook_receiver(
+    status: axum::http::StatusCode,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .fallback(
+            |axum::extract::State((seen, status)): axum::extract::State<(
+                std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+                axum::http::StatusCode,
+            )>,
+             axum::Json(v): axum::Json<Value>| async move {
+                seen.lock().unwrap().push(v);
+                status
+            },
+        )
+        .with_state((seen.clone(), status));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}

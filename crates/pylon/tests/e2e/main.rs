@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounting;
+mod alerts;
 mod app_routes;
 mod cache;
 mod edge;

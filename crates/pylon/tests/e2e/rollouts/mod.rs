@@ -2,14 +2,11 @@
 //! one back on its own, holds on too little traffic, keeps callers on their arm, shadows
 //! without billing, and moves an app route's releases (canary and blue-green) under load.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Router;
 use pylon_providers::mock::Behaviour;
 use serde_json::{json, Value};
 
@@ -439,27 +436,9 @@ async fn commands_move_the_state_and_refuse_what_does_not_apply() {
     assert_eq!(list[0]["name"], "chat-v2");
 }
 
-/// Receives webhook events; answers `status` to each.
-async fn receiver(status: StatusCode) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Value>>>) {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let app = Router::new()
-        .fallback(
-            |State((seen, status)): State<(Arc<std::sync::Mutex<Vec<Value>>>, StatusCode)>,
-             axum::Json(v): axum::Json<Value>| async move {
-                seen.lock().unwrap().push(v);
-                status
-            },
-        )
-        .with_state((seen.clone(), status));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, seen)
-}
-
 #[tokio::test]
 async fn webhooks_get_one_event_per_state_change() {
-    let (hook, events) = receiver(StatusCode::OK).await;
+    let (hook, events) = webhook_receiver(StatusCode::OK).await;
     let rollout = format!(
         "webhook = \"http://{hook}/events\"\ncandidate = {{ targets = [ {{ provider = \"b\", model = \"mock-b\" }} ] }}\nsteps = [ {{ weight = 20, hold = \"1s\" }}, {{ weight = 50, hold = \"1s\" }} ]\n[rollouts.analysis]\ninterval = \"1s\"\nmin_requests = 5\nmax_latency_ratio = 100.0\nmax_ttft_ratio = 100.0\n"
     );
@@ -492,7 +471,7 @@ async fn webhooks_get_one_event_per_state_change() {
 
 #[tokio::test]
 async fn a_refusing_confirm_gate_stops_short_of_100_percent() {
-    let (gate, asked) = receiver(StatusCode::SERVICE_UNAVAILABLE).await;
+    let (gate, asked) = webhook_receiver(StatusCode::SERVICE_UNAVAILABLE).await;
     let rollout = format!(
         "confirm_url = \"http://{gate}/confirm\"\ncandidate = {{ targets = [ {{ provider = \"b\", model = \"mock-b\" }} ] }}\nsteps = [ {{ weight = 20, hold = \"1s\" }} ]\n[rollouts.analysis]\ninterval = \"1s\"\nmin_requests = 5\nmax_latency_ratio = 100.0\nmax_ttft_ratio = 100.0\n"
     );

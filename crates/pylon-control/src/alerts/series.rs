@@ -1,0 +1,332 @@
+//! Pylon's own series, read from its metrics: two gathers of the registry a few seconds apart
+//! give rates, ratios and percentiles narrowed by a rule's labels (see `pylon_config::SERIES`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use pylon_telemetry::prometheus::proto::{MetricFamily, MetricType};
+
+/// One metric's value in a gather.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Scalar(f64),
+    /// (upper bound, cumulative count), and the total count.
+    Histogram(Vec<(f64, u64)>, u64),
+}
+
+type Labels = Vec<(String, String)>;
+
+/// The registry at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sample {
+    pub at_ms: u64,
+    families: HashMap<String, Vec<(Labels, Value)>>,
+}
+
+impl Sample {
+    /// Keeps the families the series are made from.
+    pub fn of(families: &[MetricFamily], at_ms: u64) -> Sample {
+        let mut out = HashMap::new();
+        for f in families {
+            if !USED.contains(&f.name()) {
+                continue;
+            }
+            let metrics = f
+                .get_metric()
+                .iter()
+                .map(|m| {
+                    let labels: Labels = m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                        .collect();
+                    let value = match f.get_field_type() {
+                        MetricType::COUNTER => Value::Scalar(m.get_counter().get_value()),
+                        MetricType::GAUGE => Value::Scalar(m.get_gauge().get_value()),
+                        MetricType::HISTOGRAM => {
+                            let h = m.get_histogram();
+                            Value::Histogram(
+                                h.get_bucket()
+                                    .iter()
+                                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                                    .collect(),
+                                h.get_sample_count(),
+                            )
+                        }
+                        _ => Value::Scalar(0.0),
+                    };
+                    (labels, value)
+                })
+                .collect();
+            out.insert(f.name().to_owned(), metrics);
+        }
+        Sample {
+            at_ms,
+            families: out,
+        }
+    }
+}
+
+const REQUESTS: &str = "pylon_requests_total";
+const DURATION: &str = "pylon_request_duration_seconds";
+const TTFT: &str = "pylon_time_to_first_token_seconds";
+const TOKENS: &str = "pylon_tokens_total";
+const COST: &str = "pylon_cost_usd_total";
+const CACHE: &str = "pylon_cache_requests_total";
+const REJECTED: &str = "pylon_rejected_requests_total";
+const STREAMS: &str = "pylon_open_streams";
+const BREAKERS: &str = "pylon_circuit_breaker_state";
+const LOG_DROPPED: &str = "pylon_request_log_dropped_total";
+const USED: [&str; 10] = [
+    REQUESTS,
+    DURATION,
+    TTFT,
+    TOKENS,
+    COST,
+    CACHE,
+    REJECTED,
+    STREAMS,
+    BREAKERS,
+    LOG_DROPPED,
+];
+
+/// A series' value over the interval between two samples.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Reading {
+    pub value: f64,
+    /// Requests per second behind it (the anomaly detector's quiet floor).
+    pub traffic: f64,
+}
+
+fn matches(labels: &Labels, want: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> bool {
+    let has = |k: &str, v: &str| labels.iter().any(|(lk, lv)| lk == k && lv == v);
+    want.iter().all(|(k, v)| has(k, v)) && extra.iter().all(|(k, v)| has(k, v))
+}
+
+/// The same metric in the earlier sample.
+fn before<'a>(prev: &'a Sample, family: &str, labels: &Labels) -> Option<&'a Value> {
+    prev.families
+        .get(family)?
+        .iter()
+        .find(|(l, _)| l == labels)
+        .map(|(_, v)| v)
+}
+
+/// Σ of how much matching counters grew (a counter that went down restarted: its value counts).
+fn growth(
+    prev: &Sample,
+    cur: &Sample,
+    family: &str,
+    want: &BTreeMap<String, String>,
+    extra: &[(&str, &str)],
+) -> f64 {
+    let Some(metrics) = cur.families.get(family) else {
+        return 0.0;
+    };
+    metrics
+        .iter()
+        .filter(|(l, _)| matches(l, want, extra))
+        .map(|(l, v)| match (v, before(prev, family, l)) {
+            (Value::Scalar(now), Some(Value::Scalar(then))) if now >= then => now - then,
+            (Value::Scalar(now), _) => *now,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Σ of matching gauges now.
+fn level(
+    cur: &Sample,
+    family: &str,
+    want: &BTreeMap<String, String>,
+    f: impl Fn(f64) -> f64,
+) -> f64 {
+    cur.families.get(family).map_or(0.0, |metrics| {
+        metrics
+            .iter()
+            .filter(|(l, _)| matches(l, want, &[]))
+            .map(|(_, v)| match v {
+                Value::Scalar(x) => f(*x),
+                Value::Histogram(..) => 0.0,
+            })
+            .sum()
+    })
+}
+
+/// Matching histograms' growth: cumulative bucket counts and the total.
+fn histogram_growth(
+    prev: &Sample,
+    cur: &Sample,
+    family: &str,
+    want: &BTreeMap<String, String>,
+) -> (Vec<(f64, u64)>, u64) {
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    let mut total = 0;
+    for (l, v) in cur.families.get(family).into_iter().flatten() {
+        let Value::Histogram(now, count) = v else {
+            continue;
+        };
+        if !matches(l, want, &[]) {
+            continue;
+        }
+        let then = match before(prev, family, l) {
+            Some(Value::Histogram(b, c)) if c <= count => Some((b, *c)),
+            _ => None,
+        };
+        total += count - then.map_or(0, |t| t.1);
+        for (i, (upper, cum)) in now.iter().enumerate() {
+            let was = then.and_then(|t| t.0.get(i)).map_or(0, |b| b.1);
+            let grew = cum.saturating_sub(was);
+            match buckets.get_mut(i) {
+                Some(b) => b.1 += grew,
+                None => buckets.push((*upper, grew)),
+            }
+        }
+    }
+    (buckets, total)
+}
+
+/// The `q` quantile of a histogram's growth, interpolated within its bucket; `None` if empty.
+fn quantile(buckets: &[(f64, u64)], total: u64, q: f64) -> Option<f64> {
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(upper, cum) in buckets {
+        if cum as f64 >= rank {
+            let in_bucket = (cum - lower.1) as f64;
+            let into = if in_bucket > 0.0 {
+                (rank - lower.1 as f64) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (upper - lower.0) * into);
+        }
+        lower = (upper, cum);
+    }
+    // Beyond the last finite bound: that bound is the best that can be said.
+    Some(lower.0)
+}
+
+/// Requests whose latency was above `threshold_s`, and all requests (a latency SLO's bad and
+/// total), from the duration histogram.
+pub(crate) fn slow_and_total(
+    prev: &Sample,
+    cur: &Sample,
+    want: &BTreeMap<String, String>,
+    threshold_s: f64,
+) -> (f64, f64) {
+    let (buckets, total) = histogram_growth(prev, cur, DURATION, want);
+    // The smallest bound at or above the threshold: requests within it count as fast.
+    let fast = buckets
+        .iter()
+        .find(|(upper, _)| *upper >= threshold_s)
+        .map_or(total, |b| b.1);
+    ((total.saturating_sub(fast)) as f64, total as f64)
+}
+
+/// Server-side failures and all requests (an availability SLO's bad and total).
+pub(crate) fn failed_and_total(
+    prev: &Sample,
+    cur: &Sample,
+    want: &BTreeMap<String, String>,
+) -> (f64, f64) {
+    (
+        growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]),
+        growth(prev, cur, REQUESTS, want, &[]),
+    )
+}
+
+/// A named series between two samples; `None` when it has no value (no requests for a ratio or
+/// a percentile).
+pub(crate) fn read(
+    series: &str,
+    want: &BTreeMap<String, String>,
+    prev: &Sample,
+    cur: &Sample,
+) -> Option<Reading> {
+    let secs = (cur.at_ms.saturating_sub(prev.at_ms) as f64 / 1000.0).max(1e-3);
+    let requests = growth(prev, cur, REQUESTS, want, &[]);
+    let traffic = requests / secs;
+    let value = match series {
+        "requests" => traffic,
+        "errors" => growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]) / secs,
+        "error_rate" => {
+            if requests == 0.0 {
+                return None;
+            }
+            growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]) / requests
+        }
+        "latency_p50" | "latency_p95" | "latency_p99" => {
+            let q = match series {
+                "latency_p50" => 0.5,
+                "latency_p95" => 0.95,
+                _ => 0.99,
+            };
+            let (b, total) = histogram_growth(prev, cur, DURATION, want);
+            quantile(&b, total, q)?
+        }
+        "ttft_p95" => {
+            let (b, total) = histogram_growth(prev, cur, TTFT, want);
+            quantile(&b, total, 0.95)?
+        }
+        "tokens" => growth(prev, cur, TOKENS, want, &[]) / secs,
+        "cost" => growth(prev, cur, COST, want, &[]) * 3600.0 / secs,
+        "cache_hit_rate" => {
+            let all = growth(prev, cur, CACHE, want, &[]);
+            if all == 0.0 {
+                return None;
+            }
+            growth(prev, cur, CACHE, want, &[("result", "hit")]) / all
+        }
+        "rejections" => growth(prev, cur, REJECTED, want, &[]) / secs,
+        "open_streams" => level(cur, STREAMS, want, |x| x),
+        "breaker_open" => level(cur, BREAKERS, want, |x| if x >= 2.0 { 1.0 } else { 0.0 }),
+        "request_log_dropped" => growth(prev, cur, LOG_DROPPED, want, &[]) / secs,
+        _ => return None,
+    };
+    Some(Reading { value, traffic })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(model: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("model".to_owned(), model.to_owned())])
+    }
+
+    /// Rates, ratios and percentiles from a real registry, narrowed by labels.
+    #[test]
+    fn series_from_two_gathers() {
+        let m = pylon_telemetry::Metrics::new(false).unwrap();
+        let before = Sample::of(&m.gather(), 0);
+        for (model, class, n) in [
+            ("chat", "2xx", 90),
+            ("chat", "5xx", 10),
+            ("other", "5xx", 50),
+        ] {
+            m.requests
+                .with_label_values(&["chat", model, "p", class])
+                .inc_by(n);
+        }
+        for i in 0..100 {
+            m.request_duration
+                .with_label_values(&["chat", "chat"])
+                .observe(if i < 90 { 0.2 } else { 4.0 });
+        }
+        let after = Sample::of(&m.gather(), 10_000);
+        let r = |s: &str, model: &str| read(s, &labels(model), &before, &after);
+        assert_eq!(r("requests", "chat").unwrap().value, 10.0);
+        assert_eq!(r("error_rate", "chat").unwrap().value, 0.1);
+        assert_eq!(r("error_rate", "nobody"), None, "no requests, no ratio");
+        let p50 = r("latency_p50", "chat").unwrap().value;
+        let p95 = r("latency_p95", "chat").unwrap().value;
+        assert!(p50 > 0.1 && p50 <= 0.25, "{p50}");
+        assert!(p95 > 2.5 && p95 <= 5.0, "{p95}");
+        let (slow, total) = slow_and_total(&before, &after, &labels("chat"), 1.0);
+        assert_eq!((slow, total), (10.0, 100.0));
+        let (bad, total) = failed_and_total(&before, &after, &BTreeMap::new());
+        assert_eq!((bad, total), (60.0, 150.0));
+    }
+}

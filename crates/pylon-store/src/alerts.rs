@@ -1,0 +1,151 @@
+//! Alerts: each rule's current alert and the history of what happened to it.
+
+use crate::{get, Store, StoreError};
+
+/// A rule's current alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    pub name: String,
+    /// `inactive`, `pending`, `firing` or `resolved`.
+    pub state: String,
+    pub severity: String,
+    /// JSON object.
+    pub labels: String,
+    /// JSON object.
+    pub annotations: String,
+    pub value: Option<f64>,
+    pub active_since: Option<i64>,
+    pub firing_since: Option<i64>,
+    pub resolved_at: Option<i64>,
+    pub acked_by: Option<String>,
+    pub acked_until: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// One thing that happened to an alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertEvent {
+    pub at: i64,
+    pub alert: String,
+    pub kind: String,
+    /// JSON object.
+    pub detail: String,
+}
+
+const COLUMNS: &str = "name, state, severity, labels, annotations, value, active_since, firing_since, resolved_at, acked_by, acked_until, updated_at";
+
+fn row(r: &sqlx::any::AnyRow) -> Result<AlertRow, StoreError> {
+    Ok(AlertRow {
+        name: get(r, "name")?,
+        state: get(r, "state")?,
+        severity: get(r, "severity")?,
+        labels: get(r, "labels")?,
+        annotations: get(r, "annotations")?,
+        value: get(r, "value")?,
+        active_since: get(r, "active_since")?,
+        firing_since: get(r, "firing_since")?,
+        resolved_at: get(r, "resolved_at")?,
+        acked_by: get(r, "acked_by")?,
+        acked_until: get(r, "acked_until")?,
+        updated_at: get(r, "updated_at")?,
+    })
+}
+
+impl Store {
+    /// Every rule's current alert, by name.
+    pub async fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// One rule's current alert.
+    pub async fn alert(&self, name: &str) -> Result<Option<AlertRow>, StoreError> {
+        let r = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Stores a rule's alert as it is now (the acknowledgement is kept unless `a` sets one).
+    pub async fn put_alert(&self, a: &AlertRow) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO alerts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state, severity = excluded.severity, \
+             labels = excluded.labels, annotations = excluded.annotations, value = excluded.value, \
+             active_since = excluded.active_since, firing_since = excluded.firing_since, \
+             resolved_at = excluded.resolved_at, acked_by = excluded.acked_by, \
+             acked_until = excluded.acked_until, updated_at = excluded.updated_at"
+        ))
+        .bind(&a.name)
+        .bind(&a.state)
+        .bind(&a.severity)
+        .bind(&a.labels)
+        .bind(&a.annotations)
+        .bind(a.value)
+        .bind(a.active_since)
+        .bind(a.firing_since)
+        .bind(a.resolved_at)
+        .bind(&a.acked_by)
+        .bind(a.acked_until)
+        .bind(a.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends to the history, keeping the newest `keep` events. One statement: a read then a
+    /// write in one SQLite transaction fails at once when another writer holds the lock.
+    pub async fn add_alert_event(&self, e: &AlertEvent, keep: i64) -> Result<(), StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO alert_events (id, at, alert, kind, detail) \
+             SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4 FROM alert_events RETURNING id",
+        )
+        .bind(e.at)
+        .bind(&e.alert)
+        .bind(&e.kind)
+        .bind(&e.detail)
+        .fetch_one(&self.pool)
+        .await?;
+        if id % 100 == 0 {
+            sqlx::query("DELETE FROM alert_events WHERE id <= $1")
+                .bind(id - keep)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The history, newest first: everything, or one alert's.
+    pub async fn alert_events(
+        &self,
+        alert: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AlertEvent>, StoreError> {
+        let rows = match alert {
+            Some(a) => sqlx::query(
+                "SELECT at, alert, kind, detail FROM alert_events WHERE alert = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(a)
+            .bind(limit),
+            None => sqlx::query(
+                "SELECT at, alert, kind, detail FROM alert_events ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit),
+        }
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AlertEvent {
+                    at: get(r, "at")?,
+                    alert: get(r, "alert")?,
+                    kind: get(r, "kind")?,
+                    detail: get(r, "detail")?,
+                })
+            })
+            .collect()
+    }
+}
