@@ -143,6 +143,29 @@ pub struct Alert {
     /// What a firing alert does to a rollout.
     #[serde(default)]
     pub rollout: Option<RolloutAction>,
+    /// An `[[alert_escalations]]` policy run while it fires unacknowledged.
+    #[serde(default)]
+    pub escalation: Option<Spanned<String>>,
+}
+
+/// One `[[alert_escalations]]`: steps of (delay, receivers), the whole repeated `repeat` times,
+/// until the alert is acknowledged or resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    pub name: Spanned<String>,
+    pub steps: Vec<EscalationStep>,
+    #[serde(default)]
+    pub repeat: u32,
+}
+
+/// One escalation step: after `after` (from the step before), these receivers are notified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationStep {
+    #[serde(default, with = "humantime_serde")]
+    pub after: Duration,
+    pub receivers: Vec<Spanned<String>>,
 }
 
 fn default_score() -> f64 {
@@ -311,8 +334,35 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
         }
     }
     route(&config.alert_routing, &receivers, true, problems);
-    if !config.alerts.is_empty() && config.alert_routing.receiver.is_none() && !receivers.is_empty()
-    {
+    let mut policies = std::collections::HashSet::new();
+    for e in &config.alert_escalations {
+        if !policies.insert(e.name.get_ref().as_str()) {
+            problems.push((
+                e.name.span().start,
+                format!("escalation `{}` is declared twice", e.name.get_ref()),
+            ));
+        }
+        if e.steps.is_empty() {
+            problems.push((
+                e.name.span().start,
+                format!("escalation `{}` has no steps", e.name.get_ref()),
+            ));
+        }
+        for r in e.steps.iter().flat_map(|s| &s.receivers) {
+            if !receivers.contains(&r.get_ref().as_str()) {
+                problems.push((
+                    r.span().start,
+                    format!(
+                        "receiver `{}` is not declared in [[alert_receivers]]",
+                        r.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
+    // Alerts with an escalation policy are told through it; the others need a route.
+    let unrouted = config.alerts.iter().any(|a| a.escalation.is_none());
+    if unrouted && config.alert_routing.receiver.is_none() && !receivers.is_empty() {
         problems.push((
             0,
             "alert_routing.receiver: name the default receiver".to_owned(),
@@ -397,6 +447,17 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
                             .into(),
                     );
                 }
+            }
+        }
+        if let Some(e) = &a.escalation {
+            if !policies.contains(e.get_ref().as_str()) {
+                problems.push((
+                    e.span().start,
+                    format!(
+                        "alert `{name}`: escalation `{}` is not declared in [[alert_escalations]]",
+                        e.get_ref()
+                    ),
+                ));
             }
         }
         if let Some(r) = &a.rollout {

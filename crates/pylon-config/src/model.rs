@@ -62,6 +62,8 @@ pub struct Config {
     pub alert_receivers: Vec<crate::AlertReceiver>,
     #[serde(default)]
     pub alert_routing: crate::AlertRoute,
+    #[serde(default)]
+    pub alert_escalations: Vec<crate::Escalation>,
 }
 
 /// `[data]`: where durable state lives.

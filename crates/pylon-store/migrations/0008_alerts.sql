@@ -26,3 +26,14 @@ CREATE TABLE alert_events (
 );
 CREATE INDEX alert_events_by_time ON alert_events (at);
 CREATE INDEX alert_events_by_alert ON alert_events (alert, at);
+-- Silences: alerts matching every matcher are not notified between starts_at and ends_at.
+CREATE TABLE alert_silences (
+    id TEXT PRIMARY KEY,
+    -- Label equality matchers, as a JSON object.
+    matchers TEXT NOT NULL,
+    starts_at BIGINT NOT NULL,
+    ends_at BIGINT NOT NULL,
+    author TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);

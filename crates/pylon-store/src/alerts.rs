@@ -149,3 +149,71 @@ impl Store {
             .collect()
     }
 }
+
+/// A silence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SilenceRow {
+    pub id: String,
+    /// JSON object of label matchers.
+    pub matchers: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub author: String,
+    pub comment: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Silences that end after `since`, soonest ending first.
+    pub async fn silences(&self, since: i64) -> Result<Vec<SilenceRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, matchers, starts_at, ends_at, author, comment, created_at FROM alert_silences \
+             WHERE ends_at > $1 ORDER BY ends_at",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SilenceRow {
+                    id: get(r, "id")?,
+                    matchers: get(r, "matchers")?,
+                    starts_at: get(r, "starts_at")?,
+                    ends_at: get(r, "ends_at")?,
+                    author: get(r, "author")?,
+                    comment: get(r, "comment")?,
+                    created_at: get(r, "created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a silence.
+    pub async fn add_silence(&self, s: &SilenceRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO alert_silences (id, matchers, starts_at, ends_at, author, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&s.id)
+        .bind(&s.matchers)
+        .bind(s.starts_at)
+        .bind(s.ends_at)
+        .bind(&s.author)
+        .bind(&s.comment)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends a silence now; `false` when there is no such silence still in force.
+    pub async fn expire_silence(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE alert_silences SET ends_at = $1 WHERE id = $2 AND ends_at > $1")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

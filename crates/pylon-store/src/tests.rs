@@ -234,6 +234,23 @@ async fn alerts(store: &Store) {
     assert!(all.len() <= 170, "trimmed: {}", all.len());
     let b = store.alert_events(Some("b"), 3).await.unwrap();
     assert_eq!(b.iter().map(|e| e.at).collect::<Vec<_>>(), [249, 247, 245]);
+    let s = SilenceRow {
+        id: "s1".into(),
+        matchers: "{}".into(),
+        starts_at: 10,
+        ends_at: 100,
+        author: "ops".into(),
+        comment: "deploy".into(),
+        created_at: 10,
+    };
+    store.add_silence(&s).await.unwrap();
+    assert_eq!(store.silences(50).await.unwrap(), [s]);
+    assert!(store.expire_silence("s1", 60).await.unwrap());
+    assert!(
+        !store.expire_silence("s1", 70).await.unwrap(),
+        "already over"
+    );
+    assert!(store.silences(60).await.unwrap().is_empty());
 }
 
 /// Flag changes store the definition and the audit row together; a delete leaves the history.

@@ -1,6 +1,7 @@
 //! `/admin/v1/alerts`: every rule's alert, the history of transitions and deliveries, and
 //! acknowledgement.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -88,4 +89,73 @@ pub(super) async fn ack(
         }
     };
     Ok(Json(c.alerts.ack(&name, &actor(&headers), lasting).await?))
+}
+
+/// A new silence.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct NewSilence {
+    /// Label equality matchers (`alertname`, `severity`, `model`, …); at least one.
+    matchers: BTreeMap<String, String>,
+    /// How long, e.g. `"2h"`.
+    #[serde(rename = "for")]
+    lasting: String,
+    /// When it starts, ms since the epoch (default: now).
+    starts_at: Option<u64>,
+    #[serde(default)]
+    comment: String,
+}
+
+/// Silences in force or to come.
+#[utoipa::path(get, path = "/admin/v1/alerts/silences", operation_id = "list_silences", tag = "alerts",
+    responses((status = 200, description = "the silences", body = Vec<Object>)))]
+pub(super) async fn silences(
+    State(c): State<Arc<Control>>,
+) -> Result<Json<Vec<Value>>, AdminError> {
+    Ok(Json(c.alerts.silences().await?))
+}
+
+/// Silences alerts whose labels match every matcher: they are not notified (nor escalated)
+/// while it lasts. `x-pylon-actor` names the author.
+#[utoipa::path(post, path = "/admin/v1/alerts/silences", operation_id = "create_silence", tag = "alerts",
+    request_body = NewSilence,
+    responses((status = 201, description = "the silence", body = Object),
+              (status = 400, body = ErrorBody, description = "no matchers, or a bad duration")))]
+pub(super) async fn silence(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let s: NewSilence = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::bad_request(format!("not a silence: {e}")))?;
+    if s.matchers.is_empty() {
+        return Err(AdminError::bad_request(
+            "a silence needs at least one matcher, e.g. {\"alertname\": \"chat-errors\"}",
+        ));
+    }
+    let lasting = humantime::parse_duration(&s.lasting)
+        .map_err(|e| AdminError::bad_request(format!("`for`: {e}; e.g. \"2h\"")))?;
+    let made = c
+        .alerts
+        .silence(
+            s.matchers,
+            s.starts_at,
+            lasting,
+            &actor(&headers),
+            &s.comment,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+/// Ends a silence now.
+#[utoipa::path(delete, path = "/admin/v1/alerts/silences/{id}", operation_id = "expire_silence", tag = "alerts",
+    params(("id" = String, Path, description = "The silence's id")),
+    responses((status = 204, description = "ended"),
+              (status = 404, body = ErrorBody, description = "no such silence in force")))]
+pub(super) async fn unsilence(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    c.alerts.unsilence(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

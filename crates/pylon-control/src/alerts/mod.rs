@@ -14,9 +14,9 @@ use std::time::Duration;
 use pylon_config::{Alert, AlertKind, AlertReceiver, AlertRoute, Direction, ReceiverKind};
 use pylon_policy::alert::anomaly::{self, Detector};
 use pylon_policy::alert::burn::{self, Counts};
-use pylon_policy::alert::{breaks, Lifecycle, Phase, Transition};
+use pylon_policy::alert::{breaks, dispatch, Lifecycle, Phase, Transition};
 use pylon_proxy::Gateway;
-use pylon_store::{AlertEvent, AlertRow, Store, StoreError};
+use pylon_store::{AlertEvent, AlertRow, SilenceRow, Store, StoreError};
 use serde_json::{json, Value};
 
 use notify::Notice;
@@ -25,8 +25,6 @@ use series::Sample;
 const LEASE: &str = "alert-evaluator";
 /// How often firing alerts are re-sent to an Alertmanager (it forgets alerts not re-sent).
 const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
-/// Default re-notification of a firing, unacknowledged alert.
-const REPEAT: Duration = Duration::from_secs(4 * 3600);
 /// An acknowledgement without a duration lasts this long.
 const ACK: Duration = Duration::from_secs(3600);
 /// Delivery attempts per notification (backoff 0.5, 1, 2, 4 s).
@@ -41,7 +39,7 @@ fn now_ms() -> u64 {
 /// What an alert command could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
-    #[error("no alert rule named `{0}`")]
+    #[error("no alert rule or silence named `{0}`")]
     Unknown(String),
     #[error("alert `{0}` is not firing: there is nothing to acknowledge")]
     NotFiring(String),
@@ -56,8 +54,13 @@ struct Live {
     detector: Option<Detector>,
     counts: Option<Counts>,
     value: Option<f64>,
-    /// When it was last notified, per receiver.
+    /// When it was last sent to each Alertmanager receiver.
     sent: HashMap<String, u64>,
+    /// When it resolved: it is offered to its groups a while longer, so the resolve is told.
+    resolved_at: Option<u64>,
+    /// The escalation step reached (round, step), and when the escalation (re)started.
+    escalated: Option<(u32, usize)>,
+    escalate_from: u64,
 }
 
 /// The rules of this instance, evaluated here while it holds the lease.
@@ -74,6 +77,9 @@ pub struct Alerts {
     http: reqwest::Client,
     live: Mutex<HashMap<String, Live>>,
     prev: Mutex<Option<Sample>>,
+    dispatcher: Mutex<dispatch::Dispatcher>,
+    /// Escalation policies by name: steps and repeats.
+    escalations: HashMap<String, (Vec<dispatch::EscalationStep>, u32)>,
     /// Whether this instance evaluated last time (taking over loads the stored alerts).
     holding: std::sync::atomic::AtomicBool,
 }
@@ -85,29 +91,46 @@ fn labels_of(rule: &Alert) -> BTreeMap<String, String> {
     l
 }
 
-/// The receivers an alert's labels route to: the deepest matching routes (siblings after one
-/// with `continue`), else the node's own receiver, inherited from above when it names none.
+/// A route's grouping: its own settings over those it inherits.
+fn grouping(node: &AlertRoute, inherited: &dispatch::Grouping) -> dispatch::Grouping {
+    let ms = |d: Option<Duration>, default: u64| d.map_or(default, |d| d.as_millis() as u64);
+    dispatch::Grouping {
+        by: node
+            .group_by
+            .clone()
+            .unwrap_or_else(|| inherited.by.clone()),
+        wait_ms: ms(node.group_wait, inherited.wait_ms),
+        interval_ms: ms(node.group_interval, inherited.interval_ms),
+        repeat_ms: ms(node.repeat_interval, inherited.repeat_ms),
+    }
+}
+
+/// The receivers an alert's labels route to, each with its grouping: the deepest matching
+/// routes (siblings after one with `continue`), else the node's own receiver, inherited from
+/// above when it names none.
 fn route(
     node: &AlertRoute,
     labels: &BTreeMap<String, String>,
     inherited: Option<&str>,
-) -> Vec<String> {
+    settings: &dispatch::Grouping,
+) -> Vec<(String, dispatch::Grouping)> {
     let receiver = node
         .receiver
         .as_ref()
         .map(|r| r.get_ref().as_str())
         .or(inherited);
+    let here = grouping(node, settings);
     let mut out = Vec::new();
     for child in &node.routes {
-        if child.matchers.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            out.extend(route(child, labels, receiver));
+        if dispatch::matches(&child.matchers, labels) {
+            out.extend(route(child, labels, receiver, &here));
             if !child.continue_ {
                 break;
             }
         }
     }
     if out.is_empty() {
-        out.extend(receiver.map(str::to_owned));
+        out.extend(receiver.map(|r| (r.to_owned(), here)));
     }
     out
 }
@@ -141,6 +164,22 @@ impl Alerts {
                 .unwrap_or_default(),
             live: Mutex::new(HashMap::new()),
             prev: Mutex::new(None),
+            dispatcher: Mutex::new(dispatch::Dispatcher::default()),
+            escalations: config
+                .alert_escalations
+                .iter()
+                .map(|e| {
+                    let steps = e
+                        .steps
+                        .iter()
+                        .map(|s| dispatch::EscalationStep {
+                            after_ms: s.after.as_millis() as u64,
+                            receivers: s.receivers.iter().map(|r| r.get_ref().clone()).collect(),
+                        })
+                        .collect();
+                    (e.name.get_ref().clone(), (steps, e.repeat))
+                })
+                .collect(),
             holding: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -200,6 +239,7 @@ impl Alerts {
                 tracing::warn!(target: "pylon::alert", alert = %rule.name.get_ref(), error = %e, "could not record the alert");
             }
         }
+        self.dispatch(now).await?;
         self.gateway
             .metrics()
             .alert_evaluation
@@ -314,30 +354,26 @@ impl Alerts {
             let live = all.entry(name.clone()).or_default();
             let (holds, value, detail) = Self::condition(rule, live, prev, cur, now);
             live.value = value;
-            (live.life.step(holds, now, for_ms), live.life, detail, value)
+            let t = live.life.step(holds, now, for_ms);
+            match t {
+                Some(Transition::Resolved) => live.resolved_at = Some(now),
+                Some(Transition::Firing) => {
+                    live.resolved_at = None;
+                    live.escalated = None;
+                    live.escalate_from = now;
+                }
+                _ => {}
+            }
+            (t, live.life, detail, value)
         };
-        let labels = labels_of(rule);
         let m = &self.gateway.metrics().alerts_firing;
         m.with_label_values(&[&name, rule.severity.as_str()])
             .set(i64::from(life.phase == Phase::Firing));
-        match transition {
-            Some(Transition::Firing) => {
-                self.notify(rule, &labels, true, life.firing_since, now, true)
-                    .await?;
-                if let Some(action) = &rule.rollout {
-                    self.act(&name, action.name.get_ref(), action.action.get_ref(), now)
-                        .await?;
-                }
-            }
-            Some(Transition::Resolved) => {
-                self.notify(rule, &labels, false, life.firing_since, now, true)
+        if transition == Some(Transition::Firing) {
+            if let Some(action) = &rule.rollout {
+                self.act(&name, action.name.get_ref(), action.action.get_ref(), now)
                     .await?;
             }
-            _ if life.phase == Phase::Firing => {
-                self.notify(rule, &labels, true, life.firing_since, now, false)
-                    .await?;
-            }
-            _ => {}
         }
         if let Some(t) = transition {
             let state = match t {
@@ -363,7 +399,7 @@ impl Alerts {
             });
             row.state = state.into();
             row.severity = rule.severity.as_str().into();
-            row.labels = json!(labels).to_string();
+            row.labels = json!(labels_of(rule)).to_string();
             row.annotations = json!(rule.annotations).to_string();
             row.value = value;
             row.active_since = (life.phase != Phase::Inactive).then_some(life.active_since as i64);
@@ -418,93 +454,274 @@ impl Alerts {
         self.event(alert, "rollout", outcome, now).await
     }
 
-    /// Sends an alert to its receivers: at once on a transition; while firing, again after
-    /// the repeat interval unless acknowledged (an Alertmanager every minute: it forgets alerts
-    /// that are not re-sent), and at once when an acknowledgement timed out.
-    async fn notify(
-        &self,
-        rule: &Alert,
-        labels: &BTreeMap<String, String>,
-        firing: bool,
-        since: u64,
-        now: u64,
-        transition: bool,
-    ) -> Result<(), AlertError> {
-        let name = rule.name.get_ref();
-        let mut ack_expired = false;
-        if !transition {
-            let row = self.store.alert(name).await?;
-            let acked_until = row.as_ref().and_then(|r| r.acked_until);
-            match acked_until {
-                Some(until) if (now as i64) < until => return Ok(()),
-                Some(_) => {
-                    // The acknowledgement ran out while the alert still fires: page again.
-                    if let Some(mut r) = row {
-                        r.acked_by = None;
-                        r.acked_until = None;
-                        r.updated_at = now as i64;
-                        self.store.put_alert(&r).await?;
-                    }
-                    self.event(name, "ack_expired", json!({}), now).await?;
-                    ack_expired = true;
-                }
-                None => {}
-            }
-        }
-        let every_ms = self.every.as_millis() as u64;
-        let notice = Notice {
-            name: name.clone(),
-            firing,
-            labels: labels.clone(),
-            annotations: rule.annotations.clone(),
-            starts_ms: since,
-            ends_ms: if firing {
-                now + 4 * every_ms.max(ALERTMANAGER_RESEND.as_millis() as u64)
-            } else {
-                now
-            },
-        };
-        for receiver in route(&self.routing, labels, None) {
-            let Some(r) = self.receivers.get(&receiver) else {
-                continue;
-            };
-            let due = {
+    /// Tells receivers what changed: acknowledgements that ran out, then each alert not
+    /// silenced or inhibited through its routes — grouped (wait, interval, repeat) for most
+    /// receivers, one by one and re-sent every minute for an Alertmanager (which groups
+    /// itself) — and escalation steps reached by alerts nobody acknowledged.
+    async fn dispatch(&self, now: u64) -> Result<(), AlertError> {
+        let rows: HashMap<String, AlertRow> = self
+            .store
+            .alerts()
+            .await?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        let silences: Vec<dispatch::Silence> = self
+            .store
+            .silences(now as i64)
+            .await?
+            .into_iter()
+            .map(|s| dispatch::Silence {
+                matchers: serde_json::from_str(&s.matchers).unwrap_or_default(),
+                starts_ms: s.starts_at as u64,
+                ends_ms: s.ends_at as u64,
+                id: s.id,
+            })
+            .collect();
+        let mut alerts = Vec::new();
+        for rule in &self.rules {
+            let name = rule.name.get_ref();
+            let Some(row) = rows.get(name) else { continue };
+            let (firing, keep) = {
                 let mut all = self
                     .live
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let sent = &mut all.entry(name.clone()).or_default().sent;
-                let last = sent.get(&receiver).copied();
-                let gap = if r.kind == ReceiverKind::Alertmanager {
-                    ALERTMANAGER_RESEND
-                } else {
-                    REPEAT
-                };
-                let due = transition
-                    || ack_expired
-                    || last.is_none_or(|l| now.saturating_sub(l) >= gap.as_millis() as u64);
-                if due {
-                    sent.insert(receiver.clone(), now);
-                }
-                due
+                let live = all.entry(name.clone()).or_default();
+                let firing = live.life.phase == Phase::Firing;
+                let keep = live
+                    .resolved_at
+                    .is_some_and(|at| now.saturating_sub(at) <= self.resolve_window_ms());
+                (firing, keep)
             };
-            if !due {
+            if !firing && !keep {
                 continue;
             }
-            let (url, body) = notify::request(
-                r.kind,
-                &receiver,
-                r.url.get_ref(),
-                r.routing_key.as_ref().map(|k| k.expose()),
-                &notice,
-            );
+            let mut acked_until = row.acked_until.map(|u| u as u64);
+            if firing && acked_until.is_some_and(|u| u <= now) {
+                // The acknowledgement ran out while the alert still fires: page again.
+                let mut r = row.clone();
+                r.acked_by = None;
+                r.acked_until = None;
+                r.updated_at = now as i64;
+                self.store.put_alert(&r).await?;
+                self.event(name, "ack_expired", json!({}), now).await?;
+                acked_until = None;
+                if let Ok(mut all) = self.live.lock() {
+                    let live = all.entry(name.clone()).or_default();
+                    live.escalated = None;
+                    live.escalate_from = now;
+                    live.sent.clear();
+                }
+                self.dispatcher
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .forget(name);
+            }
+            alerts.push((
+                rule,
+                dispatch::Alert {
+                    name: name.clone(),
+                    labels: labels_of(rule),
+                    firing,
+                    acked_until,
+                },
+            ));
+        }
+        let all: Vec<dispatch::Alert> = alerts.iter().map(|(_, a)| a.clone()).collect();
+        let mut routed: BTreeMap<String, (dispatch::Grouping, Vec<dispatch::Alert>)> =
+            BTreeMap::new();
+        let mut notices: HashMap<String, Notice> = HashMap::new();
+        for (rule, a) in &alerts {
+            if dispatch::silenced(&a.labels, &silences, now) || dispatch::inhibited(a, &all) {
+                continue;
+            }
+            let n = self.notice(rule, a, now);
+            for (receiver, grouping) in route(&self.routing, &a.labels, None, &Default::default()) {
+                let Some(r) = self.receivers.get(&receiver) else {
+                    continue;
+                };
+                if r.kind == ReceiverKind::Alertmanager {
+                    self.to_alertmanager(r, a, &n, now);
+                    continue;
+                }
+                routed
+                    .entry(receiver)
+                    .or_insert_with(|| (grouping, Vec::new()))
+                    .1
+                    .push(a.clone());
+            }
+            self.escalate(rule, a, &n, now);
+            notices.insert(a.name.clone(), n);
+        }
+        let routed: Vec<(String, dispatch::Grouping, Vec<dispatch::Alert>)> =
+            routed.into_iter().map(|(r, (g, a))| (r, g, a)).collect();
+        let messages = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .step(now, &routed);
+        for m in messages {
+            let Some(r) = self.receivers.get(&m.receiver) else {
+                continue;
+            };
+            let group: Vec<Notice> = m
+                .firing
+                .iter()
+                .chain(&m.resolved)
+                .filter_map(|n| notices.get(n).cloned())
+                .map(|mut n| {
+                    n.firing = m.firing.contains(&n.name);
+                    if !n.firing {
+                        n.ends_ms = now;
+                    }
+                    n
+                })
+                .collect();
+            self.send(r, &m.group, &group);
+        }
+        Ok(())
+    }
+
+    /// How long a resolved alert is still offered to its groups: enough for the slowest
+    /// route's wait and interval to pass, so the resolve is told.
+    fn resolve_window_ms(&self) -> u64 {
+        fn longest(node: &AlertRoute, inherited: &dispatch::Grouping) -> u64 {
+            let g = grouping(node, inherited);
+            node.routes
+                .iter()
+                .map(|c| longest(c, &g))
+                .max()
+                .unwrap_or(0)
+                .max(g.wait_ms + g.interval_ms)
+        }
+        longest(&self.routing, &dispatch::Grouping::default()) + 3 * self.every.as_millis() as u64
+    }
+
+    fn notice(&self, rule: &Alert, a: &dispatch::Alert, now: u64) -> Notice {
+        let since = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&a.name).map(|l| l.life.firing_since))
+            .unwrap_or(now);
+        let every_ms = self.every.as_millis() as u64;
+        Notice {
+            name: a.name.clone(),
+            firing: a.firing,
+            labels: a.labels.clone(),
+            annotations: rule.annotations.clone(),
+            starts_ms: since,
+            ends_ms: if a.firing {
+                now + 4 * every_ms.max(ALERTMANAGER_RESEND.as_millis() as u64)
+            } else {
+                now
+            },
+        }
+    }
+
+    /// An Alertmanager gets each alert itself (it groups and repeats on its own): at once when
+    /// it changes, and again every minute while it fires, or it would forget it.
+    fn to_alertmanager(&self, r: &AlertReceiver, a: &dispatch::Alert, n: &Notice, now: u64) {
+        let due = {
+            let mut all = self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sent = &mut all.entry(a.name.clone()).or_default().sent;
+            let name = r.name.get_ref();
+            let due = match sent.get(name) {
+                // Resolved: told once.
+                _ if !a.firing => sent.remove(name).is_some(),
+                Some(last) => now.saturating_sub(*last) >= ALERTMANAGER_RESEND.as_millis() as u64,
+                None => true,
+            };
+            if due && a.firing {
+                sent.insert(name.clone(), now);
+            }
+            due
+        };
+        if due {
+            self.send(r, &a.labels, std::slice::from_ref(n));
+        }
+    }
+
+    /// Runs an alert's escalation policy: every step reached since the last round notifies
+    /// its receivers, until the alert is acknowledged or resolved.
+    fn escalate(&self, rule: &Alert, a: &dispatch::Alert, n: &Notice, now: u64) {
+        let Some((steps, repeat)) = rule
+            .escalation
+            .as_ref()
+            .and_then(|e| self.escalations.get(e.get_ref()))
+        else {
+            return;
+        };
+        if !a.firing || a.acked_until.is_some_and(|u| now < u) {
+            return;
+        }
+        let (from, done) = {
+            let all = self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.get(&a.name)
+                .map_or((now, None), |l| (l.escalate_from, l.escalated))
+        };
+        let Some(reached) = dispatch::escalation(steps, *repeat, from, now) else {
+            return;
+        };
+        if done == Some(reached) {
+            return;
+        }
+        let next = |(round, step): (u32, usize)| {
+            if step + 1 < steps.len() {
+                (round, step + 1)
+            } else {
+                (round + 1, 0)
+            }
+        };
+        let mut receivers: Vec<&String> = Vec::new();
+        let mut at = done.map_or((0, 0), next);
+        while at <= reached {
+            for r in &steps[at.1].receivers {
+                if !receivers.contains(&r) {
+                    receivers.push(r);
+                }
+            }
+            at = next(at);
+        }
+        if let Ok(mut all) = self.live.lock() {
+            all.entry(a.name.clone()).or_default().escalated = Some(reached);
+        }
+        for name in receivers {
+            if let Some(r) = self.receivers.get(name) {
+                self.send(r, &a.labels, std::slice::from_ref(n));
+            }
+        }
+    }
+
+    /// Delivers one message in the background, retried with backoff; the outcome is counted
+    /// and stored for each alert in it.
+    fn send(&self, r: &AlertReceiver, group: &BTreeMap<String, String>, notices: &[Notice]) {
+        let receiver = r.name.get_ref().clone();
+        let requests = notify::requests(
+            r.kind,
+            &receiver,
+            r.url.get_ref(),
+            r.routing_key.as_ref().map(|k| k.expose()),
+            group,
+            notices,
+        );
+        let names: Vec<(String, bool)> =
+            notices.iter().map(|n| (n.name.clone(), n.firing)).collect();
+        for (url, body) in requests {
             let (http, store, metrics, history) = (
                 self.http.clone(),
                 self.store.clone(),
                 self.gateway.metrics().clone(),
                 self.history,
             );
-            let (alert, status) = (name.clone(), if firing { "firing" } else { "resolved" });
+            let (receiver, names) = (receiver.clone(), names.clone());
             self.gateway.spawn(async move {
                 let outcome = deliver(&http, &url, &body).await;
                 let ok = outcome.is_ok();
@@ -512,27 +729,31 @@ impl Alerts {
                     .alert_deliveries
                     .with_label_values(&[receiver.as_str(), if ok { "ok" } else { "failed" }])
                     .inc();
-                let detail = match &outcome {
-                    Ok(attempts) => json!({"receiver": receiver, "status": status, "attempts": attempts}),
-                    Err(e) => {
-                        tracing::warn!(target: "pylon::alert", receiver = %receiver, error = %e, "alert receiver is down: notification not delivered");
-                        json!({"receiver": receiver, "status": status, "error": e})
-                    }
-                };
-                let _ = store
-                    .add_alert_event(
-                        &AlertEvent {
-                            at: now_ms() as i64,
-                            alert,
-                            kind: if ok { "notified" } else { "delivery_failed" }.into(),
-                            detail: detail.to_string(),
-                        },
-                        history,
-                    )
-                    .await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(target: "pylon::alert", receiver = %receiver, error = %e, "alert receiver is down: notification not delivered");
+                }
+                for (alert, firing) in names {
+                    let status = if firing { "firing" } else { "resolved" };
+                    let detail = match &outcome {
+                        Ok(attempts) => {
+                            json!({"receiver": receiver, "status": status, "attempts": attempts})
+                        }
+                        Err(e) => json!({"receiver": receiver, "status": status, "error": e}),
+                    };
+                    let _ = store
+                        .add_alert_event(
+                            &AlertEvent {
+                                at: now_ms() as i64,
+                                alert,
+                                kind: if ok { "notified" } else { "delivery_failed" }.into(),
+                                detail: detail.to_string(),
+                            },
+                            history,
+                        )
+                        .await;
+                }
             });
         }
-        Ok(())
     }
 
     /// Every rule's alert: state, labels, annotations, acknowledgement, timestamps.
@@ -565,7 +786,10 @@ impl Alerts {
                     "acked": row.is_some_and(|r| r.acked_until.is_some()),
                     "acked_by": row.and_then(|r| r.acked_by.clone()),
                     "acked_until": row.and_then(|r| r.acked_until),
-                    "receivers": route(&self.routing, &labels_of(rule), None),
+                    "receivers": route(&self.routing, &labels_of(rule), None, &Default::default())
+                        .into_iter()
+                        .map(|(r, _)| r)
+                        .collect::<Vec<_>>(),
                 })
             })
             .collect())
@@ -585,6 +809,59 @@ impl Alerts {
                 })
             })
             .collect())
+    }
+
+    /// Silences in force or to come.
+    pub async fn silences(&self) -> Result<Vec<Value>, AlertError> {
+        Ok(self
+            .store
+            .silences(now_ms() as i64)
+            .await?
+            .into_iter()
+            .map(|s| {
+                json!({
+                    "id": s.id, "author": s.author, "comment": s.comment,
+                    "matchers": serde_json::from_str::<Value>(&s.matchers).unwrap_or(Value::Null),
+                    "starts_at": s.starts_at, "ends_at": s.ends_at, "created_at": s.created_at,
+                })
+            })
+            .collect())
+    }
+
+    /// Silences alerts matching every matcher from `starts` (default now) for `lasting`.
+    pub async fn silence(
+        &self,
+        matchers: BTreeMap<String, String>,
+        starts: Option<u64>,
+        lasting: Duration,
+        author: &str,
+        comment: &str,
+    ) -> Result<Value, AlertError> {
+        let now = now_ms();
+        let starts = starts.unwrap_or(now);
+        let row = SilenceRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            matchers: json!(matchers).to_string(),
+            starts_at: starts as i64,
+            ends_at: (starts + lasting.as_millis() as u64) as i64,
+            author: author.to_owned(),
+            comment: comment.to_owned(),
+            created_at: now as i64,
+        };
+        self.store.add_silence(&row).await?;
+        self.event("-", "silenced", json!({"id": row.id, "matchers": matchers, "author": author, "comment": comment, "ends_at": row.ends_at}), now).await?;
+        Ok(
+            json!({"id": row.id, "matchers": matchers, "starts_at": row.starts_at, "ends_at": row.ends_at, "author": author, "comment": comment}),
+        )
+    }
+
+    /// Ends a silence now.
+    pub async fn unsilence(&self, id: &str) -> Result<(), AlertError> {
+        if self.store.expire_silence(id, now_ms() as i64).await? {
+            Ok(())
+        } else {
+            Err(AlertError::Unknown(format!("silence {id}")))
+        }
     }
 
     /// Acknowledges a firing alert: no re-notification until `for` passes (then, if it still
@@ -652,8 +929,9 @@ mod tests {
             r#"
 [alert_routing]
 receiver = "default"
+group_by = ["model"]
 routes = [
-  { matchers = { severity = "critical" }, receiver = "pager", continue = true,
+  { matchers = { severity = "critical" }, receiver = "pager", continue = true, group_wait = "5s",
     routes = [ { matchers = { model = "chat" }, receiver = "chat-team" } ] },
   { matchers = { severity = "critical" }, receiver = "slack" },
   { matchers = { model = "embed" } },
@@ -666,19 +944,32 @@ routes = [
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect()
         };
-        assert_eq!(route(&r, &l(&[("severity", "warning")]), None), ["default"]);
+        let names = |labels: &[(&str, &str)]| -> Vec<String> {
+            route(&r, &l(labels), None, &Default::default())
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect()
+        };
+        assert_eq!(names(&[("severity", "warning")]), ["default"]);
         assert_eq!(
-            route(&r, &l(&[("severity", "critical"), ("model", "chat")]), None),
+            names(&[("severity", "critical"), ("model", "chat")]),
             ["chat-team", "slack"]
         );
+        assert_eq!(names(&[("severity", "critical")]), ["pager", "slack"]);
         assert_eq!(
-            route(&r, &l(&[("severity", "critical")]), None),
-            ["pager", "slack"]
-        );
-        assert_eq!(
-            route(&r, &l(&[("severity", "info"), ("model", "embed")]), None),
+            names(&[("severity", "info"), ("model", "embed")]),
             ["default"],
             "a route without a receiver inherits its parent's"
         );
+        // Grouping is inherited too, each route overriding what it sets.
+        let routed = route(
+            &r,
+            &l(&[("severity", "critical"), ("model", "chat")]),
+            None,
+            &Default::default(),
+        );
+        assert_eq!(routed[0].1.wait_ms, 5_000);
+        assert_eq!(routed[0].1.by, ["model"]);
+        assert_eq!(routed[1].1.wait_ms, 30_000);
     }
 }

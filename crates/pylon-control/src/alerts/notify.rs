@@ -65,72 +65,96 @@ impl Notice {
     }
 }
 
-/// Where and how one notice is sent: (URL, body).
-pub(crate) fn request(
+/// Labels every notice shares, and annotations every notice shares.
+fn common(notices: &[Notice]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let shared = |pick: fn(&Notice) -> &BTreeMap<String, String>| {
+        let mut out = notices.first().map(|n| pick(n).clone()).unwrap_or_default();
+        out.retain(|k, v| notices.iter().all(|n| pick(n).get(k) == Some(v)));
+        out
+    };
+    (shared(|n| &n.labels), shared(|n| &n.annotations))
+}
+
+/// What one message to a receiver becomes: (URL, body) requests — one for most receivers, one
+/// per alert for PagerDuty (its events are per alert).
+pub(crate) fn requests(
     kind: ReceiverKind,
     receiver: &str,
     url: &str,
     routing_key: Option<&str>,
-    n: &Notice,
-) -> (String, Value) {
+    group: &BTreeMap<String, String>,
+    notices: &[Notice],
+) -> Vec<(String, Value)> {
+    let firing = notices.iter().any(|n| n.firing);
+    let status = if firing { "firing" } else { "resolved" };
     match kind {
         ReceiverKind::Webhook => {
-            let common_labels = &n.labels;
-            let body = json!({
-                "version": "4",
-                "groupKey": format!("{{}}:{{alertname=\"{}\"}}", n.name),
-                "truncatedAlerts": 0,
-                "status": n.status(),
-                "receiver": receiver,
-                "groupLabels": {"alertname": n.name},
-                "commonLabels": common_labels,
-                "commonAnnotations": n.annotations,
-                "externalURL": "",
-                "alerts": [n.alertmanager(true)],
-            });
-            (url.to_owned(), body)
+            let (labels, annotations) = common(notices);
+            let key: Vec<String> = group.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            vec![(
+                url.to_owned(),
+                json!({
+                    "version": "4",
+                    "groupKey": format!("{{}}:{{{}}}", key.join(",")),
+                    "truncatedAlerts": 0,
+                    "status": status,
+                    "receiver": receiver,
+                    "groupLabels": group,
+                    "commonLabels": labels,
+                    "commonAnnotations": annotations,
+                    "externalURL": "",
+                    "alerts": notices.iter().map(|n| n.alertmanager(true)).collect::<Vec<_>>(),
+                }),
+            )]
         }
-        ReceiverKind::Alertmanager => (
+        ReceiverKind::Alertmanager => vec![(
             format!("{}/api/v2/alerts", url.trim_end_matches('/')),
-            json!([n.alertmanager(false)]),
-        ),
+            Value::Array(notices.iter().map(|n| n.alertmanager(false)).collect()),
+        )],
         ReceiverKind::Slack => {
-            let summary = n
-                .annotations
-                .get("summary")
-                .cloned()
-                .unwrap_or_else(|| n.name.clone());
-            let mut text = format!(
-                "[{}] {} ({}): {summary}",
-                n.status().to_uppercase(),
-                n.name,
-                n.labels.get("severity").map_or("warning", String::as_str)
-            );
-            if let Some(r) = n.annotations.get("runbook") {
-                text.push_str(&format!("\nRunbook: {r}"));
-            }
-            (url.to_owned(), json!({"text": text}))
+            let lines: Vec<String> = notices
+                .iter()
+                .map(|n| {
+                    let summary = n.annotations.get("summary").unwrap_or(&n.name);
+                    let mut line = format!(
+                        "[{}] {} ({}): {summary}",
+                        n.status().to_uppercase(),
+                        n.name,
+                        n.labels.get("severity").map_or("warning", String::as_str)
+                    );
+                    if let Some(r) = n.annotations.get("runbook") {
+                        line.push_str(&format!("\nRunbook: {r}"));
+                    }
+                    line
+                })
+                .collect();
+            vec![(url.to_owned(), json!({"text": lines.join("\n")}))]
         }
-        ReceiverKind::Pagerduty => {
-            let severity = match n.labels.get("severity").map(String::as_str) {
-                Some("critical") => "critical",
-                Some("info") => "info",
-                _ => "warning",
-            };
-            let body = json!({
-                "routing_key": routing_key.unwrap_or_default(),
-                "event_action": if n.firing { "trigger" } else { "resolve" },
-                "dedup_key": n.fingerprint(),
-                "payload": {
-                    "summary": n.annotations.get("summary").cloned().unwrap_or_else(|| n.name.clone()),
-                    "source": "pylon",
-                    "severity": severity,
-                    "timestamp": rfc3339(n.starts_ms),
-                    "custom_details": {"labels": n.labels, "annotations": n.annotations},
-                },
-            });
-            (url.to_owned(), body)
-        }
+        ReceiverKind::Pagerduty => notices
+            .iter()
+            .map(|n| {
+                let severity = match n.labels.get("severity").map(String::as_str) {
+                    Some("critical") => "critical",
+                    Some("info") => "info",
+                    _ => "warning",
+                };
+                (
+                    url.to_owned(),
+                    json!({
+                        "routing_key": routing_key.unwrap_or_default(),
+                        "event_action": if n.firing { "trigger" } else { "resolve" },
+                        "dedup_key": n.fingerprint(),
+                        "payload": {
+                            "summary": n.annotations.get("summary").cloned().unwrap_or_else(|| n.name.clone()),
+                            "source": "pylon",
+                            "severity": severity,
+                            "timestamp": rfc3339(n.starts_ms),
+                            "custom_details": {"labels": n.labels, "annotations": n.annotations},
+                        },
+                    }),
+                )
+            })
+            .collect(),
     }
 }
 
@@ -153,6 +177,17 @@ mod tests {
         }
     }
 
+    fn request(
+        kind: ReceiverKind,
+        receiver: &str,
+        url: &str,
+        key: Option<&str>,
+        n: &Notice,
+    ) -> (String, Value) {
+        let group = BTreeMap::from([("alertname".to_owned(), n.name.clone())]);
+        requests(kind, receiver, url, key, &group, std::slice::from_ref(n)).remove(0)
+    }
+
     #[test]
     fn each_receiver_gets_its_own_format() {
         let (url, v4) = request(
@@ -162,6 +197,8 @@ mod tests {
             None,
             &notice(true),
         );
+        assert_eq!(v4["groupLabels"]["alertname"], "chat-errors");
+        assert_eq!(v4["commonLabels"]["model"], "chat");
         assert_eq!(url, "http://h/hook");
         assert_eq!(v4["version"], "4");
         assert_eq!(v4["status"], "firing");

@@ -4,6 +4,7 @@
 
 pub mod anomaly;
 pub mod burn;
+pub mod dispatch;
 
 use serde::Serialize;
 

@@ -196,6 +196,8 @@ url = "http://{hook}/alerts"
 
 [alert_routing]
 receiver = "hook"
+group_wait = "0s"
+group_interval = "1s"
 routes = [ {{ matchers = {{ severity = "critical" }}, receiver = "am", continue = true }},
            {{ matchers = {{ severity = "critical" }}, receiver = "hook" }} ]
 "#,
@@ -362,7 +364,7 @@ rollout = {{ name = "chat-v2", action = "abort" }}
 }
 
 #[tokio::test]
-async fn an_acknowledgement_holds_notifications_until_it_times_out() {
+async fn a_silence_and_an_acknowledgement_hold_notifications_until_they_end() {
     let (hook, seen) = webhook_receiver(StatusCode::OK).await;
     let mock = MockServer::start().await;
     mock.set(Behaviour {
@@ -387,6 +389,8 @@ url = "http://{hook}/"
 
 [alert_routing]
 receiver = "hook"
+group_wait = "0s"
+group_interval = "1s"
 "#
     );
     let (gw, _) = Gateway::with_admin(&config(&mock, &rules), Some(TOKEN)).await;
@@ -398,12 +402,48 @@ receiver = "hook"
     assert_eq!(status, 409, "not firing yet");
     let (status, _) = ack(json!({}), "nothing").await;
     assert_eq!(status, 404);
+    // Silenced: it fires, and nobody is told until the silence ends.
+    let (status, silence) = admin_post(
+        &gw,
+        TOKEN,
+        "/admin/v1/alerts/silences",
+        &json!({"matchers": {"alertname": "chat-down"}, "for": "1h", "comment": "deploying"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{silence}");
+    let (status, _) = admin_post(
+        &gw,
+        TOKEN,
+        "/admin/v1/alerts/silences",
+        &json!({"matchers": {}, "for": "1h"}),
+    )
+    .await;
+    assert_eq!(status, 400, "a silence needs a matcher");
     let load = traffic(&gw);
     assert!(
         wait_until(Duration::from_secs(20), || async {
             alert(&gw, "chat-down").await["state"] == "firing"
         })
         .await
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(seen.lock().unwrap().is_empty(), "silenced");
+    let ended = client()
+        .delete(gw.url(&format!(
+            "/admin/v1/alerts/silences/{}",
+            silence["id"].as_str().unwrap()
+        )))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 204);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            !seen.lock().unwrap().is_empty()
+        })
+        .await,
+        "told once the silence ended"
     );
     let (status, v) = ack(json!({"for": "soon"}), "chat-down").await;
     assert_eq!(status, 400, "{v}");
@@ -436,4 +476,84 @@ receiver = "hook"
         "notified when it fired and again when the acknowledgement ran out"
     );
     assert_eq!(alert(&gw, "chat-down").await["acked"], false);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_alert_escalates_step_by_step() {
+    let (chat, chat_seen) = webhook_receiver(StatusCode::OK).await;
+    let (pager, pager_seen) = webhook_receiver(StatusCode::OK).await;
+    let mock = MockServer::start().await;
+    mock.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 1.0,
+        ..Behaviour::default()
+    });
+    let rules = format!(
+        r#"
+[[alerts]]
+name = "chat-down"
+kind = "threshold"
+series = "errors"
+labels = {{ model = "chat" }}
+above = 1
+severity = "critical"
+escalation = "chat-oncall"
+
+[[alert_receivers]]
+name = "chat-team"
+kind = "slack"
+url = "http://{chat}/"
+
+[[alert_receivers]]
+name = "pager"
+kind = "pagerduty"
+url = "http://{pager}/"
+routing_key = "rk"
+
+[[alert_escalations]]
+name = "chat-oncall"
+steps = [ {{ after = "0s", receivers = ["chat-team"] }}, {{ after = "2s", receivers = ["pager"] }} ]
+"#
+    );
+    let (gw, _) = Gateway::with_admin(&config(&mock, &rules), Some(TOKEN)).await;
+    let load = traffic(&gw);
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            !chat_seen.lock().unwrap().is_empty()
+        })
+        .await,
+        "the first step"
+    );
+    let first = Instant::now();
+    assert!(chat_seen.lock().unwrap()[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("[FIRING] chat-down"));
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            !pager_seen.lock().unwrap().is_empty()
+        })
+        .await,
+        "the second step"
+    );
+    assert!(
+        first.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        first.elapsed()
+    );
+    let page = pager_seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (page["event_action"].as_str(), page["routing_key"].as_str()),
+        (Some("trigger"), Some("rk"))
+    );
+    load.store(true, Ordering::Relaxed);
+    // No more steps: the policy ran once.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pages = pager_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p["event_action"] == "trigger")
+        .count();
+    assert_eq!(pages, 1);
 }
