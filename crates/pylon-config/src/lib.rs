@@ -124,6 +124,11 @@ pub fn parse_rollout(text: &str) -> Result<Rollout, String> {
     toml::from_str(text).map_err(|e| e.message().trim().to_owned())
 }
 
+/// Parses one `[[alerts]]` rule given as TOML (a backtest's rule).
+pub fn parse_alert(text: &str) -> Result<Alert, String> {
+    toml::from_str(text).map_err(|e| e.message().trim().to_owned())
+}
+
 /// What is wrong with a config assembled in memory (the file's plus rollouts made through the
 /// admin API), one sentence per problem.
 pub fn check(config: &Config) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! The `pylon` binary: command line, start-up and shutdown. Wiring only.
 
 mod admin_cli;
+mod alerts_cli;
 mod demo;
 
 /// jemalloc: glibc's allocator spent 15 % of the gateway's CPU under load (arena locks, and
@@ -64,6 +65,11 @@ enum Command {
         remote: admin_cli::Remote,
         #[command(subcommand)]
         command: admin_cli::CacheCommand,
+    },
+    /// Alert rules: backtest one over a recorded series.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts_cli::AlertsCommand,
     },
     /// Canary, blue-green and shadow rollouts through the admin API.
     Rollout {
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { remote, command } => admin_cli::keys(remote, command).await,
         Command::Cache { remote, command } => admin_cli::cache(remote, command).await,
         Command::Rollout { remote, command } => admin_cli::rollout(remote, command).await,
+        Command::Alerts { command } => alerts_cli::run(command),
         Command::Secrets {
             command: SecretsCommand::GenMaster,
         } => {

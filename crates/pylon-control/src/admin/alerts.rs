@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{actor, AdminError, ErrorBody};
+use super::{actor, AdminError, AdminQuery, ErrorBody};
 use crate::alerts::AlertError;
 use crate::Control;
 
@@ -24,6 +24,7 @@ impl From<AlertError> for AdminError {
             AlertError::NotFiring(_) => {
                 AdminError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            AlertError::Invalid(_) => AdminError::bad_request(e.to_string()),
             AlertError::Store(s) => s.into(),
         }
     }
@@ -39,6 +40,7 @@ pub(super) async fn list(State(c): State<Arc<Control>>) -> Result<Json<Vec<Value
 
 /// History filters.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct HistoryQuery {
     /// One alert's history only.
     alert: Option<String>,
@@ -53,7 +55,7 @@ pub(super) struct HistoryQuery {
     responses((status = 200, description = "events, newest first", body = Vec<Object>)))]
 pub(super) async fn history(
     State(c): State<Arc<Control>>,
-    Query(q): Query<HistoryQuery>,
+    AdminQuery(q): AdminQuery<HistoryQuery>,
 ) -> Result<Json<Vec<Value>>, AdminError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(c.alerts.history(q.alert.as_deref(), limit).await?))
@@ -158,4 +160,21 @@ pub(super) async fn unsilence(
 ) -> Result<StatusCode, AdminError> {
     c.alerts.unsilence(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replays a rule over a series, with the live evaluator's code: `{"rule": {…[[alerts]]
+/// entry…}, "points": [[t, value, traffic?], …]}` (t in unix seconds or ms), or, without
+/// `points`, over the store's hourly history between `from` and `to` (unix seconds; default the
+/// last four weeks). Answers the stretches that would have fired and every point judged.
+#[utoipa::path(post, path = "/admin/v1/alerts/backtest", operation_id = "backtest_alert", tag = "alerts",
+    request_body(content = Object, description = "{\"rule\": {…}, \"points\": [[t, v], …]} or {\"rule\": {…}, \"from\": …, \"to\": …}"),
+    responses((status = 200, description = "firings and judged points", body = Object),
+              (status = 400, body = ErrorBody, description = "not a valid rule or series")))]
+pub(super) async fn backtest(
+    State(c): State<Arc<Control>>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::bad_request(format!("the body is not JSON: {e}")))?;
+    Ok(Json(c.alerts.backtest(&v).await?))
 }

@@ -4,6 +4,7 @@
 //! resolved, stores every transition, routes notifications to receivers (retried with backoff,
 //! each attempt stored), re-sends while firing, and may pause or abort a rollout.
 
+pub mod backtest;
 mod notify;
 mod series;
 
@@ -11,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pylon_config::{Alert, AlertKind, AlertReceiver, AlertRoute, Direction, ReceiverKind};
-use pylon_policy::alert::anomaly::{self, Detector};
+use pylon_config::{Alert, AlertKind, AlertReceiver, AlertRoute, ReceiverKind};
+use pylon_policy::alert::anomaly::Detector;
 use pylon_policy::alert::burn::{self, Counts};
 use pylon_policy::alert::{breaks, dispatch, Lifecycle, Phase, Transition};
 use pylon_proxy::Gateway;
@@ -27,6 +28,8 @@ const LEASE: &str = "alert-evaluator";
 const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
 /// An acknowledgement without a duration lasts this long.
 const ACK: Duration = Duration::from_secs(3600);
+/// The most points one backtest replays.
+const MAX_BACKTEST_POINTS: usize = 200_000;
 /// Delivery attempts per notification (backoff 0.5, 1, 2, 4 s).
 const ATTEMPTS: u32 = 5;
 
@@ -43,6 +46,8 @@ pub enum AlertError {
     Unknown(String),
     #[error("alert `{0}` is not firing: there is nothing to acknowledge")]
     NotFiring(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -65,6 +70,8 @@ struct Live {
 
 /// The rules of this instance, evaluated here while it holds the lease.
 pub struct Alerts {
+    /// The config file's (backtests check their rule against it).
+    base: pylon_config::Config,
     rules: Vec<Alert>,
     receivers: HashMap<String, AlertReceiver>,
     routing: AlertRoute,
@@ -145,6 +152,7 @@ impl Alerts {
     ) -> Alerts {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Alerts {
+            base: config.clone(),
             rules: config.alerts.clone(),
             receivers: config
                 .alert_receivers
@@ -229,6 +237,7 @@ impl Alerts {
         }
         if !was {
             self.take_over().await?;
+            self.seed(now).await;
         }
         let Some(prev) = prev else {
             return Ok(());
@@ -245,6 +254,38 @@ impl Alerts {
             .alert_evaluation
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Gives anomaly rules the weekly seasonality they would have had: the last four weeks of
+    /// the store's hourly rollups, each hour fed as its four quarter-hours. Rules whose series
+    /// or labels the rollups do not keep start cold.
+    async fn seed(&self, now: u64) {
+        for rule in self.rules.iter().filter(|r| r.kind == AlertKind::Anomaly) {
+            let to = (now / 1000) as i64 / 3600 * 3600;
+            let points = match backtest::stored(&self.store, rule, to - 28 * 86_400, to).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(target: "pylon::alert", alert = %rule.name.get_ref(), reason = %e, "anomaly rule starts without history");
+                    continue;
+                }
+            };
+            let Some(params) = backtest::condition(rule).ok().and_then(|c| match c {
+                pylon_policy::alert::backtest::Condition::Anomaly(p) => Some(p),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let mut d = Detector::new(params);
+            for p in &points {
+                for quarter in 0..4 {
+                    d.observe(p.t_ms + quarter * 900_000, p.value, p.traffic);
+                }
+            }
+            if let Ok(mut all) = self.live.lock() {
+                all.entry(rule.name.get_ref().clone()).or_default().detector = Some(d);
+            }
+            tracing::info!(target: "pylon::alert", alert = %rule.name.get_ref(), hours = points.len(), "anomaly rule seeded from history");
+        }
     }
 
     /// Starts from the stored alerts, so a firing alert is not announced again by a new holder.
@@ -296,19 +337,16 @@ impl Alerts {
                 let Some(r) = series::read(series, &rule.labels, prev, cur) else {
                     return (false, None, json!({}));
                 };
-                let d = live.detector.get_or_insert_with(|| {
-                    Detector::new(anomaly::Params {
-                        score: rule.score,
-                        direction: match rule.direction {
-                            Direction::Up => anomaly::Direction::Up,
-                            Direction::Down => anomaly::Direction::Down,
-                            Direction::Both => anomaly::Direction::Both,
-                        },
-                        n: rule.n_of_m[0],
-                        m: rule.n_of_m[1],
-                        min_rate: rule.min_rate,
-                    })
-                });
+                if live.detector.is_none() {
+                    if let Ok(pylon_policy::alert::backtest::Condition::Anomaly(p)) =
+                        backtest::condition(rule)
+                    {
+                        live.detector = Some(Detector::new(p));
+                    }
+                }
+                let Some(d) = live.detector.as_mut() else {
+                    return (false, None, json!({}));
+                };
                 let p = d.observe(now, r.value, r.traffic);
                 (
                     p.holds,
@@ -809,6 +847,73 @@ impl Alerts {
                 })
             })
             .collect())
+    }
+
+    /// Replays a rule (a `[[alerts]]` entry as JSON) over `points` (`[[t, value, traffic?], …]`,
+    /// t in unix seconds or ms) or over the store's hourly history between `from` and `to`
+    /// (unix seconds; default the last four weeks): which points would have fired.
+    pub async fn backtest(&self, body: &Value) -> Result<Value, AlertError> {
+        let invalid = |m: String| AlertError::Invalid(m);
+        let rule = body
+            .get("rule")
+            .ok_or_else(|| invalid("give the rule: {\"rule\": {…[[alerts]] entry…}}".into()))?;
+        let text = toml::to_string(rule)
+            .map_err(|e| invalid(format!("the rule is not a [[alerts]] entry: {e}")))?;
+        let rule = pylon_config::parse_alert(&text).map_err(invalid)?;
+        let mut config = self.base.clone();
+        config.alerts = vec![rule.clone()];
+        let problems = pylon_config::check(&config);
+        if !problems.is_empty() {
+            return Err(invalid(problems.join("; ")));
+        }
+        let points = match body.get("points") {
+            Some(Value::Array(rows)) => {
+                if rows.len() > MAX_BACKTEST_POINTS {
+                    return Err(invalid(format!(
+                        "at most {MAX_BACKTEST_POINTS} points per backtest"
+                    )));
+                }
+                let mut out = Vec::with_capacity(rows.len());
+                for (i, r) in rows.iter().enumerate() {
+                    let n = |j: usize| r.get(j).and_then(Value::as_f64);
+                    let (Some(t), Some(v)) = (n(0), n(1)) else {
+                        return Err(invalid(format!(
+                            "point {i}: expected [time, value] or [time, value, traffic]"
+                        )));
+                    };
+                    out.push(pylon_policy::alert::backtest::Point {
+                        t_ms: if t < 1e11 { t * 1000.0 } else { t } as u64,
+                        value: v,
+                        traffic: n(2).unwrap_or(f64::INFINITY),
+                    });
+                }
+                out
+            }
+            Some(_) => return Err(invalid("`points` is a list of [time, value] pairs".into())),
+            None => {
+                let now = (now_ms() / 1000) as i64;
+                let to = body.get("to").and_then(Value::as_i64).unwrap_or(now);
+                let from = body
+                    .get("from")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(to - 28 * 86_400);
+                backtest::stored(&self.store, &rule, from, to)
+                    .await
+                    .map_err(|e| match e {
+                        backtest::BacktestError::Store(s) => AlertError::Store(s),
+                        other => invalid(other.to_string()),
+                    })?
+            }
+        };
+        let replay = backtest::run(&rule, &points).map_err(|e| invalid(e.to_string()))?;
+        let fired = replay.points.iter().filter(|p| p.holds).count();
+        Ok(json!({
+            "rule": rule.name.get_ref(),
+            "points": replay.points.len(),
+            "points_breaking": fired,
+            "firings": replay.firings,
+            "judged": replay.points,
+        }))
     }
 
     /// Silences in force or to come.

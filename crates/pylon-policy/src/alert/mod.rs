@@ -3,6 +3,7 @@
 //! always passed in (milliseconds), so every rule is simulated on an injected clock.
 
 pub mod anomaly;
+pub mod backtest;
 pub mod burn;
 pub mod dispatch;
 

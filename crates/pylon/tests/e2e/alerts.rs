@@ -557,3 +557,110 @@ steps = [ {{ after = "0s", receivers = ["chat-team"] }}, {{ after = "2s", receiv
         .count();
     assert_eq!(pages, 1);
 }
+
+#[tokio::test]
+async fn a_rule_is_backtested_from_a_csv_and_from_stored_history() {
+    // The CLI, on a file: a threshold held 20 s fires once.
+    let dir = temp_dir("backtest");
+    let (rule, series) = (dir.join("rules.toml"), dir.join("series.csv"));
+    std::fs::write(
+        &rule,
+        "[[alerts]]\nname = \"chat-errors\"\nkind = \"threshold\"\nseries = \"error_rate\"\nabove = 0.05\nfor = \"20s\"\n",
+    )
+    .unwrap();
+    let mut csv = String::from("timestamp,value\n");
+    for (i, v) in [0.0, 0.1, 0.1, 0.1, 0.0, 0.2, 0.0].iter().enumerate() {
+        csv.push_str(&format!("{},{v}\n", 1_700_000_000 + i * 10));
+    }
+    std::fs::write(&series, csv).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pylon"))
+        .args(["alerts", "backtest", "--rule"])
+        .arg(&rule)
+        .arg("--series")
+        .arg(&series)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("7 points, 4 breaking the condition, 1 firing"),
+        "{said}"
+    );
+    assert!(
+        said.contains("fired 2023-11-14T22:13:50Z → resolved 2023-11-14T22:14:00Z"),
+        "{said}"
+    );
+    std::fs::write(&series, "1700000000,1\nyesterday,2\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pylon"))
+        .args(["alerts", "backtest", "--rule"])
+        .arg(&rule)
+        .arg("--series")
+        .arg(&series)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+
+    // The API, on points and on the store's history of real traffic.
+    let mock = MockServer::start().await;
+    let text = config(&mock, "").replace(
+        "[alerting]",
+        "[request_log]\nflush = \"100ms\"\n\n[alerting]",
+    );
+    let (gw, _) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    let rule = json!({"name": "t", "kind": "threshold", "series": "error_rate",
+                      "labels": {"model": "chat"}, "above": 0.2});
+    let (status, v) = admin_post(
+        &gw,
+        TOKEN,
+        "/admin/v1/alerts/backtest",
+        &json!({"rule": rule, "points": [[1_700_000_000, 0.0], [1_700_000_010, 0.5], [1_700_000_020, 0.0]]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["firings"].as_array().unwrap().len(), 1, "{v}");
+    let (status, v) = admin_post(
+        &gw,
+        TOKEN,
+        "/admin/v1/alerts/backtest",
+        &json!({"rule": {"name": "t", "kind": "threshold", "series": "nope", "above": 1}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    mock.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 1.0,
+        ..Behaviour::default()
+    });
+    for _ in 0..4 {
+        gw.chat(hello("chat")).await;
+    }
+    let mut last = Value::Null;
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let (_, v) = admin_post(
+            &gw,
+            TOKEN,
+            "/admin/v1/alerts/backtest",
+            &json!({"rule": rule}),
+        )
+        .await;
+        last = v;
+        if last["points"].as_u64() == Some(1)
+            && last["firings"].as_array().is_some_and(|f| f.len() == 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last["firings"].as_array().map(Vec::len),
+        Some(1),
+        "{last:#}"
+    );
+    assert_eq!(last["judged"][0]["value"], 1.0);
+}
