@@ -4,6 +4,7 @@
 //! Prints requests/s, p50/p99 latency, Pylon's added latency, CPU per request of the proxy
 //! process, RSS, readiness time, and memory with 1,000 concurrent slow streams.
 
+mod alerts;
 mod cache;
 mod cost;
 mod delivery;
@@ -66,6 +67,9 @@ struct Args {
     /// active rollout, OFREP latency).
     #[arg(long)]
     only_delivery: bool,
+    /// Run only the alerting figures (one evaluation round of 200 rules over 2,000 series).
+    #[arg(long)]
+    only_alerts: bool,
     /// Run only the cost-per-request figures (CPU, RSS and added latency vs nginx; large bodies).
     #[arg(long)]
     only_cost: bool,
@@ -163,6 +167,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.only_guards {
         cache::guards();
+        return Ok(());
+    }
+    if args.only_alerts {
+        alerts::figures(u32::try_from(args.rounds.max(20)).unwrap_or(20));
         return Ok(());
     }
     let out = PathBuf::from("bench/out");

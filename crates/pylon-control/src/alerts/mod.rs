@@ -6,7 +6,7 @@
 
 pub mod backtest;
 mod notify;
-mod series;
+pub mod series;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -17,9 +17,11 @@ type Labels = Vec<(String, String)>;
 
 /// The registry at one moment.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Sample {
+pub struct Sample {
     pub at_ms: u64,
-    families: HashMap<String, Vec<(Labels, Value)>>,
+    /// Each family's metrics by label set (a rule's series looks the same set up in the
+    /// earlier sample: by hash, not by scan).
+    families: HashMap<String, HashMap<Labels, Value>>,
 }
 
 impl Sample {
@@ -91,7 +93,7 @@ const USED: [&str; 10] = [
 
 /// A series' value over the interval between two samples.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub(crate) struct Reading {
+pub struct Reading {
     pub value: f64,
     /// Requests per second behind it (the anomaly detector's quiet floor).
     pub traffic: f64,
@@ -104,11 +106,7 @@ fn matches(labels: &Labels, want: &BTreeMap<String, String>, extra: &[(&str, &st
 
 /// The same metric in the earlier sample.
 fn before<'a>(prev: &'a Sample, family: &str, labels: &Labels) -> Option<&'a Value> {
-    prev.families
-        .get(family)?
-        .iter()
-        .find(|(l, _)| l == labels)
-        .map(|(_, v)| v)
+    prev.families.get(family)?.get(labels)
 }
 
 /// Σ of how much matching counters grew (a counter that went down restarted: its value counts).
@@ -210,7 +208,7 @@ fn quantile(buckets: &[(f64, u64)], total: u64, q: f64) -> Option<f64> {
 
 /// Requests whose latency was above `threshold_s`, and all requests (a latency SLO's bad and
 /// total), from the duration histogram.
-pub(crate) fn slow_and_total(
+pub fn slow_and_total(
     prev: &Sample,
     cur: &Sample,
     want: &BTreeMap<String, String>,
@@ -226,7 +224,7 @@ pub(crate) fn slow_and_total(
 }
 
 /// Server-side failures and all requests (an availability SLO's bad and total).
-pub(crate) fn failed_and_total(
+pub fn failed_and_total(
     prev: &Sample,
     cur: &Sample,
     want: &BTreeMap<String, String>,
@@ -239,7 +237,7 @@ pub(crate) fn failed_and_total(
 
 /// A named series between two samples; `None` when it has no value (no requests for a ratio or
 /// a percentile).
-pub(crate) fn read(
+pub fn read(
     series: &str,
     want: &BTreeMap<String, String>,
     prev: &Sample,
