@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod alerts;
+mod dashboard;
 pub mod flags;
 mod health;
 mod keys;
@@ -64,6 +65,8 @@ pub struct Control {
     pub flags: Arc<flags::Flags>,
     /// Alert rules: evaluated here when this instance holds the lease.
     pub alerts: Arc<alerts::Alerts>,
+    /// Dashboard sessions (cookie → CSRF token).
+    sessions: dashboard::Sessions,
     /// The run-time log filter, when the binary installed one.
     log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
 }
@@ -114,6 +117,7 @@ impl Control {
             rollouts,
             flags,
             alerts,
+            sessions: dashboard::Sessions::default(),
         })
     }
 

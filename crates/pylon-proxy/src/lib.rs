@@ -42,3 +42,8 @@ pub use server::{metrics_router, router, serve_redirect, Workers};
 pub use snapshot::Snapshot;
 pub use usage::{RequestEvent, SemanticAudit, UsageTotal};
 pub use worker::count as worker_count;
+
+/// Whether a request arrived over TLS (a session cookie is then `Secure`).
+pub fn over_tls(extensions: &http::Extensions) -> bool {
+    extensions.get::<context::Secure>().is_some_and(|s| s.0)
+}

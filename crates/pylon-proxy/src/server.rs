@@ -91,8 +91,8 @@ async fn security_headers(
             .or_insert_with(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
     }
     if html {
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
+        // A page that sets its own, stricter policy (the dashboard) keeps it.
+        h.entry(header::CONTENT_SECURITY_POLICY).or_insert(
             HeaderValue::from_static(
                 "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
                  connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",

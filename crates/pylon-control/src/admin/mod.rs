@@ -103,8 +103,9 @@ pub fn router(control: Arc<Control>) -> Router {
             control.clone(),
             require_admin,
         ))
-        .with_state(control);
+        .with_state(control.clone());
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .merge(crate::dashboard::router(control))
 }
 
 #[derive(OpenApi)]
@@ -250,6 +251,25 @@ async fn require_admin(State(c): State<Arc<Control>>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| pylon_proxy::hash_key(t.trim()));
+    // The dashboard's session: reads as is; a change only with the session's CSRF token.
+    if presented.is_none() {
+        if let crate::dashboard::Access::Session { csrf_ok } = c.sessions.access(req.headers()) {
+            let reads = matches!(
+                *req.method(),
+                axum::http::Method::GET | axum::http::Method::HEAD
+            );
+            return if reads || csrf_ok {
+                next.run(req).await
+            } else {
+                AdminError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf_token_missing",
+                    "a change from the dashboard needs its CSRF token in x-pylon-csrf",
+                )
+                .into_response()
+            };
+        }
+    }
     match presented {
         Some(hash) if bool::from(hash.ct_eq(&expected)) => next.run(req).await,
         Some(_) => AdminError::new(

@@ -99,6 +99,50 @@ pub struct Reading {
     pub traffic: f64,
 }
 
+impl Sample {
+    /// Σ of a family's counters or gauges (all label sets).
+    pub fn total(&self, family: &str) -> f64 {
+        self.families.get(family).map_or(0.0, |m| {
+            m.values()
+                .map(|v| match v {
+                    Value::Scalar(x) => *x,
+                    Value::Histogram(..) => 0.0,
+                })
+                .sum()
+        })
+    }
+
+    /// The values a label takes in a family, sorted.
+    pub fn label_values(&self, family: &str, label: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .families
+            .get(family)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|l| l.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A gauge family's values by labels.
+    pub fn gauges(&self, family: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let mut out: Vec<(BTreeMap<String, String>, f64)> = self
+            .families
+            .get(family)
+            .into_iter()
+            .flatten()
+            .filter_map(|(l, v)| match v {
+                Value::Scalar(x) => Some((l.iter().cloned().collect(), *x)),
+                Value::Histogram(..) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
 fn matches(labels: &Labels, want: &BTreeMap<String, String>, extra: &[(&str, &str)]) -> bool {
     let has = |k: &str, v: &str| labels.iter().any(|(lk, lv)| lk == k && lv == v);
     want.iter().all(|(k, v)| has(k, v)) && extra.iter().all(|(k, v)| has(k, v))
