@@ -28,6 +28,12 @@ const LEASE: &str = "alert-evaluator";
 const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
 /// An acknowledgement without a duration lasts this long.
 const ACK: Duration = Duration::from_secs(3600);
+/// Where instances hand their series' growth to the evaluator: a bounded Redis list, or the
+/// store's hand-over table (shared with the rollout judge, under a name no rollout can take).
+const HANDOVER_KEY: &str = "alerts:handover";
+const HANDOVER_STORE: &str = "~alerts";
+const HANDOVER_MAX: usize = 10_000;
+const HANDOVER_TTL: Duration = Duration::from_secs(600);
 /// The most points one backtest replays.
 const MAX_BACKTEST_POINTS: usize = 200_000;
 /// Delivery attempts per notification (backoff 0.5, 1, 2, 4 s).
@@ -85,6 +91,10 @@ pub struct Alerts {
     live: Mutex<HashMap<String, Live>>,
     prev: Mutex<Option<Sample>>,
     dispatcher: Mutex<dispatch::Dispatcher>,
+    /// Every instance's traffic (on the evaluator), and its last combined sample.
+    combined: Mutex<(series::Combined, Option<Sample>)>,
+    /// With `[data] redis_url`, instances hand their series over through Redis.
+    redis: Option<pylon_state::RedisState>,
     /// Escalation policies by name: steps and repeats.
     escalations: HashMap<String, (Vec<dispatch::EscalationStep>, u32)>,
     /// Whether this instance evaluated last time (taking over loads the stored alerts).
@@ -173,6 +183,12 @@ impl Alerts {
             live: Mutex::new(HashMap::new()),
             prev: Mutex::new(None),
             dispatcher: Mutex::new(dispatch::Dispatcher::default()),
+            combined: Mutex::new((series::Combined::default(), None)),
+            redis: config
+                .data
+                .redis_url
+                .as_ref()
+                .and_then(|u| pylon_state::RedisState::new(u.expose(), "pylon:").ok()),
             escalations: config
                 .alert_escalations
                 .iter()
@@ -190,6 +206,11 @@ impl Alerts {
                 .collect(),
             holding: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// This instance's name in the evaluator's lease.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Whether any rule is configured (no loop runs otherwise).
@@ -218,12 +239,14 @@ impl Alerts {
 
     /// One round: sample, and evaluate when holding the lease.
     async fn step(&self, now: u64) -> Result<(), AlertError> {
-        let sample = Sample::of(&self.gateway.gather_metrics(), now);
-        let prev = self
+        let own = Sample::of(&self.gateway.gather_metrics(), now);
+        let own_prev = self
             .prev
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(sample.clone());
+            .replace(own.clone());
+        // The first gather is a baseline: what grew before it is not this round's traffic.
+        let delta = own_prev.map(|p| own.delta(&p));
         let lease_ms = (self.every.as_millis() as i64 * 3).max(5_000);
         let holder = self
             .store
@@ -233,18 +256,40 @@ impl Alerts {
             .holding
             .swap(holder, std::sync::atomic::Ordering::Relaxed);
         if !holder {
+            if let Some(d) = delta {
+                self.hand_over(&d, now).await?;
+            }
             return Ok(());
         }
         if !was {
             self.take_over().await?;
             self.seed(now).await;
         }
+        let others = self.handed_over().await?;
+        let (prev, cur) = {
+            let mut c = self
+                .combined
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !was {
+                // A new evaluator starts its combined view afresh.
+                *c = (series::Combined::default(), None);
+            }
+            if let Some(d) = &delta {
+                c.0.add(&self.instance, d, now);
+            }
+            for (instance, d) in &others {
+                c.0.add(instance, d, now);
+            }
+            let cur = c.0.sample(now, lease_ms as u64);
+            (c.1.replace(cur.clone()), cur)
+        };
         let Some(prev) = prev else {
             return Ok(());
         };
         let started = std::time::Instant::now();
         for rule in &self.rules {
-            if let Err(e) = self.evaluate(rule, &prev, &sample, now).await {
+            if let Err(e) = self.evaluate(rule, &prev, &cur, now).await {
                 tracing::warn!(target: "pylon::alert", alert = %rule.name.get_ref(), error = %e, "could not record the alert");
             }
         }
@@ -254,6 +299,47 @@ impl Alerts {
             .alert_evaluation
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Not the evaluator: hands this instance's growth over, through Redis when configured
+    /// (a bounded list), else — or while Redis is down — through the store.
+    async fn hand_over(&self, delta: &Sample, now: u64) -> Result<(), AlertError> {
+        let data = format!("{}\n{}", self.instance, delta.to_wire());
+        if let Some(redis) = &self.redis {
+            match redis
+                .push_list(HANDOVER_KEY, &data, HANDOVER_MAX, HANDOVER_TTL)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(target: "pylon::alert", error = %e, "Redis unreachable: alert series handed over through the store");
+                }
+            }
+        }
+        self.store
+            .push_window(HANDOVER_STORE, &self.instance, now as i64, &data)
+            .await?;
+        Ok(())
+    }
+
+    /// What the other instances handed over since the last round: (instance, growth).
+    async fn handed_over(&self) -> Result<Vec<(String, Sample)>, AlertError> {
+        let mut all = self.store.take_windows(HANDOVER_STORE).await?;
+        if let Some(redis) = &self.redis {
+            match redis.take_list(HANDOVER_KEY).await {
+                Ok(v) => all.extend(v),
+                Err(e) => {
+                    tracing::warn!(target: "pylon::alert", error = %e, "Redis unreachable: this round is evaluated without the series handed over there");
+                }
+            }
+        }
+        Ok(all
+            .iter()
+            .filter_map(|d| {
+                let (instance, wire) = d.split_once('\n')?;
+                Some((instance.to_owned(), Sample::from_wire(wire)?))
+            })
+            .collect())
     }
 
     /// Gives anomaly rules the weekly seasonality they would have had: the last four weeks of

@@ -664,3 +664,67 @@ async fn a_rule_is_backtested_from_a_csv_and_from_stored_history() {
     );
     assert_eq!(last["judged"][0]["value"], 1.0);
 }
+
+/// Two instances sharing PostgreSQL and Redis: one evaluates, and it sees the other's traffic
+/// (failures sent only to the other instance fire the alert).
+#[tokio::test]
+async fn the_evaluator_sees_every_instances_traffic() {
+    let (admin, base, schema) = pg_schema().await;
+    let mock = MockServer::start().await;
+    mock.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 1.0,
+        ..Behaviour::default()
+    });
+    let redis =
+        std::env::var("PYLON_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let name = format!("down-{}", uuid::Uuid::new_v4().simple());
+    let rules = format!(
+        "[[alerts]]\nname = \"{name}\"\nkind = \"threshold\"\nseries = \"errors\"\nlabels = {{ model = \"chat\" }}\nabove = 2\n"
+    );
+    let text = format!(
+        "[data]\nstore_url = \"{base}?options=-c%20search_path%3D{schema}\"\nredis_url = \"{redis}\"\n{}",
+        config(&mock, &rules)
+    );
+    let (one, c1) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    let (two, c2) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    let holder = || async {
+        sqlx::query_scalar::<_, String>(&format!(
+            "SELECT holder FROM {schema}.leases WHERE name = 'alert-evaluator'"
+        ))
+        .fetch_optional(&admin)
+        .await
+        .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            holder().await.is_some()
+        })
+        .await
+    );
+    let evaluator = holder().await.unwrap();
+    let other = if evaluator == c1.alerts.instance() {
+        &two
+    } else {
+        assert_eq!(evaluator, c2.alerts.instance());
+        &one
+    };
+    // Each instance alone sees about 2.5 failures a second when the traffic is split; the
+    // other instance gets all of it here, at about 5 a second, and the evaluator none.
+    let load = traffic(other);
+    let fired = wait_until(Duration::from_secs(20), || async {
+        alert(&one, &name).await["state"] == "firing"
+    })
+    .await;
+    load.store(true, Ordering::Relaxed);
+    assert!(fired, "{:#}", alert(&one, &name).await);
+    assert_eq!(
+        alert(&two, &name).await["state"],
+        "firing",
+        "both answer from the store"
+    );
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
