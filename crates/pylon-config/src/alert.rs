@@ -293,6 +293,11 @@ pub const SERIES: &[(&str, &str, &[&str])] = &[
         "request-log rows dropped per second",
         &[],
     ),
+    (
+        "dependency_down",
+        "dependencies failing their check: store, redis, disk, probe:<provider>",
+        &["dependency"],
+    ),
 ];
 
 /// The alerting sections' problems, at their places in the file.

@@ -100,6 +100,9 @@ pub struct Metrics {
     pub flag_errors: IntCounterVec,
     /// Open OFREP change streams.
     pub flag_streams: IntGauge,
+    /// Whether each dependency passed its last check (1) or not (0): store, redis, disk,
+    /// `probe:<provider>`.
+    pub dependency_up: IntGaugeVec,
     /// Alerts firing (1) by rule and severity.
     pub alerts_firing: IntGaugeVec,
     /// Notification deliveries by receiver and outcome (`ok`, `failed`).
@@ -505,6 +508,12 @@ impl Metrics {
                 r,
                 "pylon_flag_streams",
                 "Open OFREP change-notification streams.",
+            )?,
+            dependency_up: gauge(
+                r,
+                "pylon_dependency_up",
+                "Whether each dependency passed its last check (1) or not (0).",
+                &["dependency"],
             )?,
             alerts_firing: gauge(
                 r,

@@ -230,7 +230,9 @@ const REJECTED: &str = "pylon_rejected_requests_total";
 const STREAMS: &str = "pylon_open_streams";
 const BREAKERS: &str = "pylon_circuit_breaker_state";
 const LOG_DROPPED: &str = "pylon_request_log_dropped_total";
-const USED: [&str; 10] = [
+const CACHE_SAVED: &str = "pylon_cache_cost_saved_usd_total";
+const DEPENDENCIES: &str = "pylon_dependency_up";
+const USED: [&str; 12] = [
     REQUESTS,
     DURATION,
     TTFT,
@@ -241,6 +243,8 @@ const USED: [&str; 10] = [
     STREAMS,
     BREAKERS,
     LOG_DROPPED,
+    CACHE_SAVED,
+    DEPENDENCIES,
 ];
 
 /// A series' value over the interval between two samples.
@@ -477,6 +481,7 @@ pub fn read(
         "open_streams" => level(cur, STREAMS, want, |x| x),
         "breaker_open" => level(cur, BREAKERS, want, |x| if x >= 2.0 { 1.0 } else { 0.0 }),
         "request_log_dropped" => growth(prev, cur, LOG_DROPPED, want, &[]) / secs,
+        "dependency_down" => level(cur, DEPENDENCIES, want, |x| if x < 1.0 { 1.0 } else { 0.0 }),
         _ => return None,
     };
     Some(Reading { value, traffic })
@@ -522,6 +527,18 @@ mod tests {
         assert_eq!((slow, total), (10.0, 100.0));
         let (bad, total) = failed_and_total(&before, &after, &BTreeMap::new());
         assert_eq!((bad, total), (60.0, 150.0));
+        // Health: a dependency failing its check counts once.
+        m.dependency_up.with_label_values(&["store"]).set(0);
+        m.dependency_up.with_label_values(&["redis"]).set(1);
+        m.cache_cost_saved.inc_by(0.25);
+        let now = Sample::of(&m.gather(), 20_000);
+        let down = |labels: &BTreeMap<String, String>| {
+            read("dependency_down", labels, &after, &now).unwrap().value
+        };
+        assert_eq!(down(&BTreeMap::new()), 1.0);
+        let redis = BTreeMap::from([("dependency".to_owned(), "redis".to_owned())]);
+        assert_eq!(down(&redis), 0.0);
+        assert_eq!(now.total("pylon_cache_cost_saved_usd_total"), 0.25);
     }
 
     /// Two instances' growth, handed over as JSON, reads as one registry: counters and

@@ -376,6 +376,24 @@ impl Gateway {
             }
         }
         m.limits_degraded.set(i64::from(self.limits_degraded()));
+        let up = |name: &str, ok: bool| {
+            m.dependency_up
+                .with_label_values(&[name])
+                .set(i64::from(ok))
+        };
+        for (name, check) in [("store", &self.deps.store), ("redis", &self.deps.redis)] {
+            if let Some(c) = check.lock().ok().and_then(|g| g.clone()) {
+                up(name, c.ok);
+            }
+        }
+        if let Some((used, _)) = self.deps.disk.lock().ok().and_then(|g| *g) {
+            up("disk", used < self.deps.disk_warn);
+        }
+        if let Ok(probes) = self.deps.probes.lock() {
+            for (provider, c) in probes.iter() {
+                up(&format!("probe:{provider}"), c.ok);
+            }
+        }
         m.request_log_pending.set(self.usage.pending() as i64);
         if let Some(c) = &self.cache {
             let (bytes, entries) = c.usage();
