@@ -382,29 +382,31 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
             bad("declared twice".into());
         }
         // Burn-rate rules count requests: the labels of `requests`.
-        let series_name = a
-            .series
-            .as_ref()
-            .map_or("requests", |s| s.get_ref().as_str());
-        if let Some((_, _, labels)) = SERIES.iter().find(|(n, ..)| *n == series_name) {
-            for l in a.labels.keys() {
-                if !labels.contains(&l.as_str()) {
-                    bad(format!(
-                        "label `{l}`: series `{series_name}` is narrowed by {}",
-                        if labels.is_empty() {
-                            "nothing".to_owned()
-                        } else {
-                            labels.join(", ")
-                        }
-                    ));
+        if a.kind == AlertKind::Budget {
+            // A budget rule watches one key's (by name) or one team's (by id) budget.
+            let scope: Vec<&String> = a.labels.keys().collect();
+            if !matches!(scope.as_slice(), [k] if *k == "key" || *k == "team") {
+                bad("a budget rule names one owner: labels = { key = \"<key name>\" } or { team = \"<team id>\" }".into());
+            }
+        } else {
+            let series_name = a
+                .series
+                .as_ref()
+                .map_or("requests", |s| s.get_ref().as_str());
+            if let Some((_, _, labels)) = SERIES.iter().find(|(n, ..)| *n == series_name) {
+                for l in a.labels.keys() {
+                    if !labels.contains(&l.as_str()) {
+                        bad(format!(
+                            "label `{l}`: series `{series_name}` is narrowed by {}",
+                            if labels.is_empty() {
+                                "nothing".to_owned()
+                            } else {
+                                labels.join(", ")
+                            }
+                        ));
+                    }
                 }
             }
-        }
-        if a.kind == AlertKind::Budget {
-            bad(
-                "budget rules are not available yet; use the budget notifications of [budgets]"
-                    .into(),
-            );
         }
         let known = |s: &str| SERIES.iter().any(|(n, ..)| *n == s);
         match (a.kind, &a.series) {

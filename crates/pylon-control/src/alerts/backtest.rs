@@ -40,7 +40,7 @@ pub fn condition(rule: &Alert) -> Result<Condition, BacktestError> {
         },
         AlertKind::Budget => {
             return Err(BacktestError::Invalid(
-                "budget rules are not available yet".into(),
+                "budget rules watch spend in the store; they are not backtested".into(),
             ))
         }
     })

@@ -470,13 +470,21 @@ impl Alerts {
     ) -> Result<(), AlertError> {
         let name = rule.name.get_ref().clone();
         let for_ms = rule.for_.map_or(0, |d| d.as_millis() as u64);
+        // A budget is read from the store, before the lock below is taken.
+        let budget = match rule.kind {
+            AlertKind::Budget => Some(self.budget(rule, now).await?),
+            _ => None,
+        };
         let (transition, life, detail, value) = {
             let mut all = self
                 .live
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let live = all.entry(name.clone()).or_default();
-            let (holds, value, detail) = Self::condition(rule, live, prev, cur, now);
+            let (holds, value, detail) = match budget {
+                Some(b) => b,
+                None => Self::condition(rule, live, prev, cur, now),
+            };
             live.value = value;
             let t = live.life.step(holds, now, for_ms);
             match t {
@@ -539,6 +547,89 @@ impl Alerts {
             self.event(&name, state, detail.clone(), now).await?;
         }
         Ok(())
+    }
+
+    /// A budget rule: the share of its key's or team's budget spent this period (firing at
+    /// `above`), with the spend rate of the last six hours and when, at that rate, the budget
+    /// runs out.
+    async fn budget(
+        &self,
+        rule: &Alert,
+        now: u64,
+    ) -> Result<(bool, Option<f64>, Value), AlertError> {
+        let now_s = (now / 1000) as i64;
+        let (team, wanted) = match (rule.labels.get("key"), rule.labels.get("team")) {
+            (Some(k), _) => (false, k),
+            (_, Some(t)) => (true, t),
+            _ => return Ok((false, None, json!({}))),
+        };
+        let owner = if team {
+            self.store
+                .list_teams()
+                .await?
+                .into_iter()
+                .find(|t| &t.id == wanted || &t.name == wanted)
+                .and_then(|t| Some((t.id, t.budget?)))
+        } else {
+            self.store
+                .list_keys()
+                .await?
+                .into_iter()
+                .find(|k| &k.name == wanted && k.is_active(now_s))
+                .and_then(|k| Some((k.id, k.budget?)))
+        };
+        let Some((id, budget)) = owner else {
+            return Ok((
+                false,
+                None,
+                json!({"error": format!("no budget found for `{wanted}`")}),
+            ));
+        };
+        let since = match budget.period {
+            pylon_store::Period::Daily => pylon_types::day::civil_day(now_s),
+            pylon_store::Period::Monthly => format!("{}-01", pylon_types::day::civil_month(now_s)),
+            pylon_store::Period::Total => "0000-00-00".to_owned(),
+        };
+        let spent = self
+            .store
+            .spend_since_all(team, &since)
+            .await?
+            .get(&id)
+            .copied()
+            .unwrap_or(0.0);
+        let dim = if team {
+            pylon_store::Dim::Team
+        } else {
+            pylon_store::Dim::Key
+        };
+        let recent: f64 = self
+            .store
+            .usage_report(
+                &[dim],
+                pylon_store::Bucket::All,
+                now_s - 6 * 3600,
+                now_s + 3600,
+            )
+            .await?
+            .iter()
+            .filter(|r| r.keys.first() == Some(&id))
+            .map(|r| r.cost_usd)
+            .sum();
+        let per_hour = recent / 6.0;
+        let share = if budget.amount_usd > 0.0 {
+            spent / budget.amount_usd
+        } else {
+            0.0
+        };
+        let left = (budget.amount_usd - spent).max(0.0);
+        let exhausted_at = (per_hour > 0.0).then(|| now + (left / per_hour * 3_600_000.0) as u64);
+        let holds = rule.above.is_some_and(|a| share >= a);
+        Ok((
+            holds,
+            Some(share),
+            json!({"spent_usd": spent, "budget_usd": budget.amount_usd, "period": budget.period.as_str(),
+                   "share": share, "spend_per_hour_usd": per_hour, "exhausted_at": exhausted_at}),
+        ))
     }
 
     async fn event(

@@ -728,3 +728,78 @@ async fn the_evaluator_sees_every_instances_traffic() {
         .await
         .unwrap();
 }
+
+/// A budget rule fires once a key has spent its share, and says when the budget runs out at
+/// the current rate.
+#[tokio::test]
+async fn a_budget_rule_fires_before_the_budget_is_spent() {
+    let mock = MockServer::start().await;
+    let text = format!(
+        r#"
+[auth]
+mode = "keys"
+refresh = "100ms"
+
+[request_log]
+flush = "100ms"
+
+[[prices]]
+model = "mock-a"
+input_per_million = 100000
+output_per_million = 100000
+
+[[providers]]
+name = "a"
+kind = "openai"
+base_url = "http://{}/v1"
+
+[[models]]
+name = "chat"
+targets = [ {{ provider = "a", model = "mock-a" }} ]
+
+[alerting]
+evaluate_every = "1s"
+
+[[alerts]]
+name = "ci-budget"
+kind = "budget"
+labels = {{ key = "ci" }}
+above = 0.5
+severity = "warning"
+"#,
+        mock.addr
+    );
+    let (gw, _) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    let key = create_key_with(
+        &gw,
+        TOKEN,
+        json!({"name": "ci", "budget": {"amount_usd": 0.01, "period": "monthly"}}),
+    )
+    .await;
+    assert_eq!(alert(&gw, "ci-budget").await["state"], "inactive");
+    // A few answers at this price spend over half the budget (the last may be refused).
+    assert_eq!(chat_as(&gw, &key, "chat").await.status(), 200);
+    for _ in 0..3 {
+        chat_as(&gw, &key, "chat").await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            alert(&gw, "ci-budget").await["state"] == "firing"
+        })
+        .await,
+        "{:#}",
+        alert(&gw, "ci-budget").await
+    );
+    let a = alert(&gw, "ci-budget").await;
+    assert!(a["value"].as_f64().unwrap() >= 0.5, "{a:#}");
+    let history = admin_get(&gw, TOKEN, "/admin/v1/alerts/history?alert=ci-budget").await;
+    let fired = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "firing")
+        .unwrap()
+        .clone();
+    assert_eq!(fired["detail"]["budget_usd"], 0.01);
+    assert!(fired["detail"]["exhausted_at"].as_u64().is_some(), "{fired:#}");
+}
