@@ -267,10 +267,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     refreshRequests();
   });
   setInterval(tick, 1000);
-  try {
-    const s = await api("GET", "/dashboard/session");
-    loggedIn(s.csrf);
-  } catch (_) {
-    $("token").focus();
-  }
+  const s = await api("GET", "/dashboard/session").catch(() => ({ csrf: null }));
+  if (s.csrf) loggedIn(s.csrf);
+  else $("token").focus();
 });
