@@ -145,9 +145,7 @@ impl Control {
             t.abort();
         }
         self.rollouts.release().await;
-        if self.alerts.any() {
-            self.alerts.release().await;
-        }
+        self.alerts.release().await;
         // Settlements, cache writes and webhook sends a request left behind finish first.
         if !self.gateway.drain(grace).await {
             tracing::warn!(target: "pylon::control", "background work did not finish within the grace period");
@@ -423,9 +421,8 @@ pub async fn bootstrap(
     ));
     // Always running: a rollout may be made through the admin API at any time.
     control.spawn(control.rollouts.clone().run());
-    if control.alerts.any() {
-        control.spawn(control.alerts.clone().run());
-    }
+    // Always running: a rule may be made through the admin API at any time.
+    control.spawn(control.alerts.clone().run());
     if let Some(every) = config.health.probe_every {
         control.spawn(health::probe_loop(gateway.clone(), every));
     }

@@ -37,3 +37,11 @@ CREATE TABLE alert_silences (
     comment TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+-- Alert rules made through the admin API (the `[[alerts]]` entry, as JSON), shared by instances;
+-- rules declared in pylon.toml are not stored here.
+CREATE TABLE alert_rules (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL
+);

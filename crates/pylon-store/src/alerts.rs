@@ -217,3 +217,62 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 }
+
+/// An alert rule made through the admin API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRuleRow {
+    pub name: String,
+    /// The `[[alerts]]` entry, as JSON.
+    pub definition: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+impl Store {
+    /// Every alert rule made through the admin API, by name.
+    pub async fn alert_rules(&self) -> Result<Vec<AlertRuleRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, definition, created_at, created_by FROM alert_rules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AlertRuleRow {
+                    name: get(r, "name")?,
+                    definition: get(r, "definition")?,
+                    created_at: get(r, "created_at")?,
+                    created_by: get(r, "created_by")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new rule; `false` when one of that name exists.
+    pub async fn add_alert_rule(&self, r: &AlertRuleRow) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO alert_rules (name, definition, created_at, created_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&r.name)
+        .bind(&r.definition)
+        .bind(r.created_at)
+        .bind(&r.created_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets a rule made through the admin API, and its alert (its history stays).
+    pub async fn delete_alert_rule(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM alert_rules WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM alerts WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
-pub use alerts::{AlertEvent, AlertRow, SilenceRow};
+pub use alerts::{AlertEvent, AlertRow, AlertRuleRow, SilenceRow};
 pub use flags::{FlagChange, FlagRow};
 pub use model::*;
 pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};

@@ -25,6 +25,9 @@ impl From<AlertError> for AdminError {
                 AdminError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             AlertError::Invalid(_) => AdminError::bad_request(e.to_string()),
+            AlertError::Conflict(_) => {
+                AdminError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             AlertError::Store(s) => s.into(),
         }
     }
@@ -177,4 +180,43 @@ pub(super) async fn backtest(
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| AdminError::bad_request(format!("the body is not JSON: {e}")))?;
     Ok(Json(c.alerts.backtest(&v).await?))
+}
+
+/// Makes an alert rule: the body is an `[[alerts]]` entry of pylon.toml as JSON, checked the
+/// same way, kept in the store and evaluated from the next round. `x-pylon-actor` names who.
+#[utoipa::path(post, path = "/admin/v1/alerts/rules", operation_id = "create_alert_rule", tag = "alerts",
+    request_body(content = Object, description = "an [[alerts]] entry as JSON"),
+    responses((status = 201, description = "the rule's alert", body = Object),
+              (status = 400, body = ErrorBody, description = "not a valid rule"),
+              (status = 409, body = ErrorBody, description = "a rule of that name exists")))]
+pub(super) async fn create_rule(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::bad_request(format!("the body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(AdminError::bad_request(
+            "the body must be an alert rule (an object like an [[alerts]] entry)",
+        ));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(c.alerts.create(&v, &actor(&headers)).await?),
+    ))
+}
+
+/// Forgets an alert rule made through the admin API (its history stays).
+#[utoipa::path(delete, path = "/admin/v1/alerts/rules/{name}", operation_id = "delete_alert_rule", tag = "alerts",
+    params(("name" = String, Path, description = "The rule's name")),
+    responses((status = 204, description = "forgotten"),
+              (status = 404, body = ErrorBody, description = "no such rule"),
+              (status = 409, body = ErrorBody, description = "declared in pylon.toml")))]
+pub(super) async fn delete_rule(
+    State(c): State<Arc<Control>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    c.alerts.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -74,6 +74,11 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/admin/v1/alerts", get(alerts::list))
         .route("/admin/v1/alerts/history", get(alerts::history))
         .route("/admin/v1/alerts/backtest", post(alerts::backtest))
+        .route("/admin/v1/alerts/rules", post(alerts::create_rule))
+        .route(
+            "/admin/v1/alerts/rules/{name}",
+            axum::routing::delete(alerts::delete_rule),
+        )
         .route(
             "/admin/v1/alerts/silences",
             get(alerts::silences).post(alerts::silence),
@@ -114,7 +119,7 @@ pub fn router(control: Arc<Control>) -> Router {
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
           usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, providers::list, providers::set_credential, providers::rotate_master,
-          alerts::list, alerts::history, alerts::ack, alerts::backtest, alerts::silences, alerts::silence, alerts::unsilence,
+          alerts::list, alerts::history, alerts::ack, alerts::backtest, alerts::create_rule, alerts::delete_rule, alerts::silences, alerts::silence, alerts::unsilence,
           rollouts::list, rollouts::create, rollouts::show, rollouts::delete, rollouts::command,
           flags::list, flags::put, flags::delete, flags::disable, flags::enable, flags::history),
     modifiers(&AdminToken, &CommonErrors),

@@ -6,6 +6,7 @@
 
 pub mod backtest;
 mod notify;
+mod rules;
 pub mod series;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +55,8 @@ pub enum AlertError {
     NotFiring(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -78,7 +81,7 @@ struct Live {
 pub struct Alerts {
     /// The config file's (backtests check their rule against it).
     base: pylon_config::Config,
-    rules: Vec<Alert>,
+    rules: rules::RuleSet,
     receivers: HashMap<String, AlertReceiver>,
     routing: AlertRoute,
     every: Duration,
@@ -163,7 +166,7 @@ impl Alerts {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Alerts {
             base: config.clone(),
-            rules: config.alerts.clone(),
+            rules: rules::RuleSet::new(config),
             receivers: config
                 .alert_receivers
                 .iter()
@@ -213,11 +216,6 @@ impl Alerts {
         &self.instance
     }
 
-    /// Whether any rule is configured (no loop runs otherwise).
-    pub fn any(&self) -> bool {
-        !self.rules.is_empty()
-    }
-
     /// Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.every);
@@ -239,6 +237,11 @@ impl Alerts {
 
     /// One round: sample, and evaluate when holding the lease.
     async fn step(&self, now: u64) -> Result<(), AlertError> {
+        self.rules.refresh(&self.store).await?;
+        let rules = self.rules.current();
+        if rules.is_empty() {
+            return Ok(());
+        }
         let own = Sample::of(&self.gateway.gather_metrics(), now);
         let own_prev = self
             .prev
@@ -288,7 +291,7 @@ impl Alerts {
             return Ok(());
         };
         let started = std::time::Instant::now();
-        for rule in &self.rules {
+        for rule in rules.iter().map(|r| &r.alert) {
             if let Err(e) = self.evaluate(rule, &prev, &cur, now).await {
                 tracing::warn!(target: "pylon::alert", alert = %rule.name.get_ref(), error = %e, "could not record the alert");
             }
@@ -346,7 +349,12 @@ impl Alerts {
     /// the store's hourly rollups, each hour fed as its four quarter-hours. Rules whose series
     /// or labels the rollups do not keep start cold.
     async fn seed(&self, now: u64) {
-        for rule in self.rules.iter().filter(|r| r.kind == AlertKind::Anomaly) {
+        let rules = self.rules.current();
+        for rule in rules
+            .iter()
+            .map(|r| &r.alert)
+            .filter(|r| r.kind == AlertKind::Anomaly)
+        {
             let to = (now / 1000) as i64 / 3600 * 3600;
             let points = match backtest::stored(&self.store, rule, to - 28 * 86_400, to).await {
                 Ok(p) => p,
@@ -694,7 +702,8 @@ impl Alerts {
             })
             .collect();
         let mut alerts = Vec::new();
-        for rule in &self.rules {
+        let rules = self.rules.current();
+        for rule in rules.iter().map(|r| &r.alert) {
             let name = rule.name.get_ref();
             let Some(row) = rows.get(name) else { continue };
             let (firing, keep) = {
@@ -982,8 +991,10 @@ impl Alerts {
             .collect();
         Ok(self
             .rules
+            .current()
             .iter()
-            .map(|rule| {
+            .map(|r| {
+                let rule = &r.alert;
                 let name = rule.name.get_ref();
                 let row = stored.get(name);
                 let state = row.map_or("inactive", |r| r.state.as_str());
@@ -1001,6 +1012,7 @@ impl Alerts {
                     "acked": row.is_some_and(|r| r.acked_until.is_some()),
                     "acked_by": row.and_then(|r| r.acked_by.clone()),
                     "acked_until": row.and_then(|r| r.acked_until),
+                    "made_by": r.made_by,
                     "receivers": route(&self.routing, &labels_of(rule), None, &Default::default())
                         .into_iter()
                         .map(|(r, _)| r)
@@ -1093,6 +1105,26 @@ impl Alerts {
         }))
     }
 
+    /// Makes a rule from its `[[alerts]]` entry as JSON, checked like pylon.toml's and shared
+    /// with every instance through the store.
+    pub async fn create(&self, body: &Value, actor: &str) -> Result<Value, AlertError> {
+        let name = self
+            .rules
+            .create(&self.store, body, actor, now_ms() as i64)
+            .await?;
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .find(|a| a["name"] == name.as_str())
+            .unwrap_or(Value::Null))
+    }
+
+    /// Forgets a rule made through the admin API.
+    pub async fn delete(&self, name: &str) -> Result<(), AlertError> {
+        self.rules.delete(&self.store, name).await
+    }
+
     /// Silences in force or to come.
     pub async fn silences(&self) -> Result<Vec<Value>, AlertError> {
         Ok(self
@@ -1154,7 +1186,12 @@ impl Alerts {
         by: &str,
         lasting: Option<Duration>,
     ) -> Result<Value, AlertError> {
-        if !self.rules.iter().any(|r| r.name.get_ref() == name) {
+        if !self
+            .rules
+            .current()
+            .iter()
+            .any(|r| r.alert.name.get_ref() == name)
+        {
             return Err(AlertError::Unknown(name.to_owned()));
         }
         let mut row = match self.store.alert(name).await? {

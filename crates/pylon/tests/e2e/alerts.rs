@@ -801,5 +801,56 @@ severity = "warning"
         .unwrap()
         .clone();
     assert_eq!(fired["detail"]["budget_usd"], 0.01);
-    assert!(fired["detail"]["exhausted_at"].as_u64().is_some(), "{fired:#}");
+    assert!(
+        fired["detail"]["exhausted_at"].as_u64().is_some(),
+        "{fired:#}"
+    );
+}
+
+/// A rule made through the admin API is checked like pylon.toml's, evaluated, listed with who
+/// made it, and forgotten on delete; pylon.toml's rules cannot be deleted there.
+#[tokio::test]
+async fn a_rule_made_through_the_api_is_checked_evaluated_and_forgotten() {
+    let mock = MockServer::start().await;
+    let declared = "[[alerts]]\nname = \"declared\"\nkind = \"threshold\"\nseries = \"requests\"\nabove = 1000\n";
+    let (gw, _) = Gateway::with_admin(&config(&mock, declared), Some(TOKEN)).await;
+    let path = "/admin/v1/alerts/rules";
+    let (status, v) = admin_post(
+        &gw,
+        TOKEN,
+        path,
+        &json!({"name": "made", "kind": "threshold", "series": "error_ratio", "above": 0.1}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("error_ratio"));
+    let rule = json!({"name": "made", "kind": "threshold", "series": "errors",
+                      "labels": {"model": "chat"}, "above": 1});
+    let (status, v) = admin_post(&gw, TOKEN, path, &rule).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["made_by"], "admin");
+    let (status, _) = admin_post(&gw, TOKEN, path, &rule).await;
+    assert_eq!(status, 409);
+    mock.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 1.0,
+        ..Behaviour::default()
+    });
+    let load = traffic(&gw);
+    let fired = wait_until(Duration::from_secs(20), || async {
+        alert(&gw, "made").await["state"] == "firing"
+    })
+    .await;
+    load.store(true, Ordering::Relaxed);
+    assert!(fired, "{:#}", alert(&gw, "made").await);
+    let delete = |name: &'static str| {
+        client()
+            .delete(gw.url(&format!("{path}/{name}")))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    assert_eq!(delete("declared").await.unwrap().status(), 409);
+    assert_eq!(delete("made").await.unwrap().status(), 204);
+    assert_eq!(delete("made").await.unwrap().status(), 404);
+    assert_eq!(alert(&gw, "made").await, Value::Null);
 }
