@@ -294,6 +294,11 @@ pub const SERIES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "receiver_failures",
+        "alert notifications that could not be delivered (after retries), per second",
+        &["receiver"],
+    ),
+    (
         "dependency_down",
         "dependencies failing their check: store, redis, disk, probe:<provider>",
         &["dependency"],

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
@@ -49,19 +50,50 @@ pub(super) struct HistoryQuery {
     alert: Option<String>,
     /// At most this many events (default 100, at most 1,000).
     limit: Option<i64>,
+    /// `json` (default), or an export: `jsonl` (one event per line) or `csv`.
+    format: Option<String>,
 }
 
 /// What happened, newest first: transitions (pending, firing, resolved, inactive), deliveries
 /// (notified, delivery_failed), acknowledgements and the rollout actions alerts took.
 #[utoipa::path(get, path = "/admin/v1/alerts/history", operation_id = "alert_history", tag = "alerts",
     params(HistoryQuery),
-    responses((status = 200, description = "events, newest first", body = Vec<Object>)))]
+    responses((status = 200, description = "events, newest first; `format=jsonl` or `csv` for an export",
+               content((Vec<Object> = "application/json"), (String = "application/x-ndjson"), (String = "text/csv"))),
+              (status = 400, body = ErrorBody)))]
 pub(super) async fn history(
     State(c): State<Arc<Control>>,
     AdminQuery(q): AdminQuery<HistoryQuery>,
-) -> Result<Json<Vec<Value>>, AdminError> {
+) -> Result<axum::response::Response, AdminError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(c.alerts.history(q.alert.as_deref(), limit).await?))
+    let events = c.alerts.history(q.alert.as_deref(), limit).await?;
+    let (kind, body) = match q.format.as_deref().unwrap_or("json") {
+        "json" => return Ok(Json(events).into_response()),
+        "jsonl" => (
+            "application/x-ndjson",
+            events.iter().map(|e| format!("{e}\n")).collect::<String>(),
+        ),
+        "csv" => {
+            let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            let mut out = String::from("at,alert,kind,detail\n");
+            for e in &events {
+                out.push_str(&format!(
+                    "{},{},{},{}\n",
+                    e["at"],
+                    quote(e["alert"].as_str().unwrap_or_default()),
+                    quote(e["kind"].as_str().unwrap_or_default()),
+                    quote(&e["detail"].to_string())
+                ));
+            }
+            ("text/csv; charset=utf-8", out)
+        }
+        other => {
+            return Err(AdminError::bad_request(format!(
+                "`format={other}`: use json, jsonl or csv"
+            )))
+        }
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, kind)], body).into_response())
 }
 
 /// Acknowledges a firing alert: it is not re-notified for `for` (default `1h`, e.g.

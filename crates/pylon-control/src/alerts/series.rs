@@ -232,7 +232,8 @@ const BREAKERS: &str = "pylon_circuit_breaker_state";
 const LOG_DROPPED: &str = "pylon_request_log_dropped_total";
 const CACHE_SAVED: &str = "pylon_cache_cost_saved_usd_total";
 const DEPENDENCIES: &str = "pylon_dependency_up";
-const USED: [&str; 12] = [
+const DELIVERIES: &str = "pylon_alert_deliveries_total";
+const USED: [&str; 13] = [
     REQUESTS,
     DURATION,
     TTFT,
@@ -245,6 +246,7 @@ const USED: [&str; 12] = [
     LOG_DROPPED,
     CACHE_SAVED,
     DEPENDENCIES,
+    DELIVERIES,
 ];
 
 /// A series' value over the interval between two samples.
@@ -481,6 +483,7 @@ pub fn read(
         "open_streams" => level(cur, STREAMS, want, |x| x),
         "breaker_open" => level(cur, BREAKERS, want, |x| if x >= 2.0 { 1.0 } else { 0.0 }),
         "request_log_dropped" => growth(prev, cur, LOG_DROPPED, want, &[]) / secs,
+        "receiver_failures" => growth(prev, cur, DELIVERIES, want, &[("outcome", "failed")]) / secs,
         "dependency_down" => level(cur, DEPENDENCIES, want, |x| if x < 1.0 { 1.0 } else { 0.0 }),
         _ => return None,
     };

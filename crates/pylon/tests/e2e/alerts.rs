@@ -823,7 +823,10 @@ async fn a_rule_made_through_the_api_is_checked_evaluated_and_forgotten() {
     )
     .await;
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("error_ratio"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("error_ratio"));
     let rule = json!({"name": "made", "kind": "threshold", "series": "errors",
                       "labels": {"model": "chat"}, "above": 1});
     let (status, v) = admin_post(&gw, TOKEN, path, &rule).await;
@@ -853,4 +856,82 @@ async fn a_rule_made_through_the_api_is_checked_evaluated_and_forgotten() {
     assert_eq!(delete("made").await.unwrap().status(), 204);
     assert_eq!(delete("made").await.unwrap().status(), 404);
     assert_eq!(alert(&gw, "made").await, Value::Null);
+}
+
+/// A receiver that stays down is itself reported: a health rule on `receiver_failures` tells
+/// another receiver; the history exports as CSV and JSON lines.
+#[tokio::test]
+async fn a_receiver_that_stays_down_is_reported_through_another() {
+    let (hook, seen) = webhook_receiver(StatusCode::OK).await;
+    let mock = MockServer::start().await;
+    mock.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 1.0,
+        ..Behaviour::default()
+    });
+    let rules = format!(
+        r#"
+[[alerts]]
+name = "chat-down"
+kind = "threshold"
+series = "errors"
+above = 1
+
+[[alerts]]
+name = "pager-unreachable"
+kind = "health"
+series = "receiver_failures"
+labels = {{ receiver = "pager" }}
+above = 0
+
+[[alert_receivers]]
+name = "pager"
+kind = "webhook"
+url = "http://127.0.0.1:1/"
+
+[[alert_receivers]]
+name = "hook"
+kind = "webhook"
+url = "http://{hook}/"
+
+[alert_routing]
+receiver = "hook"
+group_wait = "0s"
+routes = [ {{ matchers = {{ alertname = "chat-down" }}, receiver = "pager" }} ]
+"#
+    );
+    let (gw, _) = Gateway::with_admin(&config(&mock, &rules), Some(TOKEN)).await;
+    let load = traffic(&gw);
+    let told = wait_until(Duration::from_secs(30), || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["groupLabels"]["alertname"] == "pager-unreachable")
+    })
+    .await;
+    load.store(true, Ordering::Relaxed);
+    assert!(told, "{:#}", admin_get(&gw, TOKEN, "/admin/v1/alerts/history").await);
+    let csv = client()
+        .get(gw.url("/admin/v1/alerts/history?format=csv"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with("at,alert,kind,detail\n"), "{csv}");
+    assert!(csv.contains("\"delivery_failed\""), "{csv}");
+    let jsonl = client()
+        .get(gw.url("/admin/v1/alerts/history?format=jsonl&alert=chat-down"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(jsonl
+        .lines()
+        .all(|l| serde_json::from_str::<Value>(l).unwrap()["alert"] == "chat-down"));
 }
