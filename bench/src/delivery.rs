@@ -90,44 +90,41 @@ pub fn micro() {
     );
 }
 
-/// CPU per request with and without an active rollout, and OFREP latencies.
-pub async fn figures(
+/// CPU per proxied request of Pylon with config `b` against `a` (each added to the mock's
+/// base), 50 connections, in alternating rounds after `settle`: the median change in percent
+/// and the range.
+pub async fn cpu_ratio(
     spawn: &crate::SpawnPylon<'_>,
-    out: &Path,
+    a: (&'static str, &str),
+    b: (&'static str, &str),
+    settle: Duration,
     seconds: u64,
     rounds: usize,
-) -> anyhow::Result<()> {
-    micro();
-    let base = "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n";
-    // The candidate is the same mock model: any CPU difference is the rollout's own work.
-    let rollout = format!(
-        "{base}\n[[rollouts]]\nname = \"bench-v2\"\nmodel = \"bench\"\nstickiness = \"ip\"\ncandidate = {{ targets = [ {{ provider = \"mock\", model = \"bench\" }} ] }}\nsteps = [ {{ weight = 50 }} ]\n"
-    );
-    let (plain_port, plain) = spawn("pylon-no-rollout", base)?;
-    let (ro_port, ro) = spawn("pylon-rollout", &rollout)?;
-    for port in [plain_port, ro_port] {
+) -> anyhow::Result<(f64, f64, f64)> {
+    let (a_port, a_proc) = spawn(a.0, a.1)?;
+    let (b_port, b_proc) = spawn(b.0, b.1)?;
+    for port in [a_port, b_port] {
         wait_ready(
             &format!("http://127.0.0.1:{port}/livez"),
             Duration::from_secs(10),
         )
         .await?;
     }
-    // The rollout starts on the judge's first pass.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(settle).await;
     let chat = |port: u16| Endpoint {
         url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
         bearer: None,
     };
     let vias = [
         cost::Via {
-            name: "no rollout",
-            to: chat(plain_port),
-            pid: Some(plain.pid()),
+            name: a.0,
+            to: chat(a_port),
+            pid: Some(a_proc.pid()),
         },
         cost::Via {
-            name: "rollout 50 %",
-            to: chat(ro_port),
-            pid: Some(ro.pid()),
+            name: b.0,
+            to: chat(b_port),
+            pid: Some(b_proc.pid()),
         },
     ];
     let mut ratios = Vec::new();
@@ -147,8 +144,8 @@ pub async fn figures(
         )
         .await;
         let cpu = |name: &str| rows.iter().find(|r| r.0 == name).and_then(|r| r.3);
-        if let (Some(a), Some(b)) = (cpu("no rollout"), cpu("rollout 50 %")) {
-            ratios.push(b / a);
+        if let (Some(x), Some(y)) = (cpu(a.0), cpu(b.0)) {
+            ratios.push(y / x);
         }
     }
     let (lo, hi) = ratios
@@ -156,12 +153,35 @@ pub async fn figures(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
             (l.min(*r), h.max(*r))
         });
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    Ok((pct(cost::median(&mut ratios)), pct(lo), pct(hi)))
+}
+
+/// CPU per request with and without an active rollout, and OFREP latencies.
+pub async fn figures(
+    spawn: &crate::SpawnPylon<'_>,
+    out: &Path,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    micro();
+    let base = "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n";
+    // The candidate is the same mock model: any CPU difference is the rollout's own work.
+    let rollout = format!(
+        "{base}\n[[rollouts]]\nname = \"bench-v2\"\nmodel = \"bench\"\nstickiness = \"ip\"\ncandidate = {{ targets = [ {{ provider = \"mock\", model = \"bench\" }} ] }}\nsteps = [ {{ weight = 50 }} ]\n"
+    );
+    // The rollout starts on the judge's first pass.
+    let (m, lo, hi) = cpu_ratio(
+        spawn,
+        ("no rollout", base),
+        ("rollout 50 %", &rollout),
+        Duration::from_millis(1500),
+        seconds,
+        rounds,
+    )
+    .await?;
     println!(
-        "  CPU per request with one active rollout vs none, median of {} rounds: {:+.1} % (rounds {:+.1} … {:+.1} %; goal within 5 %)",
-        ratios.len(),
-        (cost::median(&mut ratios) - 1.0) * 100.0,
-        (lo - 1.0) * 100.0,
-        (hi - 1.0) * 100.0
+        "  CPU per request with one active rollout vs none, median of {rounds} rounds: {m:+.1} % (rounds {lo:+.1} … {hi:+.1} %; goal within 5 %)"
     );
 
     let file = out.join("bench-flags.json");

@@ -169,10 +169,6 @@ async fn main() -> anyhow::Result<()> {
         cache::guards();
         return Ok(());
     }
-    if args.only_alerts {
-        alerts::figures(u32::try_from(args.rounds.max(20)).unwrap_or(20));
-        return Ok(());
-    }
     let out = PathBuf::from("bench/out");
     std::fs::create_dir_all(&out)?;
     let out = out.canonicalize()?;
@@ -232,6 +228,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.only_request_log {
         return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
+    }
+    if args.only_alerts {
+        alerts::figures(u32::try_from(args.rounds.max(20)).unwrap_or(20));
+        return alerts::cpu(&spawn_pylon, args.seconds, args.rounds).await;
     }
     if args.only_delivery {
         return delivery::figures(&spawn_pylon, &out, args.seconds, args.rounds).await;

@@ -910,7 +910,11 @@ routes = [ {{ matchers = {{ alertname = "chat-down" }}, receiver = "pager" }} ]
     })
     .await;
     load.store(true, Ordering::Relaxed);
-    assert!(told, "{:#}", admin_get(&gw, TOKEN, "/admin/v1/alerts/history").await);
+    assert!(
+        told,
+        "{:#}",
+        admin_get(&gw, TOKEN, "/admin/v1/alerts/history").await
+    );
     let csv = client()
         .get(gw.url("/admin/v1/alerts/history?format=csv"))
         .bearer_auth(TOKEN)
