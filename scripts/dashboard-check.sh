@@ -73,5 +73,5 @@ pids+=($!)
 wait_up "http://127.0.0.1:$gw/livez" "$!" target/dashboard.log
 # Beside its node_modules, so the import resolves.
 cp scripts/dashboard_check.mjs "$node_dir/"
-node "$node_dir/dashboard_check.mjs" "http://127.0.0.1:$gw" dash-admin "$PWD/target/dashboard" \
+node "$node_dir/dashboard_check.mjs" "http://127.0.0.1:$gw" dash-admin "$PWD/target/dashboard" "http://127.0.0.1:$mock" \
   || { tail -50 target/dashboard.log; exit 1; }

@@ -4,7 +4,7 @@
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [base, token, shots] = process.argv.slice(2);
+const [base, token, shots, mock] = process.argv.slice(2);
 const origin = new URL(base).origin;
 mkdirSync(shots, { recursive: true });
 let failed = 0;
@@ -85,8 +85,24 @@ await page.waitForFunction(() => [...document.querySelectorAll("#flags td")].som
 check(true, "disable a flag from the dashboard");
 await page.screenshot({ path: shots + "/delivery.png", fullPage: true });
 
+// The provider fails: the alert fires on screen, and is acknowledged from it.
+const behave = (b) => fetch(mock + "/mock/behaviour", { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify(b) });
+await behave({ error_status: 500, error_rate: 1.0 });
 await page.click("nav button[data-view=alerts]");
-await page.waitForFunction(() => document.querySelectorAll("#alert-list tbody tr").length > 0);
+const failing = setInterval(() => {
+  fetch(base + "/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: "chat", messages: [{ role: "user", content: "hi" }] }),
+  }).catch(() => {});
+}, 50);
+await page.waitForSelector("[data-testid='ack-chat-errors']", { timeout: 15000 });
+await page.click("[data-testid='ack-chat-errors']");
+await page.waitForFunction(() => [...document.querySelectorAll("#alert-list td")].some((td) => td.textContent === "by admin"), null, { timeout: 10000 });
+check(true, "acknowledge a firing alert from the dashboard");
+clearInterval(failing);
+await behave({});
+await page.waitForFunction(() => document.querySelectorAll("#alert-history li").length > 0, null, { timeout: 10000 });
 await page.screenshot({ path: shots + "/alerts.png", fullPage: true });
 await page.click("nav button[data-view=executive]");
 await page.waitForFunction(() => document.getElementById("x-spent").textContent !== "–", null, { timeout: 15000 });
