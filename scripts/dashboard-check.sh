@@ -67,6 +67,12 @@ labels = { model = "chat" }
 above = 0.05
 severity = "critical"
 annotations = { summary = "chat error rate above 5 %" }
+[[alerts]]
+name = "chat-slo"
+kind = "burn-rate"
+labels = { model = "chat" }
+objective = 0.99
+severity = "critical"
 TOML
 PYLON_ADMIN_TOKEN=dash-admin PYLON_LOG=warn target/debug/pylon serve --config target/dashboard.toml >target/dashboard.log 2>&1 &
 pids+=($!)

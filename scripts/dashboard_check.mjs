@@ -77,6 +77,8 @@ check(read === 200, "reads with the session cookie (" + read + ")");
 
 // Actions: pause the rollout, disable a flag, from their buttons.
 await page.click("nav button[data-view=delivery]");
+await page.waitForFunction(() => document.querySelectorAll("#arms tbody tr").length === 2, null, { timeout: 10000 });
+check(true, "a rollout's arms side by side");
 await page.click("[data-testid='rollout-chat-v2-pause']");
 await page.waitForFunction(() => [...document.querySelectorAll("#rollouts td")].some((td) => td.textContent === "paused"), null, { timeout: 10000 });
 check(true, "pause from the dashboard");
@@ -106,6 +108,8 @@ await page.waitForFunction(() => document.querySelectorAll("#alert-history li").
 await page.screenshot({ path: shots + "/alerts.png", fullPage: true });
 await page.click("nav button[data-view=executive]");
 await page.waitForFunction(() => document.getElementById("x-spent").textContent !== "–", null, { timeout: 15000 });
+await page.waitForFunction(() => [...document.querySelectorAll("#slos td")].some((td) => td.textContent.endsWith("%")), null, { timeout: 15000 });
+check(true, "an SLO's error budget left");
 await page.screenshot({ path: shots + "/executive.png", fullPage: true });
 await page.click("nav button[data-view=requests]");
 await page.waitForFunction(() => document.querySelectorAll("#request-log tbody tr").length > 0, null, { timeout: 15000 });

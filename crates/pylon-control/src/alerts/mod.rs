@@ -989,6 +989,21 @@ impl Alerts {
             .into_iter()
             .map(|r| (r.name.clone(), r))
             .collect();
+        let now = now_ms();
+        let budget_left: HashMap<String, f64> = self
+            .rules
+            .current()
+            .iter()
+            .filter_map(|r| {
+                let objective = r.alert.objective?;
+                let live = self.live.lock().ok()?;
+                let counts = live.get(r.alert.name.get_ref())?.counts.as_ref()?;
+                Some((
+                    r.alert.name.get_ref().clone(),
+                    burn::budget_left(counts, objective, now),
+                ))
+            })
+            .collect();
         Ok(self
             .rules
             .current()
@@ -1013,6 +1028,8 @@ impl Alerts {
                     "acked_by": row.and_then(|r| r.acked_by.clone()),
                     "acked_until": row.and_then(|r| r.acked_until),
                     "made_by": r.made_by,
+                    // A burn-rate rule's error budget left (on the evaluating instance).
+                    "budget_left": budget_left.get(name),
                     "receivers": route(&self.routing, &labels_of(rule), None, &Default::default())
                         .into_iter()
                         .map(|(r, _)| r)

@@ -91,7 +91,16 @@ impl Live {
             })
             .collect();
         let c = &self.control;
-        let rollouts = c.rollouts.list().await.unwrap_or_default();
+        // Each rollout with its arms side by side and the judge's latest verdicts.
+        let mut rollouts = Vec::new();
+        for r in c.rollouts.list().await.unwrap_or_default() {
+            let name = r["name"].as_str().unwrap_or_default().to_owned();
+            let mut full = c.rollouts.status(&name).await.unwrap_or(r);
+            if let Some(v) = full["verdicts"].as_array_mut() {
+                v.truncate(3);
+            }
+            rollouts.push(full);
+        }
         let alerts = c.alerts.list().await.unwrap_or_default();
         let flags: Vec<Value> = c
             .flags

@@ -121,6 +121,11 @@ function renderExecutive(s) {
   text($("x-projected"), fmt.usd(x.projected_month_usd));
   text($("x-active"), fmt.int(x.active_keys_today));
   const spend = (r) => [cell(r.id || "–"), cell(fmt.usd(r.spent_usd)), cell(fmt.usd(r.projected_usd)), cell(fmt.usd(r.cost_per_request_usd))];
+  rows("slos", (s.alerts || []).filter((a) => a.kind === "burn-rate"), (a) => [
+    cell(a.name), cell(a.labels.model ? "model " + a.labels.model : "all traffic"),
+    cell(a.budget_left === null || a.budget_left === undefined ? "–" : fmt.pct(a.budget_left)),
+    cell(a.state, "state-" + a.state),
+  ]);
   rows("teams", x.teams || [], spend);
   rows("keys", x.keys || [], spend);
   rows("daily", x.daily || [], (d) => [
@@ -140,6 +145,23 @@ function renderDelivery(s) {
     return [cell(r.name), cell(r.strategy), cell(r.state, "state-" + r.state), cell(fmt.num(r.weight, 0) + " %"),
       cell(String(r.step + 1) + "/" + r.steps.length), actions];
   });
+  const arms = [];
+  const verdicts = [];
+  for (const r of s.rollouts) {
+    for (const arm of ["stable", "candidate"]) {
+      const a = (r.arms || {})[arm];
+      if (a) arms.push([r.name, arm, a]);
+    }
+    for (const v of r.verdicts || []) verdicts.push([r.name, v]);
+  }
+  rows("arms", arms, ([name, arm, a]) => [
+    cell(name), cell(arm), cell(fmt.int(a.requests)), cell(fmt.pct(a.error_rate)),
+    cell(fmt.ms(a.latency_p95_ms)), cell(fmt.ms(a.ttft_p95_ms)), cell(fmt.usd(a.cost_per_request_usd)),
+  ]);
+  rows("verdicts", verdicts, ([name, v]) => [
+    cell(name), cell(fmt.time(v.at)), cell(v.outcome, v.outcome === "fail" ? "state-firing" : ""),
+    cell(fmt.num(v.weight, 0) + " %"), cell((v.detail && v.detail.reason) || "–"),
+  ]);
   rows("flags", s.flags, (f) => {
     const actions = document.createElement("td");
     const on = f.state !== "DISABLED";
