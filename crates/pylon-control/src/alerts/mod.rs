@@ -382,7 +382,8 @@ impl Alerts {
         }
     }
 
-    /// Starts from the stored alerts, so a firing alert is not announced again by a new holder.
+    /// Starts from the stored alerts, so a firing alert does not fire (nor act) again under a
+    /// new holder; its groups are new here, so receivers may hear it once more.
     async fn take_over(&self) -> Result<(), AlertError> {
         let stored = self.store.alerts().await?;
         let mut live = self

@@ -100,6 +100,9 @@ impl Sample {
                         };
                         (l.clone(), d)
                     })
+                    // What did not move is not worth handing over.
+                    .filter(|(_, d)| !matches!(d, Value::Scalar(x) if *x == 0.0))
+                    .filter(|(_, d)| !matches!(d, Value::Histogram(_, 0)))
                     .collect();
                 (name.clone(), grown)
             })
