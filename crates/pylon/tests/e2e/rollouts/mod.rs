@@ -592,7 +592,17 @@ min_requests = 10
                 .await
                 .unwrap();
         }
-        s = status().await;
+        // Paced by the judge, not by how fast this machine sends: each round is judged
+        // before the next (the rollback needs two failing verdicts in a row).
+        let judged = s["verdicts"].as_array().map_or(0, Vec::len);
+        for _ in 0..30 {
+            s = status().await;
+            if s["state"] == "rolled_back" || s["verdicts"].as_array().map_or(0, Vec::len) > judged
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         if s["state"] == "rolled_back" {
             break;
         }
