@@ -51,6 +51,7 @@ pub(super) struct HistoryQuery {
     /// At most this many events (default 100, at most 1,000).
     limit: Option<i64>,
     /// `json` (default), or an export: `jsonl` (one event per line) or `csv`.
+    #[param(pattern = "^(json|jsonl|csv)$")]
     format: Option<String>,
 }
 
