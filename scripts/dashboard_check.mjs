@@ -85,6 +85,16 @@ check(true, "pause from the dashboard");
 await page.click("[data-testid='flag-new-checkout']");
 await page.waitForFunction(() => [...document.querySelectorAll("#flags td")].some((td) => td.textContent === "DISABLED"), null, { timeout: 10000 });
 check(true, "disable a flag from the dashboard");
+// A two-way split set to 80 % from the page, typed slowly across pushes (focus and text stay).
+await page.click("[data-testid='flag-pct-input-coin']");
+await page.keyboard.press("Control+A");
+await page.keyboard.type("8");
+await page.waitForTimeout(1500);
+await page.keyboard.type("0");
+check((await page.inputValue("[data-testid='flag-pct-input-coin']")) === "80", "typing survives the pushes");
+await page.click("[data-testid='flag-pct-coin']");
+await page.waitForFunction(() => [...document.querySelectorAll("#flags td")].some((td) => td.textContent === "heads 80 % / tails 20 %"), null, { timeout: 10000 });
+check(true, "set a flag's percentage from the dashboard");
 await page.screenshot({ path: shots + "/delivery.png", fullPage: true });
 
 // The provider fails: the alert fires on screen, and is acknowledged from it.

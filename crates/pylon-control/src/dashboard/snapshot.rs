@@ -114,6 +114,7 @@ impl Live {
                     "state": f["definition"]["state"],
                     "default": f["definition"]["defaultVariant"],
                     "variants": f["definition"]["variants"],
+                    "definition": f["definition"],
                 })
             })
             .collect();

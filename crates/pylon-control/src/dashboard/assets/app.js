@@ -36,8 +36,16 @@ function button(label, onClick, testid) {
   return b;
 }
 
+// Redraws a table's rows only when its data changed, and keeps the keyboard focus (and what
+// was being typed) on the control it was on: pushes arrive every second.
 function rows(tableId, items, render) {
   const body = document.querySelector("#" + tableId + " tbody");
+  const sig = JSON.stringify(items);
+  if (body.dataset.sig === sig) return;
+  body.dataset.sig = sig;
+  const active = document.activeElement;
+  const focused = active && body.contains(active) ? active.dataset.testid : null;
+  const typed = focused && active.tagName === "INPUT" ? active.value : null;
   const fresh = document.createDocumentFragment();
   for (const item of items) {
     const tr = document.createElement("tr");
@@ -45,6 +53,13 @@ function rows(tableId, items, render) {
     fresh.appendChild(tr);
   }
   body.replaceChildren(fresh);
+  if (focused) {
+    const again = body.querySelector('[data-testid="' + CSS.escape(focused) + '"]');
+    if (again) {
+      if (typed !== null) again.value = typed;
+      again.focus();
+    }
+  }
 }
 
 async function api(method, path, body) {
@@ -168,8 +183,47 @@ function renderDelivery(s) {
     actions.appendChild(
       button(on ? "disable" : "enable", () => act("POST", "/admin/v1/flags/" + encodeURIComponent(f.key) + "/" + (on ? "disable" : "enable")), "flag-" + f.key),
     );
-    return [cell(f.key), cell(f.state, on ? "state-closed" : "state-paused"), cell(f.default), cell(f.source), actions];
+    const split = twoWay(f.definition);
+    if (split) {
+      // A two-way percentage rollout: its first variant's share can be set here.
+      const input = document.createElement("input");
+      input.type = "number";
+      input.min = "0";
+      input.max = "100";
+      input.size = 4;
+      input.value = String(split.share);
+      input.setAttribute("aria-label", "Share of " + split.first + " for " + f.key + ", percent");
+      input.dataset.testid = "flag-pct-input-" + f.key;
+      actions.appendChild(input);
+      actions.appendChild(button("set %", () => setShare(f, Number(input.value)), "flag-pct-" + f.key));
+    }
+    const splitText = split ? split.first + " " + split.share + " % / " + split.second + " " + (100 - split.share) + " %" : "–";
+    return [cell(f.key), cell(f.state, on ? "state-closed" : "state-paused"), cell(f.default), cell(splitText), cell(f.source), actions];
   });
+}
+
+// A flag whose targeting is a fractional split between two variants: its parts and shares.
+function twoWay(def) {
+  const frac = def && def.targeting && def.targeting.fractional;
+  if (!Array.isArray(frac)) return null;
+  const parts = frac.filter(Array.isArray);
+  if (parts.length !== 2) return null;
+  const total = parts[0][1] + parts[1][1];
+  if (!(total > 0)) return null;
+  return { first: parts[0][0], second: parts[1][0], share: Math.round((parts[0][1] / total) * 100), prefix: frac.filter((p) => !Array.isArray(p)) };
+}
+
+function setShare(f, pct) {
+  const split = twoWay(f.definition);
+  if (!split || !(pct >= 0 && pct <= 100)) {
+    text($("status"), "A share is a percentage from 0 to 100");
+    return;
+  }
+  const p = Math.round(pct);
+  const definition = Object.assign({}, f.definition, {
+    targeting: { fractional: [...split.prefix, [split.first, p], [split.second, 100 - p]] },
+  });
+  act("PUT", "/admin/v1/flags/" + encodeURIComponent(f.key), definition);
 }
 
 function renderAlerts(s) {
