@@ -11,17 +11,9 @@ if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
 fi
 command -v chromium >/dev/null || { echo "chromium (Debian package) is required: run scripts/setup"; exit 1; }
 cargo build --quiet -p pylon
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib.sh
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-wait_up() { # url pid log
-  for _ in $(seq 1 100); do
-    if curl -fsS "$1" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$2" 2>/dev/null; then echo "process exited early:"; cat "$3"; exit 1; fi
-    sleep 0.1
-  done
-  echo "$1 never answered"; cat "$3"; exit 1
-}
 mock=$(free_port)
 target/debug/pylon mock-provider --port "$mock" >target/dashboard-mock.log 2>&1 &
 pids+=($!)

@@ -22,17 +22,9 @@ if [ ! -d "$node_dir/node_modules/@openfeature/ofrep-provider" ]; then
 fi
 
 cargo build --quiet -p pylon
-free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib.sh
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-wait_up() { # url pid log
-  for _ in $(seq 1 100); do
-    if curl -fsS "$1" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$2" 2>/dev/null; then echo "process exited early:"; cat "$3"; exit 1; fi
-    sleep 0.1
-  done
-  echo "$1 never answered"; cat "$3"; exit 1
-}
 
 port=$(free_port)
 PYLON_LOG=warn target/debug/pylon demo --listen "127.0.0.1:$port" >target/sdk-demo.log 2>&1 &
