@@ -6,6 +6,7 @@ mod interpolate;
 mod model;
 mod observe;
 mod provider;
+mod reload;
 mod rollout;
 mod server;
 mod validate;
@@ -17,6 +18,7 @@ pub use cache::*;
 pub use model::*;
 pub use observe::*;
 pub use provider::*;
+pub use reload::{changes, load_file, needs_restart, Loaded};
 pub use rollout::*;
 pub use server::*;
 

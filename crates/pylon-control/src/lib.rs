@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod alerts;
+pub mod config;
 mod dashboard;
 pub mod flags;
 mod health;
@@ -69,6 +70,10 @@ pub struct Control {
     sessions: dashboard::Sessions,
     /// The run-time log filter, when the binary installed one.
     log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
+    /// The config file in force and the record of reloads.
+    config: config::ConfigState,
+    /// The TLS certificate, re-read by reloads.
+    tls: std::sync::OnceLock<pylon_proxy::tls::Tls>,
 }
 
 /// The control loops the admin API drives: rollouts, flags, alerts.
@@ -118,6 +123,8 @@ impl Control {
             flags,
             alerts,
             sessions: dashboard::Sessions::default(),
+            config: config::ConfigState::default(),
+            tls: std::sync::OnceLock::new(),
         })
     }
 

@@ -180,7 +180,7 @@ struct Pending {
 pub struct Rollouts {
     set: std::sync::RwLock<Arc<Set>>,
     /// The config file's, against which rollouts made through the API are checked.
-    base: pylon_config::Config,
+    base: std::sync::RwLock<Arc<pylon_config::Config>>,
     /// The definitions read from the store last; a change rebuilds the set.
     stored: tokio::sync::Mutex<Vec<RolloutDefinition>>,
     store: Store,
@@ -213,6 +213,43 @@ fn take<K: Clone + Eq + std::hash::Hash, V: Default>(m: &Mutex<HashMap<K, V>>, k
         .unwrap_or_default()
 }
 
+/// `base` with the stored rollouts that fit it added, and every rollout's definition.
+fn merge(
+    base: &pylon_config::Config,
+    stored: &[RolloutDefinition],
+) -> (pylon_config::Config, Vec<Arc<Def>>) {
+    let mut config = base.clone();
+    let mut defs: Vec<Arc<Def>> = config
+        .rollouts
+        .iter()
+        .map(|r| Arc::new(Def::new(r, None)))
+        .collect();
+    for d in stored {
+        let checked = parse_definition(&d.definition).and_then(|r| {
+            config.rollouts.push(r);
+            let problems = pylon_config::check(&config);
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                config.rollouts.pop();
+                Err(problems.join("; "))
+            }
+        });
+        match checked {
+            Ok(()) => {
+                if let Some(r) = config.rollouts.last() {
+                    defs.push(Arc::new(Def::new(r, Some(d.created_by.clone()))));
+                }
+            }
+            // Another instance's config may lack its subject: it is not applied here.
+            Err(e) => {
+                tracing::warn!(target: "pylon::rollout", rollout = %d.name, error = %e, "stored rollout does not fit this instance's config; ignored here");
+            }
+        }
+    }
+    (config, defs)
+}
+
 impl Rollouts {
     /// The rollouts of `config`, over `store`, applied to `gateway`.
     pub fn new(config: &pylon_config::Config, store: Store, gateway: Arc<Gateway>) -> Rollouts {
@@ -227,7 +264,7 @@ impl Rollouts {
                     .map(|r| Arc::new(Def::new(r, None)))
                     .collect(),
             })),
-            base: config.clone(),
+            base: std::sync::RwLock::new(Arc::new(config.clone())),
             stored: tokio::sync::Mutex::new(Vec::new()),
             store,
             gateway,
@@ -284,45 +321,44 @@ impl Rollouts {
         if *last == stored {
             return Ok(());
         }
-        let mut config = self.base.clone();
-        let mut defs: Vec<Arc<Def>> = config
-            .rollouts
-            .iter()
-            .map(|r| Arc::new(Def::new(r, None)))
-            .collect();
-        for d in &stored {
-            let checked = parse_definition(&d.definition).and_then(|r| {
-                config.rollouts.push(r);
-                let problems = pylon_config::check(&config);
-                if problems.is_empty() {
-                    Ok(())
-                } else {
-                    config.rollouts.pop();
-                    Err(problems.join("; "))
-                }
-            });
-            match checked {
-                Ok(()) => {
-                    if let Some(r) = config.rollouts.last() {
-                        defs.push(Arc::new(Def::new(r, Some(d.created_by.clone()))));
-                    }
-                }
-                // Another instance's config may lack its subject: it is not applied here.
-                Err(e) => {
-                    tracing::warn!(target: "pylon::rollout", rollout = %d.name, error = %e, "stored rollout does not fit this instance's config; ignored here");
-                }
-            }
-        }
+        let (config, defs) = merge(&self.base(), &stored);
         self.gateway.install_rollouts(&config.rollouts);
+        self.put(config.rollouts, defs);
+        *last = stored;
+        Ok(())
+    }
+
+    /// Takes a reloaded config's rollouts: `apply` gets the config with the ones made through
+    /// the admin API added (those that still fit it) and puts it in force; when it fails,
+    /// nothing changes here.
+    pub async fn reconfigure<E>(
+        &self,
+        base: &pylon_config::Config,
+        apply: impl FnOnce(&pylon_config::Config) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let last = self.stored.lock().await;
+        let (config, defs) = merge(base, &last);
+        apply(&config)?;
+        *self
+            .base
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(base.clone());
+        self.put(config.rollouts, defs);
+        Ok(())
+    }
+
+    fn base(&self) -> Arc<pylon_config::Config> {
+        self.base
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn put(&self, rollouts: Vec<Rollout>, defs: Vec<Arc<Def>>) {
         *self
             .set
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Set {
-            rollouts: config.rollouts,
-            defs,
-        });
-        *last = stored;
-        Ok(())
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Set { rollouts, defs });
     }
 
     /// Makes a rollout from its `[[rollouts]]` entry as JSON, checked like pylon.toml's, shared
@@ -340,7 +376,7 @@ impl Rollouts {
                 "a rollout named `{name}` exists: choose another name, or delete it first"
             )));
         }
-        let mut config = self.base.clone();
+        let mut config = (*self.base()).clone();
         config.rollouts.clone_from(&self.set().rollouts);
         config.rollouts.push(r);
         let problems = pylon_config::check(&config);

@@ -38,7 +38,7 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     };
     if let Some(rpm) = route.rpm {
         let (parts, body) = req.into_parts();
-        let ip = crate::limits::client_ip(&parts, &gw.trusted_proxies);
+        let ip = crate::limits::client_ip(&parts, &gw.settings().trusted_proxies);
         if let Some(limited) = crate::limits::admit_route(&gw, &route.prefix, rpm, ip).await {
             return limited;
         }
@@ -56,7 +56,7 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
             principal: None,
             user: None,
             parts: &parts,
-            ip: crate::limits::client_ip(&parts, &gw.trusted_proxies),
+            ip: crate::limits::client_ip(&parts, &gw.settings().trusted_proxies),
         };
         let arm = caller.arm(&c.spec, state.weights().0);
         req = Request::from_parts(parts, body);

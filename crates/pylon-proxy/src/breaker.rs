@@ -58,7 +58,7 @@ impl Breaker {
 }
 
 /// Breaker thresholds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Policy {
     pub failures: u32,
     pub cooldown: Duration,

@@ -203,7 +203,7 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         "limits:ipRate".into(),
         json!([{
             "componentType": "component",
-            "observedValue": gw.ip_rpm.unwrap_or(0),
+            "observedValue": gw.settings().ip_rpm.unwrap_or(0),
             "observedUnit": "requests per minute per client IP (0: off)",
             "status": "pass",
             "time": now_text,

@@ -99,8 +99,9 @@ pub(crate) async fn authenticate(
         Err(e) => {
             gw.metrics.auth_failures.inc();
             record.log_row = false;
-            return Err(match (ip, gw.ip_rpm) {
-                (Some(ip), None) if gw.limits.failed_auth_rpm > 0 => {
+            let settings = gw.settings();
+            return Err(match (ip, settings.ip_rpm) {
+                (Some(ip), None) if settings.limits.failed_auth_rpm > 0 => {
                     limits::failed_auth(gw, ip).await.unwrap_or(e)
                 }
                 _ => e,
@@ -137,7 +138,13 @@ pub(crate) async fn read(
         gw.edge.body_read_timeout,
     )
     .await?;
-    let call = parse(api, body, headers, &gw.validation, &snap.forwardable)?;
+    let call = parse(
+        api,
+        body,
+        headers,
+        &gw.settings().validation,
+        &snap.forwardable,
+    )?;
     record.stream = call.stream;
     if let Some(span) = &record.trace {
         span.set([
@@ -153,7 +160,7 @@ pub(crate) fn authorize(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Principal>>, ProxyError> {
-    match gw.auth {
+    match gw.settings().auth {
         AuthMode::None => Ok(None),
         AuthMode::Keys => auth::authenticate(&gw.keys.load(), headers, auth::unix_now()).map(Some),
     }

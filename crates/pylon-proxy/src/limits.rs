@@ -57,7 +57,7 @@ pub fn spend_key(owner: &str, period: BudgetPeriod, now: i64) -> (String, Durati
 
 /// The per-IP limit, when in force; it runs before auth, so a flood costs no key lookup.
 pub(crate) async fn per_ip(gw: &Gateway, ip: Option<IpAddr>) -> Result<(), ProxyError> {
-    match (ip, gw.ip_rpm) {
+    match (ip, gw.settings().ip_rpm) {
         (Some(ip), Some(rpm)) => admit(gw, None, Some((ip, rpm)), None, || 0).await.map(drop),
         _ => Ok(()),
     }
@@ -136,7 +136,7 @@ pub(crate) async fn admit(
         if let Some(team) = &p.team_id {
             quota(format!("t:{team}"), format!("team `{team}`"), &p.team_quota);
         }
-        if let (Some(user), limit @ 1..) = (&p.user_id, gw.limits.user_rpm) {
+        if let (Some(user), limit @ 1..) = (&p.user_id, gw.settings().limits.user_rpm) {
             add(
                 format!("u:{user}:rpm"),
                 limit,
@@ -417,7 +417,7 @@ pub(crate) fn estimate_tokens(body: &[u8]) -> u64 {
 /// Counts a failed authentication against its address; `Some` 429 once the address is past
 /// `failed_auth_rpm`.
 pub(crate) async fn failed_auth(gw: &Gateway, ip: IpAddr) -> Option<ProxyError> {
-    let rpm = gw.limits.failed_auth_rpm;
+    let rpm = gw.settings().limits.failed_auth_rpm;
     let admission = Admission {
         buckets: vec![Bucket {
             key: format!("fa:{ip}"),

@@ -213,7 +213,11 @@ impl Record {
 
     fn cost(&self, usage: Usage) -> f64 {
         let priced_as = self.served_model.as_deref().unwrap_or(&self.model);
-        self.gw.prices.cost(priced_as, usage).unwrap_or(0.0)
+        self.gw
+            .settings()
+            .prices
+            .cost(priced_as, usage)
+            .unwrap_or(0.0)
     }
 
     fn observe(&self, usage: Usage, cost: f64, total: Duration) {
@@ -280,7 +284,8 @@ impl Record {
     fn log(&self, usage: Usage, latency_ms: f64) {
         let failed = self.status >= 400 || self.outcome == "broken";
         // Errors are always logged; successes may be sampled.
-        if !failed && self.gw.success_sample < 1.0 && fastrand::f64() >= self.gw.success_sample {
+        let sample = self.gw.settings().success_sample;
+        if !failed && sample < 1.0 && fastrand::f64() >= sample {
             return;
         }
         let ttfb_ms = self.ttfb.map(|d| d.as_secs_f64() * 1000.0);

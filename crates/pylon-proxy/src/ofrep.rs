@@ -117,7 +117,7 @@ async fn request(
     key: Option<&str>,
 ) -> Result<(http::request::Parts, axum::body::Bytes, Map<String, Value>), Response> {
     let (parts, body) = req.into_parts();
-    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
+    let ip = limits::client_ip(&parts, &gw.settings().trusted_proxies);
     admit(gw, &parts.headers, ip).await?;
     let too_large = || format!("the request is larger than {MAX_BODY} bytes");
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY + 1).await else {
@@ -273,7 +273,7 @@ async fn bulk(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Re
 /// `GET /ofrep/v1/configuration`.
 async fn configuration(State(gw): State<Arc<Gateway>>, req: axum::extract::Request) -> Response {
     let (parts, _) = req.into_parts();
-    let ip = limits::client_ip(&parts, &gw.trusted_proxies);
+    let ip = limits::client_ip(&parts, &gw.settings().trusted_proxies);
     if let Err(resp) = admit(&gw, &parts.headers, ip).await {
         return resp;
     }

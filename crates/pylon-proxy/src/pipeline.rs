@@ -104,11 +104,17 @@ async fn prepare(
     headers: &mut Vec<(HeaderName, HeaderValue)>,
 ) -> Result<Next, ProxyError> {
     ingress::shed(gw, record)?;
-    let ip = limits::client_ip(parts, &gw.trusted_proxies);
+    let ip = limits::client_ip(parts, &gw.settings().trusted_proxies);
     limits::per_ip(gw, ip).await?;
     let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
     let call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
-    let model = route::choose(snap, &gw.prices, principal.as_deref(), &call, record)?;
+    let model = route::choose(
+        snap,
+        &gw.settings().prices,
+        principal.as_deref(),
+        &call,
+        record,
+    )?;
     let user = call.user.clone();
     let caller = rollout::Caller {
         principal: principal.as_deref(),

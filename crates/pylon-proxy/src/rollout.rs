@@ -163,7 +163,7 @@ fn reparse(
         api,
         body,
         &caller.parts.headers,
-        &gw.validation,
+        &gw.settings().validation,
         &snap.forwardable,
     )
 }

@@ -282,14 +282,24 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let permit = slots.clone().try_acquire_owned().ok();
         let app = app.clone();
+        let draining = gw.clone();
         let service = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             req.extensions_mut().insert(Secure(secure));
             let mut app = app.clone();
+            let http1 = req.version() < http::Version::HTTP_2;
+            let gw = draining.clone();
             async move {
                 use tower::Service;
-                app.call(req.map(axum::body::Body::new)).await
+                let mut resp = app.call(req.map(axum::body::Body::new)).await?;
+                // Draining: each keep-alive connection is closed after its next answer, by the
+                // server, so a client never sends into a connection being closed under it.
+                if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
         let builder = builder.clone();
@@ -337,9 +347,19 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    // Busy HTTP/1 connections close themselves after their next answer (above); those still
+    // open after a moment are idle, and are closed now (HTTP/2 ones get GOAWAY).
+    let lame_duck = tokio::time::Instant::now() + LAME_DUCK;
+    while graceful.count() > 0 && tokio::time::Instant::now() < lame_duck {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     graceful.shutdown().await;
     Ok(())
 }
+
+/// How long, once accepting stopped, keep-alive connections get to close after an answer
+/// before idle ones are closed by the server.
+const LAME_DUCK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The answer to a connection or request over Pylon's limits.
 pub(crate) fn overloaded() -> Response {

@@ -222,6 +222,9 @@ pub struct Snapshot {
     pub(crate) route_rollouts: HashMap<String, Arc<RouteCandidate>>,
 }
 
+/// The snapshot a reload replaces, and which of its providers did not change.
+type Before<'a> = (&'a Snapshot, &'a dyn Fn(&str) -> bool);
+
 /// The rollouts of a snapshot, by kind of subject.
 #[derive(Default)]
 struct RolloutParts {
@@ -230,21 +233,32 @@ struct RolloutParts {
     routes: HashMap<String, Arc<RouteCandidate>>,
 }
 
-/// Configured targets over the built providers, each with health of its own.
+/// Configured targets over the built providers, each with health of its own, or the health
+/// of the same target in `before` (a reload) when it kept its provider.
 fn targets_of(
     targets: &[pylon_config::Target],
     providers: &HashMap<String, Arc<Provider>>,
     policy: Policy,
+    before: Option<&Model>,
 ) -> Vec<Target> {
     targets
         .iter()
         .filter_map(|t| {
+            let provider = providers.get(t.provider.get_ref())?.clone();
+            let label = format!("{}/{}", t.provider.get_ref(), t.model);
+            let health = before
+                .and_then(|m| {
+                    m.targets
+                        .iter()
+                        .find(|o| o.label == label && Arc::ptr_eq(&o.provider, &provider))
+                })
+                .map_or_else(|| Arc::new(Health::new(policy)), |o| o.health.clone());
             Some(Target {
-                provider: providers.get(t.provider.get_ref())?.clone(),
+                provider,
                 model: t.model.clone(),
-                label: format!("{}/{}", t.provider.get_ref(), t.model),
+                label,
                 weight: t.weight,
-                health: Arc::new(Health::new(policy)),
+                health,
             })
         })
         .collect()
@@ -295,7 +309,7 @@ fn rollout_parts(
             // A prompt version: the same targets (and their health), other overrides.
             subject.targets.clone()
         } else {
-            targets_of(&c.targets, providers, policy)
+            targets_of(&c.targets, providers, policy, None)
         };
         let model = Model {
             name: subject.name.clone(),
@@ -330,11 +344,34 @@ fn rollout_parts(
 impl Snapshot {
     /// Builds the runtime view of a config.
     pub fn build(config: &Config) -> Result<Snapshot, BuildError> {
+        Snapshot::build_over(config, None)
+    }
+
+    /// The runtime view of a reloaded config: providers for which `unchanged` holds are taken
+    /// from `before` (connection pools, stored credentials, breakers), and so are their
+    /// targets' breakers when the breaker settings did not change.
+    pub fn rebuild(
+        config: &Config,
+        before: &Snapshot,
+        unchanged: &dyn Fn(&str) -> bool,
+    ) -> Result<Snapshot, BuildError> {
+        Snapshot::build_over(config, Some((before, unchanged)))
+    }
+
+    fn build_over(config: &Config, before: Option<Before<'_>>) -> Result<Snapshot, BuildError> {
         let policy = breaker_policy(&config.resilience);
+        let before = before.filter(|(b, _)| breaker_policy(&b.resilience) == policy);
         let workers = crate::worker::count(config.server.workers);
         let mut providers = HashMap::new();
         for p in &config.providers {
             let name = p.name.get_ref().clone();
+            let kept = before
+                .filter(|(_, unchanged)| unchanged(&name))
+                .and_then(|(b, _)| b.providers.get(&name));
+            if let Some(kept) = kept {
+                providers.insert(name, kept.clone());
+                continue;
+            }
             let auth = match &p.api_key {
                 None => None,
                 Some(key) => Some(
@@ -379,7 +416,14 @@ impl Snapshot {
         let mut models = HashMap::new();
         let mut model_names = Vec::new();
         for m in &config.models {
-            let targets = targets_of(m.targets.get_ref(), &providers, policy);
+            let targets = targets_of(
+                m.targets.get_ref(),
+                &providers,
+                policy,
+                before
+                    .and_then(|(b, _)| b.models.get(m.name.get_ref()))
+                    .map(|m| &**m),
+            );
             let name = m.name.get_ref().clone();
             model_names.push(name.clone());
             models.insert(

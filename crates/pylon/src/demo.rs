@@ -18,10 +18,12 @@ pub(crate) async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let text = config_text(mock_addr, listen);
     let config = pylon_config::parse(&text, "<demo>", &|k| std::env::var(k).ok())?;
     let (_logs, level) = super::init_logs(&config.log.level, LogFormat::Auto);
-    let listener = super::bind(listen).await?;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     println!("{}", banner(addr));
-    super::run_gateway(&config, listener, super::shutdown_signal(), Some(level)).await
+    let inherited = crate::process::Inherited::with(crate::process::MAIN, listener);
+    crate::serve::run_gateway(&config, None, inherited, Some(level)).await
 }
 
 fn config_text(mock: SocketAddr, listen: SocketAddr) -> String {

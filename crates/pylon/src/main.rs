@@ -3,13 +3,14 @@
 mod admin_cli;
 mod alerts_cli;
 mod demo;
+mod process;
+mod serve;
 
 /// jemalloc: glibc's allocator spent 15 % of the gateway's CPU under load (arena locks, and
 /// consolidating fragments on every buffer-sized allocation).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,20 @@ enum Command {
         /// providers found in the environment.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Replace the running Pylon with the binary now at its path, without dropping a
+    /// connection: the new process takes the listening sockets over, and the old one drains
+    /// once the new one is ready (SIGUSR2 does the same).
+    Upgrade {
+        /// The running Pylon's config (its data dir holds the pid file).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The running Pylon's process id, instead of the pid file's.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// The running Pylon's data dir, instead of the config's.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Run a gateway wired to in-process mock providers: Pylon answering in seconds, offline.
     Demo {
@@ -147,6 +162,8 @@ enum ConfigCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Before any thread starts: taking passed sockets edits the environment.
+    let inherited = process::Inherited::from_env();
     // The data plane has threads of its own (`[server] workers`); this runtime runs the control
     // plane (ledger, refresh, health checks, admin listener) and the CLI.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -160,7 +177,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, inherited)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pylon: {e:#}");
@@ -169,13 +186,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, inherited: process::Inherited) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let config = load(config.as_deref())?;
+            let (config, source) = load(config.as_deref())?;
             let (_logs, level) = init_logs(&config.log.level, config.log.format);
-            let listener = bind(config.server.listen).await?;
-            run_gateway(&config, listener, shutdown_signal(), Some(level)).await
+            serve::run_gateway(&config, source, inherited, Some(level)).await
+        }
+        Command::Upgrade {
+            config,
+            pid,
+            data_dir,
+        } => {
+            let data_dir = match data_dir {
+                Some(d) => d,
+                None => load(config.as_deref())?.0.data.dir,
+            };
+            let new = process::request_upgrade(&data_dir, pid).await?;
+            println!("upgraded: process {new} is serving");
+            Ok(())
         }
         Command::Demo { listen } => demo::run(listen).await,
         Command::Config {
@@ -233,12 +262,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+/// The config from `path`, else ./pylon.toml, else defaults and the environment; with where it
+/// came from when it was a file (reloads read it again).
+fn load(path: Option<&Path>) -> anyhow::Result<(Config, Option<serve::Source>)> {
     let default = Path::new("pylon.toml");
     let path = path.or_else(|| default.exists().then_some(default));
     match path {
-        Some(p) => Ok(pylon_config::load(p)?),
-        None => Ok(Config::from_env(&|k| std::env::var(k).ok())),
+        Some(p) => {
+            let loaded = pylon_config::load_file(p)?;
+            // Reloads read the same file whatever the working directory becomes.
+            let path = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+            Ok((loaded.config.clone(), Some(serve::Source { path, loaded })))
+        }
+        None => Ok((Config::from_env(&|k| std::env::var(k).ok()), None)),
     }
 }
 
@@ -268,141 +304,6 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// Serves until `stop` resolves, then drains for up to `server.shutdown_grace`.
-async fn run_gateway(
-    config: &Config,
-    listener: TcpListener,
-    stop: impl Future<Output = ()>,
-    log_level: Option<Arc<pylon_telemetry::LogLevel>>,
-) -> anyhow::Result<()> {
-    let (gw, control) =
-        pylon_control::bootstrap(config, pylon_control::Env::from_process()).await?;
-    if let Some(level) = log_level {
-        control.set_log_level(level);
-    }
-    let addr = listener.local_addr()?;
-    if config.auth.mode == pylon_config::AuthMode::None {
-        tracing::warn!(
-            "auth mode is \"none\": anyone who can reach {addr} can use every configured provider"
-        );
-    }
-    match gw.ip_rpm() {
-        Some(rpm) => tracing::info!(
-            ip_rpm = rpm,
-            "per-IP limit: {rpm} requests per minute per client address on /v1 (clients behind one proxy share it: set [limits] trusted_proxies, or ip_rpm = 0 to turn it off)"
-        ),
-        None => tracing::info!(
-            failed_auth_rpm = config.limits.failed_auth_rpm,
-            "no per-IP request limit on keyed traffic; failed authentications are limited per address"
-        ),
-    }
-    // Other instances may change keys in a shared store; this bounds how stale ours can be.
-    let refresher = tokio::spawn(control.clone().refresh_loop(config.auth.refresh));
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let metrics_server = match config.metrics.listen.filter(|_| config.metrics.enabled) {
-        Some(metrics_addr) => {
-            let l = bind(metrics_addr).await?;
-            tracing::info!(addr = %l.local_addr()?, "metrics listening");
-            let server = axum::serve(l, pylon_proxy::metrics_router(gw.clone()))
-                .with_graceful_shutdown(stopped(rx.clone()));
-            Some(tokio::spawn(async move { server.await }))
-        }
-        None => None,
-    };
-    let admin = pylon_control::router(control.clone());
-    let (main_extra, admin_server) = match config.admin.listen {
-        Some(admin_addr) => {
-            let admin_listener = bind(admin_addr).await?;
-            tracing::info!(addr = %admin_listener.local_addr()?, "admin API listening");
-            let server =
-                axum::serve(admin_listener, admin).with_graceful_shutdown(stopped(rx.clone()));
-            (
-                axum::Router::new(),
-                Some(tokio::spawn(async move { server.await })),
-            )
-        }
-        None => (admin, None),
-    };
-    let tls = match &config.server.tls {
-        Some(t) => {
-            let tls = pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file)?;
-            reload_tls_on_sighup(tls.clone(), gw.clone());
-            if let Some(redirect) = t.redirect_http {
-                let plain = bind(redirect).await?;
-                tracing::info!(addr = %plain.local_addr()?, "redirecting plain HTTP to HTTPS");
-                tokio::spawn(pylon_proxy::serve_redirect(
-                    plain,
-                    addr.port(),
-                    stopped(rx.clone()),
-                ));
-            }
-            Some(tls)
-        }
-        None => None,
-    };
-    let mut workers =
-        pylon_proxy::Workers::start(listener.into_std()?, tls, gw.clone(), main_extra)
-            .context("cannot start the data-plane workers")?;
-    tracing::info!(
-        %addr,
-        providers = config.providers.len(),
-        models = config.models.len(),
-        workers = pylon_proxy::worker_count(config.server.workers),
-        "listening"
-    );
-    stop.await;
-    tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
-    gw.start_draining();
-    if !config.server.shutdown_delay.is_zero() {
-        // Readiness already fails; keep serving while load balancers notice.
-        tokio::time::sleep(config.server.shutdown_delay).await;
-    }
-    let _ = tx.send(true);
-    refresher.abort();
-    match tokio::time::timeout(config.server.shutdown_grace, workers.stop()).await {
-        Ok(Ok(())) => tracing::info!("drained; bye"),
-        Ok(Err(e)) => return Err(e).context("server failed"),
-        Err(_) => tracing::warn!("shutdown grace expired; closing the remaining connections"),
-    }
-    if let Some(admin) = admin_server {
-        admin.abort();
-    }
-    if let Some(m) = metrics_server {
-        m.abort();
-    }
-    // Requests have ended: write the request log's last rows and export buffered spans.
-    control.shutdown(config.server.shutdown_grace).await;
-    workers.release();
-    Ok(())
-}
-
-/// Re-reads the TLS certificate and key on every SIGHUP; a bad file keeps the current one.
-fn reload_tls_on_sighup(tls: pylon_proxy::tls::Tls, gw: Arc<pylon_proxy::Gateway>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let reloads = &gw.metrics().config_reloads;
-            match tls.reload() {
-                Ok(()) => {
-                    reloads.with_label_values(&["tls", "ok"]).inc();
-                    tracing::info!("TLS certificate reloaded")
-                }
-                Err(e) => {
-                    reloads.with_label_values(&["tls", "error"]).inc();
-                    tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate")
-                }
-            }
-        }
-    });
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -127,13 +127,14 @@ impl Alerts {
         let mut routed: BTreeMap<String, (dispatch::Grouping, Vec<dispatch::Alert>)> =
             BTreeMap::new();
         let mut notices: HashMap<String, Notice> = HashMap::new();
+        let conf = self.conf();
         for (rule, a) in &alerts {
             if dispatch::silenced(&a.labels, &silences, now) || dispatch::inhibited(a, &all) {
                 continue;
             }
             let n = self.notice(rule, a, now);
-            for (receiver, grouping) in route(&self.routing, &a.labels, None, &Default::default()) {
-                let Some(r) = self.receivers.get(&receiver) else {
+            for (receiver, grouping) in route(&conf.routing, &a.labels, None, &Default::default()) {
+                let Some(r) = conf.receivers.get(&receiver) else {
                     continue;
                 };
                 if r.kind == ReceiverKind::Alertmanager {
@@ -157,7 +158,7 @@ impl Alerts {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .step(now, &routed);
         for m in messages {
-            let Some(r) = self.receivers.get(&m.receiver) else {
+            let Some(r) = conf.receivers.get(&m.receiver) else {
                 continue;
             };
             let group: Vec<Notice> = m
@@ -190,7 +191,8 @@ impl Alerts {
                 .unwrap_or(0)
                 .max(g.wait_ms + g.interval_ms)
         }
-        longest(&self.routing, &dispatch::Grouping::default()) + 3 * self.every.as_millis() as u64
+        longest(&self.conf().routing, &dispatch::Grouping::default())
+            + 3 * self.conf().every.as_millis() as u64
     }
 
     pub(super) fn notice(&self, rule: &Alert, a: &dispatch::Alert, now: u64) -> Notice {
@@ -200,7 +202,7 @@ impl Alerts {
             .ok()
             .and_then(|l| l.get(&a.name).map(|l| l.life.firing_since))
             .unwrap_or(now);
-        let every_ms = self.every.as_millis() as u64;
+        let every_ms = self.conf().every.as_millis() as u64;
         Notice {
             name: a.name.clone(),
             firing: a.firing,
@@ -250,10 +252,11 @@ impl Alerts {
     /// Runs an alert's escalation policy: every step reached since the last round notifies
     /// its receivers, until the alert is acknowledged or resolved.
     pub(super) fn escalate(&self, rule: &Alert, a: &dispatch::Alert, n: &Notice, now: u64) {
+        let conf = self.conf();
         let Some((steps, repeat)) = rule
             .escalation
             .as_ref()
-            .and_then(|e| self.escalations.get(e.get_ref()))
+            .and_then(|e| conf.escalations.get(e.get_ref()))
         else {
             return;
         };
@@ -295,7 +298,7 @@ impl Alerts {
             all.entry(a.name.clone()).or_default().escalated = Some(reached);
         }
         for name in receivers {
-            if let Some(r) = self.receivers.get(name) {
+            if let Some(r) = self.conf().receivers.get(name) {
                 self.send(r, &a.labels, std::slice::from_ref(n));
             }
         }
@@ -325,7 +328,7 @@ impl Alerts {
                 self.http.clone(),
                 self.store.clone(),
                 self.gateway.metrics().clone(),
-                self.history,
+                self.conf().history,
             );
             let (receiver, names) = (receiver.clone(), names.clone());
             self.gateway.spawn(async move {

@@ -54,7 +54,7 @@ impl Alerts {
                     "made_by": r.made_by,
                     // A burn-rate rule's error budget left (on the evaluating instance).
                     "budget_left": budget_left.get(name),
-                    "receivers": super::deliver::route(&self.routing, &labels_of(rule), None, &Default::default())
+                    "receivers": super::deliver::route(&self.conf().routing, &labels_of(rule), None, &Default::default())
                         .into_iter()
                         .map(|(r, _)| r)
                         .collect::<Vec<_>>(),
@@ -90,7 +90,7 @@ impl Alerts {
         let text = toml::to_string(rule)
             .map_err(|e| invalid(format!("the rule is not a [[alerts]] entry: {e}")))?;
         let rule = pylon_config::parse_alert(&text).map_err(invalid)?;
-        let mut config = self.base.clone();
+        let mut config = self.conf().base.clone();
         config.alerts = vec![rule.clone()];
         let problems = pylon_config::check(&config);
         if !problems.is_empty() {

@@ -81,13 +81,9 @@ struct Live {
 
 /// The rules of this instance, evaluated here while it holds the lease.
 pub struct Alerts {
-    /// The config file's (backtests check their rule against it).
-    base: pylon_config::Config,
+    /// The alerting sections of the config in force (a reload replaces them whole).
+    conf: std::sync::RwLock<Arc<Conf>>,
     rules: rules::RuleSet,
-    receivers: HashMap<String, AlertReceiver>,
-    routing: AlertRoute,
-    every: Duration,
-    history: i64,
     store: Store,
     gateway: Arc<Gateway>,
     rollouts: Arc<crate::rollouts::Rollouts>,
@@ -100,10 +96,51 @@ pub struct Alerts {
     combined: Mutex<(series::Combined, Option<Sample>)>,
     /// With `[data] redis_url`, instances hand their series over through Redis.
     redis: Option<pylon_state::RedisState>,
-    /// Escalation policies by name: steps and repeats.
-    escalations: HashMap<String, (Vec<dispatch::EscalationStep>, u32)>,
     /// Whether this instance evaluated last time (taking over loads the stored alerts).
     holding: std::sync::atomic::AtomicBool,
+}
+
+/// The alerting sections of a config, as the evaluator uses them.
+struct Conf {
+    /// The config file's (backtests and API rules are checked against it).
+    base: pylon_config::Config,
+    receivers: HashMap<String, AlertReceiver>,
+    routing: AlertRoute,
+    every: Duration,
+    history: i64,
+    /// Escalation policies by name: steps and repeats.
+    escalations: HashMap<String, (Vec<dispatch::EscalationStep>, u32)>,
+}
+
+impl Conf {
+    fn new(config: &pylon_config::Config) -> Conf {
+        Conf {
+            base: config.clone(),
+            receivers: config
+                .alert_receivers
+                .iter()
+                .map(|r| (r.name.get_ref().clone(), r.clone()))
+                .collect(),
+            routing: config.alert_routing.clone(),
+            every: config.alerting.evaluate_every,
+            history: config.alerting.history as i64,
+            escalations: config
+                .alert_escalations
+                .iter()
+                .map(|e| {
+                    let steps = e
+                        .steps
+                        .iter()
+                        .map(|s| dispatch::EscalationStep {
+                            after_ms: s.after.as_millis() as u64,
+                            receivers: s.receivers.iter().map(|r| r.get_ref().clone()).collect(),
+                        })
+                        .collect();
+                    (e.name.get_ref().clone(), (steps, e.repeat))
+                })
+                .collect(),
+        }
+    }
 }
 
 fn labels_of(rule: &Alert) -> BTreeMap<String, String> {
@@ -123,16 +160,8 @@ impl Alerts {
     ) -> Alerts {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Alerts {
-            base: config.clone(),
+            conf: std::sync::RwLock::new(Arc::new(Conf::new(config))),
             rules: rules::RuleSet::new(config),
-            receivers: config
-                .alert_receivers
-                .iter()
-                .map(|r| (r.name.get_ref().clone(), r.clone()))
-                .collect(),
-            routing: config.alert_routing.clone(),
-            every: config.alerting.evaluate_every,
-            history: config.alerting.history as i64,
             store,
             gateway,
             rollouts,
@@ -150,23 +179,26 @@ impl Alerts {
                 .redis_url
                 .as_ref()
                 .and_then(|u| pylon_state::RedisState::new(u.expose(), "pylon:").ok()),
-            escalations: config
-                .alert_escalations
-                .iter()
-                .map(|e| {
-                    let steps = e
-                        .steps
-                        .iter()
-                        .map(|s| dispatch::EscalationStep {
-                            after_ms: s.after.as_millis() as u64,
-                            receivers: s.receivers.iter().map(|r| r.get_ref().clone()).collect(),
-                        })
-                        .collect();
-                    (e.name.get_ref().clone(), (steps, e.repeat))
-                })
-                .collect(),
             holding: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The alerting sections in force.
+    fn conf(&self) -> Arc<Conf> {
+        self.conf
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes a reloaded config's rules, receivers, routing and escalations; rules keep their
+    /// state (pending, firing) when their name is kept.
+    pub async fn reconfigure(&self, config: &pylon_config::Config) {
+        *self
+            .conf
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Conf::new(config));
+        self.rules.reconfigure(config).await;
     }
 
     /// This instance's name in the evaluator's lease.
@@ -176,10 +208,17 @@ impl Alerts {
 
     /// Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.every);
+        let mut every = self.conf().every;
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.conf().every != every {
+                // A reload changed the period.
+                every = self.conf().every;
+                tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             if let Err(e) = self.step(now_ms()).await {
                 tracing::warn!(target: "pylon::alert", error = %e, "alert evaluation failed; retrying");
             }
@@ -208,7 +247,7 @@ impl Alerts {
             .replace(own.clone());
         // The first gather is a baseline: what grew before it is not this round's traffic.
         let delta = own_prev.map(|p| own.delta(&p));
-        let lease_ms = (self.every.as_millis() as i64 * 3).max(5_000);
+        let lease_ms = (self.conf().every.as_millis() as i64 * 3).max(5_000);
         let holder = self
             .store
             .take_lease(LEASE, &self.instance, now as i64, lease_ms)
@@ -614,7 +653,7 @@ impl Alerts {
                     kind: kind.to_owned(),
                     detail: detail.to_string(),
                 },
-                self.history,
+                self.conf().history,
             )
             .await?;
         Ok(())

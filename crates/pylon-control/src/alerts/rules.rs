@@ -19,7 +19,7 @@ pub(crate) struct Rule {
 /// The current set of rules.
 pub(crate) struct RuleSet {
     /// The config file's: rules made through the API are checked against it.
-    base: pylon_config::Config,
+    base: RwLock<Arc<pylon_config::Config>>,
     current: RwLock<Arc<Vec<Rule>>>,
     stored: tokio::sync::Mutex<Vec<AlertRuleRow>>,
 }
@@ -34,7 +34,7 @@ pub(crate) fn parse(body: &Value) -> Result<Alert, String> {
 impl RuleSet {
     pub fn new(config: &pylon_config::Config) -> RuleSet {
         RuleSet {
-            base: config.clone(),
+            base: RwLock::new(Arc::new(config.clone())),
             current: RwLock::new(Arc::new(
                 config
                     .alerts
@@ -59,7 +59,7 @@ impl RuleSet {
 
     /// Problems of `extra` added to the rules in force (empty: it fits).
     fn check(&self, rules: &[Alert]) -> Vec<String> {
-        let mut config = self.base.clone();
+        let mut config = (*self.base()).clone();
         config.alerts = rules.to_vec();
         pylon_config::check(&config)
     }
@@ -72,8 +72,32 @@ impl RuleSet {
         if *last == stored {
             return Ok(());
         }
-        let mut rules: Vec<Rule> = self
+        self.rebuild(&stored);
+        *last = stored;
+        Ok(())
+    }
+
+    /// Takes a reloaded config's rules (with the API's as last read).
+    pub async fn reconfigure(&self, config: &pylon_config::Config) {
+        let last = self.stored.lock().await;
+        *self
             .base
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config.clone());
+        self.rebuild(&last);
+    }
+
+    fn base(&self) -> Arc<pylon_config::Config> {
+        self.base
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The file's rules and the stored ones that fit beside them, put in force.
+    fn rebuild(&self, stored: &[AlertRuleRow]) {
+        let mut rules: Vec<Rule> = self
+            .base()
             .alerts
             .iter()
             .map(|a| Rule {
@@ -81,7 +105,7 @@ impl RuleSet {
                 made_by: None,
             })
             .collect();
-        for row in &stored {
+        for row in stored {
             let fits = serde_json::from_str::<Value>(&row.definition)
                 .map_err(|e| e.to_string())
                 .and_then(|v| parse(&v))
@@ -109,8 +133,6 @@ impl RuleSet {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(rules);
-        *last = stored;
-        Ok(())
     }
 
     /// Checks and stores a rule made through the API.

@@ -42,16 +42,11 @@ pub struct Gateway {
     snap: ArcSwap<Snapshot>,
     /// Active virtual keys, swapped whole by the control plane; readers never block.
     pub(crate) keys: ArcSwap<KeyIndex>,
-    pub(crate) auth: AuthMode,
+    /// Settings a reload replaces whole (auth, limits, prices, validation, sampling).
+    settings: ArcSwap<Settings>,
     /// Rate limits, concurrency and spend: in-process or in Redis.
     pub(crate) limiter: Limiter,
-    pub(crate) limits: pylon_config::Limits,
-    /// The per-IP request limit in force (configured, or the default with auth off).
-    pub(crate) ip_rpm: Option<u64>,
-    pub(crate) trusted_proxies: Vec<(std::net::IpAddr, u8)>,
-    pub(crate) prices: Prices,
     pub(crate) usage: Sink,
-    pub(crate) validation: Validation,
     /// Browser origins allowed by CORS.
     pub(crate) cors_origins: Vec<String>,
     /// Served over TLS: responses carry HSTS.
@@ -61,8 +56,6 @@ pub struct Gateway {
     pub(crate) metrics: Arc<pylon_telemetry::Metrics>,
     /// `None` unless `[tracing] enabled`: then no tracing work happens at all.
     pub(crate) tracer: Option<pylon_telemetry::Tracer>,
-    /// Share of successful request lines logged.
-    pub(crate) success_sample: f64,
     /// `/metrics` is served on the main listener (enabled, no separate listener).
     pub(crate) metrics_on_main: bool,
     pub(crate) deps: Dependencies,
@@ -136,28 +129,14 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             snap: ArcSwap::from_pointee(Snapshot::build(config)?),
             keys: ArcSwap::from_pointee(KeyIndex::default()),
-            auth: config.auth.mode,
+            settings: ArcSwap::from_pointee(Settings::new(config)),
             limiter,
-            limits: config.limits.clone(),
-            ip_rpm: effective_ip_rpm(config),
-            trusted_proxies: config
-                .limits
-                .trusted_proxies
-                .iter()
-                .filter_map(|p| pylon_config::parse_cidr(p))
-                .collect(),
-            prices: Prices::new(&config.prices),
             usage: Sink::new(metrics.request_log_dropped.clone()),
-            validation: Validation {
-                max_messages: config.server.max_messages,
-                max_message_bytes: config.server.max_message_bytes,
-            },
             cors_origins: config.server.cors_origins.clone(),
             hsts: config.server.tls.is_some(),
             draining: AtomicBool::new(false),
             metrics,
             tracer,
-            success_sample: config.log.success_sample,
             metrics_on_main: config.metrics.enabled && config.metrics.listen.is_none(),
             deps: Dependencies {
                 disk_warn: config.health.disk_warn,
@@ -198,7 +177,28 @@ impl Gateway {
 
     /// The per-IP request limit in force, for the start-up log and `/health`.
     pub fn ip_rpm(&self) -> Option<u64> {
-        self.ip_rpm
+        self.settings().ip_rpm
+    }
+
+    /// The reloadable settings in force.
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
+    /// Puts a reloaded config in force for requests that start from now on: a new snapshot
+    /// (providers named in `unchanged` keep their connection pools, credentials and breakers,
+    /// and so do their targets' breakers) and new settings. Requests in flight finish on the
+    /// config they started with.
+    pub fn reconfigure(
+        &self,
+        config: &Config,
+        unchanged: &dyn Fn(&str) -> bool,
+    ) -> Result<(), BuildError> {
+        let snapshot = Snapshot::rebuild(config, &self.snapshot(), unchanged)?;
+        self.keep_arm_states(&config.rollouts);
+        self.settings.store(Arc::new(Settings::new(config)));
+        self.install(snapshot);
+        Ok(())
     }
 
     /// Connects the queue that receives one [`crate::RequestEvent`] per finished request.
@@ -281,7 +281,7 @@ impl Gateway {
             Some(t) => t.model.clone(),
             None => model.split_once('/').map_or(model, |(_, m)| m).to_owned(),
         };
-        let one = self.prices.cost(
+        let one = self.settings().prices.cost(
             &priced_as,
             pylon_types::openai::Usage::new(input_tokens, output_tokens),
         )?;
@@ -312,6 +312,13 @@ impl Gateway {
     /// rollouts get live state, existing ones keep theirs, requests that start from now on see
     /// the new candidates.
     pub fn install_rollouts(&self, rollouts: &[pylon_config::Rollout]) {
+        self.keep_arm_states(rollouts);
+        self.install(self.snapshot().with_rollouts(rollouts));
+    }
+
+    /// Live state for each of `rollouts`: kept for those that had it, new for the others. Stored
+    /// before the snapshot that names them, so a request that sees a candidate finds its weights.
+    fn keep_arm_states(&self, rollouts: &[pylon_config::Rollout]) {
         let current = self.rollouts.load();
         let states = rollouts
             .iter()
@@ -324,9 +331,7 @@ impl Gateway {
                 (name.clone(), state)
             })
             .collect();
-        // Live state first: a request that sees a new candidate must find its weights.
         self.rollouts.store(Arc::new(states));
-        self.install(self.snapshot().with_rollouts(rollouts));
     }
 
     /// The config snapshot in force; a request holds the one it started with to the end.
@@ -406,6 +411,41 @@ impl Gateway {
     pub fn start_draining(&self) {
         self.draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Per-request settings that a reload replaces whole.
+pub(crate) struct Settings {
+    pub auth: AuthMode,
+    pub limits: pylon_config::Limits,
+    /// The per-IP request limit in force (configured, or the default with auth off).
+    pub ip_rpm: Option<u64>,
+    pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+    pub prices: Prices,
+    pub validation: Validation,
+    /// Share of successful request lines logged.
+    pub success_sample: f64,
+}
+
+impl Settings {
+    fn new(config: &Config) -> Settings {
+        Settings {
+            auth: config.auth.mode,
+            limits: config.limits.clone(),
+            ip_rpm: effective_ip_rpm(config),
+            trusted_proxies: config
+                .limits
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| pylon_config::parse_cidr(p))
+                .collect(),
+            prices: Prices::new(&config.prices),
+            validation: Validation {
+                max_messages: config.server.max_messages,
+                max_message_bytes: config.server.max_message_bytes,
+            },
+            success_sample: config.log.success_sample,
+        }
     }
 }
 

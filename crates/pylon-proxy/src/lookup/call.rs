@@ -172,7 +172,7 @@ pub(crate) async fn judge(
         }
     };
     if let Some(usage) = answer.usage {
-        if let Some(cost) = gw.prices.cost(&answer.model, usage) {
+        if let Some(cost) = gw.settings().prices.cost(&answer.model, usage) {
             gw.metrics.semantic.judge_cost.inc_by(cost);
         }
     }

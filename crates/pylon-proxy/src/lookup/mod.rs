@@ -305,7 +305,12 @@ fn hit(cache: &ResponseCache, e: &Entry, call: &Call, rec: &mut Record) -> Looku
     let m = &rec.gw.metrics;
     m.cache_requests.with_label_values(&["hit"]).inc();
     m.cache_tokens_saved.inc_by(e.meta.usage.total_tokens);
-    if let Some(cost) = rec.gw.prices.cost(&e.meta.served_model, e.meta.usage) {
+    if let Some(cost) = rec
+        .gw
+        .settings()
+        .prices
+        .cost(&e.meta.served_model, e.meta.usage)
+    {
         m.cache_cost_saved.inc_by(cost);
     }
     rec.cache = Some("hit");

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod observe;
 mod observe_bin;
+mod operations;
 mod resilience;
 mod rollouts;
 mod secrets;
