@@ -4,6 +4,7 @@
 //! both backends through `sqlx::Any`; the same test suite runs against each.
 
 mod alerts;
+pub mod backup;
 mod flags;
 mod model;
 mod queries;

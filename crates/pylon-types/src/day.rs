@@ -12,6 +12,18 @@ pub fn civil_month(unix_secs: i64) -> String {
     format!("{y:04}-{m:02}")
 }
 
+/// `YYYYMMDDTHHMMSSZ` (UTC) of a Unix time: sortable, and safe in a file name.
+pub fn civil_stamp(unix_secs: i64) -> String {
+    let (y, m, d) = ymd(unix_secs);
+    let s = unix_secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 fn ymd(unix_secs: i64) -> (i64, i64, i64) {
     let z = unix_secs.div_euclid(86_400) + 719_468;
     let era = z.div_euclid(146_097);
@@ -34,5 +46,6 @@ mod tests {
         assert_eq!(civil_day(1_795_400_000), "2026-11-23");
         assert_eq!(civil_day(951_782_400), "2000-02-29");
         assert_eq!(civil_month(1_795_400_000), "2026-11");
+        assert_eq!(civil_stamp(1_795_400_000 + 3_723), "20261123T015523Z");
     }
 }

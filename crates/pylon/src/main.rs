@@ -2,6 +2,7 @@
 
 mod admin_cli;
 mod alerts_cli;
+mod backup_cli;
 mod demo;
 mod process;
 mod serve;
@@ -56,6 +57,28 @@ enum Command {
         /// The running Pylon's data dir, instead of the config's.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Back up the whole store into one archive, or check an archive.
+    Backup {
+        #[command(subcommand)]
+        command: backup_cli::BackupCommand,
+    },
+    /// Restore a backup into an empty store (any kind: a SQLite backup restores into
+    /// PostgreSQL).
+    Restore {
+        file: PathBuf,
+        /// Pylon's config (its store is the target unless --into).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The target store: a `postgres://` or `sqlite://` URL, or a data dir.
+        #[arg(long)]
+        into: Option<String>,
+        /// Check the archive and the target, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace what a non-empty target holds.
+        #[arg(long)]
+        force: bool,
     },
     /// Run a gateway wired to in-process mock providers: Pylon answering in seconds, offline.
     Demo {
@@ -206,6 +229,14 @@ async fn run(cli: Cli, inherited: process::Inherited) -> anyhow::Result<()> {
             println!("upgraded: process {new} is serving");
             Ok(())
         }
+        Command::Backup { command } => backup_cli::backup(command).await,
+        Command::Restore {
+            file,
+            config,
+            into,
+            dry_run,
+            force,
+        } => backup_cli::restore(file, config, into, dry_run, force).await,
         Command::Demo { listen } => demo::run(listen).await,
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -264,7 +295,7 @@ async fn run(cli: Cli, inherited: process::Inherited) -> anyhow::Result<()> {
 
 /// The config from `path`, else ./pylon.toml, else defaults and the environment; with where it
 /// came from when it was a file (reloads read it again).
-fn load(path: Option<&Path>) -> anyhow::Result<(Config, Option<serve::Source>)> {
+pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<(Config, Option<serve::Source>)> {
     let default = Path::new("pylon.toml");
     let path = path.or_else(|| default.exists().then_some(default));
     match path {

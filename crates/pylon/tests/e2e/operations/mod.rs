@@ -1,6 +1,7 @@
 //! Operations on the real binary: reloads, upgrades, backups, doctor, deployment kits — each
 //! under traffic where the issue asks for zero failed requests.
 
+mod backup;
 mod reload;
 mod upgrade;
 
@@ -34,6 +35,11 @@ pub struct Serving {
 impl Serving {
     /// Writes `config` (with `{data}` replaced by a fresh data dir) and starts Pylon on it.
     pub fn start(what: &str, config: &str) -> Serving {
+        Serving::start_env(what, config, &[])
+    }
+
+    /// [`Serving::start`] with more environment variables.
+    pub fn start_env(what: &str, config: &str, env: &[(&str, &str)]) -> Serving {
         let data = temp_dir(what);
         let text = config.replace("{data}", &data.display().to_string());
         let path = data.join("pylon.toml");
@@ -41,6 +47,7 @@ impl Serving {
         let mut child = pylon()
             .args(["serve", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .env("PYLON_ADMIN_TOKEN", TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -84,12 +91,21 @@ impl Serving {
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, serde_json::Value) {
-        let r = client()
-            .request(method, self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        self.admin_with(method, path, None).await
+    }
+
+    /// An admin API call with a JSON body.
+    pub async fn admin_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = client().request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or_default())
     }
@@ -150,6 +166,11 @@ pub struct Load {
 impl Load {
     /// `workers` loops against `url` on `model`, every other one streaming.
     pub fn start(base: &str, model: &str, workers: usize) -> Load {
+        Load::start_keyed(base, model, workers, &[])
+    }
+
+    /// [`Load::start`] with virtual keys, used in turn by the workers.
+    pub fn start_keyed(base: &str, model: &str, workers: usize, keys: &[String]) -> Load {
         // Installs the TLS provider reqwest needs.
         drop(client());
         let stop = Arc::new(AtomicBool::new(false));
@@ -162,6 +183,7 @@ impl Load {
                 let (stop, ok, failed, errors) =
                     (stop.clone(), ok.clone(), failed.clone(), errors.clone());
                 let url = url.clone();
+                let key = (!keys.is_empty()).then(|| keys[i % keys.len()].clone());
                 let stream = i % 2 == 1;
                 let body = if stream {
                     hello_stream(model)
@@ -177,7 +199,7 @@ impl Load {
                 };
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        let outcome = one(&http, &url, &body, stream).await;
+                        let outcome = one(&http, &url, &body, stream, key.as_deref()).await;
                         match outcome {
                             Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                             Err(e) => {
@@ -206,7 +228,14 @@ impl Load {
             eventually(Duration::from_secs(20), || self.ok.load(Ordering::Relaxed)
                 >= from + n)
             .await,
-            "traffic flows"
+            "traffic flows: {} ok, errors {:?}",
+            self.ok.load(Ordering::Relaxed),
+            self.errors
+                .lock()
+                .unwrap()
+                .iter()
+                .take(3)
+                .collect::<Vec<_>>()
         );
     }
 
@@ -236,13 +265,13 @@ async fn one(
     url: &str,
     body: &serde_json::Value,
     stream: bool,
+    key: Option<&str>,
 ) -> Result<(), String> {
-    let r = http
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| format!("send: {e:?}"))?;
+    let mut req = http.post(url).json(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.map_err(|e| format!("send: {e:?}"))?;
     let status = r.status();
     if !status.is_success() {
         let text = r.text().await.unwrap_or_default();

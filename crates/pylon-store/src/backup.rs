@@ -1,0 +1,522 @@
+//! Backups of the whole store in one archive, and restoring them into any kind of store.
+//!
+//! The archive is a gzip'd tar: `manifest.json` first (Pylon and schema versions, when, and
+//! for every table its columns, row count and the SHA-256 of its part), then one JSON-lines
+//! part per table, one row per line as an array in column order. Rows are copied as they are
+//! stored: provider credentials stay encrypted under the master key.
+//!
+//! A backup reads every table in one read transaction: SQLite (WAL) serves it from a snapshot
+//! while writers go on; PostgreSQL from a repeatable-read snapshot.
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyTypeInfoKind;
+use sqlx::{Column, Row, ValueRef};
+
+use crate::{Backend, Store, StoreError, MIGRATOR};
+
+/// Tables in restore order (parents before the rows that reference them). Leases and the
+/// rollout judge's unread windows are per-process and short-lived: not backed up.
+pub const TABLES: &[&str] = &[
+    "teams",
+    "users",
+    "api_keys",
+    "provider_credentials",
+    "usage_daily",
+    "usage_hourly",
+    "budget_events",
+    "requests",
+    "error_groups",
+    "rollouts",
+    "rollout_verdicts",
+    "rollout_definitions",
+    "flags",
+    "flag_changes",
+    "alerts",
+    "alert_events",
+    "alert_silences",
+    "alert_rules",
+];
+
+/// The archive format this code writes and reads.
+const FORMAT: u32 = 1;
+
+/// Why a backup, verification or restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the archive is damaged or not a Pylon backup: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("the target store is not empty ({0} rows): restore into an empty store, or pass --force to replace its contents")]
+    NotEmpty(u64),
+}
+
+impl From<sqlx::Error> for BackupError {
+    fn from(e: sqlx::Error) -> Self {
+        BackupError::Store(StoreError::Db(e))
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What an archive holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub pylon_version: String,
+    /// The last migration applied to the source store.
+    pub schema_version: i64,
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    pub created_at_ms: i64,
+    pub tables: Vec<Part>,
+}
+
+/// One table's part of an archive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Part {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub rows: u64,
+    /// Hex SHA-256 of the part's bytes.
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// Rows in all tables.
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A backup's file name for a Unix time: `pylon-YYYYMMDDTHHMMSSZ.tar.gz`, sortable by time.
+pub fn file_name(unix_secs: i64) -> String {
+    format!("pylon-{}.tar.gz", pylon_types::day::civil_stamp(unix_secs))
+}
+
+/// The newest schema this binary knows.
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// A value read from any backend, as JSON.
+fn value(row: &sqlx::any::AnyRow, i: usize) -> Result<serde_json::Value, BackupError> {
+    let raw = row.try_get_raw(i)?;
+    if raw.is_null() {
+        return Ok(serde_json::Value::Null);
+    }
+    let kind = raw.type_info().kind();
+    Ok(match kind {
+        AnyTypeInfoKind::SmallInt | AnyTypeInfoKind::Integer | AnyTypeInfoKind::BigInt => {
+            row.try_get::<i64, _>(i)?.into()
+        }
+        AnyTypeInfoKind::Real | AnyTypeInfoKind::Double => row.try_get::<f64, _>(i)?.into(),
+        AnyTypeInfoKind::Bool => row.try_get::<bool, _>(i)?.into(),
+        AnyTypeInfoKind::Text | AnyTypeInfoKind::Blob | AnyTypeInfoKind::Null => {
+            row.try_get::<String, _>(i)?.into()
+        }
+    })
+}
+
+/// A column's type in the target store.
+#[derive(Debug, Clone, Copy)]
+enum ColType {
+    Int,
+    Float,
+    Text,
+}
+
+impl Store {
+    /// Writes a consistent backup of the whole store to `out` (a `.tar.gz`); the manifest.
+    pub async fn backup(&self, out: &Path) -> Result<Manifest, BackupError> {
+        let work = out.with_extension("parts");
+        std::fs::create_dir_all(&work).map_err(io(&work))?;
+        let result = self.dump(&work).await;
+        let result = match result {
+            Ok(manifest) => pack(&work, &manifest, out).map(|()| manifest),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+
+    async fn dump(&self, work: &Path) -> Result<Manifest, BackupError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let schema_version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
+        let created_at_ms = now_ms();
+        let mut tables = Vec::new();
+        for table in TABLES {
+            let path = work.join(format!("{table}.jsonl"));
+            let file = std::fs::File::create(&path).map_err(io(&path))?;
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            let mut hash = Sha256::new();
+            let mut rows = 0u64;
+            let mut columns: Vec<String> = Vec::new();
+            let sql = format!("SELECT * FROM {table}");
+            let mut stream = sqlx::query(&sql).fetch(&mut *tx);
+            let mut line = Vec::with_capacity(512);
+            while let Some(row) = stream.try_next().await? {
+                if columns.is_empty() {
+                    columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+                }
+                let values = (0..row.len())
+                    .map(|i| value(&row, i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                line.clear();
+                serde_json::to_writer(&mut line, &values)
+                    .map_err(|e| BackupError::Corrupt(e.to_string()))?;
+                line.push(b'\n');
+                hash.update(&line);
+                w.write_all(&line).map_err(io(&path))?;
+                rows += 1;
+            }
+            drop(stream);
+            if columns.is_empty() {
+                columns = self
+                    .columns(table)
+                    .await?
+                    .into_iter()
+                    .map(|c| c.0)
+                    .collect();
+            }
+            w.flush().map_err(io(&path))?;
+            tables.push(Part {
+                table: (*table).to_owned(),
+                columns,
+                rows,
+                sha256: hex(&hash.finalize()),
+            });
+        }
+        tx.commit().await?;
+        Ok(Manifest {
+            format: FORMAT,
+            pylon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            schema_version,
+            backend: match self.backend {
+                Backend::Sqlite => "sqlite",
+                Backend::Postgres => "postgres",
+            }
+            .to_owned(),
+            created_at_ms,
+            tables,
+        })
+    }
+
+    /// A table's columns in this store, with their types.
+    async fn columns(&self, table: &str) -> Result<Vec<(String, ColType)>, BackupError> {
+        let rows: Vec<(String, String)> = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query_as("SELECT name, type FROM pragma_table_info($1)")
+                    .bind(table)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::query_as(
+                    "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                )
+                .bind(table)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(name, ty)| {
+                let ty = ty.to_ascii_uppercase();
+                let t = if ty.contains("INT") {
+                    ColType::Int
+                } else if ty.contains("DOUBLE") || ty.contains("REAL") || ty.contains("FLOAT") {
+                    ColType::Float
+                } else {
+                    ColType::Text
+                };
+                (name, t)
+            })
+            .collect())
+    }
+
+    /// Rows in all backed-up tables (an empty store has none).
+    pub async fn rows(&self) -> Result<u64, BackupError> {
+        let mut n = 0;
+        for table in TABLES {
+            let c: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?;
+            n += c as u64;
+        }
+        Ok(n)
+    }
+
+    /// Restores `archive` (checked first, whole) into this store: into an empty one, or over
+    /// its contents with `force`. One transaction: a failed restore leaves the store as it was.
+    pub async fn restore(&self, archive: &Path, force: bool) -> Result<Manifest, BackupError> {
+        let manifest = verify(archive)?;
+        let present = self.rows().await?;
+        if present > 0 && !force {
+            return Err(BackupError::NotEmpty(present));
+        }
+        let file = std::fs::File::open(archive).map_err(io(archive))?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+        let mut tx = self.pool.begin().await?;
+        if force {
+            for table in TABLES.iter().rev() {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for entry in tar.entries().map_err(io(archive))? {
+            let entry = entry.map_err(io(archive))?;
+            let name = entry.path().map_err(io(archive))?.display().to_string();
+            let Some(table) = name
+                .strip_prefix("tables/")
+                .and_then(|n| n.strip_suffix(".jsonl"))
+            else {
+                continue;
+            };
+            let Some(part) = manifest.tables.iter().find(|p| p.table == table) else {
+                continue;
+            };
+            let target = self.columns(table).await?;
+            // Columns the archive has and this schema too; a newer schema's extra columns
+            // take their defaults.
+            let keep: Vec<(usize, &str, ColType)> = part
+                .columns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let (_, t) = target.iter().find(|(n, _)| n == c)?;
+                    Some((i, c.as_str(), *t))
+                })
+                .collect();
+            if keep.is_empty() {
+                continue;
+            }
+            let per_batch = (30_000 / keep.len()).clamp(1, 2_000);
+            let mut batch: Vec<Vec<serde_json::Value>> = Vec::with_capacity(per_batch);
+            for line in BufReader::with_capacity(1 << 20, entry).lines() {
+                let line = line.map_err(io(archive))?;
+                let row: Vec<serde_json::Value> = serde_json::from_str(&line)
+                    .map_err(|e| BackupError::Corrupt(format!("{table}: {e}")))?;
+                batch.push(row);
+                if batch.len() == per_batch {
+                    insert(&mut tx, table, &keep, &batch).await?;
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                insert(&mut tx, table, &keep, &batch).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(manifest)
+    }
+}
+
+/// One multi-row insert.
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    cols: &[(usize, &str, ColType)],
+    rows: &[Vec<serde_json::Value>],
+) -> Result<(), BackupError> {
+    let names: Vec<&str> = cols.iter().map(|c| c.1).collect();
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", names.join(", "));
+    let mut n = 0;
+    for (r, _) in rows.iter().enumerate() {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..cols.len() {
+            if c > 0 {
+                sql.push(',');
+            }
+            n += 1;
+            sql.push_str(&format!("${n}"));
+        }
+        sql.push(')');
+    }
+    let mut q = sqlx::query(&sql);
+    for row in rows {
+        for (i, _, ty) in cols {
+            let v = row.get(*i).unwrap_or(&serde_json::Value::Null);
+            q = match ty {
+                ColType::Int => q.bind(v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))),
+                ColType::Float => q.bind(v.as_f64()),
+                ColType::Text => q.bind(match v {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                }),
+            };
+        }
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Writes `manifest.json` then every table's part into a gzip'd tar at `out` (through a
+/// temporary name, so a failed backup never leaves a file that looks whole).
+fn pack(work: &Path, manifest: &Manifest, out: &Path) -> Result<(), BackupError> {
+    let tmp = PathBuf::from(format!("{}.tmp", out.display()));
+    let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let text =
+        serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Corrupt(e.to_string()))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(text.len() as u64);
+    header.set_mode(0o600);
+    header.set_mtime((manifest.created_at_ms / 1000) as u64);
+    header.set_cksum();
+    tar.append_data(&mut header, "manifest.json", text.as_slice())
+        .map_err(io(&tmp))?;
+    for part in &manifest.tables {
+        let path = work.join(format!("{}.jsonl", part.table));
+        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+        tar.append_file(format!("tables/{}.jsonl", part.table), &mut f)
+            .map_err(io(&path))?;
+    }
+    let gz = tar.into_inner().map_err(io(&tmp))?;
+    let mut w = gz.finish().map_err(io(&tmp))?;
+    w.flush().map_err(io(&tmp))?;
+    w.into_inner()
+        .map_err(|e| BackupError::Io {
+            path: tmp.display().to_string(),
+            source: e.into_error(),
+        })?
+        .sync_all()
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, out).map_err(io(out))
+}
+
+/// Checks an archive whole: the manifest, every part's checksum and row count, every row
+/// readable with the manifest's columns, and a schema this binary can restore.
+pub fn verify(archive: &Path) -> Result<Manifest, BackupError> {
+    let file = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    let corrupt = |what: String| BackupError::Corrupt(what);
+    let mut entries = tar
+        .entries()
+        .map_err(|e| corrupt(format!("not a gzip'd tar: {e}")))?;
+    let mut first = entries
+        .next()
+        .ok_or_else(|| corrupt("empty archive".into()))?
+        .map_err(|e| corrupt(e.to_string()))?;
+    if first.path().map_err(|e| corrupt(e.to_string()))?.as_ref() != Path::new("manifest.json") {
+        return Err(corrupt("the first entry is not manifest.json".into()));
+    }
+    let mut text = Vec::new();
+    first
+        .read_to_end(&mut text)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| corrupt(format!("manifest.json: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(BackupError::Incompatible(format!(
+            "archive format {} is not one this Pylon reads ({FORMAT})",
+            manifest.format
+        )));
+    }
+    if manifest.schema_version > schema_version() {
+        return Err(BackupError::Incompatible(format!(
+            "the backup's schema ({}) is newer than this Pylon's ({}): restore it with Pylon {} or newer",
+            manifest.schema_version,
+            schema_version(),
+            manifest.pylon_version
+        )));
+    }
+    let mut seen = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| corrupt(e.to_string()))?;
+        let name = entry
+            .path()
+            .map_err(|e| corrupt(e.to_string()))?
+            .display()
+            .to_string();
+        let part = name
+            .strip_prefix("tables/")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|t| manifest.tables.iter().find(|p| p.table == t))
+            .ok_or_else(|| corrupt(format!("unexpected entry {name}")))?;
+        let mut hash = Sha256::new();
+        let mut rows = 0u64;
+        let mut reader = BufReader::with_capacity(1 << 20, entry);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| corrupt(format!("{name}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(line.as_bytes());
+            let row: Vec<serde_json::Value> = serde_json::from_str(&line)
+                .map_err(|e| corrupt(format!("{name} row {}: {e}", rows + 1)))?;
+            if row.len() != part.columns.len() {
+                return Err(corrupt(format!(
+                    "{name} row {}: {} values for {} columns",
+                    rows + 1,
+                    row.len(),
+                    part.columns.len()
+                )));
+            }
+            rows += 1;
+        }
+        if hex(&hash.finalize()) != part.sha256 {
+            return Err(corrupt(format!("{name}: checksum mismatch")));
+        }
+        if rows != part.rows {
+            return Err(corrupt(format!(
+                "{name}: {rows} rows, the manifest says {}",
+                part.rows
+            )));
+        }
+        seen.push(part.table.clone());
+    }
+    if let Some(missing) = manifest.tables.iter().find(|p| !seen.contains(&p.table)) {
+        return Err(corrupt(format!(
+            "tables/{}.jsonl is missing",
+            missing.table
+        )));
+    }
+    Ok(manifest)
+}
