@@ -64,6 +64,45 @@ pub struct Config {
     pub alert_routing: crate::AlertRoute,
     #[serde(default)]
     pub alert_escalations: Vec<crate::Escalation>,
+    #[serde(default)]
+    pub backup: Backup,
+}
+
+/// `[backup]`: scheduled backups of the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// How often to back up; none when unset (`pylon backup create` and the admin API still
+    /// work).
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    /// Backups kept in `dir`; older ones are deleted after each new one.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Where backups go; default `<data dir>/backups`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+fn default_keep() -> usize {
+    7
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            every: None,
+            keep: default_keep(),
+            dir: None,
+        }
+    }
+}
+
+impl Backup {
+    /// The backup directory for a data dir.
+    pub fn dir_in(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("backups"))
+    }
 }
 
 /// `[data]`: where durable state lives.

@@ -48,6 +48,7 @@ const AT_START: &[&str] = &[
     "cache.redis",
     "cache.coalesce",
     "cache.semantic",
+    "backup",
     "flags.file",
     "flags.poll",
 ];

@@ -7,6 +7,16 @@ use crate::{Config, Strategy};
 /// Every problem found, each with the byte offset it points at.
 pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
     let mut problems = Vec::new();
+    if config.backup.keep == 0 {
+        problems.push((0, "[backup] keep must be at least 1".to_owned()));
+    }
+    if config
+        .backup
+        .every
+        .is_some_and(|e| e < std::time::Duration::from_secs(1))
+    {
+        problems.push((0, "[backup] every must be at least 1s".to_owned()));
+    }
     let mut providers = HashSet::new();
     for p in &config.providers {
         let name = p.name.get_ref();

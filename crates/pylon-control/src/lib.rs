@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod alerts;
+pub mod backups;
 pub mod config;
 mod dashboard;
 pub mod flags;
@@ -66,6 +67,8 @@ pub struct Control {
     pub flags: Arc<flags::Flags>,
     /// Alert rules: evaluated here when this instance holds the lease.
     pub alerts: Arc<alerts::Alerts>,
+    /// Scheduled and on-demand backups.
+    pub backups: Arc<backups::Backups>,
     /// Dashboard sessions (cookie → CSRF token).
     sessions: dashboard::Sessions,
     /// The run-time log filter, when the binary installed one.
@@ -81,6 +84,7 @@ pub(crate) struct Loops {
     rollouts: Arc<rollouts::Rollouts>,
     flags: Arc<flags::Flags>,
     alerts: Arc<alerts::Alerts>,
+    backups: Arc<backups::Backups>,
 }
 
 /// Background tasks owned by the control plane.
@@ -104,6 +108,7 @@ impl Control {
             rollouts,
             flags,
             alerts,
+            backups,
         } = loops;
         let notifier = notify::Notifier::new(budgets);
         let admin_token = admin_token
@@ -122,6 +127,7 @@ impl Control {
             rollouts,
             flags,
             alerts,
+            backups,
             sessions: dashboard::Sessions::default(),
             config: config::ConfigState::default(),
             tls: std::sync::OnceLock::new(),
@@ -386,9 +392,15 @@ pub async fn bootstrap(
                 gateway.clone(),
             )),
             alerts,
+            backups: Arc::new(backups::Backups::new(
+                config,
+                store.clone(),
+                gateway.clone(),
+            )),
         },
     );
     control.flags.reload().await?;
+    control.spawn(control.backups.clone().run());
     control.spawn(control.flags.clone().run());
     // Bounded: if the store falls far behind, events are dropped and counted, never queued
     // without limit.

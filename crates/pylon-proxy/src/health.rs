@@ -186,6 +186,29 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
             }]),
         );
     }
+    if let Some(b) = read(&gw.deps.backup).flatten() {
+        let age = b
+            .last_ok
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
+        let s = match age {
+            Some(a) if a <= b.every * 2 && b.error.is_none() => "pass",
+            _ => "warn",
+        };
+        status = worst(status, s);
+        let mut v = json!({
+            "componentType": "system",
+            "observedValue": age.map(|a| a.as_secs()),
+            "observedUnit": "seconds since the last good backup",
+            "status": s,
+            "time": now_text,
+        });
+        if let Some(e) = &b.error {
+            v["output"] = json!(format!("the last backup failed: {e}"));
+        } else if age.is_none() {
+            v["output"] = json!("no backup yet");
+        }
+        checks.insert("backup:age".into(), json!([v]));
+    }
     let rss = gw.deps.rss.load(Ordering::Relaxed);
     if rss > 0 {
         checks.insert(

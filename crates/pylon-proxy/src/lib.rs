@@ -36,7 +36,7 @@ mod worker;
 pub use auth::{hash_key, KeyIndex};
 pub use cache::VectorIndex;
 pub use error::{BuildError, ProxyError};
-pub use gateway::{Arm, ArmState, Check, Gateway, LoadedFlags};
+pub use gateway::{Arm, ArmState, BackupState, Check, Gateway, LoadedFlags};
 pub use limits::spend_key;
 pub use server::{metrics_router, router, serve_redirect, Workers};
 pub use snapshot::Snapshot;

@@ -116,9 +116,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A backup's file name for a Unix time: `pylon-YYYYMMDDTHHMMSSZ.tar.gz`, sortable by time.
-pub fn file_name(unix_secs: i64) -> String {
-    format!("pylon-{}.tar.gz", pylon_types::day::civil_stamp(unix_secs))
+/// A backup's file name for a time in Unix milliseconds: `pylon-YYYYMMDDTHHMMSS.mmmZ.tar.gz`,
+/// sortable by time.
+pub fn file_name(unix_ms: i64) -> String {
+    let stamp = pylon_types::day::civil_stamp(unix_ms.div_euclid(1000));
+    let (secs, _) = stamp.split_at(stamp.len() - 1);
+    format!("pylon-{secs}.{:03}Z.tar.gz", unix_ms.rem_euclid(1000))
 }
 
 /// The newest schema this binary knows.
@@ -519,4 +522,45 @@ pub fn verify(archive: &Path) -> Result<Manifest, BackupError> {
         )));
     }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_sort_by_time() {
+        assert_eq!(
+            file_name(1_795_400_000_123),
+            "pylon-20261123T021320.123Z.tar.gz"
+        );
+        let times = [1_000, 5_000, 61_999, 62_000, 3_600_000];
+        let names: Vec<String> = times
+            .iter()
+            .map(|ms| file_name(1_795_400_000_000 + ms))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+    }
+
+    /// Every table the migrations make is in a backup, except the per-process ones.
+    #[tokio::test]
+    async fn a_backup_holds_every_durable_table() {
+        let dir = std::env::temp_dir().join(format!("pylon-backup-{}", uuid::Uuid::new_v4()));
+        let store = Store::open_sqlite(&dir)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             AND name NOT IN ('_sqlx_migrations', 'leases', 'rollout_windows') ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap_or_default();
+        let mut ours: Vec<String> = TABLES.iter().map(|t| (*t).to_owned()).collect();
+        ours.sort();
+        assert_eq!(tables, ours);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

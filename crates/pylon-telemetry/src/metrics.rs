@@ -78,6 +78,10 @@ pub struct Metrics {
     pub request_log_dropped: IntCounter,
     /// Request-log rows waiting to be written.
     pub request_log_pending: IntGauge,
+    /// Seconds since the last good scheduled (or admin-triggered) backup.
+    pub backup_age: prometheus::Gauge,
+    /// Backups by result (`ok`, `error`).
+    pub backups: IntCounterVec,
     /// Response-cache lookups by result (`hit`, `miss`, `bypass`).
     pub cache_requests: IntCounterVec,
     /// Requests that waited for an identical in-flight call instead of calling the provider.
@@ -450,6 +454,20 @@ impl Metrics {
                 r,
                 "pylon_request_log_pending",
                 "Request-log rows waiting to be written.",
+            )?,
+            backup_age: {
+                let g = prometheus::Gauge::new(
+                    "pylon_backup_age_seconds",
+                    "Seconds since the last good backup of the store.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            backups: counter(
+                r,
+                "pylon_backups_total",
+                "Backups of the store by result.",
+                &["result"],
             )?,
             cache_requests: counter(
                 r,

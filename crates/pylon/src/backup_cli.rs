@@ -90,10 +90,10 @@ pub(crate) async fn backup(command: BackupCommand) -> anyhow::Result<()> {
 
 /// A backup's file name for now.
 fn backup_name() -> String {
-    let secs = std::time::SystemTime::now()
+    let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    backup::file_name(secs)
+        .map_or(0, |d| d.as_millis() as i64);
+    backup::file_name(ms)
 }
 
 /// Runs `pylon restore`.

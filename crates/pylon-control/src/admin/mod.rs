@@ -1,6 +1,7 @@
 //! The admin API: `/admin/v1/…` behind the admin token, `/openapi.json` and `/docs`.
 
 mod alerts;
+mod backups;
 mod cache;
 mod config;
 mod flags;
@@ -101,6 +102,11 @@ pub fn router(control: Arc<Control>) -> Router {
             "/admin/v1/rollouts/{name}/{command}",
             post(rollouts::command),
         )
+        .route(
+            "/admin/v1/backups",
+            post(backups::create).get(backups::list),
+        )
+        .route("/admin/v1/backups/{name}", get(backups::download))
         .route("/admin/v1/config", get(config::show))
         .route("/admin/v1/config/reload", post(config::reload))
         .route(
@@ -121,7 +127,7 @@ pub fn router(control: Arc<Control>) -> Router {
     info(title = "Pylon admin API", description = "Keys, teams, users and usage of a Pylon gateway."),
     paths(keys::create, keys::list, keys::show, keys::revoke, keys::rotate,
           teams::create_team, teams::list_teams, teams::show_team, teams::create_user, teams::list_users,
-          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, config::show, config::reload, providers::list, providers::set_credential, providers::rotate_master,
+          usage::usage, usage::estimate, requests::list, requests::errors, cache::purge, cache::feedback, requests::get_level, requests::set_level, config::show, config::reload, backups::create, backups::list, backups::download, providers::list, providers::set_credential, providers::rotate_master,
           alerts::list, alerts::history, alerts::ack, alerts::backtest, alerts::create_rule, alerts::delete_rule, alerts::silences, alerts::silence, alerts::unsilence,
           rollouts::list, rollouts::create, rollouts::show, rollouts::delete, rollouts::command,
           flags::list, flags::put, flags::delete, flags::disable, flags::enable, flags::history),

@@ -48,6 +48,19 @@ pub(crate) struct Dependencies {
     pub disk_warn: f64,
     /// Active provider probes, by provider name.
     pub probes: Mutex<BTreeMap<String, Check>>,
+    /// Scheduled backups: the last good one, and the schedule's period.
+    pub backup: Mutex<Option<BackupState>>,
+}
+
+/// What the health report and metrics say about backups.
+#[derive(Debug, Clone)]
+pub struct BackupState {
+    /// When the last good backup was written (`None`: none yet).
+    pub last_ok: Option<SystemTime>,
+    /// The schedule's period: a last backup older than twice this is a warning.
+    pub every: Duration,
+    /// Why the last attempt failed, if it did.
+    pub error: Option<String>,
 }
 
 // What the control plane's health loops report into the gateway.
@@ -70,6 +83,13 @@ impl super::Gateway {
         };
         if let Ok(mut g) = self.deps.redis.lock() {
             *g = Some(check);
+        }
+    }
+
+    /// Records the state of scheduled backups (read by `/health` and `/metrics`).
+    pub fn report_backup(&self, state: BackupState) {
+        if let Ok(mut g) = self.deps.backup.lock() {
+            *g = Some(state);
         }
     }
 

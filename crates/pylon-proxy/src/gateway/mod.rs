@@ -19,8 +19,8 @@ use crate::snapshot::{Snapshot, Validation};
 use crate::usage::Sink;
 
 pub use arms::{Arm, ArmState};
-pub use deps::Check;
 pub(crate) use deps::Dependencies;
+pub use deps::{BackupState, Check};
 pub use flags::LoadedFlags;
 
 /// Limits of the listener itself (what nginx's timeouts and connection caps gave).
@@ -397,6 +397,14 @@ impl Gateway {
         if let Ok(probes) = self.deps.probes.lock() {
             for (provider, c) in probes.iter() {
                 up(&format!("probe:{provider}"), c.ok);
+            }
+        }
+        if let Some(b) = self.deps.backup.lock().ok().and_then(|g| g.clone()) {
+            if let Some(at) = b.last_ok {
+                let age = std::time::SystemTime::now()
+                    .duration_since(at)
+                    .unwrap_or_default();
+                m.backup_age.set(age.as_secs_f64());
             }
         }
         m.request_log_pending.set(self.usage.pending() as i64);

@@ -279,3 +279,77 @@ async fn a_backup_taken_while_writing_restores_into_sqlite_and_postgres() {
         assert!(!ok, "{name} archive not restored");
     }
 }
+
+#[tokio::test]
+async fn scheduled_backups_are_kept_to_their_number_and_served_to_the_admin() {
+    let mock = MockServer::start().await;
+    let gw = Serving::start(
+        "backup-schedule",
+        &format!(
+            "{}\n[backup]\nevery = \"1s\"\nkeep = 2\n",
+            config(&mock, "dir = \"{data}\"")
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let (_, list) = gw.admin(Method::GET, "/admin/v1/backups").await;
+        if list.as_array().is_some_and(|l| l.len() == 2) || Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let (status, taken) = gw.admin(Method::POST, "/admin/v1/backups").await;
+    assert_eq!(status, 201, "{taken}");
+    let (_, list) = gw.admin(Method::GET, "/admin/v1/backups").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(names.len() <= 2, "retention keeps 2: {names:?}");
+    assert_eq!(names[0], taken["name"].as_str().unwrap(), "newest first");
+
+    let r = client()
+        .get(gw.url(&format!("/admin/v1/backups/{}", names[0])))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/gzip");
+    let body = r.bytes().await.unwrap();
+    let copy = gw.data.join("downloaded.tar.gz");
+    std::fs::write(&copy, &body).unwrap();
+    let (ok, out) = cli(&["backup", "verify", copy.to_str().unwrap()]);
+    assert!(ok, "the download is a whole backup: {out}");
+    for bad in ["pylon.toml", "..%2Fpylon.toml", "pylon-x.tar.gz"] {
+        let (status, _) = gw
+            .admin(Method::GET, &format!("/admin/v1/backups/{bad}"))
+            .await;
+        assert_eq!(status, 404, "{bad}");
+    }
+
+    let metrics = gw.metrics().await;
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pylon_backup_age_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(age < 10.0, "age of the last good backup: {age}");
+    assert!(metrics.contains("pylon_backups_total{result=\"ok\"}"));
+    let health: Value = client()
+        .get(gw.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["checks"]["backup:age"][0]["status"], "pass",
+        "{health}"
+    );
+}
