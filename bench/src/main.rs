@@ -10,6 +10,7 @@ mod cost;
 mod delivery;
 mod load;
 mod procs;
+mod recovery;
 mod reqlog;
 
 use std::net::TcpListener;
@@ -70,6 +71,10 @@ struct Args {
     /// Run only the alerting figures (one evaluation round of 200 rules over 2,000 series).
     #[arg(long)]
     only_alerts: bool,
+    /// Run only the recovery-time figures (backup, restore into SQLite and PostgreSQL, start,
+    /// ready) over `--log-rows` request-log rows.
+    #[arg(long)]
+    only_recovery: bool,
     /// Run only the cost-per-request figures (CPU, RSS and added latency vs nginx; large bodies).
     #[arg(long)]
     only_cost: bool,
@@ -177,6 +182,9 @@ async fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("pylon"),
     };
 
+    if args.only_recovery {
+        return recovery::figures(&pylon_bin, &out, args.log_rows).await;
+    }
     let mock_port = free_port()?;
     let _mock = Proc::spawn(Command::new(&pylon_bin).args([
         "mock-provider",

@@ -1,4 +1,6 @@
-//! `${VAR}` and `${VAR:-default}` expansion, line-preserving so diagnostics keep their line.
+//! `${VAR}` and `${VAR:-default}` expansion, line-preserving so diagnostics keep their line;
+//! `${file:/path}` is a file's contents without its trailing newline (secrets mounted as files,
+//! as Docker and Kubernetes do).
 //!
 //! `$${` writes a literal `${`. References inside comments are left alone, so a commented-out
 //! line never fails on a variable nobody set.
@@ -59,9 +61,11 @@ fn expand_line(
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        let valid = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
+        let file = name.strip_prefix("file:").filter(|p| p.starts_with('/'));
+        let valid = file.is_some()
+            || !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
             errors.push((
                 pos + i,
@@ -73,9 +77,12 @@ fn expand_line(
                 Some(v) => out.push_str(&v.replace('\\', "\\\\").replace('"', "\\\"")),
                 None => errors.push((
                     pos + i,
-                    format!(
-                        "environment variable `{name}` is not set (set it, or write `${{{name}:-default}}`)"
-                    ),
+                    match file {
+                        Some(path) => format!("cannot read the secret file `{path}`"),
+                        None => format!(
+                            "environment variable `{name}` is not set (set it, or write `${{{name}:-default}}`)"
+                        ),
+                    },
                 )),
             }
         }

@@ -69,9 +69,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, &path.display().to_string(), &|name| {
-        std::env::var(name).ok()
-    })
+    parse(&text, &path.display().to_string(), &process_env)
+}
+
+/// What `${…}` resolves to in this process: a variable of the environment, or for
+/// `file:/path` the file's contents without the trailing newline.
+pub fn process_env(name: &str) -> Option<String> {
+    match name.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned()),
+        None => std::env::var(name).ok(),
+    }
 }
 
 /// Parses config text; `env` resolves `${VAR}` references (injectable for tests).

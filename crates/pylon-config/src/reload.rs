@@ -70,7 +70,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
         source,
     })?;
     let file = path.display().to_string();
-    let env = |name: &str| std::env::var(name).ok();
+    let env = crate::process_env;
     let config = parse(&text, &file, &env)?;
     // `parse` succeeded, so expansion and TOML parsing do too.
     let expanded = crate::interpolate::expand(&text, &env).unwrap_or_default();

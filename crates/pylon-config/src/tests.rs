@@ -351,3 +351,32 @@ receiver = "pager"
         );
     }
 }
+
+#[test]
+fn secrets_can_come_from_files() {
+    let dir = std::env::temp_dir().join(format!("pylon-config-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("pg_password");
+    std::fs::write(&secret, "s3cr\"et\n").unwrap();
+    let text = format!(
+        "[data]\nstore_url = \"postgres://pylon:${{file:{}}}@db/pylon\"\n",
+        secret.display()
+    );
+    let c = parse(&text, "pylon.toml", &process_env).unwrap();
+    assert_eq!(
+        c.data.store_url.unwrap().expose(),
+        "postgres://pylon:s3cr\"et@db/pylon"
+    );
+    let missing = parse(
+        "[data]\nstore_url = \"${file:/nonexistent/x}\"\n",
+        "pylon.toml",
+        &process_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        missing.contains("pylon.toml:2:14: cannot read the secret file `/nonexistent/x`"),
+        "{missing}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -26,7 +26,7 @@ pub(crate) async fn check_store(store: &Store, gw: &Gateway, metrics: &Metrics, 
 }
 
 /// Share of the disk in use and bytes free for `dir`.
-fn disk(dir: &Path) -> Option<(f64, u64)> {
+pub fn disk(dir: &Path) -> Option<(f64, u64)> {
     let s = rustix::fs::statvfs(dir).ok()?;
     let total = s.f_blocks.saturating_mul(s.f_frsize);
     let free = s.f_bavail.saturating_mul(s.f_frsize);

@@ -20,6 +20,7 @@ use pylon_proxy::{Gateway, KeyIndex};
 use pylon_store::Store;
 
 pub use admin::{openapi, router};
+pub use health::disk as disk_usage;
 pub use keys::{generate, KEY_PREFIX};
 
 /// Secrets that come from the environment, not the config file.

@@ -46,6 +46,18 @@ pub(crate) async fn provider(p: &Provider) -> Check {
 
 // The control plane's probe loop runs this.
 impl crate::gateway::Gateway {
+    /// Probes every provider once and returns the results by provider (for `pylon doctor`).
+    pub async fn probe_each(&self) -> Vec<(String, Check)> {
+        let mut out = Vec::new();
+        let snap = self.snapshot();
+        let mut providers: Vec<_> = snap.providers.values().collect();
+        providers.sort_by(|a, b| a.name.cmp(&b.name));
+        for p in providers {
+            out.push((p.name.clone(), provider(p).await));
+        }
+        out
+    }
+
     /// Probes every provider once (`GET /models` with its credential) and records the results.
     pub async fn probe_providers(&self) {
         for p in self.snapshot().providers.values() {

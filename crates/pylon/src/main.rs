@@ -4,6 +4,7 @@ mod admin_cli;
 mod alerts_cli;
 mod backup_cli;
 mod demo;
+mod doctor;
 mod process;
 mod serve;
 
@@ -84,6 +85,17 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// Check a config and its environment end to end (config, data dir, disk, store, Redis,
+    /// secrets, providers with their credentials, listen address) and say what to fix.
+    Doctor {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Exit 0 when the URL answers 2xx within 2 s (a container health check with no shell).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
     },
     /// Work with config files.
     Config {
@@ -237,6 +249,23 @@ async fn run(cli: Cli, inherited: process::Inherited) -> anyhow::Result<()> {
             dry_run,
             force,
         } => backup_cli::restore(file, config, into, dry_run, force).await,
+        Command::Doctor { config } => doctor::run(config.as_deref()).await,
+        Command::Healthcheck { url } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let resp = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("{url} did not answer"))?;
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "{url} answered {}",
+                resp.status()
+            );
+            Ok(())
+        }
         Command::Demo { listen } => demo::run(listen).await,
         Command::Config {
             command: ConfigCommand::Check { file },

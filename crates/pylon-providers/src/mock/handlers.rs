@@ -48,12 +48,18 @@ async fn reset(State(m): State<Arc<Mock>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn models() -> Json<Value> {
+async fn models(State(m): State<Arc<Mock>>) -> Response {
+    // A refused key is refused here too, as real providers do.
+    if let Some(status @ (401 | 403)) = m.behaviour().error_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+        let body = json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}});
+        return (status, Json(body)).into_response();
+    }
     let data: Vec<Value> = ["mock-gpt", "mock-claude", "mock-gemini", "mock-embed"]
         .iter()
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "mock"}))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 #[derive(Clone, Copy)]
