@@ -148,6 +148,9 @@ fn value(row: &sqlx::any::AnyRow, i: usize) -> Result<serde_json::Value, BackupE
     })
 }
 
+/// A column restored: its place in the archive's rows, its name and its type here.
+type Kept = (usize, String, ColType);
+
 /// A column's type in the target store.
 #[derive(Debug, Clone, Copy)]
 enum ColType {
@@ -274,6 +277,26 @@ impl Store {
             .collect())
     }
 
+    /// A table's secondary indexes (not those behind a key or constraint): name and definition.
+    async fn indexes(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        table: &str,
+    ) -> Result<Vec<(String, String)>, BackupError> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL"
+            }
+            Backend::Postgres => {
+                "SELECT indexname::text, indexdef::text FROM pg_indexes \
+                 WHERE schemaname = current_schema() AND tablename = $1 AND indexname NOT IN \
+                 (SELECT c.conname::text FROM pg_constraint c JOIN pg_class t ON c.conrelid = t.oid \
+                  WHERE t.relname = $1)"
+            }
+        };
+        Ok(sqlx::query_as(sql).bind(table).fetch_all(&mut **tx).await?)
+    }
+
     /// Rows in all backed-up tables (an empty store has none).
     pub async fn rows(&self) -> Result<u64, BackupError> {
         let mut n = 0;
@@ -294,8 +317,37 @@ impl Store {
         if present > 0 && !force {
             return Err(BackupError::NotEmpty(present));
         }
-        let file = std::fs::File::open(archive).map_err(io(archive))?;
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+        // Columns the archive has and this schema too, per table; a newer schema's extra
+        // columns take their defaults.
+        let mut plans: Vec<(String, Vec<Kept>)> = Vec::new();
+        for part in &manifest.tables {
+            let target = self.columns(&part.table).await?;
+            let keep: Vec<Kept> = part
+                .columns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let (_, t) = target.iter().find(|(n, _)| n == c)?;
+                    Some((i, c.clone(), *t))
+                })
+                .collect();
+            if !keep.is_empty() {
+                plans.push((part.table.clone(), keep));
+            }
+        }
+        let sizes: Vec<(String, usize)> = plans
+            .iter()
+            .map(|(t, keep)| (t.clone(), (30_000 / keep.len()).clamp(1, 2_000)))
+            .collect();
+        // Reading and parsing runs on a thread of its own, a few batches ahead of the inserts:
+        // the database works while the next batch is parsed.
+        let (tx_batches, mut batches) = tokio::sync::mpsc::channel::<Result<Batch, BackupError>>(4);
+        let path = archive.to_owned();
+        let reader = std::thread::spawn(move || {
+            if let Err(e) = read_batches(&path, &sizes, &tx_batches) {
+                let _ = tx_batches.blocking_send(Err(e));
+            }
+        });
         let mut tx = self.pool.begin().await?;
         if force {
             for table in TABLES.iter().rev() {
@@ -304,62 +356,102 @@ impl Store {
                     .await?;
             }
         }
-        for entry in tar.entries().map_err(io(archive))? {
-            let entry = entry.map_err(io(archive))?;
-            let name = entry.path().map_err(io(archive))?.display().to_string();
-            let Some(table) = name
-                .strip_prefix("tables/")
-                .and_then(|n| n.strip_suffix(".jsonl"))
-            else {
+        // Large tables load faster without their secondary indexes, rebuilt once at the end.
+        let mut rebuild = Vec::new();
+        for part in manifest.tables.iter().filter(|p| p.rows >= 10_000) {
+            for (name, def) in self.indexes(&mut tx, &part.table).await? {
+                sqlx::query(&format!("DROP INDEX {name}"))
+                    .execute(&mut *tx)
+                    .await?;
+                rebuild.push(def);
+            }
+        }
+        while let Some(batch) = batches.recv().await {
+            let batch = batch?;
+            let Some((_, keep)) = plans.iter().find(|(t, _)| *t == batch.table) else {
                 continue;
             };
-            let Some(part) = manifest.tables.iter().find(|p| p.table == table) else {
-                continue;
-            };
-            let target = self.columns(table).await?;
-            // Columns the archive has and this schema too; a newer schema's extra columns
-            // take their defaults.
-            let keep: Vec<(usize, &str, ColType)> = part
-                .columns
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| {
-                    let (_, t) = target.iter().find(|(n, _)| n == c)?;
-                    Some((i, c.as_str(), *t))
-                })
-                .collect();
-            if keep.is_empty() {
-                continue;
-            }
-            let per_batch = (30_000 / keep.len()).clamp(1, 2_000);
-            let mut batch: Vec<Vec<serde_json::Value>> = Vec::with_capacity(per_batch);
-            for line in BufReader::with_capacity(1 << 20, entry).lines() {
-                let line = line.map_err(io(archive))?;
-                let row: Vec<serde_json::Value> = serde_json::from_str(&line)
-                    .map_err(|e| BackupError::Corrupt(format!("{table}: {e}")))?;
-                batch.push(row);
-                if batch.len() == per_batch {
-                    insert(&mut tx, table, &keep, &batch).await?;
-                    batch.clear();
-                }
-            }
-            if !batch.is_empty() {
-                insert(&mut tx, table, &keep, &batch).await?;
-            }
+            insert(&mut tx, self.backend, &batch.table, keep, &batch.rows).await?;
+        }
+        let _ = reader.join();
+        for def in rebuild {
+            sqlx::query(&def).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(manifest)
     }
 }
 
-/// One multi-row insert.
+/// Rows of one table, parsed, on their way to an insert.
+struct Batch {
+    table: String,
+    rows: Vec<Vec<serde_json::Value>>,
+}
+
+/// Reads the archive's parts and sends their rows in batches of each table's size.
+fn read_batches(
+    archive: &Path,
+    sizes: &[(String, usize)],
+    out: &tokio::sync::mpsc::Sender<Result<Batch, BackupError>>,
+) -> Result<(), BackupError> {
+    let file = std::fs::File::open(archive).map_err(io(archive))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    for entry in tar.entries().map_err(io(archive))? {
+        let entry = entry.map_err(io(archive))?;
+        let name = entry.path().map_err(io(archive))?.display().to_string();
+        let Some(table) = name
+            .strip_prefix("tables/")
+            .and_then(|n| n.strip_suffix(".jsonl"))
+        else {
+            continue;
+        };
+        let Some((_, per_batch)) = sizes.iter().find(|(t, _)| t == table) else {
+            continue;
+        };
+        let mut rows = Vec::with_capacity(*per_batch);
+        for line in BufReader::with_capacity(1 << 20, entry).lines() {
+            let line = line.map_err(io(archive))?;
+            let row: Vec<serde_json::Value> = serde_json::from_str(&line)
+                .map_err(|e| BackupError::Corrupt(format!("{table}: {e}")))?;
+            rows.push(row);
+            if rows.len() == *per_batch {
+                let full = std::mem::replace(&mut rows, Vec::with_capacity(*per_batch));
+                if out
+                    .blocking_send(Ok(Batch {
+                        table: table.to_owned(),
+                        rows: full,
+                    }))
+                    .is_err()
+                {
+                    // The restore stopped (an insert failed): nothing more to read.
+                    return Ok(());
+                }
+            }
+        }
+        if !rows.is_empty()
+            && out
+                .blocking_send(Ok(Batch {
+                    table: table.to_owned(),
+                    rows,
+                }))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// One multi-row insert. SQLite gets anonymous `?` placeholders: looking up a numbered one's
+/// name walks every parameter, which made binding a large statement quadratic.
 async fn insert(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     table: &str,
-    cols: &[(usize, &str, ColType)],
+    cols: &[Kept],
     rows: &[Vec<serde_json::Value>],
 ) -> Result<(), BackupError> {
-    let names: Vec<&str> = cols.iter().map(|c| c.1).collect();
+    let names: Vec<&str> = cols.iter().map(|c| c.1.as_str()).collect();
     let mut sql = format!("INSERT INTO {table} ({}) VALUES ", names.join(", "));
     let mut n = 0;
     for (r, _) in rows.iter().enumerate() {
@@ -372,7 +464,10 @@ async fn insert(
                 sql.push(',');
             }
             n += 1;
-            sql.push_str(&format!("${n}"));
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${n}")),
+            }
         }
         sql.push(')');
     }

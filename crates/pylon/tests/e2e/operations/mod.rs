@@ -3,6 +3,7 @@
 
 mod backup;
 mod doctor;
+mod manifests;
 mod reload;
 mod upgrade;
 
