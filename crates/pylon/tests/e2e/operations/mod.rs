@@ -5,6 +5,7 @@ mod backup;
 mod doctor;
 mod manifests;
 mod reload;
+mod rolling;
 mod upgrade;
 
 use std::io::{BufRead, BufReader};
