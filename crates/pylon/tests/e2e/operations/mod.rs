@@ -2,6 +2,7 @@
 //! under traffic where the issue asks for zero failed requests.
 
 mod backup;
+mod docs;
 mod doctor;
 mod manifests;
 mod reload;
