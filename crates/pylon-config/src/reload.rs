@@ -32,6 +32,7 @@ const AT_START: &[&str] = &[
     "server.cors_origins",
     "server.shutdown_grace",
     "server.shutdown_delay",
+    "server.watch_config",
     "data",
     "admin",
     "secrets",

@@ -51,6 +51,9 @@ pub struct Server {
     /// available core.
     #[serde(default)]
     pub workers: usize,
+    /// Reload the config file when it changes (checked every second), as SIGHUP does.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 fn default_header_read_timeout() -> Duration {
@@ -116,6 +119,7 @@ impl Default for Server {
             max_requests: default_max_requests(),
             http2_max_streams: default_http2_max_streams(),
             workers: 0,
+            watch_config: false,
         }
     }
 }

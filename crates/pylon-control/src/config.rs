@@ -3,7 +3,7 @@
 //! running config kept.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pylon_config::Loaded;
 use serde::Serialize;
@@ -171,6 +171,31 @@ impl Control {
             config: a.loaded.as_ref().map_or(serde_json::Value::Null, |l| {
                 redact(&toml::Value::Table(l.table.clone()))
             }),
+        }
+    }
+
+    /// Reloads the config file whenever it changes (its modification time or size, checked
+    /// every second; a Kubernetes ConfigMap's symlink swap counts), until the task is aborted.
+    pub async fn watch_config(self: Arc<Self>) {
+        let Some(path) = self.config.lock().path.clone() else {
+            return;
+        };
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = stamp(&path);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = stamp(&path);
+            if now.is_some() && now != seen {
+                seen = now;
+                // The outcome is logged, counted and shown by `config_status`.
+                let _ = self.reload_config().await;
+            }
         }
     }
 

@@ -65,7 +65,12 @@ pub(crate) async fn run_gateway(
         control.set_log_level(level);
     }
     match source {
-        Some(s) => control.track_config(Some(s.path), Some(s.loaded)),
+        Some(s) => {
+            control.track_config(Some(s.path), Some(s.loaded));
+            if config.server.watch_config {
+                tokio::spawn(control.clone().watch_config());
+            }
+        }
         None => control.track_config(None, None),
     }
     let mut handover = Handover::default();

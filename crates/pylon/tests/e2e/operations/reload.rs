@@ -169,3 +169,58 @@ targets = [{{ provider = "broken", model = "x" }}]
         serde_json::json!(["server.shutdown_grace"])
     );
 }
+
+#[tokio::test]
+async fn a_watched_config_file_is_reloaded_when_it_changes_and_a_bad_one_is_refused() {
+    let mock = MockServer::start().await;
+    let text = |extra: &str| {
+        base_config(&mock, extra).replace("[server]\n", "[server]\nwatch_config = true\n")
+    };
+    let gw = Serving::start("watch", &text(""));
+    let answers = |model: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .json(&hello(model))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(answers("watched").await, 404);
+    rewrite(
+        &gw.config,
+        &text(
+            "[[models]]\nname = \"watched\"\ntargets = [{ provider = \"m\", model = \"mock\" }]\n",
+        ),
+        &gw.data,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers("watched").await != 200 {
+        assert!(Instant::now() < deadline, "the changed file was applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file is refused; the running config keeps serving.
+    rewrite(&gw.config, &text("[[models]]\nname = 1\n"), &gw.data);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = gw.admin(Method::GET, "/admin/v1/config").await;
+        if status["last_failure"].is_object() {
+            assert!(status["last_failure"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("pylon.toml:"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broken file was refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        answers("watched").await,
+        200,
+        "still serving the last good config"
+    );
+}
