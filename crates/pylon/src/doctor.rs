@@ -65,8 +65,8 @@ pub(crate) async fn run(path: Option<&Path>) -> anyhow::Result<()> {
     data_dir(&config, &mut r);
     let store = store(&config, &mut r).await;
     redis(&config, &mut r).await;
-    secrets(&config, store.as_ref(), &mut r).await;
-    providers(&config, store.as_ref(), &mut r).await;
+    let stored = secrets(&config, store.as_ref(), &mut r).await;
+    providers(&config, &stored, &mut r).await;
     listen(&config, &mut r);
     println!();
     if r.failed > 0 {
@@ -234,7 +234,12 @@ async fn redis(config: &Config, r: &mut Report) {
     }
 }
 
-async fn secrets(config: &Config, store: Option<&pylon_store::Store>, r: &mut Report) {
+/// Checks the admin token and that stored credentials decrypt; the ones that do, by provider.
+async fn secrets(
+    config: &Config,
+    store: Option<&pylon_store::Store>,
+    r: &mut Report,
+) -> Vec<(String, String)> {
     let env = pylon_control::Env::from_process();
     let admin = config.admin.token_file.is_some() || env.admin_token.is_some();
     if !admin {
@@ -254,18 +259,18 @@ async fn secrets(config: &Config, store: Option<&pylon_store::Store>, r: &mut Re
         None => Vec::new(),
     };
     if stored.is_empty() {
-        return;
+        return Vec::new();
     }
     let keyring =
         pylon_control::secrets::Keyring::new(master.as_deref(), env.master_key_previous.as_deref());
-    let bad: Vec<String> = match &keyring {
-        Ok(k) => stored
-            .iter()
-            .filter(|c| k.open(c).is_err())
-            .map(|c| c.provider.clone())
-            .collect(),
-        Err(_) => stored.iter().map(|c| c.provider.clone()).collect(),
-    };
+    let mut opened = Vec::new();
+    let mut bad = Vec::new();
+    for c in &stored {
+        match keyring.as_ref().map(|k| k.open(c)) {
+            Ok(Ok(secret)) => opened.push((c.provider.clone(), secret)),
+            _ => bad.push(c.provider.clone()),
+        }
+    }
     if bad.is_empty() {
         r.line(
             Level::Ok,
@@ -284,9 +289,11 @@ async fn secrets(config: &Config, store: Option<&pylon_store::Store>, r: &mut Re
             Some("set PYLON_MASTER_KEY (or [secrets] master_key_file) to the key they were stored under; after a rotation keep the old one in PYLON_MASTER_KEY_PREVIOUS"),
         );
     }
+    opened
 }
 
-async fn providers(config: &Config, store: Option<&pylon_store::Store>, r: &mut Report) {
+/// Probes every provider with its credential (a stored one, `stored`, wins as when serving).
+async fn providers(config: &Config, stored: &[(String, String)], r: &mut Report) {
     if config.providers.is_empty() {
         r.line(
             Level::Warn,
@@ -303,18 +310,8 @@ async fn providers(config: &Config, store: Option<&pylon_store::Store>, r: &mut 
             return;
         }
     };
-    if let Some(store) = store {
-        let env = pylon_control::Env::from_process();
-        if let Ok(k) = pylon_control::secrets::Keyring::new(
-            env.master_key.as_deref(),
-            env.master_key_previous.as_deref(),
-        ) {
-            for c in store.credentials().await.unwrap_or_default() {
-                if let Ok(secret) = k.open(&c) {
-                    gw.set_credential(&c.provider, Some(&secret));
-                }
-            }
-        }
+    for (provider, secret) in stored {
+        gw.set_credential(provider, Some(secret));
     }
     for (name, check) in gw.probe_each().await {
         match &check.error {

@@ -192,24 +192,20 @@ async fn a_backup_taken_while_writing_restores_into_sqlite_and_postgres() {
             format!("dir = \"{{data}}\"\nstore_url = \"{pg_url}\""),
         ),
     ] {
-        let (ok, out) = cli(&[
-            "restore",
-            quiet.to_str().unwrap(),
-            "--config",
-            source.config.to_str().unwrap(),
-            "--into",
-            &into,
-        ]);
+        let restore = || {
+            cli(&[
+                "restore",
+                quiet.to_str().unwrap(),
+                "--config",
+                source.config.to_str().unwrap(),
+                "--into",
+                &into,
+            ])
+        };
+        let (ok, out) = restore();
         assert!(ok, "restore into {into}: {out}");
         // A second restore is refused: the target is no longer empty.
-        let (ok, out) = cli(&[
-            "restore",
-            quiet.to_str().unwrap(),
-            "--config",
-            source.config.to_str().unwrap(),
-            "--into",
-            &into,
-        ]);
+        let (ok, out) = restore();
         assert!(!ok && out.contains("--force"), "{out}");
         let restored = Serving::start_env("backup-dst", &config(&mock, &data), &env);
         let got = usage(&restored).await;
