@@ -13,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # Pinned: a new SDK release is a deliberate upgrade, not a surprise in CI.
 "$venv/bin/pip" install --quiet --disable-pip-version-check openai==3.57.0 anthropic==2.15.0 \
-  openapi-spec-validator==0.9.0 schemathesis==4.32.5 openfeature-sdk==0.10.0 openfeature-provider-ofrep==0.3.0
+  openapi-spec-validator==0.9.0 schemathesis==4.32.5 openai-agents==0.24.0 openfeature-sdk==0.10.0 openfeature-provider-ofrep==0.3.0
 node_dir=target/ofrep-node
 if [ ! -d "$node_dir/node_modules/@openfeature/ofrep-provider" ]; then
   mkdir -p "$node_dir"

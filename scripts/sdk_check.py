@@ -130,6 +130,143 @@ def _():
         raise AssertionError("no error")
 
 
+MODELS = ["gpt-4o-mini", "claude-sonnet", "gemini-flash"]
+TOOL = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"input": {"type": "string"}}}}]
+
+
+@check("openai: responses non-stream through every provider, kept and continued")
+def _():
+    for model in MODELS:
+        r = oai.responses.create(model=model, input="hello", instructions="Be brief.")
+        assert r.status == "completed" and r.output_text.endswith("You said: hello"), r
+        assert r.usage.output_tokens > 0 and r.usage.input_tokens > 0, r
+        again = oai.responses.retrieve(r.id)
+        assert again.output_text == r.output_text, again
+        nxt = oai.responses.create(model=model, input="and again", previous_response_id=r.id)
+        assert nxt.output_text.endswith("You said: and again"), nxt
+        # The earlier turn was sent along: the provider counted more input.
+        assert nxt.usage.input_tokens > r.usage.input_tokens, (nxt.usage, r.usage)
+        items = oai.responses.input_items.list(nxt.id)
+        assert len(items.data) >= 3, items
+        oai.responses.delete(r.id)
+        try:
+            oai.responses.retrieve(r.id)
+        except openai.NotFoundError:
+            pass
+        else:
+            raise AssertionError("deleted response still readable")
+
+
+@check("openai: responses stream through every provider")
+def _():
+    for model in MODELS:
+        kinds, text, final = [], "", None
+        with oai.responses.stream(model=model, input="hello") as stream:
+            for event in stream:
+                kinds.append(event.type)
+                if event.type == "response.output_text.delta":
+                    text += event.delta
+            final = stream.get_final_response()
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+        assert text.endswith("You said: hello") and final.output_text == text, (text, final)
+        assert final.usage.total_tokens > 0, final
+        assert oai.responses.retrieve(final.id).output_text == text
+
+
+@check("openai: responses function tools, stream and non-stream, through every provider")
+def _():
+    for model in MODELS:
+        r = oai.responses.create(model=model, input="weather in Oslo?", tools=TOOL)
+        call = [o for o in r.output if o.type == "function_call"][0]
+        assert call.name == "get_weather" and json.loads(call.arguments)["input"], call
+        done = oai.responses.create(
+            model=model,
+            previous_response_id=r.id,
+            tools=TOOL,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        )
+        assert done.output_text, done
+        args = ""
+        for event in oai.responses.create(model=model, input="weather?", tools=TOOL, stream=True):
+            if event.type == "response.function_call_arguments.delta":
+                args += event.delta
+            if event.type == "response.completed":
+                streamed = [o for o in event.response.output if o.type == "function_call"][0]
+        assert json.loads(args) == json.loads(streamed.arguments), (args, streamed)
+
+
+@check("openai: responses with a built-in tool to a translated provider raises BadRequestError")
+def _():
+    try:
+        oai.responses.create(model="claude-sonnet", input="x", tools=[{"type": "web_search_preview"}])
+    except openai.BadRequestError as e:
+        assert "web_search_preview" in str(e), e
+    else:
+        raise AssertionError("no error")
+
+
+@check("openai: completions (legacy) to an OpenAI provider; refused by name elsewhere")
+def _():
+    r = oai.completions.create(model="gpt-4o-mini", prompt="hello", max_tokens=16)
+    assert r.choices[0].text and r.usage.completion_tokens > 0, r
+    try:
+        oai.completions.create(model="claude-sonnet", prompt="hello")
+    except openai.BadRequestError as e:
+        assert "completions" in str(e), e
+    else:
+        raise AssertionError("no error")
+
+
+@check("openai: models.retrieve")
+def _():
+    assert oai.models.retrieve("claude-sonnet").id == "claude-sonnet"
+    try:
+        oai.models.retrieve("no-such-model")
+    except openai.NotFoundError:
+        pass
+    else:
+        raise AssertionError("no error")
+
+
+@check("openai-agents: a one-tool agent run through every provider")
+def _():
+    import asyncio
+
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    seen = []
+
+    @function_tool
+    def get_weather(input: str) -> str:
+        """The weather for a place."""
+        seen.append(input)
+        return "sunny"
+
+    async def run_all():
+        client = openai.AsyncOpenAI(base_url=f"{BASE}/v1", api_key="client-key-unused", max_retries=0)
+        for model in MODELS:
+            agent = Agent(
+                name="weather",
+                instructions="Answer with the tool.",
+                tools=[get_weather],
+                model=OpenAIResponsesModel(model=model, openai_client=client),
+            )
+            result = await Runner.run(agent, "weather in Oslo?")
+            assert result.final_output, result
+
+    asyncio.run(run_all())
+    assert len(seen) == len(MODELS), seen
+
+
+@check("anthropic: count_tokens through every provider")
+def _():
+    for model in MODELS:
+        n = ant.messages.count_tokens(model=model, messages=HELLO)
+        assert n.input_tokens > 0, n
+
+
+
 @check("anthropic: messages non-stream through every provider")
 def _():
     for model in ["claude-sonnet", "gpt-4o-mini", "gemini-flash"]:

@@ -182,3 +182,37 @@ fn default_max_bytes() -> u64 {
 fn default_max_temperature() -> f64 {
     1.0
 }
+
+/// `[responses]`: responses of the Responses API kept for `GET /v1/responses/{id}` and for
+/// `previous_response_id`, per key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Responses {
+    /// How long a stored response can be read or continued.
+    #[serde(default = "default_responses_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Bytes held in memory; the least recently used go first.
+    #[serde(default = "default_responses_bytes")]
+    pub max_bytes: u64,
+    /// Also keep them in Redis (`[data] redis_url`), so every instance can continue them.
+    #[serde(default = "yes")]
+    pub redis: bool,
+}
+
+fn default_responses_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_responses_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+
+impl Default for Responses {
+    fn default() -> Self {
+        Responses {
+            ttl: default_responses_ttl(),
+            max_bytes: default_responses_bytes(),
+            redis: true,
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub struct Config {
     #[serde(default)]
     pub cache: crate::Cache,
     #[serde(default)]
+    pub responses: crate::Responses,
+    #[serde(default)]
     pub rollouts: Vec<crate::Rollout>,
     #[serde(default)]
     pub flags: crate::Flags,

@@ -49,6 +49,7 @@ const AT_START: &[&str] = &[
     "cache.redis",
     "cache.coalesce",
     "cache.semantic",
+    "responses",
     "backup",
     "flags.file",
     "flags.poll",

@@ -8,6 +8,7 @@ pub mod assemble;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 pub mod stream;
 

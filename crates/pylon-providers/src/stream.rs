@@ -6,7 +6,7 @@
 use pylon_types::openai::Chunk;
 use serde_json::Value;
 
-use crate::{anthropic, gemini, sse, TranslateError};
+use crate::{anthropic, gemini, responses, sse, TranslateError};
 
 /// Decodes one provider's stream into OpenAI chunks.
 #[derive(Debug)]
@@ -61,6 +61,8 @@ pub enum Encoder {
         include_usage: bool,
     },
     Anthropic(anthropic::StreamEncoder),
+    /// The Responses API's typed events.
+    Responses(Box<responses::StreamEncoder>),
 }
 
 impl Encoder {
@@ -80,6 +82,7 @@ impl Encoder {
                 }
             }
             Encoder::Anthropic(e) => e.encode(chunk, out),
+            Encoder::Responses(e) => e.encode(chunk, out),
         }
     }
 
@@ -88,6 +91,7 @@ impl Encoder {
         match self {
             Encoder::OpenAi { .. } => out.extend_from_slice(b"data: [DONE]\n\n"),
             Encoder::Anthropic(e) => e.finish(out),
+            Encoder::Responses(e) => e.finish(out),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::HeaderValue;
-use pylon_providers::{anthropic, TranslateError};
+use pylon_providers::{anthropic, responses, TranslateError};
 use pylon_types::anthropic::MessagesRequest;
 use pylon_types::openai::ChatRequest;
 use pylon_types::Dialect;
@@ -20,13 +20,15 @@ pub(crate) enum Api {
     Chat,
     Messages,
     Embeddings,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Api {
     /// `gen_ai.operation.name`.
     pub fn operation(self) -> &'static str {
         match self {
-            Api::Chat | Api::Messages => "chat",
+            Api::Chat | Api::Messages | Api::Responses => "chat",
             Api::Embeddings => "embeddings",
         }
     }
@@ -36,12 +38,14 @@ impl Api {
             Api::Chat => "/v1/chat/completions",
             Api::Messages => "/v1/messages",
             Api::Embeddings => "/v1/embeddings",
+            Api::Responses => "/v1/responses",
         }
     }
 
     pub fn dialect(self) -> Dialect {
         match self {
             Api::Messages => Dialect::Anthropic,
+            Api::Responses => Dialect::Responses,
             Api::Chat | Api::Embeddings => Dialect::OpenAi,
         }
     }
@@ -64,6 +68,8 @@ pub(crate) struct Call {
     /// The end user the application names (chat `user`, Messages `metadata.user_id`).
     pub user: Option<String>,
     pub canonical: OnceLock<Result<ChatRequest, String>>,
+    /// What a Responses API request carries beyond its bytes.
+    pub responses: Option<Box<ResponsesCall>>,
     pub record: Option<Record>,
     /// Where a successful answer is stored, when the model is cached and this is a miss.
     pub cache: Option<crate::cache::Write>,
@@ -72,19 +78,51 @@ pub(crate) struct Call {
 impl Call {
     /// The request as canonical OpenAI chat, parsed on first use (only translations need it).
     pub fn canonical(&self) -> Result<&ChatRequest, ProxyError> {
-        let parsed = self.canonical.get_or_init(|| match &self.messages {
-            Some(m) => Ok(anthropic::to_chat(m.clone())),
-            None => serde_json::from_slice::<ChatRequest>(&self.body).map_err(|e| e.to_string()),
-        });
-        parsed.as_ref().map_err(|e| {
-            ProxyError::Invalid(TranslateError::Unsupported(format!(
-                "chat request does not match the schema: {e}"
-            )))
-        })
+        let parsed = self
+            .canonical
+            .get_or_init(|| match (&self.messages, &self.responses) {
+                (Some(m), _) => Ok(anthropic::to_chat(m.clone())),
+                (_, Some(r)) => responses::to_chat(&r.request, &r.items).map_err(|e| e.to_string()),
+                _ => serde_json::from_slice::<ChatRequest>(&self.body)
+                    .map_err(|e| format!("chat request does not match the schema: {e}")),
+            });
+        parsed
+            .as_ref()
+            .map_err(|e| ProxyError::Invalid(TranslateError::Unsupported(e.clone())))
     }
 
     pub fn record(&mut self) -> Option<&mut Record> {
         self.record.as_mut()
+    }
+}
+
+/// A Responses API request: the body as JSON (translation and the response store need it), its
+/// conversation, and how the answer is kept.
+pub(crate) struct ResponsesCall {
+    pub request: serde_json::Value,
+    /// The input items, after the conversation of `previous_response_id` when Pylon holds it.
+    pub items: Vec<serde_json::Value>,
+    /// `items` include a stored conversation: OpenAI providers get the body rebuilt with them.
+    pub expanded: bool,
+    /// A `previous_response_id` Pylon does not hold: only an OpenAI provider may know it.
+    pub unknown_previous: Option<String>,
+    /// Keep the answer (`store`, default true).
+    pub store: bool,
+    /// Whose stored responses it may continue (set once authenticated).
+    pub owner: String,
+    /// The id a translated answer gets (OpenAI providers' answers keep theirs).
+    pub id: String,
+    pub created_at: u64,
+}
+
+impl ResponsesCall {
+    /// The id and echo fields of a translated answer.
+    pub fn meta(&self) -> responses::Meta {
+        responses::Meta {
+            id: self.id.clone(),
+            created_at: self.created_at,
+            request: self.request.clone(),
+        }
     }
 }
 
@@ -108,5 +146,6 @@ pub(crate) fn passthrough(api: Api, kind: pylon_config::ProviderKind) -> bool {
             Api::Chat | Api::Embeddings,
             pylon_config::ProviderKind::Openai
         ) | (Api::Messages, pylon_config::ProviderKind::Anthropic)
+            | (Api::Responses, pylon_config::ProviderKind::Openai)
     )
 }

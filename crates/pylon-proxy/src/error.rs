@@ -74,6 +74,9 @@ pub enum ProxyError {
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NoRoute(String),
+    /// A stored response that does not exist, has expired, or belongs to another key.
+    #[error("response with id '{0}' not found (stored responses are kept for responses.ttl and only for the key that made them)")]
+    NoResponse(String),
 }
 
 impl ProxyError {
@@ -100,6 +103,7 @@ impl ProxyError {
             ProxyError::Unpriced(_) => "unpriced_model",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::NoRoute(_) => "not_found",
+            ProxyError::NoResponse(_) => "response_not_found",
         }
     }
 
@@ -118,6 +122,7 @@ impl ProxyError {
             }
             ProxyError::Exhausted { kind, .. } => (*kind, "upstream_unavailable"),
             ProxyError::NoRoute(_) => (ErrorKind::NotFound, "not_found"),
+            ProxyError::NoResponse(_) => (ErrorKind::NotFound, "response_not_found"),
             ProxyError::Unauthorized(_) => (ErrorKind::Authentication, "invalid_api_key"),
             ProxyError::RateLimited { .. } => (ErrorKind::RateLimited, "rate_limit_exceeded"),
             ProxyError::OverBudget(_) => (ErrorKind::RateLimited, "insufficient_quota"),

@@ -11,13 +11,13 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pylon_config::AuthMode;
-use pylon_providers::{openai, TranslateError};
+use pylon_providers::{openai, responses, TranslateError};
 use pylon_telemetry::trace::Attribute;
 use pylon_types::anthropic::MessagesRequest;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
-use crate::context::{Api, Call, FORWARDED};
+use crate::context::{Api, Call, ResponsesCall, FORWARDED};
 use crate::gateway::Gateway;
 use crate::limits;
 use crate::log::Record;
@@ -198,6 +198,7 @@ pub(crate) fn parse(
     limits: &Validation,
     forwardable: &[http::HeaderName],
 ) -> Result<Call, ProxyError> {
+    let mut conversation = None;
     let (model, span, stream, include_usage, messages, user) = match api {
         Api::Chat => {
             let h = openai::chat_head(&body)?;
@@ -210,6 +211,30 @@ pub(crate) fn parse(
                 None,
                 h.user.map(|u| u.into_owned()),
             )
+        }
+        Api::Responses => {
+            let h = responses::head(&body)?;
+            let request: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|source| TranslateError::Json {
+                    what: "Responses request",
+                    source,
+                })?;
+            let items = responses::input_items(&request)?;
+            limits.check(items.len(), 0)?;
+            let (model, span) = openai::model_field(&body)?;
+            let user = h.safety_identifier.or(h.user).map(|u| u.into_owned());
+            let stream = h.stream.unwrap_or(false);
+            conversation = Some(Box::new(ResponsesCall {
+                items,
+                expanded: false,
+                unknown_previous: None,
+                store: h.store.unwrap_or(true),
+                owner: String::new(),
+                id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
+                created_at: pylon_providers::unix_now(),
+                request,
+            }));
+            (model.into_owned(), span, stream, true, None, user)
         }
         Api::Embeddings => {
             let h = openai::embeddings_head(&body)?;
@@ -267,6 +292,7 @@ pub(crate) fn parse(
         messages,
         user,
         canonical: OnceLock::new(),
+        responses: conversation,
         record: None,
         cache: None,
     })

@@ -19,7 +19,7 @@ use crate::log::Record;
 use crate::lookup::Lookup;
 use crate::rollout::Shadow;
 use crate::snapshot::{Model, Snapshot};
-use crate::{ingress, limits, lookup, rollout, route, upstream, ProxyError};
+use crate::{conversation, ingress, limits, lookup, rollout, route, upstream, ProxyError};
 
 /// Names the rollout arm that served a response.
 const ARM: HeaderName = HeaderName::from_static("x-pylon-arm");
@@ -37,6 +37,11 @@ pub(crate) async fn messages(State(gw): State<Arc<Gateway>>, req: Request) -> Re
 /// `POST /v1/embeddings`.
 pub(crate) async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     run(gw, req, Api::Embeddings).await
+}
+
+/// `POST /v1/responses` (OpenAI Responses API).
+pub(crate) async fn responses(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Responses).await
 }
 
 /// Where the phases before the provider left the request.
@@ -107,7 +112,8 @@ async fn prepare(
     let ip = limits::client_ip(parts, &gw.settings().trusted_proxies);
     limits::per_ip(gw, ip).await?;
     let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
-    let call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
+    let mut call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
+    conversation::resolve(gw, principal.as_deref(), &mut call).await?;
     let model = route::choose(
         snap,
         &gw.settings().prices,

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use pylon_config::ProviderKind;
 use pylon_providers::assemble::Assembler;
 use pylon_providers::stream::{Decoder, Encoder};
-use pylon_providers::{anthropic, gemini, openai, sse};
+use pylon_providers::{anthropic, gemini, openai, responses, sse};
 use pylon_types::anthropic::{MessagesResponse, StreamEvent};
 use pylon_types::openai::{ChatResponse, Chunk, Usage};
 use pylon_types::{ApiError, ErrorKind};
@@ -25,6 +25,7 @@ use pylon_telemetry::SpanHandle;
 use crate::breaker::InFlight;
 use crate::context::passthrough;
 use crate::context::{Api, Call};
+use crate::conversation::Keep;
 use crate::error::Failure;
 use crate::log::Record;
 use crate::snapshot::Target;
@@ -82,19 +83,32 @@ pub(crate) async fn complete(
         }
     }
     let ttfb = ttfb.unwrap_or_else(|| ctx.started.elapsed());
+    let keep = Keep::of(call);
     let (out, usage) = if passthrough(call.api, p.kind) {
         let usage = match p.kind {
             ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(&buf)
                 .ok()
                 .map(|m| m.usage.to_openai()),
+            _ if call.api == Api::Responses => responses::usage_of(&buf),
             _ => openai::usage_of(&buf),
         };
+        if let (Some(k), Ok(v)) = (keep, serde_json::from_slice(&buf)) {
+            k.put(v);
+        }
         (Bytes::from(buf), usage)
     } else {
         let chat = decode_response(p.kind, &buf, &target.model)?;
         let usage = chat.usage;
-        let encoded = match call.api {
-            Api::Messages => serde_json::to_vec(&anthropic::response_from_openai(chat)),
+        let encoded = match (call.api, call.responses.as_deref()) {
+            (Api::Messages, _) => serde_json::to_vec(&anthropic::response_from_openai(chat)),
+            (Api::Responses, Some(r)) => {
+                let v = responses::response_from_chat(&chat, &r.meta());
+                let encoded = serde_json::to_vec(&v);
+                if let Some(k) = keep {
+                    k.put(v);
+                }
+                encoded
+            }
             _ => serde_json::to_vec(&chat),
         };
         (
@@ -202,8 +216,11 @@ pub(crate) async fn stream(
             ProviderKind::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::default()),
             ProviderKind::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&target.model)),
         };
-        let encoder = match call.api {
-            Api::Messages => Encoder::Anthropic(anthropic::StreamEncoder::default()),
+        let encoder = match (call.api, call.responses.as_deref()) {
+            (Api::Messages, _) => Encoder::Anthropic(anthropic::StreamEncoder::default()),
+            (Api::Responses, Some(r)) => {
+                Encoder::Responses(Box::new(responses::StreamEncoder::new(r.meta())))
+            }
             _ => Encoder::OpenAi {
                 include_usage: call.include_usage,
             },
@@ -236,6 +253,7 @@ pub(crate) async fn stream(
             )
         }),
         live: None,
+        keep: Keep::of(call),
         strip_usage: call.api == Api::Chat && p.kind == ProviderKind::Openai && !call.include_usage,
     };
     let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
@@ -387,6 +405,8 @@ struct Relay {
     observed: Option<Observed>,
     /// Usage was asked for upstream on the client's behalf: its chunk is not passed on.
     strip_usage: bool,
+    /// Where a Responses API answer is kept once the stream has finished.
+    keep: Option<Keep>,
 }
 
 /// What a committed stream reports as it goes and when it ends.
@@ -422,6 +442,11 @@ impl Relay {
                     let mut out = Vec::new();
                     if let Some((_, enc)) = &mut self.codec {
                         enc.finish(&mut out);
+                        if let (Encoder::Responses(e), Some(k)) = (&*enc, self.keep.take()) {
+                            if let Some(r) = e.response() {
+                                k.put(r.clone());
+                            }
+                        }
                     }
                     if let (Some(live), false) = (&self.live, out.is_empty()) {
                         live.push(Bytes::from(out.clone()));
@@ -510,6 +535,11 @@ impl Relay {
                 break;
             }
         }
+        if let (true, Encoder::Responses(e)) = (self.done, &*encoder) {
+            if let (Some(k), Some(r)) = (self.keep.take(), e.response()) {
+                k.put(r.clone());
+            }
+        }
         Ok((!out.is_empty()).then(|| Bytes::from(out)))
     }
 
@@ -537,6 +567,10 @@ impl Relay {
         }
         for raw in sse::events(events) {
             let ev = sse::parse(raw);
+            if self.dialect_api == Api::Responses {
+                self.scan_responses(&ev.data);
+                continue;
+            }
             match self.wire {
                 ProviderKind::Anthropic => match serde_json::from_str::<StreamEvent>(&ev.data) {
                     Ok(StreamEvent::MessageStart { message }) => {
@@ -564,6 +598,28 @@ impl Relay {
                         self.usage = Some(u);
                     }
                 }
+            }
+        }
+    }
+
+    /// A passed-through Responses stream: usage, and the whole response to keep, are in its
+    /// final event.
+    fn scan_responses(&mut self, data: &str) {
+        const FINAL: [&str; 3] = [
+            "\"response.completed\"",
+            "\"response.incomplete\"",
+            "\"response.failed\"",
+        ];
+        if !FINAL.iter().any(|f| data.contains(f)) {
+            return;
+        }
+        if let Some(u) = responses::usage_of(data.as_bytes()) {
+            self.usage = Some(u);
+        }
+        let completed = data.contains(FINAL[0]) || data.contains(FINAL[1]);
+        if let (true, Some(k)) = (completed, self.keep.take()) {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(data) {
+                k.put(v["response"].take());
             }
         }
     }

@@ -149,7 +149,15 @@ fn variant(
         return Ok(None);
     }
     let body = rewrite(&call.body, call.api, c)?;
-    reparse(gw, snap, caller, call.api, body).map(Some)
+    let mut new = reparse(gw, snap, caller, call.api, body)?;
+    // The conversation was resolved once; the candidate continues the same one.
+    if let (Some(old), Some(n)) = (&call.responses, &mut new.responses) {
+        n.items.clone_from(&old.items);
+        n.expanded = old.expanded;
+        n.unknown_previous.clone_from(&old.unknown_previous);
+        n.owner.clone_from(&old.owner);
+    }
+    Ok(Some(new))
 }
 
 fn reparse(
@@ -185,10 +193,10 @@ fn rewrite(body: &[u8], api: Api, c: &ModelCandidate) -> Result<Bytes, ProxyErro
         obj.insert("temperature".into(), json!(t));
     }
     if let Some(m) = c.max_tokens {
-        let field = if api == Api::Chat && obj.contains_key("max_completion_tokens") {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
+        let field = match api {
+            Api::Chat if obj.contains_key("max_completion_tokens") => "max_completion_tokens",
+            Api::Responses => "max_output_tokens",
+            _ => "max_tokens",
         };
         obj.insert(field.into(), json!(m));
     }
@@ -196,6 +204,7 @@ fn rewrite(body: &[u8], api: Api, c: &ModelCandidate) -> Result<Bytes, ProxyErro
         match api {
             Api::Chat => chat_system(obj, sp),
             Api::Messages => messages_system(obj, sp),
+            Api::Responses => responses_system(obj, sp),
             Api::Embeddings => {}
         }
     }
@@ -241,6 +250,15 @@ fn messages_system(obj: &mut serde_json::Map<String, Value>, sp: &SystemPrompt) 
         (SystemPrompt::Prepend(text), Some(_)) => json!(text),
     };
     obj.insert("system".into(), new);
+}
+
+/// Responses API: the system prompt is `instructions`.
+fn responses_system(obj: &mut serde_json::Map<String, Value>, sp: &SystemPrompt) {
+    let new = match (sp, obj.get("instructions").and_then(Value::as_str)) {
+        (SystemPrompt::Prepend(text), Some(existing)) => joined(text, existing),
+        (SystemPrompt::Replace(text) | SystemPrompt::Prepend(text), _) => text.clone(),
+    };
+    obj.insert("instructions".into(), json!(new));
 }
 
 #[cfg(test)]

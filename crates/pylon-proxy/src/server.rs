@@ -17,7 +17,7 @@ use tower_http::request_id::{
 
 use crate::context::Secure;
 use crate::gateway::Gateway;
-use crate::{app, health, ingress, ofrep, pipeline, ProxyError};
+use crate::{app, conversation, health, ingress, ofrep, pipeline, ProxyError};
 
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
@@ -28,6 +28,15 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         .route("/v1/chat/completions", post(pipeline::chat))
         .route("/v1/messages", post(pipeline::messages))
         .route("/v1/embeddings", post(pipeline::embeddings))
+        .route("/v1/responses", post(pipeline::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(conversation::get).delete(conversation::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(conversation::input_items),
+        )
         .route("/v1/models", get(ingress::models))
         .route("/v1/{*rest}", any(unknown_v1))
         .route("/livez", get(|| async { "ok" }))

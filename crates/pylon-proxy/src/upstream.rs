@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::ProviderKind;
-use pylon_providers::{anthropic, gemini, openai};
+use pylon_providers::{anthropic, gemini, openai, responses};
 use pylon_telemetry::trace::Attribute;
 use pylon_types::ErrorKind;
 
@@ -171,10 +171,7 @@ pub(crate) async fn dispatch(
 }
 
 fn call_op(api: Api) -> &'static str {
-    match api {
-        Api::Embeddings => "embeddings",
-        Api::Chat | Api::Messages => "chat",
-    }
+    api.operation()
 }
 
 /// A client span for one attempt, named and attributed per the GenAI semantic conventions.
@@ -311,6 +308,37 @@ fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
             gemini::path(model, call.stream),
             to_json(&gemini::to_generate(call.canonical()?)?)?,
         ),
+        (Api::Responses, kind) => {
+            let Some(r) = call.responses.as_deref() else {
+                return Err(ProxyError::Unsupported(
+                    "a Responses call without its request".into(),
+                ));
+            };
+            match kind {
+                ProviderKind::Openai if r.expanded => (
+                    "/responses".into(),
+                    to_json(&responses::with_input(&r.request, r.items.clone(), model))?,
+                ),
+                ProviderKind::Openai => (
+                    "/responses".into(),
+                    openai::with_model(&call.body, span, model),
+                ),
+                // Only the provider that made an id Pylon does not hold can continue it.
+                _ if r.unknown_previous.is_some() => {
+                    return Err(ProxyError::NoResponse(crate::error::quote(
+                        r.unknown_previous.as_deref().unwrap_or_default(),
+                    )))
+                }
+                ProviderKind::Anthropic => (
+                    "/v1/messages".into(),
+                    to_json(&anthropic::to_messages(call.canonical()?, model)?)?,
+                ),
+                ProviderKind::Gemini => (
+                    gemini::path(model, call.stream),
+                    to_json(&gemini::to_generate(call.canonical()?)?)?,
+                ),
+            }
+        }
     })
 }
 

@@ -10,6 +10,8 @@ use serde_json::json;
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// OpenAI's Responses API: OpenAI's error body, and a typed `error` event in streams.
+    Responses,
 }
 
 /// The class of an API error.
@@ -116,7 +118,7 @@ impl ApiError {
     /// The JSON body in the given dialect.
     pub fn body(&self, dialect: Dialect) -> serde_json::Value {
         match dialect {
-            Dialect::OpenAi => json!({"error": {
+            Dialect::OpenAi | Dialect::Responses => json!({"error": {
                 "message": self.message,
                 "type": self.kind.openai_type(),
                 "param": null,
@@ -134,6 +136,11 @@ impl ApiError {
         match dialect {
             Dialect::OpenAi => format!("data: {}\n\n", self.body(dialect)),
             Dialect::Anthropic => format!("event: error\ndata: {}\n\n", self.body(dialect)),
+            Dialect::Responses => format!(
+                "event: error\ndata: {}\n\n",
+                json!({"type": "error", "code": self.code, "message": self.message,
+                    "param": null, "sequence_number": 0})
+            ),
         }
     }
 }

@@ -14,13 +14,14 @@ use serde_json::{json, Value};
 
 use super::script::{embedding, text_of, Script};
 use super::{Behaviour, Mock, Stats};
-use crate::{sse, unix_now};
+use crate::{responses, sse, unix_now};
 
 /// The mock's routes.
 pub fn router(mock: Arc<Mock>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1/responses", post(openai_responses))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{*rest}", post(gemini))
@@ -189,25 +190,43 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
     let chars = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
     let model = req["model"].as_str().unwrap_or("mock");
     let s = Script::new(model, &last_user, tool, chars, &b);
-    let usage = json!({"prompt_tokens": s.input_tokens, "completion_tokens": s.output_tokens, "total_tokens": s.input_tokens + s.output_tokens});
     let id = "chatcmpl-mock";
     if req["stream"].as_bool() != Some(true) {
-        let (content, calls, finish) = match &s.tool {
-            Some((name, args)) => (
-                Value::Null,
-                json!([{"id": "call_0", "type": "function", "function": {"name": name, "arguments": args}}]),
-                "tool_calls",
-            ),
-            None => (json!(s.text()), Value::Null, "stop"),
-        };
-        let mut message = json!({"role": "assistant", "content": content});
-        if !calls.is_null() {
-            message["tool_calls"] = calls;
-        }
-        let body = json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": s.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage});
-        return json_after(&m, &b, body).await;
+        return json_after(&m, &b, chat_body(&s, id)).await;
     }
+    let usage = req["stream_options"]["include_usage"].as_bool() == Some(true) && !b.no_usage;
+    let mut frames: Vec<Bytes> = chat_chunks(&s, id, usage)
+        .iter()
+        .map(|e| frame(None, &e.to_string()))
+        .collect();
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(m, b, frames)
+}
+
+fn usage_of(s: &Script) -> Value {
+    json!({"prompt_tokens": s.input_tokens, "completion_tokens": s.output_tokens, "total_tokens": s.input_tokens + s.output_tokens})
+}
+
+/// The script as a non-stream chat completion.
+fn chat_body(s: &Script, id: &str) -> Value {
+    let (content, calls, finish) = match &s.tool {
+        Some((name, args)) => (
+            Value::Null,
+            json!([{"id": "call_0", "type": "function", "function": {"name": name, "arguments": args}}]),
+            "tool_calls",
+        ),
+        None => (json!(s.text()), Value::Null, "stop"),
+    };
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_null() {
+        message["tool_calls"] = calls;
+    }
+    json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": s.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage_of(s)})
+}
+
+/// The script as chat stream chunks (with the usage chunk when `usage`).
+fn chat_chunks(s: &Script, id: &str, usage: bool) -> Vec<Value> {
     let chunk = |delta: Value, finish: Value| {
         json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -238,11 +257,80 @@ async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes
         }
     };
     events.push(chunk(json!({}), json!(finish)));
-    if req["stream_options"]["include_usage"].as_bool() == Some(true) && !b.no_usage {
-        events.push(json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model, "choices": [], "usage": usage}));
+    if usage {
+        events.push(json!({"id": id, "object": "chat.completion.chunk", "created": unix_now(), "model": s.model, "choices": [], "usage": usage_of(s)}));
     }
-    let mut frames: Vec<Bytes> = events.iter().map(|e| frame(None, &e.to_string())).collect();
-    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events
+}
+
+/// `POST /v1/responses`: the same script, in the Responses API's shapes. It keeps nothing, so
+/// a `previous_response_id` it is sent is unknown to it, as to OpenAI for another's ids.
+async fn openai_responses(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let b = match admit(&m, Wire::OpenAi, "/v1/responses", &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
+    if let Some(prev) = req["previous_response_id"].as_str() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": format!("Previous response with id '{prev}' not found."),
+                "type": "invalid_request_error", "param": "previous_response_id", "code": "previous_response_not_found"}})),
+        )
+            .into_response();
+    }
+    let chat = match responses::input_items(&req).and_then(|items| responses::to_chat(&req, &items))
+    {
+        Ok(c) => c,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let last_user = chat
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .and_then(|m| m.content.as_ref())
+        .map(|c| c.text())
+        .unwrap_or_default();
+    let last_is_tool_result = chat.messages.last().is_some_and(|m| m.role == "tool");
+    let tool = chat
+        .tools
+        .as_ref()
+        .and_then(|t| t.first())
+        .map(|t| t.function.name.clone())
+        .filter(|_| !last_is_tool_result);
+    let chars = chat
+        .messages
+        .iter()
+        .map(|m| m.content.as_ref().map_or(0, |c| c.text().len()))
+        .sum();
+    let s = Script::new(&chat.model, &last_user, tool, chars, &b);
+    let n = m.stats().requests;
+    let meta = responses::Meta {
+        id: format!("resp_mock{n:06}"),
+        created_at: unix_now(),
+        request: req.clone(),
+    };
+    if req["stream"].as_bool() != Some(true) {
+        let Ok(chat) = serde_json::from_value(chat_body(&s, "chatcmpl-mock")) else {
+            return bad_request("unencodable answer");
+        };
+        return json_after(&m, &b, responses::response_from_chat(&chat, &meta)).await;
+    }
+    let mut enc = responses::StreamEncoder::new(meta);
+    let mut frames = Vec::new();
+    for c in chat_chunks(&s, "chatcmpl-mock", !b.no_usage) {
+        if let Ok(chunk) = serde_json::from_value(c) {
+            let mut out = Vec::new();
+            enc.encode(&chunk, &mut out);
+            frames.push(Bytes::from(out));
+        }
+    }
+    let mut out = Vec::new();
+    enc.finish(&mut out);
+    frames.push(Bytes::from(out));
     sse_response(m, b, frames)
 }
 

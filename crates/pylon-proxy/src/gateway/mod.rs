@@ -61,6 +61,8 @@ pub struct Gateway {
     pub(crate) deps: Dependencies,
     /// The response cache, when `[cache] enabled`.
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Responses API responses kept for reading and continuing.
+    pub(crate) responses: Arc<crate::stored::ResponseStore>,
     pub(crate) edge: Edge,
     /// AI requests in progress (streams until they end), against `edge.max_requests`.
     pub(crate) active: std::sync::atomic::AtomicUsize,
@@ -118,6 +120,15 @@ impl Gateway {
         } else {
             None
         };
+        let responses = Arc::new(
+            crate::stored::ResponseStore::new(
+                &config.responses,
+                config.data.redis_url.as_ref().map(|u| u.expose()),
+                metrics.clone(),
+                tasks.clone(),
+            )
+            .map_err(|e| BuildError::Redis(e.to_string()))?,
+        );
         let rollouts = config
             .rollouts
             .iter()
@@ -143,6 +154,7 @@ impl Gateway {
                 ..Default::default()
             },
             cache,
+            responses,
             edge: Edge {
                 header_read_timeout: config.server.header_read_timeout,
                 body_read_timeout: config.server.body_read_timeout,

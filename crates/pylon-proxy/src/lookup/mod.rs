@@ -45,8 +45,11 @@ pub(crate) async fn phase(
     record: &mut Record,
     headers: &mut Vec<(HeaderName, HeaderValue)>,
 ) -> Lookup {
-    let (Some(cache), Some(policy), false) = (&gw.cache, &model.cache, call.api == Api::Messages)
-    else {
+    let (Some(cache), Some(policy), false) = (
+        &gw.cache,
+        &model.cache,
+        matches!(call.api, Api::Messages | Api::Responses),
+    ) else {
         return Lookup::Bypass;
     };
     let step_start = gw.tracer.is_some().then(std::time::SystemTime::now);
