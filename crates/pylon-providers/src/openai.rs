@@ -95,6 +95,36 @@ pub fn chat_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
     })
 }
 
+/// The fields of a legacy completions request the gateway needs.
+#[derive(Debug, Deserialize)]
+struct CompletionsHead<'a> {
+    #[serde(borrow)]
+    model: &'a RawValue,
+    prompt: serde::de::IgnoredAny,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default, borrow)]
+    user: Option<Cow<'a, str>>,
+}
+
+/// Reads and checks the head of a legacy completions body (`prompt` is required).
+pub fn completions_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
+    let head: CompletionsHead<'_> =
+        serde_json::from_slice(body).map_err(TranslateError::json("completions request"))?;
+    let _ = head.prompt;
+    Ok(Head {
+        model: model_name(head.model)?,
+        model_span: span_of(body, head.model),
+        stream: head.stream.unwrap_or(false),
+        include_usage: head.stream_options.is_some_and(|o| o.include_usage),
+        messages: 0,
+        largest_message: 0,
+        user: head.user,
+    })
+}
+
 /// Reads and checks the head of an embeddings body.
 pub fn embeddings_head(body: &[u8]) -> Result<Head<'_>, TranslateError> {
     let head: pylon_types::openai::EmbeddingsHead<'_> =

@@ -22,6 +22,8 @@ pub(crate) enum Api {
     Embeddings,
     /// OpenAI's Responses API.
     Responses,
+    /// OpenAI's legacy text completions (pass-through only).
+    Completions,
 }
 
 impl Api {
@@ -30,6 +32,7 @@ impl Api {
         match self {
             Api::Chat | Api::Messages | Api::Responses => "chat",
             Api::Embeddings => "embeddings",
+            Api::Completions => "text_completion",
         }
     }
 
@@ -39,6 +42,7 @@ impl Api {
             Api::Messages => "/v1/messages",
             Api::Embeddings => "/v1/embeddings",
             Api::Responses => "/v1/responses",
+            Api::Completions => "/v1/completions",
         }
     }
 
@@ -46,7 +50,7 @@ impl Api {
         match self {
             Api::Messages => Dialect::Anthropic,
             Api::Responses => Dialect::Responses,
-            Api::Chat | Api::Embeddings => Dialect::OpenAi,
+            Api::Chat | Api::Embeddings | Api::Completions => Dialect::OpenAi,
         }
     }
 }
@@ -143,7 +147,7 @@ pub(crate) fn passthrough(api: Api, kind: pylon_config::ProviderKind) -> bool {
     matches!(
         (api, kind),
         (
-            Api::Chat | Api::Embeddings,
+            Api::Chat | Api::Embeddings | Api::Completions,
             pylon_config::ProviderKind::Openai
         ) | (Api::Messages, pylon_config::ProviderKind::Anthropic)
             | (Api::Responses, pylon_config::ProviderKind::Openai)

@@ -236,6 +236,17 @@ pub(crate) fn parse(
             }));
             (model.into_owned(), span, stream, true, None, user)
         }
+        Api::Completions => {
+            let h = openai::completions_head(&body)?;
+            (
+                h.model.into_owned(),
+                h.model_span,
+                h.stream,
+                h.include_usage,
+                None,
+                h.user.map(|u| u.into_owned()),
+            )
+        }
         Api::Embeddings => {
             let h = openai::embeddings_head(&body)?;
             (h.model.into_owned(), h.model_span, false, false, None, None)
@@ -296,6 +307,37 @@ pub(crate) fn parse(
         record: None,
         cache: None,
     })
+}
+
+/// `GET /v1/models/{id}`: one configured name, in the client's dialect; 404 if it is not one
+/// the caller may use.
+pub(crate) async fn model(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let dialect = if headers.contains_key("anthropic-version") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    let principal = match authorize(&gw, &headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(dialect),
+    };
+    let snap = gw.snapshot();
+    let known = snap.model_names.iter().any(|n| *n == id)
+        && principal.as_ref().is_none_or(|p| p.may_use(&id));
+    if !known {
+        return ProxyError::UnknownModel(crate::error::quote(&id)).into_response(dialect);
+    }
+    match dialect {
+        Dialect::Anthropic => Json(json!({"type": "model", "id": id, "display_name": id,
+            "created_at": "1970-01-01T00:00:00Z"}))
+        .into_response(),
+        _ => Json(json!({"id": id, "object": "model", "created": 0, "owned_by": "pylon"}))
+            .into_response(),
+    }
 }
 
 /// `GET /v1/models`: the configured names, in the Anthropic shape when the client is the Anthropic SDK.

@@ -12,6 +12,7 @@ mod cache;
 mod client;
 mod context;
 mod conversation;
+mod count;
 mod error;
 mod gateway;
 mod head_errors;

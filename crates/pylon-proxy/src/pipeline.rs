@@ -44,6 +44,11 @@ pub(crate) async fn responses(State(gw): State<Arc<Gateway>>, req: Request) -> R
     run(gw, req, Api::Responses).await
 }
 
+/// `POST /v1/completions` (legacy; OpenAI providers only).
+pub(crate) async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, req, Api::Completions).await
+}
+
 /// Where the phases before the provider left the request.
 // One per request, moved once: boxing the call would only add an allocation.
 #[allow(clippy::large_enum_variant)]

@@ -254,7 +254,9 @@ pub(crate) async fn stream(
         }),
         live: None,
         keep: Keep::of(call),
-        strip_usage: call.api == Api::Chat && p.kind == ProviderKind::Openai && !call.include_usage,
+        strip_usage: matches!(call.api, Api::Chat | Api::Completions)
+            && p.kind == ProviderKind::Openai
+            && !call.include_usage,
     };
     let first_wait = p.timeouts.first_byte.saturating_sub(ctx.started.elapsed());
     let first = match relay.next(first_wait).await {

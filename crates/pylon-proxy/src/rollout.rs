@@ -145,7 +145,7 @@ fn variant(
     c: &ModelCandidate,
     call: &Call,
 ) -> Result<Option<Call>, ProxyError> {
-    if !c.rewrites() || call.api == Api::Embeddings {
+    if !c.rewrites() || matches!(call.api, Api::Embeddings | Api::Completions) {
         return Ok(None);
     }
     let body = rewrite(&call.body, call.api, c)?;
@@ -205,7 +205,7 @@ fn rewrite(body: &[u8], api: Api, c: &ModelCandidate) -> Result<Bytes, ProxyErro
             Api::Chat => chat_system(obj, sp),
             Api::Messages => messages_system(obj, sp),
             Api::Responses => responses_system(obj, sp),
-            Api::Embeddings => {}
+            Api::Embeddings | Api::Completions => {}
         }
     }
     serde_json::to_vec(&v).map(Bytes::from).map_err(bad)

@@ -17,7 +17,7 @@ use tower_http::request_id::{
 
 use crate::context::Secure;
 use crate::gateway::Gateway;
-use crate::{app, conversation, health, ingress, ofrep, pipeline, ProxyError};
+use crate::{app, conversation, count, health, ingress, ofrep, pipeline, ProxyError};
 
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
@@ -29,6 +29,9 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         .route("/v1/messages", post(pipeline::messages))
         .route("/v1/embeddings", post(pipeline::embeddings))
         .route("/v1/responses", post(pipeline::responses))
+        .route("/v1/completions", post(pipeline::completions))
+        .route("/v1/messages/count_tokens", post(count::count_tokens))
+        .route("/v1/models/{*id}", get(ingress::model))
         .route(
             "/v1/responses/{id}",
             get(conversation::get).delete(conversation::delete),

@@ -36,7 +36,7 @@ impl From<ProxyError> for AttemptError {
 
 /// Whether a provider of this kind can serve this endpoint.
 fn supports(api: Api, kind: ProviderKind) -> bool {
-    api != Api::Embeddings || kind == ProviderKind::Openai
+    !matches!(api, Api::Embeddings | Api::Completions) || kind == ProviderKind::Openai
 }
 
 /// Serves a call from its model, then the model's fallbacks.
@@ -163,8 +163,9 @@ pub(crate) async fn dispatch(
     }
     if !supported {
         return Err(ProxyError::Unsupported(format!(
-            "model `{}` has no provider that serves this endpoint (embeddings need an openai-kind provider)",
-            call.model
+            "model `{}` has no provider that serves {} (embeddings and legacy completions need an openai-kind provider; use /v1/chat/completions)",
+            call.model,
+            call.api.route()
         )));
     }
     Err(exhausted(&call.model, attempted, last))
@@ -286,6 +287,15 @@ fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
                 body
             };
             ("/chat/completions".into(), body)
+        }
+        (Api::Completions, _) => {
+            let body = openai::with_model(&call.body, span, model);
+            let body = if call.stream && !call.include_usage {
+                openai::with_stream_usage(&body).unwrap_or(body)
+            } else {
+                body
+            };
+            ("/completions".into(), body)
         }
         (Api::Embeddings, _) => (
             "/embeddings".into(),

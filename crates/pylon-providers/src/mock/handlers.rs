@@ -22,6 +22,8 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/responses", post(openai_responses))
+        .route("/v1/completions", post(openai_completions))
+        .route("/v1/messages/count_tokens", post(anthropic_count_tokens))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{*rest}", post(gemini))
@@ -263,6 +265,83 @@ fn chat_chunks(s: &Script, id: &str, usage: bool) -> Vec<Value> {
     events
 }
 
+/// `POST /v1/completions` (legacy): the same script as `text_completion` objects.
+async fn openai_completions(
+    State(m): State<Arc<Mock>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let b = match admit(&m, Wire::OpenAi, "/v1/completions", &headers, &body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
+    let prompt = text_of(&req["prompt"]);
+    if req.get("prompt").is_none() {
+        return bad_request("prompt: Field required");
+    }
+    let model = req["model"].as_str().unwrap_or("mock");
+    let s = Script::new(model, &prompt, None, prompt.len(), &b);
+    let id = "cmpl-mock";
+    let choice = |text: &str, finish: Value| {
+        json!({"id": id, "object": "text_completion", "created": unix_now(), "model": s.model,
+            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
+    };
+    if req["stream"].as_bool() != Some(true) {
+        let mut body = choice(&s.text(), json!("stop"));
+        body["usage"] = usage_of(&s);
+        return json_after(&m, &b, body).await;
+    }
+    let mut frames: Vec<Bytes> = s
+        .pieces
+        .iter()
+        .map(|p| frame(None, &choice(p, Value::Null).to_string()))
+        .collect();
+    frames.push(frame(None, &choice("", json!("stop")).to_string()));
+    if req["stream_options"]["include_usage"].as_bool() == Some(true) && !b.no_usage {
+        let usage = json!({"id": id, "object": "text_completion", "created": unix_now(),
+            "model": s.model, "choices": [], "usage": usage_of(&s)});
+        frames.push(frame(None, &usage.to_string()));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(m, b, frames)
+}
+
+/// `POST /v1/messages/count_tokens`: a quarter of the messages' text, at least one.
+async fn anthropic_count_tokens(
+    State(m): State<Arc<Mock>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let b = match admit(
+        &m,
+        Wire::Anthropic,
+        "/v1/messages/count_tokens",
+        &headers,
+        &body,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("malformed JSON");
+    };
+    let Some(messages) = req["messages"].as_array() else {
+        return bad_request("messages: Field required");
+    };
+    let chars: usize = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
+    json_after(
+        &m,
+        &b,
+        json!({"input_tokens": (chars as u64).div_ceil(4).max(1)}),
+    )
+    .await
+}
+
 /// `POST /v1/responses`: the same script, in the Responses API's shapes. It keeps nothing, so
 /// a `previous_response_id` it is sent is unknown to it, as to OpenAI for another's ids.
 async fn openai_responses(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -307,9 +386,12 @@ async fn openai_responses(State(m): State<Arc<Mock>>, headers: HeaderMap, body: 
         .map(|m| m.content.as_ref().map_or(0, |c| c.text().len()))
         .sum();
     let s = Script::new(&chat.model, &last_user, tool, chars, &b);
-    let n = m.stats().requests;
+    // Unique across mock restarts, as a provider's ids are.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let meta = responses::Meta {
-        id: format!("resp_mock{n:06}"),
+        id: format!("resp_mock{nanos:x}{:04}", m.stats().requests),
         created_at: unix_now(),
         request: req.clone(),
     };
