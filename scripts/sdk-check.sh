@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the official OpenAI and Anthropic Python SDKs against Pylon (debug build), and the
+# Runs the official OpenAI and Anthropic Python SDKs, the OpenAI Agents SDK and the Vercel AI
+# SDK against Pylon (debug build), and the
 # OpenFeature Python and Node SDKs with their OFREP providers against its flags:
 # `pylon demo` for the API surface, then a keys-mode `pylon serve` for 401/403/429, the
 # OpenAPI document validated as OpenAPI 3.1 with /docs checked to need no network, and
@@ -20,6 +21,12 @@ if [ ! -d "$node_dir/node_modules/@openfeature/ofrep-provider" ]; then
   npm install --prefix "$node_dir" --no-audit --no-fund --silent --no-save \
     @openfeature/server-sdk@1.23.0 @openfeature/ofrep-provider@0.1.3 @openfeature/ofrep-core@0.1.4
 fi
+ai_dir=target/ai-node
+if [ ! -d "$ai_dir/node_modules/@ai-sdk/openai" ]; then
+  mkdir -p "$ai_dir"
+  npm install --prefix "$ai_dir" --no-audit --no-fund --silent --no-save \
+    ai@7.0.185 @ai-sdk/openai@4.0.126 zod@4.6.7
+fi
 
 cargo build --quiet -p pylon
 source scripts/lib.sh
@@ -31,6 +38,9 @@ PYLON_LOG=warn target/debug/pylon demo --listen "127.0.0.1:$port" >target/sdk-de
 pids+=($!)
 wait_up "http://127.0.0.1:$port/livez" "$!" target/sdk-demo.log
 "$venv/bin/python" scripts/sdk_check.py "http://127.0.0.1:$port"
+# Beside its node_modules, so the imports resolve.
+cp scripts/ai_sdk_check.mjs "$ai_dir/"
+node "$ai_dir/ai_sdk_check.mjs" "http://127.0.0.1:$port"
 
 mock=$(free_port)
 target/debug/pylon mock-provider --port "$mock" >target/sdk-mock.log 2>&1 &
