@@ -326,8 +326,7 @@ pub(crate) async fn model(
         Err(e) => return e.into_response(dialect),
     };
     let snap = gw.snapshot();
-    let known = snap.model_names.contains(&id)
-        && principal.as_ref().is_none_or(|p| p.may_use(&id));
+    let known = snap.model_names.contains(&id) && principal.as_ref().is_none_or(|p| p.may_use(&id));
     if !known {
         return ProxyError::UnknownModel(crate::error::quote(&id)).into_response(dialect);
     }
