@@ -65,6 +65,8 @@ pub(crate) struct Call {
     pub model_span: Range<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The client asked for the provider's rate-limit headers (`x-pylon-provider-headers`).
+    pub provider_headers: bool,
     /// Headers forwarded upstream: request id, trace context, Anthropic version and betas.
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
     /// The Anthropic request as parsed at ingress (Messages API only).

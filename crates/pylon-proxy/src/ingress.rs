@@ -299,6 +299,7 @@ pub(crate) fn parse(
         model_span: span,
         stream,
         include_usage,
+        provider_headers: headers.contains_key("x-pylon-provider-headers"),
         forward,
         messages,
         user,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pylon_config::ProviderKind;
@@ -55,6 +55,7 @@ pub(crate) async fn complete(
     ctx: Ctx<'_>,
 ) -> Result<Response, Failure> {
     let p = &target.provider;
+    let upstream = provider_headers(resp.headers(), call.provider_headers);
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     let mut ttfb = None;
@@ -134,7 +135,9 @@ pub(crate) async fn complete(
         .await;
     }
     drop(ctx.in_flight);
-    Ok(response(target, "application/json", Body::from(out)))
+    let mut resp = response(target, "application/json", Body::from(out));
+    resp.headers_mut().extend(upstream);
+    Ok(resp)
 }
 
 /// The largest non-stream answer read into memory (a provider sending more is broken).
@@ -184,6 +187,37 @@ fn served(rec: &mut Record, target: &Target, ttfb: Duration) {
     rec.ttfb = Some(ttfb);
 }
 
+/// The provider's own request id, as `x-pylon-upstream-request-id`.
+const UPSTREAM_ID: HeaderName = HeaderName::from_static("x-pylon-upstream-request-id");
+
+/// Provider response headers clients use: its request id (as `x-pylon-upstream-request-id`:
+/// `x-request-id` is Pylon's own) and `openai-processing-ms` always; its rate-limit headers when
+/// the client sent `x-pylon-provider-headers` — Anthropic's under their own names, OpenAI's
+/// `x-ratelimit-*` prefixed `x-pylon-upstream-` (unprefixed, they are the key's limits in Pylon).
+fn provider_headers(h: &HeaderMap, limits: bool) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    if let Some(v) = h.get("x-request-id").or_else(|| h.get("request-id")) {
+        out.push((UPSTREAM_ID, v.clone()));
+    }
+    if let Some(v) = h.get("openai-processing-ms") {
+        out.push((HeaderName::from_static("openai-processing-ms"), v.clone()));
+    }
+    if !limits {
+        return out;
+    }
+    for (name, v) in h {
+        let n = name.as_str();
+        if n.starts_with("anthropic-ratelimit-") {
+            out.push((name.clone(), v.clone()));
+        } else if n.starts_with("x-ratelimit-") {
+            if let Ok(prefixed) = HeaderName::try_from(format!("x-pylon-upstream-{n}")) {
+                out.push((prefixed, v.clone()));
+            }
+        }
+    }
+    out
+}
+
 fn response(target: &Target, content_type: &'static str, body: Body) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
@@ -210,6 +244,7 @@ pub(crate) async fn stream(
     ctx: Ctx<'_>,
 ) -> Result<Response, Failure> {
     let p = &target.provider;
+    let upstream = provider_headers(resp.headers(), call.provider_headers);
     let codec = (!passthrough(call.api, p.kind)).then(|| {
         let decoder = match p.kind {
             ProviderKind::Openai => Decoder::OpenAi,
@@ -330,6 +365,7 @@ pub(crate) async fn stream(
     let body =
         futures_util::StreamExt::chain(futures_util::stream::once(async move { Ok(first) }), rest);
     let mut resp = response(target, "text/event-stream", Body::from_stream(body));
+    resp.headers_mut().extend(upstream);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Some(v) = overhead.and_then(|ms| HeaderValue::from_str(&format!("{ms:.3}")).ok()) {

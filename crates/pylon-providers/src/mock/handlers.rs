@@ -30,7 +30,28 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/mock/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/mock/stats", get(stats))
         .route("/mock/reset", post(reset))
+        .layer(axum::middleware::from_fn(provider_headers))
         .with_state(mock)
+}
+
+/// The headers providers send with every answer: their request id, OpenAI's processing time,
+/// and each provider's rate-limit state under its own names.
+async fn provider_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let anthropic = req.uri().path().starts_with("/v1/messages");
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, name: &'static str, value: &'static str| {
+        h.insert(name, axum::http::HeaderValue::from_static(value));
+    };
+    if anthropic {
+        set(h, "request-id", "req_mock_anthropic");
+        set(h, "anthropic-ratelimit-requests-remaining", "999");
+    } else {
+        set(h, "x-request-id", "req_mock_openai");
+        set(h, "openai-processing-ms", "7");
+        set(h, "x-ratelimit-remaining-requests", "999");
+    }
+    resp
 }
 
 async fn get_behaviour(State(m): State<Arc<Mock>>) -> Json<Behaviour> {

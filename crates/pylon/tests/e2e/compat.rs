@@ -360,3 +360,32 @@ async fn a_model_is_looked_up_by_id_in_the_clients_dialect() {
         .status();
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn provider_headers_clients_use_come_back_and_rate_limits_only_when_asked() {
+    let (_a, _b, gw) = two_mocks().await;
+    let resp = gw.chat(hello("a-strict")).await;
+    let h = resp.headers();
+    assert_eq!(h["x-pylon-upstream-request-id"], "req_mock_openai");
+    assert_eq!(h["openai-processing-ms"], "7");
+    assert_ne!(h["x-request-id"], "req_mock_openai", "Pylon's own id stays");
+    assert!(h
+        .get("x-pylon-upstream-x-ratelimit-remaining-requests")
+        .is_none());
+    for (model, name) in [
+        (
+            "a-strict",
+            "x-pylon-upstream-x-ratelimit-remaining-requests",
+        ),
+        ("claude", "anthropic-ratelimit-requests-remaining"),
+    ] {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-pylon-provider-headers", "true")
+            .json(&hello_stream(model))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[name], "999", "{model}");
+    }
+}
