@@ -7,7 +7,6 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::HeaderValue;
 use pylon_providers::{anthropic, responses, TranslateError};
-use pylon_types::anthropic::MessagesRequest;
 use pylon_types::openai::ChatRequest;
 use pylon_types::Dialect;
 
@@ -69,8 +68,6 @@ pub(crate) struct Call {
     pub provider_headers: bool,
     /// Headers forwarded upstream: request id, trace context, Anthropic version and betas.
     pub forward: Vec<(http::HeaderName, HeaderValue)>,
-    /// The Anthropic request as parsed at ingress (Messages API only).
-    pub messages: Option<MessagesRequest>,
     /// The end user the application names (chat `user`, Messages `metadata.user_id`).
     pub user: Option<String>,
     pub canonical: OnceLock<Result<ChatRequest, String>>,
@@ -86,8 +83,12 @@ impl Call {
     pub fn canonical(&self) -> Result<&ChatRequest, ProxyError> {
         let parsed = self
             .canonical
-            .get_or_init(|| match (&self.messages, &self.responses) {
-                (Some(m), _) => Ok(anthropic::to_chat(m.clone())),
+            .get_or_init(|| match (self.api, &self.responses) {
+                // Parsed whole only here, when a translation needs it: a block type the
+                // translation does not know is refused by name.
+                (Api::Messages, _) => anthropic::parse_for_translation(&self.body)
+                    .map(anthropic::to_chat)
+                    .map_err(|e| e.to_string()),
                 (_, Some(r)) => responses::to_chat(&r.request, &r.items).map_err(|e| e.to_string()),
                 _ => serde_json::from_slice::<ChatRequest>(&self.body)
                     .map_err(|e| format!("chat request does not match the schema: {e}")),

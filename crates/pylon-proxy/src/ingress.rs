@@ -11,9 +11,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pylon_config::AuthMode;
-use pylon_providers::{openai, responses, TranslateError};
+use pylon_providers::{anthropic, openai, responses, TranslateError};
 use pylon_telemetry::trace::Attribute;
-use pylon_types::anthropic::MessagesRequest;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
@@ -199,7 +198,7 @@ pub(crate) fn parse(
     forwardable: &[http::HeaderName],
 ) -> Result<Call, ProxyError> {
     let mut conversation = None;
-    let (model, span, stream, include_usage, messages, user) = match api {
+    let (model, span, stream, include_usage, user) = match api {
         Api::Chat => {
             let h = openai::chat_head(&body)?;
             limits.check(h.messages, h.largest_message)?;
@@ -208,7 +207,6 @@ pub(crate) fn parse(
                 h.model_span,
                 h.stream,
                 h.include_usage,
-                None,
                 h.user.map(|u| u.into_owned()),
             )
         }
@@ -234,7 +232,7 @@ pub(crate) fn parse(
                 created_at: pylon_providers::unix_now(),
                 request,
             }));
-            (model.into_owned(), span, stream, true, None, user)
+            (model.into_owned(), span, stream, true, user)
         }
         Api::Completions => {
             let h = openai::completions_head(&body)?;
@@ -243,27 +241,26 @@ pub(crate) fn parse(
                 h.model_span,
                 h.stream,
                 h.include_usage,
-                None,
                 h.user.map(|u| u.into_owned()),
             )
         }
         Api::Embeddings => {
             let h = openai::embeddings_head(&body)?;
-            (h.model.into_owned(), h.model_span, false, false, None, None)
+            (h.model.into_owned(), h.model_span, false, false, None)
         }
         Api::Messages => {
-            let req: MessagesRequest =
+            let h: anthropic::MessagesHead<'_> =
                 serde_json::from_slice(&body).map_err(|source| TranslateError::Json {
                     what: "Messages request",
                     source,
                 })?;
-            if req.messages.is_empty() {
+            if h.messages.is_empty() {
                 return Err(TranslateError::Unsupported(
                     "`messages` must contain at least one message".into(),
                 )
                 .into());
             }
-            if let Some(m) = req
+            if let Some(m) = h
                 .messages
                 .iter()
                 .find(|m| m.role != "user" && m.role != "assistant")
@@ -275,11 +272,11 @@ pub(crate) fn parse(
                 .into());
             }
             // The body limit bounds every message's size; the count is checked here.
-            limits.check(req.messages.len(), 0)?;
+            limits.check(h.messages.len(), 0)?;
             let (model, span) = openai::model_field(&body)?;
-            let stream = req.stream.unwrap_or(false);
-            let user = req.metadata.as_ref().and_then(|m| m.user_id.clone());
-            (model.into_owned(), span, stream, true, Some(req), user)
+            let stream = h.stream.unwrap_or(false);
+            let user = h.metadata.and_then(|m| m.user_id).map(|u| u.into_owned());
+            (model.into_owned(), span, stream, true, user)
         }
     };
     check_model_name(&model)?;
@@ -301,7 +298,6 @@ pub(crate) fn parse(
         include_usage,
         provider_headers: headers.contains_key("x-pylon-provider-headers"),
         forward,
-        messages,
         user,
         canonical: OnceLock::new(),
         responses: conversation,

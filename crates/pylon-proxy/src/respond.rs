@@ -15,7 +15,7 @@ use pylon_config::ProviderKind;
 use pylon_providers::assemble::Assembler;
 use pylon_providers::stream::{Decoder, Encoder};
 use pylon_providers::{anthropic, gemini, openai, responses, sse};
-use pylon_types::anthropic::{MessagesResponse, StreamEvent};
+use pylon_types::anthropic::StreamEvent;
 use pylon_types::openai::{ChatResponse, Chunk, Usage};
 use pylon_types::{ApiError, ErrorKind};
 
@@ -87,9 +87,7 @@ pub(crate) async fn complete(
     let keep = Keep::of(call);
     let (out, usage) = if passthrough(call.api, p.kind) {
         let usage = match p.kind {
-            ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(&buf)
-                .ok()
-                .map(|m| m.usage.to_openai()),
+            ProviderKind::Anthropic => anthropic::usage_of(&buf),
             _ if call.api == Api::Responses => responses::usage_of(&buf),
             _ => openai::usage_of(&buf),
         };

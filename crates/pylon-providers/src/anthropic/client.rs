@@ -10,7 +10,57 @@ use pylon_types::openai::{
 };
 use serde_json::json;
 
-use crate::sse;
+use crate::{sse, TranslateError};
+
+/// Block types the translation to chat carries.
+const TRANSLATED_BLOCKS: [&str; 5] = ["text", "image", "tool_use", "tool_result", "thinking"];
+
+/// Parses a client's Messages request for translation: a block type or tool chat cannot carry
+/// is refused by name; redacted thinking (only its own model can read it) is left out.
+pub fn parse_for_translation(body: &[u8]) -> Result<MessagesRequest, TranslateError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(body).map_err(TranslateError::json("Messages request"))?;
+    let refuse = |what: String| {
+        TranslateError::Unsupported(format!(
+            "{what} cannot be translated for a non-Anthropic provider; route this model to an anthropic-kind provider or leave it out"
+        ))
+    };
+    for m in v
+        .get_mut("messages")
+        .and_then(serde_json::Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let Some(blocks) = m
+            .get_mut("content")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            continue;
+        };
+        blocks.retain(|b| b["type"] != "redacted_thinking");
+        if let Some(t) = blocks
+            .iter()
+            .filter_map(|b| b["type"].as_str())
+            .find(|t| !TRANSLATED_BLOCKS.contains(t))
+        {
+            return Err(refuse(format!("content block type `{t}`")));
+        }
+    }
+    for t in v
+        .get("tools")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if t.get("input_schema").is_none() {
+            return Err(refuse(format!(
+                "server tool `{}`",
+                t["type"].as_str().unwrap_or("?")
+            )));
+        }
+    }
+    serde_json::from_value(v).map_err(TranslateError::json("Messages request"))
+}
 
 /// Translates a Messages request from a client into the canonical chat request.
 pub fn to_chat(req: MessagesRequest) -> ChatRequest {

@@ -232,8 +232,15 @@ impl StreamDecoder {
     ) -> Result<bool, TranslateError> {
         let event: StreamEvent = match serde_json::from_str(&ev.data) {
             Ok(e) => e,
-            // Unknown event types are allowed by the API's versioning policy: skip them.
-            Err(_) if ev.name.is_some_and(|n| !KNOWN_EVENTS.contains(&n)) => return Ok(false),
+            // Unknown event types are allowed by the API's versioning policy, and so are new
+            // block and delta types (citations, server tools): chat has no place for them.
+            Err(_)
+                if ev.name.is_some_and(|n| {
+                    n.starts_with("content_block") || !KNOWN_EVENTS.contains(&n)
+                }) =>
+            {
+                return Ok(false)
+            }
             Err(e) => {
                 return Err(TranslateError::Json {
                     what: "Anthropic stream event",

@@ -389,3 +389,54 @@ async fn provider_headers_clients_use_come_back_and_rate_limits_only_when_asked(
         assert_eq!(resp.headers()[name], "999", "{model}");
     }
 }
+
+#[tokio::test]
+async fn anthropic_pass_through_accepts_every_block_and_tool_type() {
+    let (a, _b, gw) = two_mocks().await;
+    let body = json!({
+        "model": "claude", "max_tokens": 64,
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "a doc"}, "citations": {"enabled": true}},
+                {"type": "search_result", "source": "s", "title": "t", "content": [{"type": "text", "text": "r"}]},
+                {"type": "text", "text": "hello", "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "redacted_thinking", "data": "xyz"},
+                {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+                {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}
+            ]},
+            {"role": "user", "content": "go on"}
+        ]
+    });
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = a.stats().last_body.unwrap();
+    assert_eq!(
+        sent["messages"], body["messages"],
+        "passed through untouched"
+    );
+    assert_eq!(sent["tools"], body["tools"]);
+    // Translated for an OpenAI provider, a block chat cannot carry is refused by name.
+    let mut to_openai = body.clone();
+    to_openai["model"] = json!("a-strict");
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .json(&to_openai)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("document") || text.contains("web_search"),
+        "{text}"
+    );
+}
