@@ -420,6 +420,21 @@ pub struct Model {
     /// provider may have processed (and billed) it, so a re-send can cost twice.
     #[serde(default)]
     pub resend_on_timeout: bool,
+    /// What a translation does with a parameter the chosen provider cannot express: `refuse`
+    /// (a 400 naming it, the default) or `drop` (leave it out).
+    #[serde(default)]
+    pub unsupported_params: UnsupportedParams,
+}
+
+/// What a translation does with a parameter the provider cannot express.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnsupportedParams {
+    /// Answer 400, naming the parameter.
+    #[default]
+    Refuse,
+    /// Leave it out and serve the request.
+    Drop,
 }
 
 fn default_retries() -> u32 {
@@ -449,6 +464,10 @@ pub struct Target {
     pub model: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Output cap sent when a client sets none and the provider requires one (Anthropic);
+    /// default: the model's own limit.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
 }
 
 fn default_weight() -> u32 {

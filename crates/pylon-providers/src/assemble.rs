@@ -47,6 +47,13 @@ impl Assembler {
                     .get_or_insert_with(String::new)
                     .push_str(text);
             }
+            if let Some(r) = &cc.delta.reasoning_content {
+                choice
+                    .message
+                    .reasoning_content
+                    .get_or_insert_with(String::new)
+                    .push_str(r);
+            }
             for t in cc.delta.tool_calls.iter().flatten() {
                 merge_tool_call(choice.message.tool_calls.get_or_insert_with(Vec::new), t);
             }
@@ -122,6 +129,7 @@ pub fn replay(r: &ChatResponse, include_usage: bool) -> Vec<Chunk> {
             Delta {
                 role: Some("assistant".into()),
                 content: c.message.content.clone(),
+                reasoning_content: c.message.reasoning_content.clone(),
                 tool_calls,
             },
             None,
@@ -165,6 +173,7 @@ mod tests {
                 message: AssistantMessage {
                     role: "assistant".into(),
                     content: Some("hi there".into()),
+                    reasoning_content: None,
                     tool_calls: Some(vec![ToolCall {
                         id: "call_1".into(),
                         kind: "function".into(),

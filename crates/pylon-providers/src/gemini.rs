@@ -7,7 +7,7 @@ use pylon_types::openai::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{sse, unix_now, TranslateError};
+use crate::{sse, unix_now, Options, TranslateError};
 
 /// A `generateContent` request body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,6 +47,12 @@ pub struct GPart {
     pub function_call: Option<GFunctionCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_response: Option<GFunctionResponse>,
+    /// The text is the model's thinking, not its answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought: Option<bool>,
+    /// Opaque state of a thinking model, to be sent back with the part it came on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
 }
 
 /// Inline bytes (base64).
@@ -93,6 +99,53 @@ pub struct GenerationConfig {
     pub max_output_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_sequences: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_count: Option<u32>,
+    /// `application/json` for JSON output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_mime_type: Option<String>,
+    /// The JSON Schema the output must follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_json_schema: Option<Value>,
+    /// `{"thinkingBudget": n, "includeThoughts": true}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_config: Option<Value>,
+}
+
+/// Separates a Gemini thought signature carried inside a tool-call id.
+const SIGNATURE: &str = "~ts~";
+
+/// A tool-call id unique across rounds (`call_<response>_<n>`), carrying the call's thought
+/// signature when there is one, so it comes back with the call it belongs to.
+fn call_id(response: &str, n: u32, signature: Option<&str>) -> String {
+    match signature {
+        Some(sig) => format!("call_{response}_{n}{SIGNATURE}{sig}"),
+        None => format!("call_{response}_{n}"),
+    }
+}
+
+/// The thought signature a tool-call id carries, if any.
+fn signature_of(id: &str) -> Option<&str> {
+    id.split_once(SIGNATURE).map(|(_, sig)| sig)
+}
+
+/// An id for one response's tool calls: Gemini's response id, else the time.
+fn response_key(response_id: Option<&str>) -> String {
+    let raw = response_id.map_or_else(
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+                .to_string()
+        },
+        str::to_owned,
+    );
+    raw.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(24)
+        .collect()
 }
 
 /// Tools: function declarations.
@@ -186,7 +239,17 @@ fn segment(model: &str) -> String {
 }
 
 /// Translates an OpenAI chat request into a `generateContent` request.
-pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError> {
+pub fn to_generate(req: &ChatRequest, opts: Options) -> Result<GenerateRequest, TranslateError> {
+    const WHO: &str = "gemini-kind";
+    if req.n.is_some_and(|n| n > 1) && req.is_stream() {
+        opts.unsupported("n (with stream)", WHO)?;
+    }
+    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
+        opts.unsupported("logprobs", WHO)?;
+    }
+    if req.parallel_tool_calls == Some(false) && req.tools.is_some() {
+        opts.unsupported("parallel_tool_calls: false", WHO)?;
+    }
     let mut system = Vec::new();
     let mut contents: Vec<GContent> = Vec::new();
     for m in &req.messages {
@@ -198,7 +261,7 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
                 });
                 continue;
             }
-            "user" => ("user", user_parts(m.content.as_ref())),
+            "user" => ("user", user_parts(m.content.as_ref())?),
             "assistant" => {
                 let mut parts = Vec::new();
                 let text = m.content.as_ref().map(Content::text).unwrap_or_default();
@@ -216,6 +279,7 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
                             name: call.function.name.clone(),
                             args,
                         }),
+                        thought_signature: signature_of(&call.id).map(str::to_owned),
                         ..GPart::default()
                     });
                 }
@@ -254,11 +318,28 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
             }),
         }
     }
+    let (response_mime_type, response_json_schema) = match &req.response_format {
+        Some(f) if f["type"] == "json_schema" => (
+            Some("application/json".to_owned()),
+            Some(f["json_schema"]["schema"].clone()),
+        ),
+        Some(f) if f["type"] == "json_object" => (Some("application/json".to_owned()), None),
+        _ => (None, None),
+    };
     let config = GenerationConfig {
         temperature: req.temperature,
         top_p: req.top_p,
-        max_output_tokens: req.max_output_tokens(),
+        max_output_tokens: req.max_output_tokens().or(opts.max_output_tokens),
         stop_sequences: req.stop.clone().map(Stop::into_vec),
+        seed: req.seed,
+        candidate_count: req.n.filter(|n| *n > 1),
+        response_mime_type,
+        response_json_schema,
+        thinking_config: req
+            .reasoning_effort
+            .as_deref()
+            .and_then(crate::thinking_budget)
+            .map(|budget| json!({"thinkingBudget": budget, "includeThoughts": true})),
     };
     Ok(GenerateRequest {
         contents,
@@ -299,8 +380,8 @@ pub fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, TranslateError>
     })
 }
 
-fn user_parts(content: Option<&Content>) -> Vec<GPart> {
-    match content {
+fn user_parts(content: Option<&Content>) -> Result<Vec<GPart>, TranslateError> {
+    Ok(match content {
         None => Vec::new(),
         Some(Content::Text(t)) => vec![GPart {
             text: Some(t.clone()),
@@ -309,42 +390,50 @@ fn user_parts(content: Option<&Content>) -> Vec<GPart> {
         Some(Content::Parts(parts)) => parts
             .iter()
             .map(|p| match p {
-                OPart::Text { text } => GPart {
+                // A cache breakpoint is a hint; Gemini caches implicitly.
+                OPart::Text { text, .. } => Ok(GPart {
                     text: Some(text.clone()),
                     ..GPart::default()
+                }),
+                OPart::ImageUrl { image_url } => Ok(media_part(&image_url.url)),
+                OPart::File { file } => match &file.file_data {
+                    Some(data) => Ok(media_part(data)),
+                    None => Err(TranslateError::Unsupported(
+                        "a file part given by `file_id` cannot be sent to a gemini-kind provider (its files live at OpenAI); send `file_data` instead".into(),
+                    )),
                 },
-                OPart::ImageUrl { image_url } => {
-                    match image_url
-                        .url
-                        .strip_prefix("data:")
-                        .and_then(|r| r.split_once(','))
-                    {
-                        Some((meta, data)) => GPart {
-                            inline_data: Some(Blob {
-                                mime_type: meta.trim_end_matches(";base64").to_owned(),
-                                data: data.to_owned(),
-                            }),
-                            ..GPart::default()
-                        },
-                        None => GPart {
-                            file_data: Some(FileData {
-                                mime_type: None,
-                                file_uri: image_url.url.clone(),
-                            }),
-                            ..GPart::default()
-                        },
-                    }
-                }
             })
-            .collect(),
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// An image or file: inline bytes for a `data:` URL, else a file by URI.
+fn media_part(url: &str) -> GPart {
+    match url.strip_prefix("data:").and_then(|r| r.split_once(',')) {
+        Some((meta, data)) => GPart {
+            inline_data: Some(Blob {
+                mime_type: meta.trim_end_matches(";base64").to_owned(),
+                data: data.to_owned(),
+            }),
+            ..GPart::default()
+        },
+        None => GPart {
+            file_data: Some(FileData {
+                mime_type: None,
+                file_uri: url.to_owned(),
+            }),
+            ..GPart::default()
+        },
     }
 }
 
 /// The function name of the tool call a tool message answers.
 fn tool_name(req: &ChatRequest, call_id: Option<&str>) -> Option<String> {
     let id = call_id?;
+    // The latest call of that id: the one a tool message right after it answers.
     req.messages
         .iter()
+        .rev()
         .flat_map(|m| m.tool_calls.iter().flatten())
         .find(|c| c.id == id)
         .map(|c| c.function.name.clone())
@@ -365,41 +454,55 @@ fn finish_reason(reason: Option<&str>, called_tools: bool) -> Option<String> {
     )
 }
 
-/// Translates a `generateContent` response into a chat completion.
+/// Translates a `generateContent` response into a chat completion (one choice per candidate).
 pub fn response_to_openai(resp: GenerateResponse, model: &str) -> ChatResponse {
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    let candidate = resp.candidates.into_iter().next().unwrap_or_default();
-    for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
-        if let Some(t) = part.text {
-            text.push_str(&t);
-        }
-        if let Some(fc) = part.function_call {
-            calls.push(ToolCall {
-                id: format!("call_{}", calls.len()),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: fc.name,
-                    arguments: fc.args.to_string(),
-                },
-            });
-        }
+    let key = response_key(resp.response_id.as_deref());
+    let mut candidates = resp.candidates;
+    if candidates.is_empty() {
+        candidates.push(Candidate::default());
     }
+    let choices = candidates
+        .into_iter()
+        .enumerate()
+        .map(|(i, candidate)| {
+            let (mut text, mut thinking, mut calls) = (String::new(), String::new(), Vec::new());
+            for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+                match (part.text, part.thought) {
+                    (Some(t), Some(true)) => thinking.push_str(&t),
+                    (Some(t), _) => text.push_str(&t),
+                    _ => {}
+                }
+                if let Some(fc) = part.function_call {
+                    let n = calls.len() as u32;
+                    calls.push(ToolCall {
+                        id: call_id(&format!("{key}{i}"), n, part.thought_signature.as_deref()),
+                        kind: "function".into(),
+                        function: FunctionCall {
+                            name: fc.name,
+                            arguments: fc.args.to_string(),
+                        },
+                    });
+                }
+            }
+            Choice {
+                index: i as u32,
+                finish_reason: finish_reason(candidate.finish_reason.as_deref(), !calls.is_empty()),
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: (!text.is_empty() || calls.is_empty()).then_some(text),
+                    reasoning_content: (!thinking.is_empty()).then_some(thinking),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                },
+            }
+        })
+        .collect();
     let usage = resp.usage_metadata.unwrap_or_default();
     ChatResponse {
         id: resp.response_id.unwrap_or_else(|| "chatcmpl-gemini".into()),
         object: "chat.completion".into(),
         created: unix_now(),
         model: resp.model_version.unwrap_or_else(|| model.to_owned()),
-        choices: vec![Choice {
-            index: 0,
-            finish_reason: finish_reason(candidate.finish_reason.as_deref(), !calls.is_empty()),
-            message: AssistantMessage {
-                role: "assistant".into(),
-                content: (!text.is_empty() || calls.is_empty()).then_some(text),
-                tool_calls: (!calls.is_empty()).then_some(calls),
-            },
-        }],
+        choices,
         usage: Some(usage.to_openai()),
     }
 }
@@ -413,6 +516,8 @@ pub struct StreamDecoder {
     started: bool,
     tool_calls: u32,
     usage: Usage,
+    /// Makes this stream's tool-call ids unique.
+    key: String,
 }
 
 impl StreamDecoder {
@@ -425,6 +530,7 @@ impl StreamDecoder {
             started: false,
             tool_calls: 0,
             usage: Usage::default(),
+            key: String::new(),
         }
     }
 
@@ -448,6 +554,9 @@ impl StreamDecoder {
         if let Some(u) = resp.usage_metadata {
             self.usage = u.to_openai();
         }
+        if self.key.is_empty() {
+            self.key = response_key(resp.response_id.as_deref());
+        }
         if let Some(id) = resp.response_id {
             self.id = id;
         }
@@ -457,16 +566,22 @@ impl StreamDecoder {
             delta.role = Some("assistant".into());
         }
         let candidate = resp.candidates.into_iter().next().unwrap_or_default();
-        let mut text = String::new();
+        let (mut text, mut thinking) = (String::new(), String::new());
         let mut calls = Vec::new();
         for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
-            if let Some(t) = part.text {
-                text.push_str(&t);
+            match (part.text, part.thought) {
+                (Some(t), Some(true)) => thinking.push_str(&t),
+                (Some(t), _) => text.push_str(&t),
+                _ => {}
             }
             if let Some(fc) = part.function_call {
                 calls.push(ToolCallDelta {
                     index: self.tool_calls,
-                    id: Some(format!("call_{}", self.tool_calls)),
+                    id: Some(call_id(
+                        &format!("{}0", self.key),
+                        self.tool_calls,
+                        part.thought_signature.as_deref(),
+                    )),
                     kind: Some("function".into()),
                     function: FunctionDelta {
                         name: Some(fc.name),
@@ -478,6 +593,9 @@ impl StreamDecoder {
         }
         if !text.is_empty() || delta.role.is_some() {
             delta.content = Some(text);
+        }
+        if !thinking.is_empty() {
+            delta.reasoning_content = Some(thinking);
         }
         if !calls.is_empty() {
             delta.tool_calls = Some(calls);
@@ -506,6 +624,7 @@ impl StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Options;
     use pylon_types::openai::{Message, ToolCall};
 
     #[test]
@@ -565,7 +684,7 @@ mod tests {
             ],
             ..ChatRequest::default()
         };
-        let g = serde_json::to_value(to_generate(&req).unwrap()).unwrap();
+        let g = serde_json::to_value(to_generate(&req, Options::default()).unwrap()).unwrap();
         assert_eq!(g["systemInstruction"]["parts"][0]["text"], "be brief");
         assert_eq!(g["contents"][1]["role"], "model");
         assert_eq!(

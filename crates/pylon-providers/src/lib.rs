@@ -8,6 +8,8 @@ pub mod assemble;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
+#[cfg(test)]
+mod params_tests;
 pub mod responses;
 pub mod sse;
 pub mod stream;
@@ -27,6 +29,38 @@ pub enum TranslateError {
     /// The provider reported an error inside a stream.
     #[error("provider error in stream: {0}")]
     Upstream(String),
+}
+
+/// How a translation treats what the provider cannot express, and the target's output cap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Leave out parameters the provider cannot express instead of refusing the request.
+    pub drop_unsupported: bool,
+    /// The output cap sent when the client sets none (Anthropic requires one).
+    pub max_output_tokens: Option<u32>,
+}
+
+impl Options {
+    /// `Ok(false)`: leave `param` out (configured to drop); `Err`: refuse, naming it.
+    pub fn unsupported(&self, param: &str, provider: &str) -> Result<bool, TranslateError> {
+        if self.drop_unsupported {
+            return Ok(false);
+        }
+        Err(TranslateError::Unsupported(format!(
+            "`{param}` cannot be expressed for {provider} providers; leave it out, route the model to a provider that has it, or set unsupported_params = \"drop\" on the model"
+        )))
+    }
+}
+
+/// Thinking budget for an OpenAI `reasoning_effort`.
+pub fn thinking_budget(effort: &str) -> Option<u32> {
+    match effort {
+        "minimal" => Some(1024),
+        "low" => Some(2048),
+        "medium" => Some(8192),
+        "high" => Some(24576),
+        _ => None,
+    }
 }
 
 impl TranslateError {

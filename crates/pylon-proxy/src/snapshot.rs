@@ -80,6 +80,8 @@ pub(crate) struct Target {
     pub label: String,
     pub weight: u32,
     pub health: Arc<Health>,
+    /// Output cap sent when a client sets none and the provider requires one.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// A model name clients can send.
@@ -103,6 +105,8 @@ pub(crate) struct Model {
     pub response_timeout: Option<std::time::Duration>,
     /// A request that timed out upstream may be re-sent to the next target.
     pub resend_on_timeout: bool,
+    /// Leave out parameters a translation cannot express instead of refusing them.
+    pub drop_unsupported: bool,
 }
 
 /// What keeps a caller on one arm of a rollout.
@@ -259,6 +263,7 @@ fn targets_of(
                 label,
                 weight: t.weight,
                 health,
+                max_output_tokens: t.max_output_tokens,
             })
         })
         .collect()
@@ -323,6 +328,7 @@ fn rollout_parts(
             metric_name: subject.metric_name.clone(),
             response_timeout: subject.response_timeout,
             resend_on_timeout: subject.resend_on_timeout,
+            drop_unsupported: subject.drop_unsupported,
             // The candidate is judged on its own answers: never served from, nor stored
             // into, the stable's cache.
             cache: None,
@@ -440,6 +446,7 @@ impl Snapshot {
                     metric_name: m.name.get_ref().clone(),
                     response_timeout: m.response_timeout,
                     resend_on_timeout: m.resend_on_timeout,
+                    drop_unsupported: m.unsupported_params == pylon_config::UnsupportedParams::Drop,
                     cache: m.cache.enabled.unwrap_or(config.cache.enabled).then(|| {
                         crate::cache::Policy {
                             ttl: m.cache.ttl.unwrap_or(config.cache.ttl),
@@ -547,6 +554,7 @@ impl Snapshot {
                 label: format!("{provider}/*"),
                 weight: 1,
                 health: p.direct_health.clone(),
+                max_output_tokens: None,
             }],
             fallbacks: Vec::new(),
             retries: 1,
@@ -556,6 +564,7 @@ impl Snapshot {
             metric_name: format!("{provider}/*"),
             response_timeout: None,
             resend_on_timeout: false,
+            drop_unsupported: false,
             cache: None,
         }))
     }
@@ -595,6 +604,7 @@ pub(crate) mod tests {
                     label: "p/x".into(),
                     weight: w,
                     health: Arc::new(Health::new(policy)),
+                    max_output_tokens: None,
                 })
                 .collect(),
             fallbacks: Vec::new(),
@@ -605,6 +615,7 @@ pub(crate) mod tests {
             metric_name: "m".into(),
             response_timeout: None,
             resend_on_timeout: false,
+            drop_unsupported: false,
             cache: None,
         }
     }

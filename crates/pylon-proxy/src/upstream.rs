@@ -273,8 +273,12 @@ fn retryable(status: StatusCode) -> bool {
 }
 
 /// The upstream path and body for a target.
-fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
+fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), ProxyError> {
     let model = &target.model;
+    let opts = pylon_providers::Options {
+        drop_unsupported: m.drop_unsupported,
+        max_output_tokens: target.max_output_tokens,
+    };
     let span = call.model_span.clone();
     Ok(match (call.api, target.provider.kind) {
         (Api::Chat, ProviderKind::Openai) => {
@@ -312,11 +316,11 @@ fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
         }
         (Api::Chat, ProviderKind::Anthropic) => (
             "/v1/messages".into(),
-            to_json(&anthropic::to_messages(call.canonical()?, model)?)?,
+            to_json(&anthropic::to_messages(call.canonical()?, model, opts)?)?,
         ),
         (Api::Chat | Api::Messages, ProviderKind::Gemini) => (
             gemini::path(model, call.stream),
-            to_json(&gemini::to_generate(call.canonical()?)?)?,
+            to_json(&gemini::to_generate(call.canonical()?, opts)?)?,
         ),
         (Api::Responses, kind) => {
             let Some(r) = call.responses.as_deref() else {
@@ -341,11 +345,11 @@ fn encode(call: &Call, target: &Target) -> Result<(String, Bytes), ProxyError> {
                 }
                 ProviderKind::Anthropic => (
                     "/v1/messages".into(),
-                    to_json(&anthropic::to_messages(call.canonical()?, model)?)?,
+                    to_json(&anthropic::to_messages(call.canonical()?, model, opts)?)?,
                 ),
                 ProviderKind::Gemini => (
                     gemini::path(model, call.stream),
-                    to_json(&gemini::to_generate(call.canonical()?)?)?,
+                    to_json(&gemini::to_generate(call.canonical()?, opts)?)?,
                 ),
             }
         }
@@ -403,7 +407,7 @@ async fn attempt_inner(
     started: Instant,
 ) -> Result<Response, AttemptError> {
     let p = &target.provider;
-    let (path, body) = encode(call, target)?;
+    let (path, body) = encode(call, model, target)?;
     let mut req = Request::post(format!("{}{}", p.base, path))
         .header(
             header::CONTENT_TYPE,

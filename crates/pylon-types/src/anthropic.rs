@@ -27,6 +27,12 @@ pub struct MessagesRequest {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Extended thinking: `{"type": "enabled", "budget_tokens": n}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Value>,
+    /// Structured output: `{"format": {"type": "json_schema", "schema": …}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<Value>,
 }
 
 /// `system`: a string or text blocks.
@@ -75,9 +81,17 @@ pub enum MessageContent {
 pub enum Block {
     Text {
         text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
     },
     Image {
         source: ImageSource,
+    },
+    /// A document (PDF, text) given inline or by URL.
+    Document {
+        source: ImageSource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
     },
     ToolUse {
         id: String,
@@ -103,7 +117,7 @@ pub fn blocks_text(blocks: &[Block]) -> String {
     blocks
         .iter()
         .filter_map(|b| match b {
-            Block::Text { text } => Some(text.as_str()),
+            Block::Text { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect()
@@ -148,10 +162,30 @@ pub struct Tool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToolChoice {
-    Auto,
-    Any,
+    Auto {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        disable_parallel_tool_use: bool,
+    },
+    Any {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        disable_parallel_tool_use: bool,
+    },
     None,
-    Tool { name: String },
+    Tool {
+        name: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        disable_parallel_tool_use: bool,
+    },
+}
+
+impl Block {
+    /// A plain text block.
+    pub fn text(text: impl Into<String>) -> Self {
+        Block::Text {
+            text: text.into(),
+            cache_control: None,
+        }
+    }
 }
 
 /// A non-stream Messages response.

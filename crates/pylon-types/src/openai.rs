@@ -31,6 +31,15 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// How many choices to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
     /// `json_object` or `json_schema` structured output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
@@ -108,7 +117,7 @@ impl Content {
             Content::Parts(parts) => parts
                 .iter()
                 .filter_map(|p| match p {
-                    Part::Text { text } => Some(text.as_str()),
+                    Part::Text { text, .. } => Some(text.as_str()),
                     _ => None,
                 })
                 .collect(),
@@ -120,8 +129,41 @@ impl Content {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Part {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
+    Text {
+        text: String,
+        /// A prompt-cache breakpoint (`{"type": "ephemeral"}`), as Anthropic reads it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    /// A file (PDF and other documents) given inline as a `data:` URL, or by id.
+    File {
+        file: FileRef,
+    },
+}
+
+/// A file part's file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FileRef {
+    /// `data:<media type>;base64,<bytes>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+impl Part {
+    /// A plain text part.
+    pub fn text(text: impl Into<String>) -> Self {
+        Part::Text {
+            text: text.into(),
+            cache_control: None,
+        }
+    }
 }
 
 /// An image given by URL or `data:` URL.
@@ -238,6 +280,9 @@ pub struct Choice {
 pub struct AssistantMessage {
     pub role: String,
     pub content: Option<String>,
+    /// The model's reasoning, from providers that return it (Anthropic thinking, Gemini thoughts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
 }
@@ -278,6 +323,9 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// A piece of the model's reasoning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }

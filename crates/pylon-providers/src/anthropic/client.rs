@@ -5,8 +5,8 @@ use pylon_types::anthropic::{
     MessagesResponse, StreamEvent, ToolChoice, Usage as AUsage,
 };
 use pylon_types::openai::{
-    ChatRequest, ChatResponse, Chunk, Content, FunctionCall, FunctionDef, ImageUrl, Message, Part,
-    Stop, StreamOptions, Tool, ToolCall, Usage,
+    ChatRequest, ChatResponse, Chunk, Content, FileRef, FunctionCall, FunctionDef, ImageUrl,
+    Message, Part, Stop, StreamOptions, Tool, ToolCall, Usage,
 };
 use serde_json::json;
 
@@ -74,7 +74,7 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
     }
     for m in req.messages {
         let blocks = match m.content {
-            MessageContent::Text(t) => vec![Block::Text { text: t }],
+            MessageContent::Text(t) => vec![Block::text(t)],
             MessageContent::Blocks(b) => b,
         };
         if m.role == "assistant" {
@@ -94,15 +94,23 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
                     tool_call_id: Some(tool_use_id),
                     ..Message::default()
                 }),
-                Block::Text { text } => parts.push(Part::Text { text }),
+                Block::Text {
+                    text,
+                    cache_control,
+                } => parts.push(Part::Text {
+                    text,
+                    cache_control,
+                }),
                 Block::Image { source } => parts.push(Part::ImageUrl {
                     image_url: ImageUrl {
-                        url: match source {
-                            ImageSource::Base64 { media_type, data } => {
-                                format!("data:{media_type};base64,{data}")
-                            }
-                            ImageSource::Url { url } => url,
-                        },
+                        url: source_url(source),
+                    },
+                }),
+                Block::Document { source, title } => parts.push(Part::File {
+                    file: FileRef {
+                        file_data: Some(source_url(source)),
+                        file_id: None,
+                        filename: title,
                     },
                 }),
                 _ => {}
@@ -110,7 +118,10 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
         }
         if !parts.is_empty() {
             let content = match parts.as_slice() {
-                [Part::Text { text }] => Content::Text(text.clone()),
+                [Part::Text {
+                    text,
+                    cache_control: None,
+                }] => Content::Text(text.clone()),
                 _ => Content::Parts(parts),
             };
             messages.push(Message {
@@ -121,8 +132,47 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
         }
     }
     let stream = req.stream.unwrap_or(false);
+    let parallel = match &req.tool_choice {
+        Some(
+            ToolChoice::Auto {
+                disable_parallel_tool_use: true,
+            }
+            | ToolChoice::Any {
+                disable_parallel_tool_use: true,
+            }
+            | ToolChoice::Tool {
+                disable_parallel_tool_use: true,
+                ..
+            },
+        ) => Some(false),
+        _ => None,
+    };
+    // Thinking budgets become the effort OpenAI-style providers take.
+    let reasoning_effort = req
+        .thinking
+        .as_ref()
+        .filter(|t| t["type"] == "enabled")
+        .map(|t| {
+            match t["budget_tokens"].as_u64().unwrap_or(0) {
+                0..=2048 => "low",
+                2049..=8192 => "medium",
+                _ => "high",
+            }
+            .to_owned()
+        });
+    let response_format = req
+        .output_config
+        .as_ref()
+        .and_then(|c| c.get("format"))
+        .filter(|f| f["type"] == "json_schema")
+        .map(|f| {
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": f["schema"], "strict": true}})
+        });
     ChatRequest {
         model: req.model,
+        parallel_tool_calls: parallel,
+        reasoning_effort,
+        response_format,
         messages,
         max_tokens: Some(req.max_tokens),
         temperature: req.temperature,
@@ -147,13 +197,23 @@ pub fn to_chat(req: MessagesRequest) -> ChatRequest {
                 .collect()
         }),
         tool_choice: req.tool_choice.map(|c| match c {
-            ToolChoice::Auto => json!("auto"),
-            ToolChoice::Any => json!("required"),
+            ToolChoice::Auto { .. } => json!("auto"),
+            ToolChoice::Any { .. } => json!("required"),
             ToolChoice::None => json!("none"),
-            ToolChoice::Tool { name } => json!({"type": "function", "function": {"name": name}}),
+            ToolChoice::Tool { name, .. } => {
+                json!({"type": "function", "function": {"name": name}})
+            }
         }),
         user: req.metadata.and_then(|m| m.user_id),
         ..ChatRequest::default()
+    }
+}
+
+/// An image or document source as a URL (`data:` for inline bytes).
+fn source_url(source: ImageSource) -> String {
+    match source {
+        ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+        ImageSource::Url { url } => url,
     }
 }
 
@@ -162,7 +222,7 @@ fn assistant_message(blocks: Vec<Block>) -> Message {
     let mut calls = Vec::new();
     for b in blocks {
         match b {
-            Block::Text { text: t } => text.push_str(&t),
+            Block::Text { text: t, .. } => text.push_str(&t),
             Block::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".into(),
@@ -200,7 +260,7 @@ pub fn response_from_openai(resp: ChatResponse) -> MessagesResponse {
     let mut content = Vec::new();
     if let Some(c) = choice {
         if let Some(text) = c.message.content.filter(|t| !t.is_empty()) {
-            content.push(Block::Text { text });
+            content.push(Block::text(text));
         }
         for call in c.message.tool_calls.into_iter().flatten() {
             content.push(Block::ToolUse {
@@ -277,13 +337,7 @@ impl StreamEncoder {
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 if !matches!(self.open, Some(Open::Text(_))) {
-                    self.open_block(
-                        out,
-                        Open::Text(self.next_block),
-                        Block::Text {
-                            text: String::new(),
-                        },
-                    );
+                    self.open_block(out, Open::Text(self.next_block), Block::text(""));
                 }
                 let index = self.current_index();
                 emit(

@@ -1,7 +1,7 @@
 //! Anthropic translation, both directions, with snapshots of the wire shapes.
 
 use super::*;
-use crate::{sse, TranslateError};
+use crate::{sse, Options, TranslateError};
 use pylon_types::anthropic::{MessagesRequest, MessagesResponse};
 use pylon_types::openai::{
     ChatRequest, Chunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta, Usage,
@@ -30,7 +30,7 @@ fn chat_with_tools() -> ChatRequest {
 
 #[test]
 fn openai_request_becomes_messages() {
-    let m = to_messages(&chat_with_tools(), "claude-x").unwrap();
+    let m = to_messages(&chat_with_tools(), "claude-x", Options::default()).unwrap();
     insta::assert_json_snapshot!(m, @r###"
     {
       "model": "claude-x",
@@ -99,7 +99,7 @@ fn invalid_tool_arguments_are_a_client_error() {
     req.messages[2].tool_calls.as_mut().unwrap()[0]
         .function
         .arguments = "{not json".into();
-    assert!(to_messages(&req, "c").is_err());
+    assert!(to_messages(&req, "c", Options::default()).is_err());
 }
 
 #[test]
@@ -244,7 +244,7 @@ fn stream_encoder_produces_the_anthropic_event_sequence() {
             Delta {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
-                tool_calls: None,
+                ..Delta::default()
             },
             None,
         ),

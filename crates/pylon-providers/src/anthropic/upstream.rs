@@ -10,13 +10,56 @@ use pylon_types::openai::{
 };
 use serde_json::{json, Value};
 
-use crate::{sse, unix_now, TranslateError};
+use crate::{sse, unix_now, Options, TranslateError};
 
-/// Output cap used when an OpenAI client sets none (Anthropic requires one).
-const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// The output cap of Anthropic models by name, used when neither the client nor the target's
+/// `max_output_tokens` sets one: a fixed small cap would cut long answers short on failover.
+pub fn model_max_tokens(model: &str) -> u32 {
+    const LIMITS: [(&str, u32); 9] = [
+        ("claude-opus-4-1", 32_000),
+        ("claude-opus-4-0", 32_000),
+        ("claude-opus-4-2025", 32_000),
+        ("claude-3-7-sonnet", 64_000),
+        ("claude-3-5-haiku", 8_192),
+        ("claude-3-5-sonnet", 8_192),
+        ("claude-3-haiku", 4_096),
+        ("claude-3-opus", 4_096),
+        ("claude-3-sonnet", 4_096),
+    ];
+    LIMITS
+        .iter()
+        .find(|(prefix, _)| model.starts_with(prefix))
+        // Current families (Sonnet 4.x, Opus 4.5+, Haiku 4.5) allow 64k.
+        .map_or(64_000, |(_, n)| *n)
+}
 
 /// Translates an OpenAI chat request into a Messages request for `model`.
-pub fn to_messages(req: &ChatRequest, model: &str) -> Result<MessagesRequest, TranslateError> {
+pub fn to_messages(
+    req: &ChatRequest,
+    model: &str,
+    opts: Options,
+) -> Result<MessagesRequest, TranslateError> {
+    const WHO: &str = "anthropic-kind";
+    if req.n.is_some_and(|n| n > 1) {
+        opts.unsupported("n", WHO)?;
+    }
+    if req.seed.is_some() {
+        opts.unsupported("seed", WHO)?;
+    }
+    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
+        opts.unsupported("logprobs", WHO)?;
+    }
+    let output_config = match &req.response_format {
+        Some(f) if f["type"] == "json_schema" => Some(json!({"format": {
+            "type": "json_schema",
+            "schema": f["json_schema"]["schema"],
+        }})),
+        Some(f) if f["type"] == "json_object" => {
+            opts.unsupported("response_format: json_object (use json_schema)", WHO)?;
+            None
+        }
+        _ => None,
+    };
     let mut system = Vec::new();
     let mut messages: Vec<AMessage> = Vec::new();
     for m in &req.messages {
@@ -25,7 +68,7 @@ pub fn to_messages(req: &ChatRequest, model: &str) -> Result<MessagesRequest, Tr
                 system.push(m.content.as_ref().map(Content::text).unwrap_or_default());
                 continue;
             }
-            "user" => ("user", user_blocks(m.content.as_ref())),
+            "user" => ("user", user_blocks(m.content.as_ref())?),
             "assistant" => ("assistant", assistant_blocks(m)?),
             "tool" | "function" => (
                 "user",
@@ -55,13 +98,46 @@ pub fn to_messages(req: &ChatRequest, model: &str) -> Result<MessagesRequest, Tr
             }),
         }
     }
+    let mut max_tokens = req
+        .max_output_tokens()
+        .or(opts.max_output_tokens)
+        .unwrap_or_else(|| model_max_tokens(model));
+    // Thinking needs a budget below the cap, and a temperature left at its default.
+    let thinking = req
+        .reasoning_effort
+        .as_deref()
+        .and_then(crate::thinking_budget)
+        .map(|budget| {
+            if max_tokens <= budget {
+                max_tokens = budget + max_tokens.max(1024);
+            }
+            json!({"type": "enabled", "budget_tokens": budget})
+        });
+    let mut tool_choice = req.tool_choice.as_ref().and_then(tool_choice_to_anthropic);
+    if req.parallel_tool_calls == Some(false) && req.tools.is_some() {
+        tool_choice = Some(match tool_choice {
+            Some(ToolChoice::Any { .. }) => ToolChoice::Any {
+                disable_parallel_tool_use: true,
+            },
+            Some(ToolChoice::Tool { name, .. }) => ToolChoice::Tool {
+                name,
+                disable_parallel_tool_use: true,
+            },
+            Some(ToolChoice::None) => ToolChoice::None,
+            _ => ToolChoice::Auto {
+                disable_parallel_tool_use: true,
+            },
+        });
+    }
     Ok(MessagesRequest {
         model: model.to_owned(),
         messages,
-        max_tokens: req.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS),
+        max_tokens,
+        thinking: thinking.clone(),
+        output_config,
         system: (!system.is_empty()).then(|| System::Text(system.join("\n\n"))),
-        temperature: req.temperature,
-        top_p: req.top_p,
+        temperature: req.temperature.filter(|_| thinking.is_none()),
+        top_p: req.top_p.filter(|_| thinking.is_none()),
         top_k: None,
         stop_sequences: req.stop.clone().map(Stop::into_vec),
         stream: req.stream,
@@ -79,25 +155,40 @@ pub fn to_messages(req: &ChatRequest, model: &str) -> Result<MessagesRequest, Tr
                 })
                 .collect()
         }),
-        tool_choice: req.tool_choice.as_ref().and_then(tool_choice_to_anthropic),
+        tool_choice,
         metadata: req.user.clone().map(|u| Metadata { user_id: Some(u) }),
     })
 }
 
-fn user_blocks(content: Option<&Content>) -> Vec<Block> {
-    match content {
+fn user_blocks(content: Option<&Content>) -> Result<Vec<Block>, TranslateError> {
+    Ok(match content {
         None => Vec::new(),
-        Some(Content::Text(t)) => vec![Block::Text { text: t.clone() }],
+        Some(Content::Text(t)) => vec![Block::text(t.clone())],
         Some(Content::Parts(parts)) => parts
             .iter()
             .map(|p| match p {
-                Part::Text { text } => Block::Text { text: text.clone() },
-                Part::ImageUrl { image_url } => Block::Image {
+                Part::Text {
+                    text,
+                    cache_control,
+                } => Ok(Block::Text {
+                    text: text.clone(),
+                    cache_control: cache_control.clone(),
+                }),
+                Part::ImageUrl { image_url } => Ok(Block::Image {
                     source: image_source(&image_url.url),
+                }),
+                Part::File { file } => match &file.file_data {
+                    Some(data) => Ok(Block::Document {
+                        source: image_source(data),
+                        title: file.filename.clone(),
+                    }),
+                    None => Err(TranslateError::Unsupported(
+                        "a file part given by `file_id` cannot be sent to an anthropic-kind provider (its files live at OpenAI); send `file_data` instead".into(),
+                    )),
                 },
             })
-            .collect(),
-    }
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn image_source(url: &str) -> ImageSource {
@@ -119,7 +210,7 @@ fn assistant_blocks(m: &Message) -> Result<Vec<Block>, TranslateError> {
     let mut blocks = Vec::new();
     let text = m.content.as_ref().map(Content::text).unwrap_or_default();
     if !text.is_empty() {
-        blocks.push(Block::Text { text });
+        blocks.push(Block::text(text));
     }
     for call in m.tool_calls.iter().flatten() {
         let input = if call.function.arguments.trim().is_empty() {
@@ -144,8 +235,12 @@ fn assistant_blocks(m: &Message) -> Result<Vec<Block>, TranslateError> {
 fn tool_choice_to_anthropic(choice: &Value) -> Option<ToolChoice> {
     match choice {
         Value::String(s) => match s.as_str() {
-            "auto" => Some(ToolChoice::Auto),
-            "required" => Some(ToolChoice::Any),
+            "auto" => Some(ToolChoice::Auto {
+                disable_parallel_tool_use: false,
+            }),
+            "required" => Some(ToolChoice::Any {
+                disable_parallel_tool_use: false,
+            }),
             "none" => Some(ToolChoice::None),
             _ => None,
         },
@@ -155,6 +250,7 @@ fn tool_choice_to_anthropic(choice: &Value) -> Option<ToolChoice> {
             .and_then(Value::as_str)
             .map(|name| ToolChoice::Tool {
                 name: name.to_owned(),
+                disable_parallel_tool_use: false,
             }),
         _ => None,
     }
@@ -176,10 +272,12 @@ pub fn finish_reason(stop: Option<&str>) -> Option<String> {
 /// Translates a Messages response into a chat completion.
 pub fn response_to_openai(resp: MessagesResponse) -> ChatResponse {
     let mut text = String::new();
+    let mut thinking = String::new();
     let mut calls = Vec::new();
     for b in resp.content {
         match b {
-            Block::Text { text: t } => text.push_str(&t),
+            Block::Text { text: t, .. } => text.push_str(&t),
+            Block::Thinking { thinking: t, .. } => thinking.push_str(&t),
             Block::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".to_owned(),
@@ -201,6 +299,7 @@ pub fn response_to_openai(resp: MessagesResponse) -> ChatResponse {
             message: AssistantMessage {
                 role: "assistant".to_owned(),
                 content: (!text.is_empty() || calls.is_empty()).then_some(text),
+                reasoning_content: (!thinking.is_empty()).then_some(thinking),
                 tool_calls: (!calls.is_empty()).then_some(calls),
             },
             finish_reason: finish_reason(resp.stop_reason.as_deref()),
@@ -265,7 +364,7 @@ impl StreamDecoder {
                     Delta {
                         role: Some("assistant".into()),
                         content: Some(String::new()),
-                        tool_calls: None,
+                        ..Delta::default()
                     },
                     None,
                 ));
@@ -295,6 +394,15 @@ impl StreamDecoder {
             } => {
                 out.push(delta(Delta {
                     content: Some(text),
+                    ..Delta::default()
+                }));
+            }
+            StreamEvent::ContentBlockDelta {
+                delta: BlockDelta::ThinkingDelta { thinking },
+                ..
+            } => {
+                out.push(delta(Delta {
+                    reasoning_content: Some(thinking),
                     ..Delta::default()
                 }));
             }

@@ -523,7 +523,7 @@ async fn anthropic_messages(
             }],
             "tool_use",
         ),
-        None => (vec![Block::Text { text: s.text() }], "end_turn"),
+        None => (vec![Block::text(s.text())], "end_turn"),
     };
     let message = |content: Vec<Block>, stop: Option<&str>, out: u64| MessagesResponse {
         id: "msg_mock".into(),
@@ -569,9 +569,7 @@ async fn anthropic_messages(
         None => {
             events.push(StreamEvent::ContentBlockStart {
                 index: 0,
-                content_block: Block::Text {
-                    text: String::new(),
-                },
+                content_block: Block::text(""),
             });
             events.push(StreamEvent::Ping);
             for p in &s.pieces {

@@ -12,8 +12,8 @@ mod tests;
 use std::borrow::Cow;
 
 use pylon_types::openai::{
-    ChatRequest, Content, FunctionCall, FunctionDef, ImageUrl, Message, Part, StreamOptions, Tool,
-    ToolCall, Usage,
+    ChatRequest, Content, FileRef, FunctionCall, FunctionDef, ImageUrl, Message, Part,
+    StreamOptions, Tool, ToolCall, Usage,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -254,15 +254,19 @@ fn content(v: &Value) -> Result<Content, TranslateError> {
     for p in parts {
         let text = || p.get("text").and_then(Value::as_str).unwrap_or_default();
         match p.get("type").and_then(Value::as_str).unwrap_or_default() {
-            "input_text" | "output_text" | "text" => out.push(Part::Text {
-                text: text().to_owned(),
-            }),
-            "refusal" => out.push(Part::Text {
-                text: p
-                    .get("refusal")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+            "input_text" | "output_text" | "text" => out.push(Part::text(text())),
+            "refusal" => out.push(Part::text(
+                p.get("refusal").and_then(Value::as_str).unwrap_or_default(),
+            )),
+            "input_file" => out.push(Part::File {
+                file: FileRef {
+                    file_data: p
+                        .get("file_data")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    file_id: p.get("file_id").and_then(Value::as_str).map(str::to_owned),
+                    filename: p.get("filename").and_then(Value::as_str).map(str::to_owned),
+                },
             }),
             "input_image" => match p.get("image_url").and_then(Value::as_str) {
                 Some(url) => out.push(Part::ImageUrl {

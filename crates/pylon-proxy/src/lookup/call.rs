@@ -124,11 +124,12 @@ pub(crate) async fn chat(
         let (path, body) = match t.provider.kind {
             ProviderKind::Openai => ("/chat/completions".to_owned(), to_bytes(&r)),
             ProviderKind::Anthropic => {
-                let m = anthropic::to_messages(&r, &t.model).map_err(|e| e.to_string())?;
+                let m = anthropic::to_messages(&r, &t.model, Default::default())
+                    .map_err(|e| e.to_string())?;
                 ("/v1/messages".to_owned(), to_bytes(&m))
             }
             ProviderKind::Gemini => {
-                let g = gemini::to_generate(&r).map_err(|e| e.to_string())?;
+                let g = gemini::to_generate(&r, Default::default()).map_err(|e| e.to_string())?;
                 (gemini::path(&t.model, false), to_bytes(&g))
             }
         };

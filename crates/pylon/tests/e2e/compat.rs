@@ -440,3 +440,34 @@ async fn anthropic_pass_through_accepts_every_block_and_tool_type() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_parameter_the_provider_cannot_express_is_refused_by_name_unless_the_model_drops_it() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let text = TWO_MOCKS.to_owned()
+        + r#"
+[[models]]
+name = "claude-lenient"
+targets = [ { provider = "a-anthropic", model = "mock-claude", max_output_tokens = 2048 } ]
+unsupported_params = "drop"
+"#;
+    let gw = Gateway::start(&text, &a, &b).await;
+    let ask = |model: &str| json!({"model": model, "seed": 7, "messages": [{"role": "user", "content": "hello"}]});
+    let before = a.stats().requests;
+    let resp = gw.chat(ask("claude")).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("`seed`") && msg.contains("unsupported_params"),
+        "{msg}"
+    );
+    assert_eq!(a.stats().requests, before, "nothing was sent");
+
+    let resp = gw.chat(ask("claude-lenient")).await;
+    assert_eq!(resp.status(), 200);
+    let sent = a.stats().last_body.unwrap();
+    assert!(sent.get("seed").is_none());
+    assert_eq!(sent["max_tokens"], 2048, "the target's configured cap");
+}

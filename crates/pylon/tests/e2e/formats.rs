@@ -64,7 +64,10 @@ async fn anthropic_provider_is_translated_both_ways() {
     assert_eq!(s.last_credential.as_deref(), Some("sk-ant-provider"));
     let sent = s.last_body.unwrap();
     assert_eq!(sent["system"], "sys");
-    assert_eq!(sent["max_tokens"], 4096);
+    assert_eq!(
+        sent["max_tokens"], 64_000,
+        "the model's own cap, not a fixed 4096 that cuts answers short"
+    );
 }
 
 #[tokio::test]
