@@ -536,6 +536,9 @@ impl Config {
                     http2: false,
                     connections: default_connections(),
                     forward_headers: Vec::new(),
+                    api_version: None,
+                    token_file: None,
+                    aws: None,
                 });
             };
         let set = |k: &str| env(k).filter(|v| !v.is_empty());

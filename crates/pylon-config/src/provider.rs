@@ -44,6 +44,41 @@ pub struct Provider {
     /// `anthropic-version` (e.g. `anthropic-beta`, which can change what a request costs).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// Azure OpenAI: the `api-version` (default `2024-10-21`); `v1` uses the version-less
+    /// `/openai/v1/` API, where the body's model names the deployment.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure OpenAI with Microsoft Entra ID: a file holding a bearer token (kept fresh by a
+    /// sidecar or workload identity), re-read every 30 s; instead of `api_key`.
+    #[serde(default)]
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// AWS Bedrock: region and credentials (SigV4).
+    #[serde(default)]
+    pub aws: Option<Aws>,
+}
+
+/// `aws = { … }` of a Bedrock provider. Credentials: these keys if set, else the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), else a web identity
+/// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, exchanged with STS and renewed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aws {
+    pub region: String,
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    /// A web identity: the role to assume and the token file (default: `AWS_ROLE_ARN` and
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`, as EKS sets them).
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub web_identity_token_file: Option<PathBuf>,
+    /// The STS endpoint for web identity (default `https://sts.<region>.amazonaws.com`).
+    #[serde(default)]
+    pub sts_url: Option<String>,
 }
 
 pub(crate) fn default_connections() -> u32 {
@@ -51,11 +86,15 @@ pub(crate) fn default_connections() -> u32 {
 }
 
 impl Provider {
-    /// The base URL, or the kind's public default.
-    pub fn base_url(&self) -> &str {
-        self.base_url
-            .as_ref()
-            .map_or(self.kind.default_base_url(), |u| u.get_ref())
+    /// The base URL, or the kind's public default (Bedrock: its region's runtime endpoint).
+    pub fn base_url(&self) -> String {
+        match (&self.base_url, self.kind, &self.aws) {
+            (Some(u), _, _) => u.get_ref().clone(),
+            (None, ProviderKind::Bedrock, Some(aws)) => {
+                format!("https://bedrock-runtime.{}.amazonaws.com", aws.region)
+            }
+            (None, kind, _) => kind.default_base_url().to_owned(),
+        }
     }
 }
 
@@ -67,6 +106,10 @@ pub enum ProviderKind {
     Openai,
     Anthropic,
     Gemini,
+    /// Azure OpenAI: OpenAI's wire format on deployment paths, `api-key` or Entra ID auth.
+    Azure,
+    /// AWS Bedrock's Converse API, signed with SigV4.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -76,7 +119,16 @@ impl ProviderKind {
             ProviderKind::Openai => "https://api.openai.com/v1",
             ProviderKind::Anthropic => "https://api.anthropic.com",
             ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            // Every Azure resource has its own endpoint: `base_url` is required (validated).
+            ProviderKind::Azure => "https://invalid.openai.azure.com",
+            // Per region: built from `aws.region` when base_url is unset.
+            ProviderKind::Bedrock => "https://bedrock-runtime.us-east-1.amazonaws.com",
         }
+    }
+
+    /// Speaks OpenAI's wire format (bodies pass through to it untranslated).
+    pub fn openai_wire(self) -> bool {
+        matches!(self, ProviderKind::Openai | ProviderKind::Azure)
     }
 }
 

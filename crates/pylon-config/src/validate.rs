@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::{Config, Strategy};
+use crate::{Config, ProviderKind, Strategy};
 
 /// Every problem found, each with the byte offset it points at.
 pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
@@ -36,6 +36,24 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
             problems.push((
                 p.name.span().start,
                 format!("provider `{name}`: connections must be at least 1"),
+            ));
+        }
+        if p.kind == ProviderKind::Azure && p.base_url.is_none() {
+            problems.push((
+                p.name.span().start,
+                format!("provider `{name}` (azure): set base_url to the resource endpoint, e.g. https://my-resource.openai.azure.com"),
+            ));
+        }
+        if (p.kind == ProviderKind::Bedrock) != p.aws.is_some() {
+            problems.push((
+                p.name.span().start,
+                format!("provider `{name}`: bedrock providers need aws = {{ region = \"…\" }}, and only they take `aws`"),
+            ));
+        }
+        if p.token_file.is_some() && p.kind != ProviderKind::Azure {
+            problems.push((
+                p.name.span().start,
+                format!("provider `{name}`: token_file is for azure providers (Entra ID)"),
             ));
         }
         for h in &p.forward_headers {

@@ -278,6 +278,7 @@ impl Control {
             if let Err(e) = self.load_credentials().await {
                 tracing::warn!(target: "pylon::control", error = %e, "could not reload stored credentials after a config reload");
             }
+            self.gateway.refresh_credentials().await;
         }
         let result = if applied.is_empty() && restart_required.is_empty() {
             "unchanged"

@@ -316,6 +316,8 @@ impl Control {
             if let Err(e) = self.refresh_keys().await {
                 tracing::warn!(target: "pylon::control", error = %e, "could not refresh keys; serving the last known set");
             }
+            // Token files and AWS web identities (cheap unless a credential is due).
+            self.gateway.refresh_credentials().await;
         }
     }
 }
@@ -368,6 +370,8 @@ pub async fn bootstrap(
     };
     let token = secret(config.admin.token_file.as_deref(), env.admin_token)?;
     let gateway = Gateway::new(config)?;
+    // Before the first request: Azure token files, AWS credentials from a web identity.
+    gateway.refresh_credentials().await;
     let rollouts = Arc::new(rollouts::Rollouts::new(
         config,
         store.clone(),

@@ -216,26 +216,12 @@ impl UsageMetadata {
 
 /// The URL path (after the base URL) for a model.
 pub fn path(model: &str, stream: bool) -> String {
-    let model = segment(model);
+    let model = crate::path_segment(model);
     if stream {
         format!("/models/{model}:streamGenerateContent?alt=sse")
     } else {
         format!("/models/{model}:generateContent")
     }
-}
-
-/// `model` as one URL path segment: every byte but letters, digits and `-._~` percent-encoded,
-/// so a model name can never add a path segment, a query or a fragment to the provider's URL.
-fn segment(model: &str) -> String {
-    let mut out = String::with_capacity(model.len());
-    for b in model.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Translates an OpenAI chat request into a `generateContent` request.

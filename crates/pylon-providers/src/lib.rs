@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod assemble;
+pub mod bedrock;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
@@ -67,6 +68,20 @@ impl TranslateError {
     fn json(what: &'static str) -> impl FnOnce(serde_json::Error) -> TranslateError {
         move |source| TranslateError::Json { what, source }
     }
+}
+
+/// `s` as one URL path segment: every byte but letters, digits and `-._~` percent-encoded, so
+/// a model or deployment name can never add a path segment, a query or a fragment to a URL.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Seconds since the Unix epoch, for `created` fields.

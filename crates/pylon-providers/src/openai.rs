@@ -262,6 +262,31 @@ pub fn error_message(body: &[u8]) -> Option<String> {
     v.get("error")?.get("message")?.as_str().map(str::to_owned)
 }
 
+/// An Azure OpenAI error body in OpenAI's shape: `{"error": {message, type, param, code}}`
+/// (Azure adds `status` and `innererror`, and leaves `type` null; its content filter is
+/// `code: "content_filter"` with `param: "prompt"`, as OpenAI's SDKs expect).
+pub fn azure_error(body: &[u8]) -> Option<Bytes> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    let inner = e
+        .pointer("/innererror/code")
+        .and_then(serde_json::Value::as_str);
+    let code = e
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| e.get("code").map(ToString::to_string));
+    let filtered =
+        code.as_deref() == Some("content_filter") || inner == Some("ResponsibleAIPolicyViolation");
+    let out = serde_json::json!({"error": {
+        "message": e.get("message").and_then(serde_json::Value::as_str).unwrap_or("Azure OpenAI error"),
+        "type": e.get("type").and_then(serde_json::Value::as_str).unwrap_or("invalid_request_error"),
+        "param": if filtered { serde_json::json!("prompt") } else { e.get("param").cloned().unwrap_or_default() },
+        "code": if filtered { Some("content_filter".to_owned()) } else { code },
+    }});
+    serde_json::to_vec(&out).ok().map(Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

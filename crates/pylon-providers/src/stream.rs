@@ -6,7 +6,27 @@
 use pylon_types::openai::Chunk;
 use serde_json::Value;
 
-use crate::{anthropic, gemini, responses, sse, TranslateError};
+use bytes::Bytes;
+
+use crate::{anthropic, bedrock, gemini, responses, sse, TranslateError};
+
+/// Splits a provider's body into whole events: SSE, or Bedrock's binary event stream (re-framed
+/// as SSE so everything after it is the same).
+#[derive(Debug)]
+pub enum Framer {
+    Sse(sse::Framer),
+    EventStream(bedrock::EventStreamFramer),
+}
+
+impl Framer {
+    /// Adds bytes; the whole events so far, if any.
+    pub fn push(&mut self, data: Bytes) -> Result<Option<Bytes>, String> {
+        match self {
+            Framer::Sse(f) => f.push(data).map_err(|e| e.to_string()),
+            Framer::EventStream(f) => f.push(data).map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// Decodes one provider's stream into OpenAI chunks.
 #[derive(Debug)]
@@ -14,6 +34,7 @@ pub enum Decoder {
     OpenAi,
     Anthropic(anthropic::StreamDecoder),
     Gemini(gemini::StreamDecoder),
+    Bedrock(bedrock::StreamDecoder),
 }
 
 impl Decoder {
@@ -49,6 +70,7 @@ impl Decoder {
             }
             Decoder::Anthropic(d) => d.decode(ev, out),
             Decoder::Gemini(d) => d.decode(ev, out),
+            Decoder::Bedrock(d) => d.decode(ev, out),
         }
     }
 }

@@ -147,12 +147,8 @@ pub(crate) struct Secure(pub bool);
 
 /// Whether the provider speaks the client's dialect, so bodies pass through untranslated.
 pub(crate) fn passthrough(api: Api, kind: pylon_config::ProviderKind) -> bool {
-    matches!(
-        (api, kind),
-        (
-            Api::Chat | Api::Embeddings | Api::Completions,
-            pylon_config::ProviderKind::Openai
-        ) | (Api::Messages, pylon_config::ProviderKind::Anthropic)
-            | (Api::Responses, pylon_config::ProviderKind::Openai)
-    )
+    match api {
+        Api::Chat | Api::Embeddings | Api::Completions | Api::Responses => kind.openai_wire(),
+        Api::Messages => kind == pylon_config::ProviderKind::Anthropic,
+    }
 }

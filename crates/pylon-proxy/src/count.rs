@@ -102,18 +102,15 @@ async fn forward(
     if let Some(beta) = headers.get("anthropic-beta") {
         req = req.header("anthropic-beta", beta.clone());
     }
-    let stored = p.stored_auth.load();
-    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
-        req = req.header(name, value.clone());
-    }
-    let req = req
-        .body(Full::new(body))
+    let mut req = req
+        .body(Full::new(body.clone()))
         .map_err(|e| ProxyError::Unsupported(format!("could not build the request: {e}")))?;
     let unavailable = |what: String| ProxyError::Exhausted {
         kind: pylon_types::ErrorKind::Upstream,
         message: format!("provider `{}` could not count tokens: {what}", p.name),
         retry_after: None,
     };
+    crate::credential::apply(p, &mut req, &body).map_err(unavailable)?;
     let resp = tokio::time::timeout(p.timeouts.response, p.client.client().request(req))
         .await
         .map_err(|_| unavailable("timed out".into()))?

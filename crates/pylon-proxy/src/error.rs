@@ -246,6 +246,8 @@ pub(crate) enum Failure {
         provider: String,
         status: StatusCode,
     },
+    /// Pylon has no usable credential for the provider (AWS credentials not loaded yet).
+    NoCredential(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -257,6 +259,7 @@ impl std::fmt::Display for Failure {
                 status, message, ..
             } => write!(f, "answered {status}: {message}"),
             Failure::Broken(e) => write!(f, "response broke off: {e}"),
+            Failure::NoCredential(e) => write!(f, "no credential to send: {e}"),
             Failure::Credential { provider, status } => write!(
                 f,
                 "provider `{provider}` refused Pylon's credential ({status}); an operator must check its api_key"

@@ -13,6 +13,7 @@ mod client;
 mod context;
 mod conversation;
 mod count;
+mod credential;
 mod error;
 mod gateway;
 mod head_errors;

@@ -15,20 +15,26 @@ use crate::snapshot::Provider;
 pub(crate) async fn provider(p: &Provider) -> Check {
     let path = match p.kind {
         ProviderKind::Anthropic => "/v1/models",
-        ProviderKind::Openai | ProviderKind::Gemini => "/models",
+        ProviderKind::Openai | ProviderKind::Gemini | ProviderKind::Azure => "/models",
+        // bedrock-runtime has no cheap read: the check is that credentials are loaded.
+        ProviderKind::Bedrock => {
+            return match p.aws.as_ref().is_some_and(|a| a.ready()) {
+                true => Check::pass(Duration::ZERO),
+                false => Check::fail(Duration::ZERO, "no AWS credentials loaded"),
+            };
+        }
     };
-    let mut req = Request::get(format!("{}{path}", p.base));
+    let mut req = Request::get(p.url(path, ""));
     if p.kind == ProviderKind::Anthropic {
         req = req.header("anthropic-version", pylon_providers::anthropic::API_VERSION);
     }
-    let stored = p.stored_auth.load();
-    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
-        req = req.header(name, value.clone());
-    }
     let started = Instant::now();
-    let Ok(req) = req.body(Full::new(Bytes::new())) else {
+    let Ok(mut req) = req.body(Full::new(Bytes::new())) else {
         return Check::fail(Duration::ZERO, "cannot build the probe request");
     };
+    if let Err(e) = crate::credential::apply(p, &mut req, &[]) {
+        return Check::fail(Duration::ZERO, e);
+    }
     match tokio::time::timeout(p.timeouts.first_byte, p.client.client().request(req)).await {
         Err(_) => Check::fail(started.elapsed(), "timed out"),
         Ok(Err(e)) => Check::fail(started.elapsed(), format!("connection failed: {e}")),
@@ -56,6 +62,19 @@ impl crate::gateway::Gateway {
             out.push((p.name.clone(), provider(p).await));
         }
         out
+    }
+
+    /// Loads what credentials need from outside (Azure token files, AWS web identities); each
+    /// failure is logged and returned by provider.
+    pub async fn refresh_credentials(&self) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for p in self.snapshot().providers.values() {
+            if let Err(e) = crate::credential::refresh(p).await {
+                tracing::warn!(target: "pylon::credentials", provider = %p.name, error = %e, "provider credential not refreshed");
+                failed.push((p.name.clone(), e));
+            }
+        }
+        failed
     }
 
     /// Probes every provider once (`GET /models` with its credential) and records the results.

@@ -13,8 +13,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pylon_config::ProviderKind;
 use pylon_providers::assemble::Assembler;
-use pylon_providers::stream::{Decoder, Encoder};
-use pylon_providers::{anthropic, gemini, openai, responses, sse};
+use pylon_providers::stream::{Decoder, Encoder, Framer};
+use pylon_providers::{anthropic, bedrock, gemini, openai, responses, sse};
 use pylon_types::anthropic::StreamEvent;
 use pylon_types::openai::{ChatResponse, Chunk, Usage};
 use pylon_types::{ApiError, ErrorKind};
@@ -167,7 +167,12 @@ fn decode_response(kind: ProviderKind, buf: &[u8], model: &str) -> Result<ChatRe
     let malformed =
         |e: serde_json::Error| Failure::Broken(format!("malformed {kind:?} response: {e}"));
     Ok(match kind {
-        ProviderKind::Openai => serde_json::from_slice(buf).map_err(malformed)?,
+        ProviderKind::Openai | ProviderKind::Azure => {
+            serde_json::from_slice(buf).map_err(malformed)?
+        }
+        ProviderKind::Bedrock => {
+            bedrock::response_to_openai(&serde_json::from_slice(buf).map_err(malformed)?, model)
+        }
         ProviderKind::Anthropic => {
             anthropic::response_to_openai(serde_json::from_slice(buf).map_err(malformed)?)
         }
@@ -245,7 +250,8 @@ pub(crate) async fn stream(
     let upstream = provider_headers(resp.headers(), call.provider_headers);
     let codec = (!passthrough(call.api, p.kind)).then(|| {
         let decoder = match p.kind {
-            ProviderKind::Openai => Decoder::OpenAi,
+            ProviderKind::Openai | ProviderKind::Azure => Decoder::OpenAi,
+            ProviderKind::Bedrock => Decoder::Bedrock(bedrock::StreamDecoder::new(&target.model)),
             ProviderKind::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::default()),
             ProviderKind::Gemini => Decoder::Gemini(gemini::StreamDecoder::new(&target.model)),
         };
@@ -262,7 +268,10 @@ pub(crate) async fn stream(
     });
     let mut relay = Relay {
         body: resp.into_body(),
-        framer: sse::Framer::default(),
+        framer: match p.kind {
+            ProviderKind::Bedrock => Framer::EventStream(Default::default()),
+            _ => Framer::Sse(sse::Framer::default()),
+        },
         codec,
         wire: p.kind,
         idle: p.timeouts.idle,
@@ -420,7 +429,7 @@ enum RelayError {
 /// Moves whole SSE events from the provider to the client, translating when dialects differ.
 struct Relay {
     body: Incoming,
-    framer: sse::Framer,
+    framer: Framer,
     codec: Option<(Decoder, Encoder)>,
     wire: ProviderKind,
     idle: Duration,

@@ -57,6 +57,43 @@ pub(crate) struct Provider {
     pub direct_health: Arc<Health>,
     /// A credential stored (encrypted) through the admin API; wins over `auth` when set.
     pub stored_auth: arc_swap::ArcSwapOption<(HeaderName, HeaderValue)>,
+    /// Azure: the `api-version` (`v1`: the version-less API).
+    pub api_version: Option<String>,
+    /// Azure Entra ID: the token file, and the token last read from it (wins over the rest).
+    pub token_file: Option<std::path::PathBuf>,
+    pub token: arc_swap::ArcSwapOption<(HeaderName, HeaderValue)>,
+    /// Bedrock: region and AWS credentials for SigV4.
+    pub aws: Option<Arc<crate::credential::Aws>>,
+}
+
+/// The Azure OpenAI `api-version` used when the config names none.
+const AZURE_API_VERSION: &str = "2024-10-21";
+
+impl Provider {
+    /// The URL of an OpenAI-style `path` (`/chat/completions`, `/embeddings`…) or a kind's own
+    /// path for `model`: Azure's deployment paths and `api-version`, else the base URL + path.
+    pub fn url(&self, path: &str, model: &str) -> String {
+        if self.kind != ProviderKind::Azure {
+            return format!("{}{path}", self.base);
+        }
+        match self.api_version.as_deref() {
+            Some("v1") => format!("{}/openai/v1{path}", self.base),
+            v => {
+                let v = v.unwrap_or(AZURE_API_VERSION);
+                match path {
+                    // Not per deployment: the body's model names it.
+                    "/responses" | "/models" => {
+                        format!("{}/openai{path}?api-version={v}", self.base)
+                    }
+                    _ => format!(
+                        "{}/openai/deployments/{}{path}?api-version={v}",
+                        self.base,
+                        pylon_providers::path_segment(model)
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// The credential header a provider kind expects, marked sensitive.
@@ -65,6 +102,9 @@ pub(crate) fn auth_header(kind: ProviderKind, key: &str) -> Option<(HeaderName, 
         ProviderKind::Openai => ("authorization", format!("Bearer {key}")),
         ProviderKind::Anthropic => ("x-api-key", key.to_owned()),
         ProviderKind::Gemini => ("x-goog-api-key", key.to_owned()),
+        ProviderKind::Azure => ("api-key", key.to_owned()),
+        // Bedrock signs each request (SigV4); a key is not a credential there.
+        ProviderKind::Bedrock => return None,
     };
     let mut v = HeaderValue::from_str(&value).ok()?;
     v.set_sensitive(true);
@@ -380,6 +420,7 @@ impl Snapshot {
             }
             let auth = match &p.api_key {
                 None => None,
+                Some(_) if p.kind == ProviderKind::Bedrock => None,
                 Some(key) => Some(
                     auth_header(p.kind, key.expose())
                         .ok_or_else(|| BuildError::BadCredential(name.clone()))?,
@@ -416,6 +457,12 @@ impl Snapshot {
                         .collect(),
                     direct_health: Arc::new(Health::new(policy)),
                     stored_auth: arc_swap::ArcSwapOption::empty(),
+                    api_version: p.api_version.clone(),
+                    token_file: p.token_file.as_ref().map(|f| f.get_ref().clone()),
+                    token: arc_swap::ArcSwapOption::empty(),
+                    aws: p.aws.as_ref().map(|a| {
+                        Arc::new(crate::credential::Aws::new(a, &|k| std::env::var(k).ok()))
+                    }),
                 }),
             );
         }
@@ -592,6 +639,10 @@ pub(crate) mod tests {
             forward: Vec::new(),
             direct_health: Arc::new(Health::new(policy)),
             stored_auth: arc_swap::ArcSwapOption::empty(),
+            api_version: None,
+            token_file: None,
+            token: arc_swap::ArcSwapOption::empty(),
+            aws: None,
         });
         Model {
             name: "m".into(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::ProviderKind;
-use pylon_providers::{anthropic, gemini, openai, responses};
+use pylon_providers::{anthropic, bedrock, gemini, openai, responses};
 use pylon_telemetry::trace::Attribute;
 use pylon_types::ErrorKind;
 
@@ -36,7 +36,7 @@ impl From<ProxyError> for AttemptError {
 
 /// Whether a provider of this kind can serve this endpoint.
 fn supports(api: Api, kind: ProviderKind) -> bool {
-    !matches!(api, Api::Embeddings | Api::Completions) || kind == ProviderKind::Openai
+    !matches!(api, Api::Embeddings | Api::Completions) || kind.openai_wire()
 }
 
 /// Serves a call from its model, then the model's fallbacks.
@@ -186,6 +186,8 @@ fn attempt_span(
         ProviderKind::Openai => "openai",
         ProviderKind::Anthropic => "anthropic",
         ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Azure => "azure.ai.openai",
+        ProviderKind::Bedrock => "aws.bedrock",
     };
     parent.child(
         format!("{op} {}", target.model),
@@ -280,7 +282,12 @@ fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), Pr
         max_output_tokens: target.max_output_tokens,
     };
     let span = call.model_span.clone();
-    Ok(match (call.api, target.provider.kind) {
+    // Azure speaks OpenAI's wire; only its URL and credential differ (snapshot, credential).
+    let wire = match target.provider.kind {
+        ProviderKind::Azure => ProviderKind::Openai,
+        kind => kind,
+    };
+    Ok(match (call.api, wire) {
         (Api::Chat, ProviderKind::Openai) => {
             let body = openai::with_model(&call.body, span, model);
             // Usage is asked for on every stream, so it is billed from the provider's count;
@@ -322,6 +329,10 @@ fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), Pr
             gemini::path(model, call.stream),
             to_json(&gemini::to_generate(call.canonical()?, opts)?)?,
         ),
+        (Api::Chat | Api::Messages, _) => (
+            bedrock::path(model, call.stream),
+            to_json(&bedrock::to_converse(call.canonical()?, model, opts)?)?,
+        ),
         (Api::Responses, kind) => {
             let Some(r) = call.responses.as_deref() else {
                 return Err(ProxyError::Unsupported(
@@ -350,6 +361,10 @@ fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), Pr
                 ProviderKind::Gemini => (
                     gemini::path(model, call.stream),
                     to_json(&gemini::to_generate(call.canonical()?, opts)?)?,
+                ),
+                _ => (
+                    bedrock::path(model, call.stream),
+                    to_json(&bedrock::to_converse(call.canonical()?, model, opts)?)?,
                 ),
             }
         }
@@ -408,19 +423,17 @@ async fn attempt_inner(
 ) -> Result<Response, AttemptError> {
     let p = &target.provider;
     let (path, body) = encode(call, model, target)?;
-    let mut req = Request::post(format!("{}{}", p.base, path))
+    let accept = match (call.stream, p.kind) {
+        (true, ProviderKind::Bedrock) => "application/vnd.amazon.eventstream",
+        (true, _) => "text/event-stream",
+        (false, _) => "application/json",
+    };
+    let mut req = Request::post(p.url(&path, &target.model))
         .header(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )
-        .header(
-            header::ACCEPT,
-            HeaderValue::from_static(if call.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        );
+        .header(header::ACCEPT, HeaderValue::from_static(accept));
     let traceparent = span.and_then(pylon_telemetry::SpanHandle::traceparent);
     for (name, value) in &call.forward {
         // Our attempt span becomes the provider's parent when tracing; headers beyond the
@@ -439,14 +452,13 @@ async fn attempt_inner(
     {
         req = req.header("anthropic-version", anthropic::API_VERSION);
     }
-    // The provider's credential, never the client's: the stored one if set, else the config's.
-    let stored = p.stored_auth.load();
-    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
-        req = req.header(name, value.clone());
-    }
-    let req = req.body(Full::new(body)).map_err(|e| {
+    let mut req = req.body(Full::new(body.clone())).map_err(|e| {
         ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
     })?;
+    // The provider's credential, never the client's (signed over the body for Bedrock).
+    if let Err(e) = crate::credential::apply(p, &mut req, &body) {
+        return Err(AttemptError::Retry(Failure::NoCredential(e)));
+    }
 
     // A stream must show its first event within `first_byte`; a non-stream answer's headers
     // come only when generation is done, so it is bounded by the response timeout instead.
@@ -509,7 +521,10 @@ async fn attempt_inner(
             status,
             provider: p.name.clone(),
             message,
-            passthrough: passthrough(call.api, p.kind).then_some(body),
+            passthrough: passthrough(call.api, p.kind).then(|| match p.kind {
+                ProviderKind::Azure => openai::azure_error(&body).unwrap_or(body),
+                _ => body,
+            }),
         }));
     }
     let ctx = respond::Ctx {

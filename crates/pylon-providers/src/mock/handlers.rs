@@ -30,14 +30,26 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/mock/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/mock/stats", get(stats))
         .route("/mock/reset", post(reset))
-        .layer(axum::middleware::from_fn(provider_headers))
+        .merge(super::cloud::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            mock.clone(),
+            provider_headers,
+        ))
         .with_state(mock)
 }
 
 /// The headers providers send with every answer: their request id, OpenAI's processing time,
 /// and each provider's rate-limit state under its own names.
-async fn provider_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn provider_headers(
+    State(m): State<Arc<Mock>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let anthropic = req.uri().path().starts_with("/v1/messages");
+    if !req.uri().path().starts_with("/mock/") && !req.uri().path().starts_with("/sts/") {
+        let uri = req.uri().to_string();
+        m.record(|s| s.last_uri = Some(uri));
+    }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, name: &'static str, value: &'static str| {
@@ -87,14 +99,14 @@ async fn models(State(m): State<Arc<Mock>>) -> Response {
 }
 
 #[derive(Clone, Copy)]
-enum Wire {
+pub(super) enum Wire {
     OpenAi,
     Anthropic,
     Gemini,
 }
 
 /// Records the request, applies latency and error injection. `Err` is the response to send.
-async fn admit(
+pub(super) async fn admit(
     m: &Mock,
     wire: Wire,
     path: &str,
@@ -180,7 +192,7 @@ async fn admit(
     Ok(b)
 }
 
-fn bad_request(msg: &str) -> Response {
+pub(super) fn bad_request(msg: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({"error": {"message": msg, "type": "invalid_request_error"}})),
@@ -188,7 +200,11 @@ fn bad_request(msg: &str) -> Response {
         .into_response()
 }
 
-async fn openai_chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn openai_chat(
+    State(m): State<Arc<Mock>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let b = match admit(&m, Wire::OpenAi, "/v1/chat/completions", &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -287,7 +303,7 @@ fn chat_chunks(s: &Script, id: &str, usage: bool) -> Vec<Value> {
 }
 
 /// `POST /v1/completions` (legacy): the same script as `text_completion` objects.
-async fn openai_completions(
+pub(super) async fn openai_completions(
     State(m): State<Arc<Mock>>,
     headers: HeaderMap,
     body: Bytes,
@@ -365,7 +381,11 @@ async fn anthropic_count_tokens(
 
 /// `POST /v1/responses`: the same script, in the Responses API's shapes. It keeps nothing, so
 /// a `previous_response_id` it is sent is unknown to it, as to OpenAI for another's ids.
-async fn openai_responses(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn openai_responses(
+    State(m): State<Arc<Mock>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let b = match admit(&m, Wire::OpenAi, "/v1/responses", &headers, &body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -437,7 +457,7 @@ async fn openai_responses(State(m): State<Arc<Mock>>, headers: HeaderMap, body: 
     sse_response(m, b, frames)
 }
 
-async fn openai_embeddings(
+pub(super) async fn openai_embeddings(
     State(m): State<Arc<Mock>>,
     headers: HeaderMap,
     body: Bytes,
@@ -693,7 +713,7 @@ fn frame(name: Option<&str>, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
-async fn json_after(m: &Mock, b: &Behaviour, body: Value) -> Response {
+pub(super) async fn json_after(m: &Mock, b: &Behaviour, body: Value) -> Response {
     if !b.ttft.is_zero() {
         tokio::time::sleep(b.ttft).await;
     }
@@ -728,7 +748,7 @@ impl Drop for StreamGuard {
     }
 }
 
-fn sse_response(mock: Arc<Mock>, b: Behaviour, frames: Vec<Bytes>) -> Response {
+pub(super) fn sse_response(mock: Arc<Mock>, b: Behaviour, frames: Vec<Bytes>) -> Response {
     let guard = StreamGuard { mock, done: false };
     let state = (frames.into_iter(), 0usize, b, guard);
     let body = stream::unfold(state, |(mut frames, sent, b, mut guard)| async move {

@@ -4,6 +4,7 @@
 //! delay between chunks, error status and rate, dropped connections) is steered in-process through
 //! [`Mock::set`] or over HTTP with `PUT /mock/behaviour`; `GET /mock/stats` reports what it saw.
 
+mod cloud;
 mod handlers;
 mod script;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cloud::{AWS_ACCESS_KEY_ID, AWS_REGION, AWS_SECRET_ACCESS_KEY, FILTERED};
 pub use handlers::router;
 
 /// How the mock behaves; every field has a harmless default.
@@ -94,6 +96,9 @@ pub struct Stats {
     pub last_traceparent: Option<String>,
     /// The path of the last request.
     pub last_path: Option<String>,
+    /// The last model request's path and query exactly as received (Azure's deployment paths).
+    #[serde(default)]
+    pub last_uri: Option<String>,
     /// The body of the last request.
     pub last_body: Option<serde_json::Value>,
     /// Connections accepted by [`serve_h2`].

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::ProviderKind;
-use pylon_providers::{anthropic, gemini};
+use pylon_providers::{anthropic, bedrock, gemini};
 use pylon_types::openai::{ChatRequest, ChatResponse};
 use serde_json::Value;
 
@@ -43,18 +43,23 @@ fn to_bytes<T: serde::Serialize>(v: &T) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
-/// POSTs `body` to `path` of `p` with its credential; the answer body, or why not.
-async fn post(p: &Provider, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes, String> {
-    let mut req = Request::post(format!("{}{path}", p.base))
-        .header(http::header::CONTENT_TYPE, "application/json");
+/// POSTs `body` to `path` of `p` (for `model`) with its credential; the answer body, or why not.
+async fn post(
+    p: &Provider,
+    path: &str,
+    model: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    let mut req =
+        Request::post(p.url(path, model)).header(http::header::CONTENT_TYPE, "application/json");
     if p.kind == ProviderKind::Anthropic {
-        req = req.header("anthropic-version", "2023-06-01");
+        req = req.header("anthropic-version", pylon_providers::anthropic::API_VERSION);
     }
-    let stored = p.stored_auth.load();
-    if let Some((name, value)) = stored.as_deref().or(p.auth.as_ref()) {
-        req = req.header(name, value.clone());
-    }
-    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let mut req = req
+        .body(Full::new(body.clone()))
+        .map_err(|e| e.to_string())?;
+    crate::credential::apply(p, &mut req, &body)?;
     let work = async {
         let resp = p
             .client
@@ -83,7 +88,7 @@ pub(crate) async fn embedding(gw: &Gateway, model: &str, text: &str) -> Result<V
         let p = &t.provider;
         let body = serde_json::json!({"model": t.model, "input": text}).to_string();
         let budget = p.timeouts.first_byte + p.timeouts.idle;
-        let bytes = match post(p, "/embeddings", body.into(), budget).await {
+        let bytes = match post(p, "/embeddings", &t.model, body.into(), budget).await {
             Ok(b) => b,
             Err(e) => {
                 last = e;
@@ -122,7 +127,14 @@ pub(crate) async fn chat(
         let mut r = req.clone();
         r.model.clone_from(&t.model);
         let (path, body) = match t.provider.kind {
-            ProviderKind::Openai => ("/chat/completions".to_owned(), to_bytes(&r)),
+            ProviderKind::Openai | ProviderKind::Azure => {
+                ("/chat/completions".to_owned(), to_bytes(&r))
+            }
+            ProviderKind::Bedrock => {
+                let c = bedrock::to_converse(&r, &t.model, Default::default())
+                    .map_err(|e| e.to_string())?;
+                (bedrock::path(&t.model, false), to_bytes(&c))
+            }
             ProviderKind::Anthropic => {
                 let m = anthropic::to_messages(&r, &t.model, Default::default())
                     .map_err(|e| e.to_string())?;
@@ -133,7 +145,7 @@ pub(crate) async fn chat(
                 (gemini::path(&t.model, false), to_bytes(&g))
             }
         };
-        let bytes = match post(&t.provider, &path, body?, left).await {
+        let bytes = match post(&t.provider, &path, &t.model, body?, left).await {
             Ok(b) => b,
             Err(e) => {
                 last = e;
@@ -141,7 +153,11 @@ pub(crate) async fn chat(
             }
         };
         let parsed = match t.provider.kind {
-            ProviderKind::Openai => serde_json::from_slice::<ChatResponse>(&bytes),
+            ProviderKind::Openai | ProviderKind::Azure => {
+                serde_json::from_slice::<ChatResponse>(&bytes)
+            }
+            ProviderKind::Bedrock => serde_json::from_slice::<Value>(&bytes)
+                .map(|v| bedrock::response_to_openai(&v, &t.model)),
             ProviderKind::Anthropic => {
                 serde_json::from_slice(&bytes).map(anthropic::response_to_openai)
             }

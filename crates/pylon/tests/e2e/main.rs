@@ -7,6 +7,7 @@ mod accounting;
 mod alerts;
 mod app_routes;
 mod cache;
+mod cloud;
 mod compat;
 mod dashboard;
 mod edge;
