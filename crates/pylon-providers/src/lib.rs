@@ -6,6 +6,7 @@
 pub mod anthropic;
 pub mod assemble;
 pub mod bedrock;
+pub mod embeddings;
 pub mod gemini;
 pub mod mock;
 pub mod openai;

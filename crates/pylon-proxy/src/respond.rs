@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use pylon_config::ProviderKind;
 use pylon_providers::assemble::Assembler;
 use pylon_providers::stream::{Decoder, Encoder, Framer};
-use pylon_providers::{anthropic, bedrock, gemini, openai, responses, sse};
+use pylon_providers::{anthropic, bedrock, embeddings, gemini, openai, responses, sse};
 use pylon_types::anthropic::StreamEvent;
 use pylon_types::openai::{ChatResponse, Chunk, Usage};
 use pylon_types::{ApiError, ErrorKind};
@@ -95,6 +95,10 @@ pub(crate) async fn complete(
             k.put(v);
         }
         (Bytes::from(buf), usage)
+    } else if call.api == Api::Embeddings {
+        let out = embeddings_from(p.kind, &buf, &call.body, &target.model)?;
+        let usage = openai::usage_of(&out);
+        (out, usage)
     } else {
         let chat = decode_response(p.kind, &buf, &target.model)?;
         let usage = chat.usage;
@@ -161,6 +165,27 @@ fn too_large(call: &Call) -> Failure {
         "the answer is larger than {} MiB",
         MAX_RESPONSE_BYTES / (1024 * 1024)
     ))
+}
+
+/// A Gemini or Bedrock embedding answer in OpenAI's shape.
+fn embeddings_from(
+    kind: ProviderKind,
+    buf: &[u8],
+    request: &[u8],
+    model: &str,
+) -> Result<Bytes, Failure> {
+    let broken = |e: String| Failure::Broken(format!("malformed {kind:?} embedding answer: {e}"));
+    let resp: serde_json::Value = serde_json::from_slice(buf).map_err(|e| broken(e.to_string()))?;
+    let req: serde_json::Value =
+        serde_json::from_slice(request).map_err(|e| broken(e.to_string()))?;
+    let out = match kind {
+        ProviderKind::Gemini => embeddings::from_gemini(&resp, &req, model),
+        _ => embeddings::from_bedrock(&resp, &req, model),
+    }
+    .map_err(|e| broken(e.to_string()))?;
+    serde_json::to_vec(&out)
+        .map(Bytes::from)
+        .map_err(|e| broken(e.to_string()))
 }
 
 fn decode_response(kind: ProviderKind, buf: &[u8], model: &str) -> Result<ChatResponse, Failure> {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use pylon_config::ProviderKind;
-use pylon_providers::{anthropic, bedrock, gemini, openai, responses};
+use pylon_providers::{anthropic, bedrock, embeddings, gemini, openai, responses, TranslateError};
 use pylon_telemetry::trace::Attribute;
 use pylon_types::ErrorKind;
 
@@ -36,7 +36,11 @@ impl From<ProxyError> for AttemptError {
 
 /// Whether a provider of this kind can serve this endpoint.
 fn supports(api: Api, kind: ProviderKind) -> bool {
-    !matches!(api, Api::Embeddings | Api::Completions) || kind.openai_wire()
+    match api {
+        Api::Completions => kind.openai_wire(),
+        Api::Embeddings => kind != ProviderKind::Anthropic,
+        _ => true,
+    }
 }
 
 /// Serves a call from its model, then the model's fallbacks.
@@ -163,7 +167,7 @@ pub(crate) async fn dispatch(
     }
     if !supported {
         return Err(ProxyError::Unsupported(format!(
-            "model `{}` has no provider that serves {} (embeddings and legacy completions need an openai-kind provider; use /v1/chat/completions)",
+            "model `{}` has no provider that serves {} (legacy completions need an openai or azure provider, embeddings any but anthropic)",
             call.model,
             call.api.route()
         )));
@@ -308,10 +312,19 @@ fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), Pr
             };
             ("/completions".into(), body)
         }
-        (Api::Embeddings, _) => (
+        (Api::Embeddings, ProviderKind::Openai) => (
             "/embeddings".into(),
             openai::with_model(&call.body, span, model),
         ),
+        (Api::Embeddings, kind) => {
+            let req: serde_json::Value = serde_json::from_slice(&call.body)
+                .map_err(|e| ProxyError::Invalid(TranslateError::Unsupported(e.to_string())))?;
+            let (path, body) = match kind {
+                ProviderKind::Gemini => embeddings::to_gemini(&req, model)?,
+                _ => embeddings::to_bedrock(&req, model)?,
+            };
+            (path, to_json(&body)?)
+        }
         (Api::Messages, ProviderKind::Anthropic) => (
             "/v1/messages".into(),
             openai::with_model(&call.body, span, model),

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::handlers::{self, admit, json_after, sse_response, Wire};
-use super::script::Script;
+use super::script::{embedding, Script};
 use super::Mock;
 use crate::bedrock::{self, AwsCredentials};
 
@@ -239,6 +239,37 @@ fn verify_sigv4(
     }
 }
 
+/// `InvokeModel` of an embedding model: Titan (`inputText`) or Cohere (`texts`).
+async fn bedrock_embed(m: &Mock, b: &super::Behaviour, req: &Value) -> Response {
+    let dims = req["dimensions"]
+        .as_u64()
+        .or(req["output_dimension"].as_u64())
+        .unwrap_or(64)
+        .clamp(1, 4096) as usize;
+    if let Some(text) = req["inputText"].as_str() {
+        let body = json!({"embedding": embedding(text, dims),
+            "inputTextTokenCount": (text.len() as u64).div_ceil(4)});
+        return json_after(m, b, body).await;
+    }
+    let Some(texts) = req["texts"].as_array() else {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "inputText or texts is required",
+        );
+    };
+    let vectors: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| embedding(t.as_str().unwrap_or_default(), dims))
+        .collect();
+    json_after(
+        m,
+        b,
+        json!({"embeddings": vectors, "response_type": "embeddings_floats"}),
+    )
+    .await
+}
+
 /// `POST /model/{id}/converse` and `/converse-stream`.
 async fn bedrock_model(
     State(m): State<Arc<Mock>>,
@@ -266,6 +297,9 @@ async fn bedrock_model(
             "malformed JSON",
         );
     };
+    if op == "invoke" {
+        return bedrock_embed(&m, &b, &req).await;
+    }
     let Some(messages) = req["messages"].as_array() else {
         return aws_error(
             StatusCode::BAD_REQUEST,

@@ -625,6 +625,31 @@ async fn anthropic_messages(
     sse_response(m, b, frames)
 }
 
+/// `:batchEmbedContents`: one vector per request, of `outputDimensionality` (default 64).
+async fn gemini_embed(m: &Mock, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    let b = match admit(m, Wire::Gemini, path, headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return bad_request("malformed JSON");
+    };
+    let Some(requests) = req["requests"].as_array() else {
+        return bad_request("requests required");
+    };
+    let embeddings: Vec<Value> = requests
+        .iter()
+        .map(|r| {
+            let dims = r["outputDimensionality"]
+                .as_u64()
+                .unwrap_or(64)
+                .clamp(1, 4096) as usize;
+            json!({"values": embedding(&text_of(&r["content"]["parts"]), dims)})
+        })
+        .collect();
+    json_after(m, &b, json!({"embeddings": embeddings})).await
+}
+
 async fn gemini(
     State(m): State<Arc<Mock>>,
     Path(rest): Path<String>,
@@ -638,6 +663,7 @@ async fn gemini(
     let stream = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,
+        "batchEmbedContents" => return gemini_embed(&m, uri.path(), &headers, &body).await,
         _ => return bad_request("unknown action"),
     };
     let b = match admit(
@@ -688,7 +714,9 @@ async fn gemini(
     });
     if !stream {
         let parts = tool_parts.unwrap_or_else(|| json!([{"text": s.text()}]));
-        let body = json!({"candidates": [candidate(parts, Some("STOP"))], "usageMetadata": usage, "modelVersion": model, "responseId": "mock-gemini"});
+        // Unique per answer, as Gemini's are (tool-call ids are made from it).
+        let id = format!("mock{}", m.stats().requests);
+        let body = json!({"candidates": [candidate(parts, Some("STOP"))], "usageMetadata": usage, "modelVersion": model, "responseId": id});
         return json_after(&m, &b, body).await;
     }
     let mut events: Vec<Value> = match tool_parts {

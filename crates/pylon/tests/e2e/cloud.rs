@@ -316,3 +316,84 @@ async fn bedrock_credentials_come_from_a_web_identity_through_sts() {
     let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
     assert_eq!(last["type"], "response.completed", "{text}");
 }
+
+#[tokio::test]
+async fn embeddings_through_azure_gemini_and_bedrock_come_back_in_openais_shape() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let text = TWO_MOCKS.to_owned()
+        + &format!(
+            r#"
+[[providers]]
+name = "azure"
+kind = "azure"
+base_url = "http://{a}"
+api_key = "k"
+
+[[providers]]
+name = "bedrock"
+kind = "bedrock"
+base_url = "http://{a}"
+aws = {{ region = "us-east-1", access_key_id = "{AWS_ACCESS_KEY_ID}", secret_access_key = "{AWS_SECRET_ACCESS_KEY}" }}
+
+[[models]]
+name = "azure-embed"
+targets = [ {{ provider = "azure", model = "embed-deploy" }} ]
+
+[[models]]
+name = "gemini-embed"
+targets = [ {{ provider = "a-gemini", model = "text-embedding-004" }} ]
+
+[[models]]
+name = "titan-embed"
+targets = [ {{ provider = "bedrock", model = "amazon.titan-embed-text-v2:0" }} ]
+
+[[models]]
+name = "cohere-embed"
+targets = [ {{ provider = "bedrock", model = "cohere.embed-english-v3" }} ]
+"#,
+            a = a.addr
+        );
+    let gw = Gateway::start(&text, &a, &b).await;
+    let embed = |model: &str, input: Value| {
+        let url = gw.url("/v1/embeddings");
+        let body = json!({"model": model, "input": input, "dimensions": 16});
+        async move {
+            let resp = client().post(url).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    for (model, input, n) in [
+        ("azure-embed", json!(["one", "two"]), 2),
+        ("gemini-embed", json!(["one", "two"]), 2),
+        ("cohere-embed", json!(["one", "two"]), 2),
+        ("titan-embed", json!("one"), 1),
+    ] {
+        let (status, body) = embed(model, input).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["object"], "list");
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), n, "{model}");
+        assert_eq!(
+            data[0]["embedding"].as_array().unwrap().len(),
+            16,
+            "{model}"
+        );
+        assert!(
+            body["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+            "{model}"
+        );
+    }
+    assert_eq!(
+        a.stats().last_uri.as_deref(),
+        Some("/model/amazon.titan-embed-text-v2%3A0/invoke")
+    );
+    let (status, body) = embed("titan-embed", json!(["one", "two"])).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("one input"));
+    let (status, _) = embed("claude", json!("x")).await;
+    assert_eq!(status, 400, "no embeddings on an anthropic provider");
+}
