@@ -8,7 +8,7 @@ import { z } from "zod";
 
 const base = process.argv[2];
 const openai = createOpenAI({ baseURL: `${base}/v1`, apiKey: "client-key-unused" });
-const models = ["gpt-4o-mini", "claude-sonnet", "gemini-flash"];
+const models = ["gpt-4o-mini", "claude-sonnet", "gemini-flash", "azure-gpt", "bedrock-claude"];
 let passed = 0;
 let failed = 0;
 

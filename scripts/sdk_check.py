@@ -130,7 +130,7 @@ def _():
         raise AssertionError("no error")
 
 
-MODELS = ["gpt-4o-mini", "claude-sonnet", "gemini-flash"]
+MODELS = ["gpt-4o-mini", "claude-sonnet", "gemini-flash", "azure-gpt", "bedrock-claude"]
 TOOL = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"input": {"type": "string"}}}}]
 
 

@@ -71,6 +71,18 @@ kind = "gemini"
 base_url = "http://{mock}/v1beta"
 api_key = "gemini-demo"
 
+[[providers]]
+name = "mock-azure"
+kind = "azure"
+base_url = "http://{mock}"
+api_key = "azure-demo"
+
+[[providers]]
+name = "mock-bedrock"
+kind = "bedrock"
+base_url = "http://{mock}"
+aws = {{ region = "{region}", access_key_id = "{akid}", secret_access_key = "{secret}" }}
+
 [[models]]
 name = "gpt-4o-mini"
 targets = [ {{ provider = "mock-openai", model = "mock-gpt" }} ]
@@ -85,6 +97,14 @@ name = "gemini-flash"
 targets = [ {{ provider = "mock-gemini", model = "mock-gemini" }} ]
 
 [[models]]
+name = "azure-gpt"
+targets = [ {{ provider = "mock-azure", model = "gpt-4o-deployment" }} ]
+
+[[models]]
+name = "bedrock-claude"
+targets = [ {{ provider = "mock-bedrock", model = "anthropic.claude-3-5-haiku-20241022-v1:0" }} ]
+
+[[models]]
 name = "chat"
 strategy = "weighted"
 targets = [ {{ provider = "mock-openai", model = "mock-gpt", weight = 2 }},
@@ -94,15 +114,21 @@ targets = [ {{ provider = "mock-openai", model = "mock-gpt", weight = 2 }},
 [[models]]
 name = "text-embedding-3-small"
 targets = [ {{ provider = "mock-openai", model = "mock-embed" }} ]
-"#
+"#,
+        region = mock::AWS_REGION,
+        akid = mock::AWS_ACCESS_KEY_ID,
+        secret = mock::AWS_SECRET_ACCESS_KEY,
     )
 }
 
 fn banner(addr: SocketAddr) -> String {
     format!(
         r#"
-Pylon demo is up on http://{addr}  (mock providers: OpenAI, Anthropic and Gemini formats)
-Models: gpt-4o-mini, claude-sonnet, gemini-flash, chat (weighted across all three), text-embedding-3-small
+Pylon demo is up on http://{addr}  (mock providers: OpenAI, Anthropic, Gemini, Azure OpenAI
+and AWS Bedrock formats)
+Models: gpt-4o-mini, claude-sonnet, gemini-flash, azure-gpt, bedrock-claude,
+        chat (weighted across the first three), text-embedding-3-small
+APIs: /v1/chat/completions, /v1/responses, /v1/messages, /v1/embeddings, /v1/completions
 
 Try it:
   curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \
