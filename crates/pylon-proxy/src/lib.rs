@@ -7,6 +7,7 @@
 
 mod app;
 mod auth;
+mod aws;
 mod breaker;
 mod cache;
 mod client;

@@ -63,7 +63,7 @@ pub(crate) struct Provider {
     pub token_file: Option<std::path::PathBuf>,
     pub token: arc_swap::ArcSwapOption<(HeaderName, HeaderValue)>,
     /// Bedrock: region and AWS credentials for SigV4.
-    pub aws: Option<Arc<crate::credential::Aws>>,
+    pub aws: Option<Arc<crate::aws::Aws>>,
 }
 
 /// The Azure OpenAI `api-version` used when the config names none.
@@ -460,9 +460,10 @@ impl Snapshot {
                     api_version: p.api_version.clone(),
                     token_file: p.token_file.as_ref().map(|f| f.get_ref().clone()),
                     token: arc_swap::ArcSwapOption::empty(),
-                    aws: p.aws.as_ref().map(|a| {
-                        Arc::new(crate::credential::Aws::new(a, &|k| std::env::var(k).ok()))
-                    }),
+                    aws: p
+                        .aws
+                        .as_ref()
+                        .map(|a| Arc::new(crate::aws::Aws::new(a, &|k| std::env::var(k).ok()))),
                 }),
             );
         }
