@@ -29,15 +29,7 @@ pub fn path(model: &str, stream: bool) -> String {
 
 /// A chat request as a Converse request for `model`.
 pub fn to_converse(req: &ChatRequest, model: &str, opts: Options) -> Result<Value, TranslateError> {
-    if req.n.is_some_and(|n| n > 1) {
-        opts.unsupported("n", WHO)?;
-    }
-    if req.seed.is_some() {
-        opts.unsupported("seed", WHO)?;
-    }
-    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
-        opts.unsupported("logprobs", WHO)?;
-    }
+    opts.no_sampling_extras(req, WHO)?;
     if req.response_format.is_some() {
         opts.unsupported("response_format", WHO)?;
     }
@@ -228,16 +220,7 @@ fn assistant_blocks(m: &Message) -> Result<Vec<Value>, TranslateError> {
         blocks.push(json!({"text": text}));
     }
     for call in m.tool_calls.iter().flatten() {
-        let input: Value = if call.function.arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&call.function.arguments).map_err(|_| {
-                TranslateError::Unsupported(format!(
-                    "tool call `{}` has arguments that are not valid JSON",
-                    call.id
-                ))
-            })?
-        };
+        let input = crate::tool_arguments(call)?;
         blocks.push(
             json!({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": input}}),
         );

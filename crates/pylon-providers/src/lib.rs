@@ -52,6 +52,39 @@ impl Options {
             "`{param}` cannot be expressed for {provider} providers; leave it out, route the model to a provider that has it, or set unsupported_params = \"drop\" on the model"
         )))
     }
+
+    /// Refuses (or drops) `n` > 1, `seed` and `logprobs`, which `provider` has no place for.
+    pub fn no_sampling_extras(
+        &self,
+        req: &pylon_types::openai::ChatRequest,
+        provider: &str,
+    ) -> Result<(), TranslateError> {
+        if req.n.is_some_and(|n| n > 1) {
+            self.unsupported("n", provider)?;
+        }
+        if req.seed.is_some() {
+            self.unsupported("seed", provider)?;
+        }
+        if req.logprobs == Some(true) || req.top_logprobs.is_some() {
+            self.unsupported("logprobs", provider)?;
+        }
+        Ok(())
+    }
+}
+
+/// A tool call's JSON arguments as a value (`{}` when empty), or a 400 naming the call.
+pub fn tool_arguments(
+    call: &pylon_types::openai::ToolCall,
+) -> Result<serde_json::Value, TranslateError> {
+    if call.function.arguments.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_str(&call.function.arguments).map_err(|_| {
+        TranslateError::Unsupported(format!(
+            "tool call `{}` has arguments that are not valid JSON",
+            call.id
+        ))
+    })
 }
 
 /// Thinking budget for an OpenAI `reasoning_effort`.

@@ -306,6 +306,36 @@ pub(crate) fn parse(
     })
 }
 
+/// The caller of a model listing: its dialect (Anthropic's when `anthropic-version` is sent)
+/// and the names it may use.
+fn listing(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<(Dialect, Vec<String>), (Dialect, ProxyError)> {
+    let dialect = if headers.contains_key("anthropic-version") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    let principal = authorize(gw, headers).map_err(|e| (dialect, e))?;
+    let names = gw
+        .snapshot()
+        .model_names
+        .iter()
+        .filter(|n| principal.as_ref().is_none_or(|p| p.may_use(n)))
+        .cloned()
+        .collect();
+    Ok((dialect, names))
+}
+
+fn model_json(dialect: Dialect, id: &str) -> serde_json::Value {
+    match dialect {
+        Dialect::Anthropic => json!({"type": "model", "id": id, "display_name": id,
+            "created_at": "1970-01-01T00:00:00Z"}),
+        _ => json!({"id": id, "object": "model", "created": 0, "owned_by": "pylon"}),
+    }
+}
+
 /// `GET /v1/models/{id}`: one configured name, in the client's dialect; 404 if it is not one
 /// the caller may use.
 pub(crate) async fn model(
@@ -313,59 +343,29 @@ pub(crate) async fn model(
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let dialect = if headers.contains_key("anthropic-version") {
-        Dialect::Anthropic
-    } else {
-        Dialect::OpenAi
-    };
-    let principal = match authorize(&gw, &headers) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(dialect),
-    };
-    let snap = gw.snapshot();
-    let known = snap.model_names.contains(&id) && principal.as_ref().is_none_or(|p| p.may_use(&id));
-    if !known {
-        return ProxyError::UnknownModel(crate::error::quote(&id)).into_response(dialect);
-    }
-    match dialect {
-        Dialect::Anthropic => Json(json!({"type": "model", "id": id, "display_name": id,
-            "created_at": "1970-01-01T00:00:00Z"}))
-        .into_response(),
-        _ => Json(json!({"id": id, "object": "model", "created": 0, "owned_by": "pylon"}))
-            .into_response(),
+    match listing(&gw, &headers) {
+        Err((dialect, e)) => e.into_response(dialect),
+        Ok((dialect, names)) if names.contains(&id) => {
+            Json(model_json(dialect, &id)).into_response()
+        }
+        Ok((dialect, _)) => {
+            ProxyError::UnknownModel(crate::error::quote(&id)).into_response(dialect)
+        }
     }
 }
 
 /// `GET /v1/models`: the configured names, in the Anthropic shape when the client is the Anthropic SDK.
 pub(crate) async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let dialect = if headers.contains_key("anthropic-version") {
-        Dialect::Anthropic
-    } else {
-        Dialect::OpenAi
+    let (dialect, names) = match listing(&gw, &headers) {
+        Ok(l) => l,
+        Err((dialect, e)) => return e.into_response(dialect),
     };
-    let principal = match authorize(&gw, &headers) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(dialect),
-    };
-    let snap = gw.snapshot();
-    let names: Vec<&String> = snap
-        .model_names
-        .iter()
-        .filter(|n| principal.as_ref().is_none_or(|p| p.may_use(n)))
-        .collect();
-    if headers.contains_key("anthropic-version") {
-        let data: Vec<_> = names
-            .iter()
-            .map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}))
-            .collect();
-        let first = names.first().copied();
-        let last = names.last().copied();
+    let data: Vec<_> = names.iter().map(|n| model_json(dialect, n)).collect();
+    if dialect == Dialect::Anthropic {
+        let first = names.first();
+        let last = names.last();
         return Json(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
             .into_response();
     }
-    let data: Vec<_> = names
-        .iter()
-        .map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "pylon"}))
-        .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }

@@ -40,15 +40,7 @@ pub fn to_messages(
     opts: Options,
 ) -> Result<MessagesRequest, TranslateError> {
     const WHO: &str = "anthropic-kind";
-    if req.n.is_some_and(|n| n > 1) {
-        opts.unsupported("n", WHO)?;
-    }
-    if req.seed.is_some() {
-        opts.unsupported("seed", WHO)?;
-    }
-    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
-        opts.unsupported("logprobs", WHO)?;
-    }
+    opts.no_sampling_extras(req, WHO)?;
     let output_config = match &req.response_format {
         Some(f) if f["type"] == "json_schema" => Some(json!({"format": {
             "type": "json_schema",
@@ -213,16 +205,7 @@ fn assistant_blocks(m: &Message) -> Result<Vec<Block>, TranslateError> {
         blocks.push(Block::text(text));
     }
     for call in m.tool_calls.iter().flatten() {
-        let input = if call.function.arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&call.function.arguments).map_err(|_| {
-                TranslateError::Unsupported(format!(
-                    "tool call `{}` has arguments that are not valid JSON",
-                    call.id
-                ))
-            })?
-        };
+        let input = crate::tool_arguments(call)?;
         blocks.push(Block::ToolUse {
             id: call.id.clone(),
             name: call.function.name.clone(),
