@@ -405,11 +405,18 @@ pub(crate) fn estimate_tokens(body: &[u8]) -> u64 {
         max_tokens: Option<u64>,
         #[serde(default)]
         max_completion_tokens: Option<u64>,
+        /// The Responses API's name for it.
+        #[serde(default)]
+        max_output_tokens: Option<u64>,
     }
     // Unknown fields (the messages) are skipped by the parser without being built.
     let output = serde_json::from_slice::<Caps>(body)
         .ok()
-        .and_then(|c| c.max_completion_tokens.or(c.max_tokens))
+        .and_then(|c| {
+            c.max_completion_tokens
+                .or(c.max_tokens)
+                .or(c.max_output_tokens)
+        })
         .unwrap_or(0);
     (body.len() as u64).div_ceil(4) + output
 }
@@ -472,5 +479,25 @@ pub(crate) async fn admit_route(
         // Unavailable shared state on an app route: let the request through rather than take
         // the application down with the limiter.
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate_tokens;
+
+    #[test]
+    fn the_output_cap_counts_under_each_apis_name() {
+        for body in [
+            r#"{"max_tokens":100}"#,
+            r#"{"max_completion_tokens":100}"#,
+            r#"{"max_output_tokens":100}"#,
+        ] {
+            assert_eq!(
+                estimate_tokens(body.as_bytes()),
+                body.len().div_ceil(4) as u64 + 100
+            );
+        }
+        assert_eq!(estimate_tokens(b"{}"), 1);
     }
 }
