@@ -539,6 +539,7 @@ impl Config {
                     api_version: None,
                     token_file: None,
                     aws: None,
+                    responses_api: true,
                 });
             };
         let set = |k: &str| env(k).filter(|v| !v.is_empty());

@@ -55,6 +55,14 @@ pub struct Provider {
     /// AWS Bedrock: region and credentials (SigV4).
     #[serde(default)]
     pub aws: Option<Aws>,
+    /// OpenAI and Azure: the server has the Responses API (`/responses`). Off for
+    /// OpenAI-compatible servers without it: Responses requests are translated to chat.
+    #[serde(default = "yes")]
+    pub responses_api: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `aws = { … }` of a Bedrock provider. Credentials: these keys if set, else the environment

@@ -146,9 +146,10 @@ pub(crate) const FORWARDED: [&str; 4] = [
 pub(crate) struct Secure(pub bool);
 
 /// Whether the provider speaks the client's dialect, so bodies pass through untranslated.
-pub(crate) fn passthrough(api: Api, kind: pylon_config::ProviderKind) -> bool {
+pub(crate) fn passthrough(api: Api, p: &crate::snapshot::Provider) -> bool {
     match api {
-        Api::Chat | Api::Embeddings | Api::Completions | Api::Responses => kind.openai_wire(),
-        Api::Messages => kind == pylon_config::ProviderKind::Anthropic,
+        Api::Chat | Api::Embeddings | Api::Completions => p.kind.openai_wire(),
+        Api::Responses => p.kind.openai_wire() && p.responses_api,
+        Api::Messages => p.kind == pylon_config::ProviderKind::Anthropic,
     }
 }

@@ -85,7 +85,7 @@ pub(crate) async fn complete(
     }
     let ttfb = ttfb.unwrap_or_else(|| ctx.started.elapsed());
     let keep = Keep::of(call);
-    let (out, usage) = if passthrough(call.api, p.kind) {
+    let (out, usage) = if passthrough(call.api, p) {
         let usage = match p.kind {
             ProviderKind::Anthropic => anthropic::usage_of(&buf),
             _ if call.api == Api::Responses => responses::usage_of(&buf),
@@ -273,7 +273,7 @@ pub(crate) async fn stream(
 ) -> Result<Response, Failure> {
     let p = &target.provider;
     let upstream = provider_headers(resp.headers(), call.provider_headers);
-    let codec = (!passthrough(call.api, p.kind)).then(|| {
+    let codec = (!passthrough(call.api, p)).then(|| {
         let decoder = match p.kind {
             ProviderKind::Openai | ProviderKind::Azure => Decoder::OpenAi,
             ProviderKind::Bedrock => Decoder::Bedrock(bedrock::StreamDecoder::new(&target.model)),

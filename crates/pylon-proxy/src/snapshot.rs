@@ -64,6 +64,8 @@ pub(crate) struct Provider {
     pub token: arc_swap::ArcSwapOption<(HeaderName, HeaderValue)>,
     /// Bedrock: region and AWS credentials for SigV4.
     pub aws: Option<Arc<crate::aws::Aws>>,
+    /// Serves `/responses` itself (OpenAI, Azure); off: Responses requests are sent as chat.
+    pub responses_api: bool,
 }
 
 /// The Azure OpenAI `api-version` used when the config names none.
@@ -464,6 +466,7 @@ impl Snapshot {
                         .aws
                         .as_ref()
                         .map(|a| Arc::new(crate::aws::Aws::new(a, &|k| std::env::var(k).ok()))),
+                    responses_api: p.responses_api,
                 }),
             );
         }
@@ -644,6 +647,7 @@ pub(crate) mod tests {
             token_file: None,
             token: arc_swap::ArcSwapOption::empty(),
             aws: None,
+            responses_api: true,
         });
         Model {
             name: "m".into(),

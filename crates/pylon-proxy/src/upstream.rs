@@ -352,12 +352,13 @@ fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), Pr
                     "a Responses call without its request".into(),
                 ));
             };
+            let native = target.provider.responses_api;
             match kind {
-                ProviderKind::Openai if r.expanded => (
+                ProviderKind::Openai if native && r.expanded => (
                     "/responses".into(),
                     to_json(&responses::with_input(&r.request, r.items.clone(), model))?,
                 ),
-                ProviderKind::Openai => (
+                ProviderKind::Openai if native => (
                     "/responses".into(),
                     openai::with_model(&call.body, span, model),
                 ),
@@ -366,6 +367,12 @@ fn encode(call: &Call, m: &Model, target: &Target) -> Result<(String, Bytes), Pr
                     return Err(ProxyError::NoResponse(crate::error::quote(
                         r.unknown_previous.as_deref().unwrap_or_default(),
                     )))
+                }
+                // An OpenAI-compatible server without the Responses API gets chat.
+                ProviderKind::Openai => {
+                    let mut req = call.canonical()?.clone();
+                    req.model.clone_from(model);
+                    ("/chat/completions".into(), to_json(&req)?)
                 }
                 ProviderKind::Anthropic => (
                     "/v1/messages".into(),
@@ -534,7 +541,7 @@ async fn attempt_inner(
             status,
             provider: p.name.clone(),
             message,
-            passthrough: passthrough(call.api, p.kind).then(|| match p.kind {
+            passthrough: passthrough(call.api, p).then(|| match p.kind {
                 ProviderKind::Azure => openai::azure_error(&body).unwrap_or(body),
                 _ => body,
             }),

@@ -471,3 +471,36 @@ unsupported_params = "drop"
     assert!(sent.get("seed").is_none());
     assert_eq!(sent["max_tokens"], 2048, "the target's configured cap");
 }
+
+#[tokio::test]
+async fn an_openai_compatible_server_without_the_responses_api_gets_chat() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let text = TWO_MOCKS.replace(
+        "api_key = \"sk-provider-a\"",
+        "api_key = \"sk-provider-a\"\nresponses_api = false",
+    );
+    let gw = Gateway::start(&text, &a, &b).await;
+    let (status, r) = respond(
+        &gw,
+        json!({"model": "a-strict", "input": "hello", "instructions": "x"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(output_text(&r), "Hello from mock-a! You said: hello");
+    let s = a.stats();
+    assert_eq!(s.last_path.as_deref(), Some("/v1/chat/completions"));
+    assert_eq!(s.last_body.unwrap()["messages"][0]["role"], "system");
+    let body = client()
+        .post(gw.url("/v1/responses"))
+        .json(&json!({"model": "a-strict", "input": "hello", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(sse_data(&body).last().unwrap()).unwrap();
+    assert_eq!(last["type"], "response.completed", "{body}");
+    assert!(last["response"]["usage"]["output_tokens"].as_u64() > Some(0));
+}
