@@ -159,4 +159,45 @@ mod tests {
         assert_eq!(rfc3339("1970-01-02T00:00:01Z"), Some(86_401));
         assert_eq!(rfc3339("2026-12-06T19:00:00Z"), Some(1_796_583_600));
     }
+
+    fn cfg(keys: Option<(&str, &str)>) -> pylon_config::Aws {
+        let secret = |s: &str| Some(pylon_config::Secret::new(s));
+        pylon_config::Aws {
+            region: "eu-west-1".into(),
+            access_key_id: keys.and_then(|k| secret(k.0)),
+            secret_access_key: keys.and_then(|k| secret(k.1)),
+            session_token: None,
+            role_arn: None,
+            web_identity_token_file: None,
+            sts_url: None,
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_config_then_the_environment_then_a_web_identity() {
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("ENVKEY".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("envsecret".to_owned()),
+            "AWS_ROLE_ARN" => Some("arn:aws:iam::1:role/r".to_owned()),
+            "AWS_WEB_IDENTITY_TOKEN_FILE" => Some("/var/run/token".to_owned()),
+            _ => None,
+        };
+        let configured = Aws::new(&cfg(Some(("CFGKEY", "s"))), &env);
+        assert_eq!(configured.credentials().unwrap().access_key_id, "CFGKEY");
+        assert!(configured.web_identity().is_none());
+
+        let from_env = Aws::new(&cfg(None), &env);
+        assert_eq!(from_env.credentials().unwrap().access_key_id, "ENVKEY");
+
+        let no_keys =
+            |k: &str| env(k).filter(|_| k.starts_with("AWS_ROLE") || k.starts_with("AWS_WEB"));
+        let identity = Aws::new(&cfg(None), &no_keys);
+        assert!(!identity.ready(), "nothing until STS answers");
+        let (role, file, sts) = identity.web_identity().unwrap();
+        assert_eq!(
+            (role, file.to_str().unwrap()),
+            ("arn:aws:iam::1:role/r", "/var/run/token")
+        );
+        assert_eq!(sts, "https://sts.eu-west-1.amazonaws.com");
+    }
 }
