@@ -72,6 +72,8 @@ pub struct Control {
     pub backups: Arc<backups::Backups>,
     /// Dashboard sessions (cookie → CSRF token).
     sessions: dashboard::Sessions,
+    /// The dashboard's store-backed figures, shared by every viewer.
+    executive: dashboard::Executive,
     /// The run-time log filter, when the binary installed one.
     log_level: std::sync::OnceLock<Arc<pylon_telemetry::LogLevel>>,
     /// The config file in force and the record of reloads.
@@ -130,6 +132,7 @@ impl Control {
             alerts,
             backups,
             sessions: dashboard::Sessions::default(),
+            executive: dashboard::Executive::default(),
             config: config::ConfigState::default(),
             tls: std::sync::OnceLock::new(),
         })

@@ -6,6 +6,8 @@
 
 mod snapshot;
 
+pub(crate) use snapshot::Executive;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! What one dashboard stream pushes: rates over the last second from the metrics registry,
-//! per model, breakers, rollouts, flags, alerts, and (every ten seconds, from the store) the
-//! spend figures the people who pay look at.
+//! per model, breakers, rollouts, flags, alerts, and the spend figures the people who pay look
+//! at (read from the store at most every two seconds, shared by every stream).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,14 +12,37 @@ use serde_json::{json, Value};
 use crate::alerts::series::{self, Sample};
 use crate::Control;
 
-/// How often the store-backed (executive) figures are read again.
-const EXECUTIVE: Duration = Duration::from_secs(10);
+/// How often the store-backed (executive) figures are read again: with the 1 s push, a number
+/// on screen is at most this plus the ledger's flush old.
+const EXECUTIVE: Duration = Duration::from_secs(2);
+
+/// The executive figures, shared by every dashboard stream: the store is read once per period
+/// however many people watch, and one reader at a time (the others show the last figures).
+#[derive(Default)]
+pub(crate) struct Executive {
+    last: std::sync::Mutex<Option<(Instant, Value)>>,
+    reading: tokio::sync::Mutex<()>,
+}
+
+impl Executive {
+    fn get(&self, fresh_within: Duration) -> Option<Value> {
+        let g = self.last.lock().ok()?;
+        g.as_ref()
+            .filter(|(at, _)| at.elapsed() < fresh_within)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, v: Value) {
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some((Instant::now(), v));
+        }
+    }
+}
 
 /// One stream's state between pushes.
 pub(super) struct Live {
     control: Arc<Control>,
     prev: Option<Sample>,
-    executive: Option<(Instant, Value)>,
 }
 
 fn now_ms() -> u64 {
@@ -47,7 +70,6 @@ impl Live {
         Live {
             control,
             prev: None,
-            executive: None,
         }
     }
 
@@ -133,13 +155,15 @@ impl Live {
     }
 
     /// Month-to-date spend per team and key with its projection to the month's end, active
-    /// keys today, and each SLO's error budget left; read from the store every ten seconds.
+    /// keys today, and each SLO's error budget left; read from the store every two seconds.
     async fn executive(&mut self) -> Value {
-        if let Some((at, v)) = &self.executive {
-            if at.elapsed() < EXECUTIVE {
-                return v.clone();
-            }
+        let shared = &self.control.executive;
+        if let Some(v) = shared.get(EXECUTIVE) {
+            return v;
         }
+        let Ok(_reading) = shared.reading.try_lock() else {
+            return shared.get(Duration::MAX).unwrap_or(Value::Null);
+        };
         let now = (now_ms() / 1000) as i64;
         let day = now - now.rem_euclid(86_400);
         let month = month_start(now);
@@ -195,7 +219,7 @@ impl Live {
                 "availability": 1.0 - d.errors as f64 / d.requests.max(1) as f64,
             })).collect::<Vec<_>>(),
         });
-        self.executive = Some((Instant::now(), v.clone()));
+        shared.put(v.clone());
         v
     }
 }
