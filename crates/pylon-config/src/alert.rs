@@ -111,6 +111,10 @@ pub struct Alert {
     /// Which part of the series: `model`, `provider`, `route`, `target`, `team`, `key`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// One alert per value of these labels seen in the series (e.g. `["model"]`: each model
+    /// alerts on its own, named `<name>:model=<value>`), instead of one for the whole series.
+    #[serde(default)]
+    pub by: Vec<String>,
     #[serde(default)]
     pub above: Option<f64>,
     #[serde(default)]
@@ -386,8 +390,14 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
         if !names.insert(name) {
             bad("declared twice".into());
         }
+        if name.contains(':') {
+            bad("names may not contain `:` (it joins a rule's name to the labels of the alerts its `by` makes)".into());
+        }
         // Burn-rate rules count requests: the labels of `requests`.
         if a.kind == AlertKind::Budget {
+            if !a.by.is_empty() {
+                bad("`by` splits a series; a budget rule watches one owner".into());
+            }
             // A budget rule watches one key's (by name) or one team's (by id) budget.
             let scope: Vec<&String> = a.labels.keys().collect();
             if !matches!(scope.as_slice(), [k] if *k == "key" || *k == "team") {
@@ -399,6 +409,18 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
                 .as_ref()
                 .map_or("requests", |s| s.get_ref().as_str());
             if let Some((_, _, labels)) = SERIES.iter().find(|(n, ..)| *n == series_name) {
+                for l in &a.by {
+                    if !labels.contains(&l.as_str()) || a.labels.contains_key(l) {
+                        bad(format!(
+                            "by `{l}`: series `{series_name}` is split by {} (and not by a label the rule already fixes)",
+                            if labels.is_empty() {
+                                "nothing".to_owned()
+                            } else {
+                                labels.join(", ")
+                            }
+                        ));
+                    }
+                }
                 for l in a.labels.keys() {
                     if !labels.contains(&l.as_str()) {
                         bad(format!(

@@ -380,3 +380,69 @@ fn secrets_can_come_from_files() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_split_rule_names_labels_its_series_has() {
+    let text = format!(
+        r#"{EXAMPLE}
+[[alerts]]
+name = "split-ok"
+kind = "threshold"
+series = "error_rate"
+by = ["model", "provider"]
+above = 0.1
+
+[[alerts]]
+name = "split:bad"
+kind = "threshold"
+series = "error_rate"
+by = ["colour"]
+above = 0.1
+
+[[alerts]]
+name = "budget-split"
+kind = "budget"
+labels = {{ team = "t" }}
+by = ["model"]
+above = 0.8
+"#
+    );
+    let errs = check(&text).unwrap_err();
+    for what in [
+        "alert `split:bad`: names may not contain `:`",
+        "alert `split:bad`: by `colour`",
+        "alert `budget-split`: `by` splits a series",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(what)), "{what}: {errs:?}");
+    }
+    assert!(!errs.iter().any(|e| e.contains("split-ok")), "{errs:?}");
+}
+
+#[test]
+fn azure_needs_its_endpoint_and_bedrock_its_region() {
+    let text = format!(
+        r#"{EXAMPLE}
+[[providers]]
+name = "az"
+kind = "azure"
+api_key = "k"
+
+[[providers]]
+name = "br"
+kind = "bedrock"
+
+[[providers]]
+name = "tok"
+kind = "openai"
+token_file = "/x"
+"#
+    );
+    let errs = check(&text).unwrap_err();
+    for what in [
+        "provider `az` (azure): set base_url",
+        "provider `br`: bedrock providers need aws",
+        "provider `tok`: token_file is for azure",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(what)), "{what}: {errs:?}");
+    }
+}

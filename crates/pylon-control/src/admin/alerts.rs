@@ -100,7 +100,7 @@ pub(super) async fn history(
 /// Acknowledges a firing alert: it is not re-notified for `for` (default `1h`, e.g.
 /// `{"for": "30m"}`); if it still fires then, it pages again. `x-pylon-actor` names who.
 #[utoipa::path(post, path = "/admin/v1/alerts/{name}/ack", operation_id = "ack_alert", tag = "alerts",
-    params(("name" = String, Path, description = "The alert rule's name")),
+    params(("name" = String, Path, description = "The alert's name: its rule's, or for a rule with `by` `<rule>:<label>=<value>`")),
     request_body(content = Object, description = "optional: {\"for\": \"30m\"}"),
     responses((status = 200, description = "the alert", body = Object),
               (status = 400, body = ErrorBody, description = "a bad duration"),

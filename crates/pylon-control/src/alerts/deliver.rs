@@ -73,8 +73,8 @@ impl Alerts {
             })
             .collect();
         let mut alerts = Vec::new();
-        let rules = self.rules.current();
-        for rule in rules.iter().map(|r| &r.alert) {
+        let rules = self.expanded();
+        for rule in rules.iter().map(|(_, a)| a) {
             let name = rule.name.get_ref();
             let Some(row) = rows.get(name) else { continue };
             let (firing, keep) = {

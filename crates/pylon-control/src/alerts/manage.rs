@@ -29,11 +29,9 @@ impl Alerts {
             })
             .collect();
         Ok(self
-            .rules
-            .current()
+            .expanded()
             .iter()
-            .map(|r| {
-                let rule = &r.alert;
+            .map(|(r, rule)| {
                 let name = rule.name.get_ref();
                 let row = stored.get(name);
                 let state = row.map_or("inactive", |r| r.state.as_str());
@@ -228,10 +226,9 @@ impl Alerts {
         lasting: Option<Duration>,
     ) -> Result<Value, AlertError> {
         if !self
-            .rules
-            .current()
+            .expanded()
             .iter()
-            .any(|r| r.alert.name.get_ref() == name)
+            .any(|(_, a)| a.name.get_ref() == name)
         {
             return Err(AlertError::Unknown(name.to_owned()));
         }

@@ -98,7 +98,12 @@ pub struct Alerts {
     redis: Option<pylon_state::RedisState>,
     /// Whether this instance evaluated last time (taking over loads the stored alerts).
     holding: std::sync::atomic::AtomicBool,
+    /// Rules with `by`: the label combinations seen in their series (each is an alert).
+    split: Mutex<HashMap<String, Vec<BTreeMap<String, String>>>>,
 }
+
+/// Alerts one rule's `by` may make; more combinations are not watched (and are logged).
+const MAX_SPLIT: usize = 200;
 
 /// The alerting sections of a config, as the evaluator uses them.
 struct Conf {
@@ -145,7 +150,10 @@ impl Conf {
 
 fn labels_of(rule: &Alert) -> BTreeMap<String, String> {
     let mut l = rule.labels.clone();
-    l.insert("alertname".into(), rule.name.get_ref().clone());
+    // An alert a rule's `by` made is named `<rule>:<label>=<value>`; its alertname is the rule's.
+    let name = rule.name.get_ref();
+    let base = name.split_once(':').map_or(name.as_str(), |(b, _)| b);
+    l.insert("alertname".into(), base.to_owned());
     l.insert("severity".into(), rule.severity.as_str().into());
     l
 }
@@ -180,6 +188,7 @@ impl Alerts {
                 .as_ref()
                 .and_then(|u| pylon_state::RedisState::new(u.expose(), "pylon:").ok()),
             holding: std::sync::atomic::AtomicBool::new(false),
+            split: Mutex::new(HashMap::new()),
         }
     }
 
@@ -288,7 +297,9 @@ impl Alerts {
             return Ok(());
         };
         let started = std::time::Instant::now();
-        for rule in rules.iter().map(|r| &r.alert) {
+        self.observe_split(&rules, &cur);
+        for (_, rule) in self.expanded() {
+            let rule = &rule;
             if let Err(e) = self.evaluate(rule, &prev, &cur, now).await {
                 tracing::warn!(target: "pylon::alert", alert = %rule.name.get_ref(), error = %e, "could not record the alert");
             }
@@ -299,6 +310,64 @@ impl Alerts {
             .alert_evaluation
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Notes the label combinations each `by` rule's series has data for; one seen once stays
+    /// watched, so an alert whose traffic stopped still resolves.
+    fn observe_split(&self, rules: &[rules::Rule], cur: &Sample) {
+        let mut split = self
+            .split
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        split.retain(|name, _| rules.iter().any(|r| r.alert.name.get_ref() == name));
+        for rule in rules.iter().map(|r| &r.alert).filter(|r| !r.by.is_empty()) {
+            let series = rule
+                .series
+                .as_ref()
+                .map_or("requests", |s| s.get_ref().as_str());
+            let seen = split.entry(rule.name.get_ref().clone()).or_default();
+            for combo in cur.combinations(series, &rule.by) {
+                let narrowed = combo
+                    .iter()
+                    .all(|(k, v)| rule.labels.get(k).is_none_or(|w| w == v));
+                if !narrowed || seen.contains(&combo) {
+                    continue;
+                }
+                if seen.len() >= MAX_SPLIT {
+                    tracing::warn!(target: "pylon::alert", alert = %rule.name.get_ref(), "more than {MAX_SPLIT} label combinations: the rest are not watched");
+                    break;
+                }
+                seen.push(combo);
+            }
+        }
+    }
+
+    /// The alerts the rules stand for now, with the rule each comes from: a rule itself, or
+    /// for a rule with `by` one per label combination seen (`<rule>:model=chat`), narrowed to it.
+    fn expanded(&self) -> Vec<(rules::Rule, Alert)> {
+        let rules = self.rules.current();
+        let split = self
+            .split
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::new();
+        for r in rules.iter() {
+            if r.alert.by.is_empty() {
+                out.push((r.clone(), r.alert.clone()));
+                continue;
+            }
+            for combo in split.get(r.alert.name.get_ref()).into_iter().flatten() {
+                let mut a = r.alert.clone();
+                let suffix: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                a.name = toml::Spanned::new(
+                    r.alert.name.span(),
+                    format!("{}:{}", r.alert.name.get_ref(), suffix.join(",")),
+                );
+                a.labels.extend(combo.clone());
+                out.push((r.clone(), a));
+            }
+        }
+        out
     }
 
     /// Not the evaluator: hands this instance's growth over, through Redis when configured

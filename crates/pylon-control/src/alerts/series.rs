@@ -287,6 +287,32 @@ impl Sample {
         out
     }
 
+    /// The combinations of `labels` that `series` has data for, each as a label map (a rule
+    /// with `by` gets one alert per combination). Unknown models (`-`) are left out.
+    pub fn combinations(&self, series: &str, labels: &[String]) -> Vec<BTreeMap<String, String>> {
+        let Some(family) = family(series) else {
+            return Vec::new();
+        };
+        let mut out: Vec<BTreeMap<String, String>> = self
+            .families
+            .get(family)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter_map(|l| {
+                labels
+                    .iter()
+                    .map(|want| {
+                        let v = l.iter().find(|(k, _)| k == want).map(|(_, v)| v.clone())?;
+                        (v != "-").then(|| (want.clone(), v))
+                    })
+                    .collect::<Option<BTreeMap<_, _>>>()
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// A gauge family's values by labels.
     pub fn gauges(&self, family: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         let mut out: Vec<(BTreeMap<String, String>, f64)> = self
@@ -438,6 +464,25 @@ pub fn failed_and_total(
         growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]),
         growth(prev, cur, REQUESTS, want, &[]),
     )
+}
+
+/// The metric family a named series is read from (burn-rate rules: `requests`).
+pub fn family(series: &str) -> Option<&'static str> {
+    Some(match series {
+        "requests" | "errors" | "error_rate" => REQUESTS,
+        "latency_p50" | "latency_p95" | "latency_p99" => DURATION,
+        "ttft_p95" => TTFT,
+        "tokens" => TOKENS,
+        "cost" => COST,
+        "cache_hit_rate" => CACHE,
+        "rejections" => REJECTED,
+        "open_streams" => STREAMS,
+        "breaker_open" => BREAKERS,
+        "request_log_dropped" => LOG_DROPPED,
+        "receiver_failures" => DELIVERIES,
+        "dependency_down" => DEPENDENCIES,
+        _ => return None,
+    })
 }
 
 /// A named series between two samples; `None` when it has no value (no requests for a ratio or

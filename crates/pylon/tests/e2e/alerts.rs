@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const TOKEN: &str = "admin-alerts";
+pub(crate) const TOKEN: &str = "admin-alerts";
 
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) on an ephemeral port.
 struct Alertmanager {
@@ -96,7 +96,7 @@ async fn held(am: &Alertmanager, alertname: &str) -> Vec<Value> {
 }
 
 /// Chat requests every 20 ms, each from a new session, until stopped.
-fn traffic(gw: &Gateway) -> Arc<AtomicBool> {
+pub(crate) fn traffic(gw: &Gateway) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let (url, s) = (gw.url("/v1/chat/completions"), stop.clone());
     tokio::spawn(async move {
@@ -116,7 +116,7 @@ fn traffic(gw: &Gateway) -> Arc<AtomicBool> {
     stop
 }
 
-fn config(mock: &MockServer, extra: &str) -> String {
+pub(crate) fn config(mock: &MockServer, extra: &str) -> String {
     format!(
         r#"
 [auth]
@@ -144,7 +144,7 @@ evaluate_every = "1s"
     )
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(
+pub(crate) async fn wait_until<F: std::future::Future<Output = bool>>(
     within: Duration,
     mut f: impl FnMut() -> F,
 ) -> bool {
@@ -158,7 +158,7 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     false
 }
 
-async fn alert(gw: &Gateway, name: &str) -> Value {
+pub(crate) async fn alert(gw: &Gateway, name: &str) -> Value {
     let all = admin_get(gw, TOKEN, "/admin/v1/alerts").await;
     all.as_array()
         .unwrap()

@@ -5,6 +5,7 @@
 
 mod accounting;
 mod alerts;
+mod alerts_by;
 mod app_routes;
 mod cache;
 mod cloud;
