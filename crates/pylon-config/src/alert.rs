@@ -234,17 +234,17 @@ pub const SERIES: &[(&str, &str, &[&str])] = &[
     (
         "requests",
         "requests per second",
-        &["route", "model", "provider"],
+        &["route", "model", "provider", "team"],
     ),
     (
         "errors",
         "server-side failures (5xx) per second",
-        &["route", "model", "provider"],
+        &["route", "model", "provider", "team"],
     ),
     (
         "error_rate",
         "share of requests that failed server-side",
-        &["route", "model", "provider"],
+        &["route", "model", "provider", "team"],
     ),
     (
         "latency_p50",
@@ -269,12 +269,12 @@ pub const SERIES: &[(&str, &str, &[&str])] = &[
     (
         "tokens",
         "tokens per second, input and output",
-        &["model", "provider"],
+        &["model", "provider", "team"],
     ),
     (
         "cost",
         "provider spend, USD per hour",
-        &["model", "provider"],
+        &["model", "provider", "team"],
     ),
     (
         "cache_hit_rate",
@@ -408,6 +408,12 @@ pub(crate) fn check(config: &crate::Config, problems: &mut Vec<(usize, String)>)
                 .series
                 .as_ref()
                 .map_or("requests", |s| s.get_ref().as_str());
+            // Per-team series count requests, tokens and spend by team alone.
+            let team = a.labels.contains_key("team") || a.by.iter().any(|b| b == "team");
+            let others = a.labels.keys().chain(&a.by).any(|l| l != "team");
+            if team && (others || a.latency.is_some()) {
+                bad("`team` stands alone: per-team series are not split by route, model or provider, nor by latency".into());
+            }
             if let Some((_, _, labels)) = SERIES.iter().find(|(n, ..)| *n == series_name) {
                 for l in &a.by {
                     if !labels.contains(&l.as_str()) || a.labels.contains_key(l) {

@@ -400,6 +400,14 @@ by = ["colour"]
 above = 0.1
 
 [[alerts]]
+name = "team-and-model"
+kind = "threshold"
+series = "error_rate"
+labels = {{ model = "chat" }}
+by = ["team"]
+above = 0.1
+
+[[alerts]]
 name = "budget-split"
 kind = "budget"
 labels = {{ team = "t" }}
@@ -412,6 +420,7 @@ above = 0.8
         "alert `split:bad`: names may not contain `:`",
         "alert `split:bad`: by `colour`",
         "alert `budget-split`: `by` splits a series",
+        "alert `team-and-model`: `team` stands alone",
     ] {
         assert!(errs.iter().any(|e| e.contains(what)), "{what}: {errs:?}");
     }

@@ -245,6 +245,23 @@ impl Record {
         if cost > 0.0 {
             m.cost.with_label_values(&[model, provider]).inc_by(cost);
         }
+        if let Some(team) = self
+            .team_id
+            .as_deref()
+            .or(self.key_id.as_ref().map(|_| "-"))
+        {
+            m.team_requests
+                .with_label_values(&[team, status_class(self.status)])
+                .inc();
+            if usage.total_tokens > 0 {
+                m.team_tokens
+                    .with_label_values(&[team])
+                    .inc_by(usage.total_tokens);
+            }
+            if cost > 0.0 {
+                m.team_cost.with_label_values(&[team]).inc_by(cost);
+            }
+        }
         if let (Some(reqs), Some(key)) = (&m.key_requests, &self.key_id) {
             let team = self.team_id.as_deref().unwrap_or("-");
             reqs.with_label_values(&[key, team]).inc();

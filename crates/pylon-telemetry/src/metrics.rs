@@ -42,6 +42,11 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Spend in US dollars by model and provider.
     pub cost: CounterVec,
+    /// Requests, tokens and spend per team (teams are made by admins: a bounded set; `-` is
+    /// traffic of keys without a team), the series team alert rules read.
+    pub team_requests: IntCounterVec,
+    pub team_tokens: IntCounterVec,
+    pub team_cost: CounterVec,
     /// Requests and spend per key and team, only when `[metrics] per_key = true`.
     pub key_requests: Option<IntCounterVec>,
     pub key_cost: Option<CounterVec>,
@@ -332,6 +337,24 @@ impl Metrics {
                 "pylon_cost_usd_total",
                 "Spend in US dollars at configured prices.",
                 &["model", "provider"],
+            )?,
+            team_requests: counter(
+                r,
+                "pylon_team_requests_total",
+                "AI requests per team, by status class.",
+                &["team", "status_class"],
+            )?,
+            team_tokens: counter(
+                r,
+                "pylon_team_tokens_total",
+                "Tokens per team, input and output.",
+                &["team"],
+            )?,
+            team_cost: float_counter(
+                r,
+                "pylon_team_cost_usd_total",
+                "Spend per team in US dollars.",
+                &["team"],
             )?,
             key_requests: per_key
                 .then(|| {

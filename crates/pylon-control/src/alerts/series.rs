@@ -236,7 +236,13 @@ const LOG_DROPPED: &str = "pylon_request_log_dropped_total";
 const CACHE_SAVED: &str = "pylon_cache_cost_saved_usd_total";
 const DEPENDENCIES: &str = "pylon_dependency_up";
 const DELIVERIES: &str = "pylon_alert_deliveries_total";
-const USED: [&str; 13] = [
+const TEAM_REQUESTS: &str = "pylon_team_requests_total";
+const TEAM_TOKENS: &str = "pylon_team_tokens_total";
+const TEAM_COST: &str = "pylon_team_cost_usd_total";
+const USED: [&str; 16] = [
+    TEAM_REQUESTS,
+    TEAM_TOKENS,
+    TEAM_COST,
     REQUESTS,
     DURATION,
     TTFT,
@@ -290,7 +296,7 @@ impl Sample {
     /// The combinations of `labels` that `series` has data for, each as a label map (a rule
     /// with `by` gets one alert per combination). Unknown models (`-`) are left out.
     pub fn combinations(&self, series: &str, labels: &[String]) -> Vec<BTreeMap<String, String>> {
-        let Some(family) = family(series) else {
+        let Some(family) = family(series, labels.iter().any(|l| l == "team")) else {
             return Vec::new();
         };
         let mut out: Vec<BTreeMap<String, String>> = self
@@ -460,14 +466,28 @@ pub fn failed_and_total(
     cur: &Sample,
     want: &BTreeMap<String, String>,
 ) -> (f64, f64) {
+    let family = if want.contains_key("team") {
+        TEAM_REQUESTS
+    } else {
+        REQUESTS
+    };
     (
-        growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]),
-        growth(prev, cur, REQUESTS, want, &[]),
+        growth(prev, cur, family, want, &[("status_class", "5xx")]),
+        growth(prev, cur, family, want, &[]),
     )
 }
 
-/// The metric family a named series is read from (burn-rate rules: `requests`).
-pub fn family(series: &str) -> Option<&'static str> {
+/// The metric family a named series is read from (burn-rate rules: `requests`); a rule about
+/// a team reads the per-team families.
+pub fn family(series: &str, team: bool) -> Option<&'static str> {
+    if team {
+        return match series {
+            "requests" | "errors" | "error_rate" => Some(TEAM_REQUESTS),
+            "tokens" => Some(TEAM_TOKENS),
+            "cost" => Some(TEAM_COST),
+            _ => None,
+        };
+    }
     Some(match series {
         "requests" | "errors" | "error_rate" => REQUESTS,
         "latency_p50" | "latency_p95" | "latency_p99" => DURATION,
@@ -494,16 +514,25 @@ pub fn read(
     cur: &Sample,
 ) -> Option<Reading> {
     let secs = (cur.at_ms.saturating_sub(prev.at_ms) as f64 / 1000.0).max(1e-3);
-    let requests = growth(prev, cur, REQUESTS, want, &[]);
+    let team = want.contains_key("team");
+    let (requests_f, tokens_f, cost_f) = if team {
+        (TEAM_REQUESTS, TEAM_TOKENS, TEAM_COST)
+    } else {
+        (REQUESTS, TOKENS, COST)
+    };
+    if team && family(series, true).is_none() {
+        return None;
+    }
+    let requests = growth(prev, cur, requests_f, want, &[]);
     let traffic = requests / secs;
     let value = match series {
         "requests" => traffic,
-        "errors" => growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]) / secs,
+        "errors" => growth(prev, cur, requests_f, want, &[("status_class", "5xx")]) / secs,
         "error_rate" => {
             if requests == 0.0 {
                 return None;
             }
-            growth(prev, cur, REQUESTS, want, &[("status_class", "5xx")]) / requests
+            growth(prev, cur, requests_f, want, &[("status_class", "5xx")]) / requests
         }
         "latency_p50" | "latency_p95" | "latency_p99" => {
             let q = match series {
@@ -518,8 +547,8 @@ pub fn read(
             let (b, total) = histogram_growth(prev, cur, TTFT, want);
             quantile(&b, total, 0.95)?
         }
-        "tokens" => growth(prev, cur, TOKENS, want, &[]) / secs,
-        "cost" => growth(prev, cur, COST, want, &[]) * 3600.0 / secs,
+        "tokens" => growth(prev, cur, tokens_f, want, &[]) / secs,
+        "cost" => growth(prev, cur, cost_f, want, &[]) * 3600.0 / secs,
         "cache_hit_rate" => {
             let all = growth(prev, cur, CACHE, want, &[]);
             if all == 0.0 {

@@ -120,3 +120,89 @@ group_interval = "1s"
     load.store(true, Ordering::Relaxed);
     other_load.abort();
 }
+
+#[tokio::test]
+async fn a_rule_split_by_team_watches_each_teams_traffic() {
+    let mock = MockServer::start().await;
+    let other = MockServer::start().await;
+    let rules = format!(
+        r#"
+[[providers]]
+name = "other-mock"
+kind = "openai"
+base_url = "http://{other}/v1"
+api_key = "sk-other"
+
+[[models]]
+name = "other"
+targets = [ {{ provider = "other-mock", model = "mock-2" }} ]
+retries = 0
+
+[[alerts]]
+name = "team-errors"
+kind = "threshold"
+series = "error_rate"
+by = ["team"]
+above = 0.2
+"#,
+        other = other.addr
+    );
+    let text = config(&mock, &rules).replace(
+        "[auth]\nmode = \"none\"",
+        "[auth]\nmode = \"keys\"\nrefresh = \"100ms\"",
+    );
+    let (gw, _) = Gateway::with_admin(&text, Some(TOKEN)).await;
+    let mut keys = Vec::new();
+    for (team, model) in [("search", "chat"), ("ads", "other")] {
+        let (status, t) = admin_post(
+            &gw,
+            TOKEN,
+            "/admin/v1/teams",
+            &serde_json::json!({"name": team}),
+        )
+        .await;
+        assert_eq!(status, 201, "{t}");
+        let id = t["id"].as_str().unwrap().to_owned();
+        let key =
+            create_key_with(&gw, TOKEN, serde_json::json!({"name": team, "team_id": id})).await;
+        keys.push((id, key, model));
+    }
+    let senders: Vec<_> = keys
+        .iter()
+        .map(|(_, key, model)| {
+            let (url, key, model) = (gw.url("/v1/chat/completions"), key.clone(), *model);
+            tokio::spawn(async move {
+                let http = client();
+                for _ in 0..2000 {
+                    let _ = http
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&hello(model))
+                        .send()
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    let (search, ads) = (&keys[0].0, &keys[1].0);
+    other.set(Behaviour {
+        error_status: Some(500),
+        error_rate: 0.5,
+        ..Behaviour::default()
+    });
+    let ads_alert = format!("team-errors:team={ads}");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            alert(&gw, &ads_alert).await["state"] == "firing"
+        })
+        .await,
+        "the failing team's alert fires"
+    );
+    let quiet = alert(&gw, &format!("team-errors:team={search}")).await;
+    assert_eq!(quiet["state"], "inactive", "{quiet}");
+    assert_eq!(alert(&gw, &ads_alert).await["labels"]["team"], ads.as_str());
+    for s in senders {
+        s.abort();
+    }
+}
