@@ -70,6 +70,30 @@ impl Store {
     }
 
     /// Stores a rule's alert as it is now (the acknowledgement is kept unless `a` sets one).
+    /// Saves an anomaly detector's seasonal history (JSON `[[t_ms, value], …]`).
+    pub async fn put_detector(&self, name: &str, points: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO alert_detectors (name, points, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET points = excluded.points, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(points)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every saved detector history, by alert name.
+    pub async fn detectors(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, points FROM alert_detectors")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((get(r, "name")?, get(r, "points")?)))
+            .collect()
+    }
+
     pub async fn put_alert(&self, a: &AlertRow) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO alerts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \

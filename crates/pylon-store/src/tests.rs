@@ -220,6 +220,22 @@ async fn alerts(store: &Store) {
     store.put_alert(&a).await.unwrap();
     assert_eq!(store.alert("chat-errors").await.unwrap(), Some(a.clone()));
     assert_eq!(store.alerts().await.unwrap(), [a]);
+    // Detector histories: saved, replaced, read back by name.
+    store
+        .put_detector("lat:model=chat", "[[0,1.5]]", 1)
+        .await
+        .unwrap();
+    store
+        .put_detector("lat:model=chat", "[[0,1.5],[900000,2.0]]", 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.detectors().await.unwrap(),
+        [(
+            "lat:model=chat".to_owned(),
+            "[[0,1.5],[900000,2.0]]".to_owned()
+        )]
+    );
     for at in 0..250 {
         let e = AlertEvent {
             at,

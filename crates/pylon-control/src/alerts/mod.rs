@@ -100,7 +100,14 @@ pub struct Alerts {
     holding: std::sync::atomic::AtomicBool,
     /// Rules with `by`: the label combinations seen in their series (each is an alert).
     split: Mutex<HashMap<String, Vec<BTreeMap<String, String>>>>,
+    /// Saved detector histories not yet given to a detector (loaded on taking over).
+    saved: Mutex<HashMap<String, Vec<(u64, f64)>>>,
+    /// When the detectors' histories were last saved (ms).
+    saved_at: std::sync::atomic::AtomicU64,
 }
+
+/// How often anomaly detectors' seasonal histories are saved to the store.
+const SAVE_EVERY_MS: u64 = 15 * 60 * 1000;
 
 /// Alerts one rule's `by` may make; more combinations are not watched (and are logged).
 const MAX_SPLIT: usize = 200;
@@ -189,6 +196,8 @@ impl Alerts {
                 .and_then(|u| pylon_state::RedisState::new(u.expose(), "pylon:").ok()),
             holding: std::sync::atomic::AtomicBool::new(false),
             split: Mutex::new(HashMap::new()),
+            saved: Mutex::new(HashMap::new()),
+            saved_at: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -236,6 +245,9 @@ impl Alerts {
 
     /// Gives the evaluator's lease up (at shutdown).
     pub async fn release(&self) {
+        if self.holding.load(std::sync::atomic::Ordering::Relaxed) {
+            self.save_detectors(now_ms()).await;
+        }
         if let Err(e) = self.store.release_lease(LEASE, &self.instance).await {
             tracing::warn!(target: "pylon::alert", error = %e, "could not release the evaluator's lease; it expires on its own");
         }
@@ -305,6 +317,10 @@ impl Alerts {
             }
         }
         self.dispatch(now).await?;
+        let saved = self.saved_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(saved) >= SAVE_EVERY_MS {
+            self.save_detectors(now).await;
+        }
         self.gateway
             .metrics()
             .alert_evaluation
@@ -411,16 +427,72 @@ impl Alerts {
             .collect())
     }
 
-    /// Gives anomaly rules the weekly seasonality they would have had: the last four weeks of
-    /// the store's hourly rollups, each hour fed as its four quarter-hours. Rules whose series
-    /// or labels the rollups do not keep start cold.
+    /// Saves every anomaly detector's seasonal history, so the next evaluator (after a
+    /// restart or a failover) starts with it.
+    async fn save_detectors(&self, now: u64) {
+        self.saved_at
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        let histories: Vec<(String, Vec<(u64, f64)>)> = {
+            let all = self
+                .live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            all.iter()
+                .filter_map(|(name, l)| Some((name.clone(), l.detector.as_ref()?.history())))
+                .collect()
+        };
+        for (name, points) in histories {
+            let json = serde_json::to_string(&points).unwrap_or_default();
+            if let Err(e) = self.store.put_detector(&name, &json, now as i64).await {
+                tracing::warn!(target: "pylon::alert", alert = %name, error = %e, "could not save the detector's history");
+            }
+        }
+    }
+
+    /// A saved history for `name`, taken (a detector is given it once).
+    fn saved_history(&self, name: &str) -> Option<Vec<(u64, f64)>> {
+        self.saved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+    }
+
+    /// Gives anomaly rules the weekly seasonality they would have had: the history the last
+    /// evaluator saved (every series, split alerts included), else the last four weeks of the
+    /// store's hourly rollups, each hour fed as its four quarter-hours. Only a rule with
+    /// neither (a new one) starts cold.
     async fn seed(&self, now: u64) {
+        match self.store.detectors().await {
+            Ok(rows) => {
+                let mut saved = self
+                    .saved
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                saved.clear();
+                for (name, points) in rows {
+                    if let Ok(p) = serde_json::from_str(&points) {
+                        saved.insert(name, p);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target: "pylon::alert", error = %e, "saved detector histories could not be read");
+            }
+        }
         let rules = self.rules.current();
         for rule in rules
             .iter()
             .map(|r| &r.alert)
-            .filter(|r| r.kind == AlertKind::Anomaly)
+            .filter(|r| r.kind == AlertKind::Anomaly && r.by.is_empty())
         {
+            if self
+                .saved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(rule.name.get_ref())
+            {
+                continue;
+            }
             let to = (now / 1000) as i64 / 3600 * 3600;
             let points = match backtest::stored(&self.store, rule, to - 28 * 86_400, to).await {
                 Ok(p) => p,
@@ -556,6 +628,19 @@ impl Alerts {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let live = all.entry(name.clone()).or_default();
+            if live.detector.is_none() && rule.kind == AlertKind::Anomaly {
+                if let Some(points) = self.saved_history(&name) {
+                    if let Ok(pylon_policy::alert::backtest::Condition::Anomaly(p)) =
+                        backtest::condition(rule)
+                    {
+                        let mut d = Detector::new(p);
+                        for (t, v) in points {
+                            d.observe(t, v, f64::INFINITY);
+                        }
+                        live.detector = Some(d);
+                    }
+                }
+            }
             let (holds, value, detail) = match budget {
                 Some(b) => b,
                 None => Self::condition(rule, live, prev, cur, now),

@@ -148,6 +148,16 @@ impl Detector {
     }
 
     /// Feeds one point (`traffic`: requests per second behind it, for the quiet floor).
+    /// The seasonal history held: each quarter-hour's mean, oldest first, as (start, value) —
+    /// what a new detector is fed to start where this one is.
+    pub fn history(&self) -> Vec<(u64, f64)> {
+        self.slots
+            .iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(slot, sum, n)| (slot * SLOT, sum / f64::from(*n)))
+            .collect()
+    }
+
     pub fn observe(&mut self, t_ms: u64, value: f64, traffic: f64) -> Point {
         let slot = t_ms / SLOT;
         let dt = self.last_ms.map_or(0, |l| t_ms.saturating_sub(l)) as f64;

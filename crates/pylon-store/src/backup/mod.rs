@@ -45,6 +45,7 @@ pub const TABLES: &[&str] = &[
     "alert_events",
     "alert_silences",
     "alert_rules",
+    "alert_detectors",
 ];
 
 /// The archive format this code writes and reads.

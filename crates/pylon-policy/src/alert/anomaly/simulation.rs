@@ -196,3 +196,42 @@ fn quiet_nights_do_not_page() {
     assert!(recall >= 0.9, "recall {recall}");
     assert!(per_day <= 0.1, "{per_day} false alarms per series-day");
 }
+
+/// A detector given another's saved history expects what that one expects: a restart or a new
+/// evaluator keeps the weekly pattern of any series, latency included.
+#[test]
+fn a_detector_fed_a_saved_history_continues_the_seasonal_pattern() {
+    let params = Params {
+        score: 5.0,
+        direction: Direction::Both,
+        n: 3,
+        m: 5,
+        min_rate: 0.0,
+    };
+    let mut first = Detector::new(params);
+    let mut t = 0;
+    while t < 9 * DAY {
+        first.observe(t, normal_at(t, false), 10.0);
+        t += STEP;
+    }
+    let mut second = Detector::new(params);
+    let history = first.history();
+    assert!(
+        history.len() > 7 * 96,
+        "a week and more of quarter-hours: {}",
+        history.len()
+    );
+    for (at, v) in history {
+        second.observe(at, v, f64::INFINITY);
+    }
+    let (a, b) = (
+        first.observe(t, normal_at(t, false), 10.0),
+        second.observe(t, normal_at(t, false), 10.0),
+    );
+    // Within a tenth: the replay is at quarter-hour resolution, and its level ratio relearns.
+    let gap = (a.expected - b.expected).abs() / a.expected;
+    assert!(gap < 0.1, "{} vs {}", a.expected, b.expected);
+    // And a cold detector has no weekly pattern at all to go by.
+    let cold = Detector::new(params).history();
+    assert!(cold.is_empty());
+}
