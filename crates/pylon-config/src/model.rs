@@ -491,6 +491,10 @@ pub struct Route {
     pub rpm: Option<u64>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Compress the application's answers (gzip, brotli or zstd, as the client accepts) when
+    /// they are not already compressed, not event streams, and larger than 1 KiB.
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// A secret string: never printed by `Debug` or `Display`.

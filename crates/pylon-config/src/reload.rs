@@ -30,6 +30,7 @@ const AT_START: &[&str] = &[
     "server.header_read_timeout",
     "server.body_read_timeout",
     "server.cors_origins",
+    "server.compression",
     "server.shutdown_grace",
     "server.shutdown_delay",
     "server.watch_config",

@@ -29,6 +29,10 @@ pub struct Server {
     /// Origins allowed to call Pylon from a browser (CORS); empty: no cross-origin access.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Compress Pylon's own JSON and pages (admin API, dashboard, docs, OFREP) for clients that
+    /// accept gzip, brotli or zstd; the AI endpoints' answers are never compressed.
+    #[serde(default = "yes")]
+    pub compression: bool,
     /// Terminate TLS on `listen` (TLS 1.2 and 1.3 only).
     #[serde(default)]
     pub tls: Option<Tls>,
@@ -112,6 +116,7 @@ impl Default for Server {
             max_messages: default_max_messages(),
             max_message_bytes: default_max_message_bytes(),
             cors_origins: Vec::new(),
+            compression: true,
             tls: None,
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: default_body_read_timeout(),
@@ -122,4 +127,8 @@ impl Default for Server {
             watch_config: false,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }

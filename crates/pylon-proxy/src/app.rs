@@ -89,6 +89,10 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     m.request_duration
         .with_label_values(&[route.prefix.as_str(), "-"])
         .observe(started.elapsed().as_secs_f64());
+    resp.extensions_mut().insert(crate::server::AppRoute);
+    if route.compress {
+        resp.extensions_mut().insert(crate::server::Compress);
+    }
     resp
 }
 
@@ -294,6 +298,8 @@ async fn forward(
             };
         }
     });
+    // Fused: a layer that polls once more after the end (a compressor flushing) gets `None`.
+    let stream = futures_util::StreamExt::fuse(stream);
     Ok(Response::from_parts(parts, Body::from_stream(stream)))
 }
 

@@ -312,6 +312,7 @@ async fn changes(State(gw): State<Arc<Gateway>>) -> Response {
             .data(data.to_string());
         Some((Ok::<_, std::convert::Infallible>(event), (rx, open)))
     });
+    let stream = futures_util::StreamExt::fuse(stream);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -394,6 +394,8 @@ pub(crate) async fn stream(
             .await
             .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
     });
+    // Fused: polled again after its end (by a layer), it says `None` instead of panicking.
+    let rest = futures_util::StreamExt::fuse(rest);
     let body =
         futures_util::StreamExt::chain(futures_util::stream::once(async move { Ok(first) }), rest);
     let mut resp = response(target, "text/event-stream", Body::from_stream(body));

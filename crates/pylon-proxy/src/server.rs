@@ -19,11 +19,61 @@ use crate::context::Secure;
 use crate::gateway::Gateway;
 use crate::{app, conversation, count, health, ingress, ofrep, pipeline, ProxyError};
 
+/// Marks an app route's answer as one to compress (the route's `compress`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compress;
+
+/// Compresses what is worth it: larger than 1 KiB, not already compressed, not an image, not an
+/// event stream (SSE must stay live), and — on app routes — only for routes that ask.
+#[derive(Debug, Clone, Copy)]
+struct Worth;
+
+impl tower_http::compression::Predicate for Worth {
+    fn should_compress<B: http_body::Body>(&self, response: &http::Response<B>) -> bool {
+        use tower_http::compression::predicate::{NotForContentType, SizeAbove};
+        let app_route = response.extensions().get::<AppRoute>().is_some();
+        (!app_route || response.extensions().get::<Compress>().is_some())
+            && SizeAbove::new(1024).should_compress(response)
+            && NotForContentType::IMAGES.should_compress(response)
+            && NotForContentType::SSE.should_compress(response)
+            && NotForContentType::GRPC.should_compress(response)
+            && NotForContentType::const_new("application/zip").should_compress(response)
+    }
+}
+
+/// An app route's answer (compressed only when the route says so).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AppRoute;
+
+fn compression() -> tower_http::compression::CompressionLayer<Worth> {
+    tower_http::compression::CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .zstd(true)
+        .compress_when(Worth)
+}
+
 /// All of Pylon's HTTP routes; `control` (the admin API, docs) is mounted beside the data plane.
 pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
     let origins = gw.cors_origins.clone();
     let hsts = gw.hsts;
     let metrics_here = gw.metrics_on_main;
+    let own = gw.compression;
+    // Pylon's own JSON and pages are compressed when the client accepts it; app routes when
+    // their config asks; the AI endpoints never (their cost is per request, on the hot path).
+    let control = if own {
+        control.layer(compression())
+    } else {
+        control
+    };
+    let ofrep = if own {
+        ofrep::routes().layer(compression())
+    } else {
+        ofrep::routes()
+    };
+    let apps = tower::ServiceBuilder::new()
+        .layer(compression())
+        .service(any(app::proxy).with_state(gw.clone()));
     let data_plane = Router::new()
         .route("/v1/chat/completions", post(pipeline::chat))
         .route("/v1/messages", post(pipeline::messages))
@@ -46,8 +96,8 @@ pub fn router(gw: Arc<Gateway>, control: Router) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/startupz", get(health::startupz))
         .route("/health", get(health::health))
-        .merge(ofrep::routes())
-        .fallback(app::proxy);
+        .merge(ofrep)
+        .fallback_service(apps);
     let data_plane = if metrics_here {
         data_plane.route("/metrics", get(health::metrics))
     } else {

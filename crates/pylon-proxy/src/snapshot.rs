@@ -246,6 +246,8 @@ pub(crate) struct AppRoute {
     pub rpm: Option<u64>,
     pub timeouts: ResolvedTimeouts,
     pub client: crate::worker::PerWorker<crate::client::HttpsClient<axum::body::Body>>,
+    /// Compress the application's answers when worth it.
+    pub compress: bool,
 }
 
 /// Everything a request needs, immutable once built.
@@ -525,6 +527,7 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 http2: r.http2,
                 rpm: r.rpm.filter(|n| *n > 0),
+                compress: r.compress,
                 timeouts,
                 client: crate::client::build(
                     &crate::client::Options {

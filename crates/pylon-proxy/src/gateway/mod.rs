@@ -51,6 +51,8 @@ pub struct Gateway {
     pub(crate) cors_origins: Vec<String>,
     /// Served over TLS: responses carry HSTS.
     pub(crate) hsts: bool,
+    /// Compress Pylon's own JSON and pages (`[server] compression`).
+    pub(crate) compression: bool,
     /// Set when shutdown begins; `/readyz` answers 503 from then on.
     pub(crate) draining: AtomicBool,
     pub(crate) metrics: Arc<pylon_telemetry::Metrics>,
@@ -145,6 +147,7 @@ impl Gateway {
             usage: Sink::new(metrics.request_log_dropped.clone()),
             cors_origins: config.server.cors_origins.clone(),
             hsts: config.server.tls.is_some(),
+            compression: config.server.compression,
             draining: AtomicBool::new(false),
             metrics,
             tracer,

@@ -10,6 +10,7 @@ mod app_routes;
 mod cache;
 mod cloud;
 mod compat;
+mod compression;
 mod dashboard;
 mod edge;
 mod faults;
