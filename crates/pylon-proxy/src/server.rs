@@ -37,9 +37,21 @@ impl tower_http::compression::Predicate for Worth {
             && NotForContentType::IMAGES.should_compress(response)
             && NotForContentType::SSE.should_compress(response)
             && NotForContentType::GRPC.should_compress(response)
-            && NotForContentType::const_new("application/zip").should_compress(response)
+            && ALREADY_COMPRESSED
+                .iter()
+                .all(|t| NotForContentType::const_new(t).should_compress(response))
     }
 }
+
+/// Content types that are compressed already: compressing them again only costs CPU.
+const ALREADY_COMPRESSED: [&str; 6] = [
+    "application/zip",
+    "application/gzip",
+    "application/x-gzip",
+    "application/zstd",
+    "application/octet-stream",
+    "font/woff2",
+];
 
 /// An app route's answer (compressed only when the route says so).
 #[derive(Debug, Clone, Copy)]

@@ -75,6 +75,8 @@ pub(super) async fn download(
             Err(e) => Some((Err(e), f)),
         }
     });
+    // Fused: a layer that polls once more after the end gets `None`, not a panic.
+    let stream = futures_util::StreamExt::fuse(stream);
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_owned()),
