@@ -11,6 +11,25 @@ use serde_json::Value;
 use crate::alerts::{alert, config, traffic, wait_until, TOKEN};
 use crate::harness::*;
 
+/// A second model, `other`, on its own mock.
+fn other_model(other: &MockServer) -> String {
+    format!(
+        r#"
+[[providers]]
+name = "other-mock"
+kind = "openai"
+base_url = "http://{}/v1"
+api_key = "sk-other"
+
+[[models]]
+name = "other"
+targets = [ {{ provider = "other-mock", model = "mock-2" }} ]
+retries = 0
+"#,
+        other.addr
+    )
+}
+
 #[tokio::test]
 async fn a_rule_split_by_model_fires_for_the_failing_model_only() {
     let (hook, seen) = webhook_receiver(StatusCode::OK).await;
@@ -18,17 +37,7 @@ async fn a_rule_split_by_model_fires_for_the_failing_model_only() {
     let other = MockServer::start().await;
     let rules = format!(
         r#"
-[[providers]]
-name = "other-mock"
-kind = "openai"
-base_url = "http://{other}/v1"
-api_key = "sk-other"
-
-[[models]]
-name = "other"
-targets = [ {{ provider = "other-mock", model = "mock-2" }} ]
-retries = 0
-
+{other_model}
 [[alerts]]
 name = "model-errors"
 kind = "threshold"
@@ -48,7 +57,7 @@ receiver = "hook"
 group_wait = "0s"
 group_interval = "1s"
 "#,
-        other = other.addr
+        other_model = other_model(&other)
     );
     let (gw, _) = Gateway::with_admin(&config(&mock, &rules), Some(TOKEN)).await;
     let load = traffic(&gw);
@@ -127,17 +136,7 @@ async fn a_rule_split_by_team_watches_each_teams_traffic() {
     let other = MockServer::start().await;
     let rules = format!(
         r#"
-[[providers]]
-name = "other-mock"
-kind = "openai"
-base_url = "http://{other}/v1"
-api_key = "sk-other"
-
-[[models]]
-name = "other"
-targets = [ {{ provider = "other-mock", model = "mock-2" }} ]
-retries = 0
-
+{other_model}
 [[alerts]]
 name = "team-errors"
 kind = "threshold"
@@ -145,7 +144,7 @@ series = "error_rate"
 by = ["team"]
 above = 0.2
 "#,
-        other = other.addr
+        other_model = other_model(&other)
     );
     let text = config(&mock, &rules).replace(
         "[auth]\nmode = \"none\"",
