@@ -495,6 +495,55 @@ pub struct Route {
     /// they are not already compressed, not event streams, and larger than 1 KiB.
     #[serde(default)]
     pub compress: bool,
+    /// Client IPs (addresses or CIDRs) allowed on this route; empty: everyone not denied.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// Client IPs (addresses or CIDRs) refused on this route (403), checked before `allow`.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// Largest request body on this route (413 over it); unset: `[server] max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Requests in progress on this route at once (WebSocket tunnels included); more get 503
+    /// with `Retry-After`. Unset: no cap of the route's own.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Send the client's `Host` to the application instead of the upstream's address.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Also send the standard `Forwarded` header (RFC 7239) with `for`, `host` and `proto`.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// Response headers added when the application did not send them (`Cache-Control`,
+    /// security headers); the application's own value wins.
+    #[serde(default)]
+    pub response_headers: std::collections::BTreeMap<String, String>,
+    /// Response headers removed from the application's answers (before `response_headers`
+    /// are added, so naming a header in both forces Pylon's value).
+    #[serde(default)]
+    pub hide_headers: Vec<String>,
+    /// An in-memory cache for `GET` answers the application marks cacheable.
+    #[serde(default)]
+    pub cache: Option<EdgeCache>,
+}
+
+/// `[routes.cache]`: the edge cache of one app route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeCache {
+    /// Bytes of answers (bodies and headers) kept; the least recently used go first.
+    #[serde(default = "default_edge_cache_bytes")]
+    pub max_bytes: u64,
+    /// Largest single answer kept; bigger ones are passed through uncached.
+    #[serde(default = "default_edge_entry_bytes")]
+    pub max_entry_bytes: u64,
+}
+
+fn default_edge_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_edge_entry_bytes() -> u64 {
+    1024 * 1024
 }
 
 /// A secret string: never printed by `Debug` or `Display`.

@@ -34,6 +34,7 @@ const AT_START: &[&str] = &[
     "server.shutdown_grace",
     "server.shutdown_delay",
     "server.watch_config",
+    "server.proxy_protocol",
     "data",
     "admin",
     "secrets",

@@ -58,6 +58,11 @@ pub struct Server {
     /// Reload the config file when it changes (checked every second), as SIGHUP does.
     #[serde(default)]
     pub watch_config: bool,
+    /// Every connection on `listen` starts with a PROXY protocol header (v1 or v2, as AWS NLB
+    /// and HAProxy send it): its source address is the client's. Connections without one are
+    /// closed, so only the load balancer can reach this listener.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_header_read_timeout() -> Duration {
@@ -125,6 +130,7 @@ impl Default for Server {
             http2_max_streams: default_http2_max_streams(),
             workers: 0,
             watch_config: false,
+            proxy_protocol: false,
         }
     }
 }

@@ -163,6 +163,51 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
                 format!("upstream `{}` {why}", r.upstream.get_ref()),
             ));
         }
+        for (list, entries) in [("allow", &r.allow), ("deny", &r.deny)] {
+            for e in entries {
+                if crate::parse_cidr(e.get_ref()).is_none() {
+                    problems.push((
+                        e.span().start,
+                        format!(
+                            "route `{prefix}` {list}: `{}` is not an IP address or CIDR (e.g. 10.0.0.0/8)",
+                            e.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        if r.max_connections == Some(0) || r.max_body_bytes == Some(0) {
+            problems.push((
+                r.prefix.span().start,
+                format!("route `{prefix}`: max_connections and max_body_bytes must be above 0 (leave them out for no cap)"),
+            ));
+        }
+        for name in r.response_headers.keys().chain(&r.hide_headers) {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push((
+                    r.prefix.span().start,
+                    format!("route `{prefix}`: `{name}` is not a valid header name"),
+                ));
+            }
+        }
+        for (name, value) in &r.response_headers {
+            if http::HeaderValue::from_str(value).is_err() {
+                problems.push((
+                    r.prefix.span().start,
+                    format!("route `{prefix}`: the value of response header `{name}` has characters a header cannot carry"),
+                ));
+            }
+        }
+        if let Some(c) = &r.cache {
+            if c.max_entry_bytes == 0 || c.max_entry_bytes > c.max_bytes {
+                problems.push((
+                    r.prefix.span().start,
+                    format!(
+                        "route `{prefix}` cache: max_entry_bytes must be between 1 and max_bytes"
+                    ),
+                ));
+            }
+        }
     }
     for p in &config.limits.trusted_proxies {
         if crate::parse_cidr(p).is_none() {

@@ -30,20 +30,46 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The fallback handler: proxies to the longest matching app route, or answers 404.
-pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
+pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let snap = gw.snapshot();
     let Some(route) = snap.routes.iter().find(|r| matches(&r.prefix, &path)) else {
         return ProxyError::NoRoute(path).into_response(Dialect::OpenAi);
     };
+    let (parts, body) = req.into_parts();
+    let ip = crate::limits::client_ip(&parts, &gw.settings().trusted_proxies);
+    if let Err((status, reason, msg)) = admit(route, ip, &parts.headers) {
+        gw.metrics
+            .rejected
+            .with_label_values(&[reason, "route"])
+            .inc();
+        return refusal(status, msg);
+    }
     if let Some(rpm) = route.rpm {
-        let (parts, body) = req.into_parts();
-        let ip = crate::limits::client_ip(&parts, &gw.settings().trusted_proxies);
         if let Some(limited) = crate::limits::admit_route(&gw, &route.prefix, rpm, ip).await {
             return limited;
         }
-        req = Request::from_parts(parts, body);
     }
+    // Held until the answer's body ends (or the tunnel closes), so a slow download counts.
+    let permit = match &route.slots {
+        None => None,
+        Some(slots) => match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                gw.metrics
+                    .rejected
+                    .with_label_values(&["route_busy", "route"])
+                    .inc();
+                let mut resp = refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this route is at its limit of requests in progress; retry shortly",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
+        },
+    };
     let started = std::time::Instant::now();
     let m = &gw.metrics;
     m.in_flight
@@ -51,22 +77,31 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
         .inc();
     let arm = snap.route_rollouts.get(&route.prefix).and_then(|c| {
         let state = gw.rollout(&c.spec.name)?;
-        let (parts, body) = std::mem::take(&mut req).into_parts();
         let caller = crate::rollout::Caller {
             principal: None,
             user: None,
             parts: &parts,
-            ip: crate::limits::client_ip(&parts, &gw.settings().trusted_proxies),
+            ip,
         };
         let arm = caller.arm(&c.spec, state.weights().0);
-        req = Request::from_parts(parts, body);
         Some((state, arm, &c.upstream))
     });
     let upstream = arm.as_ref().map_or(&route.upstream, |(_, a, u)| match a {
         Arm::Candidate => u,
         Arm::Stable => &route.upstream,
     });
-    let mut resp = respond(route, upstream, req).await;
+    let req = Request::from_parts(parts, body);
+    let arm_name = arm.as_ref().map_or("", |(_, a, _)| a.as_str());
+    let mut resp = match crate::app_cache::Lookup::new(route, &req, arm_name, &m.edge_cache) {
+        Some(lookup) => match lookup.hit(req.headers()) {
+            Some(hit) => hit,
+            None => {
+                let resp = respond(route, upstream, req, permit).await;
+                lookup.keep(with_header_rules(route, resp)).await
+            }
+        },
+        None => with_header_rules(route, respond(route, upstream, req, permit).await),
+    };
     if let Some((state, arm, _)) = &arm {
         let error = resp.status().is_server_error();
         state.observe(
@@ -96,14 +131,87 @@ pub(crate) async fn proxy(State(gw): State<Arc<Gateway>>, mut req: Request) -> R
     resp
 }
 
-async fn respond(route: &AppRoute, upstream: &Uri, req: Request) -> Response {
+/// The route's own admission rules: denied and allowed networks, and a declared body size over
+/// the route's limit. Err: the status, the metric reason and what the client is told.
+fn admit(
+    route: &AppRoute,
+    ip: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str, &'static str)> {
+    if !route.deny.is_empty() || !route.allow.is_empty() {
+        let inside = |nets: &[(std::net::IpAddr, u8)]| {
+            ip.is_some_and(|ip| {
+                let ip = ip.to_canonical();
+                nets.iter().any(|n| pylon_config::cidr_contains(*n, ip))
+            })
+        };
+        if inside(&route.deny) || (!route.allow.is_empty() && !inside(&route.allow)) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "ip_denied",
+                "your address may not use this route",
+            ));
+        }
+    }
+    if let Some(max) = route.max_body_bytes {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this route accepts",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A plain-text refusal of Pylon's own on an app route.
+fn refusal(status: StatusCode, msg: &'static str) -> Response {
+    let mut resp = Response::new(Body::from(msg));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Removes the route's hidden headers, then adds its response headers the application did not
+/// set — on successful and redirect answers only, as nginx's `add_header` does, so an error is
+/// never made cacheable for a year.
+pub(crate) fn with_header_rules(route: &AppRoute, mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    for name in &route.hide_headers {
+        h.remove(name);
+    }
+    let status = resp.status().as_u16();
+    if matches!(status, 200..=206 | 301..=304 | 307 | 308) {
+        let h = resp.headers_mut();
+        for (name, value) in &route.response_headers {
+            if !h.contains_key(name) {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    resp
+}
+
+async fn respond(
+    route: &AppRoute,
+    upstream: &Uri,
+    req: Request,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Response {
     let request_id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    match forward(route, upstream, req).await {
+    match forward(route, upstream, req, permit).await {
         Ok(resp) => resp,
         Err((status, msg)) => {
             tracing::warn!(target: "pylon::app", request_id, prefix = %route.prefix, error = %msg, "app route failed");
@@ -180,6 +288,7 @@ async fn forward(
     route: &AppRoute,
     upstream: &Uri,
     mut req: Request,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response, (StatusCode, String)> {
     let upgrade = is_upgrade(req.headers());
     let upgrade_proto = req.headers().get(header::UPGRADE).cloned();
@@ -217,11 +326,28 @@ async fn forward(
             parts.headers.insert("x-forwarded-for", v);
         }
     }
-    parts.headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if secure { "https" } else { "http" }),
-    );
+    let proto = if secure { "https" } else { "http" };
+    parts
+        .headers
+        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if route.forwarded {
+        let element = forwarded_element(peer, host.as_ref(), proto);
+        let value = match parts
+            .headers
+            .get(header::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {element}"),
+            None => element,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(header::FORWARDED, v);
+        }
+    }
     if let Some(h) = host {
+        if route.preserve_host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
         parts.headers.insert("x-forwarded-host", h);
     }
     if let (true, Some(proto)) = (upgrade, upgrade_proto) {
@@ -236,8 +362,12 @@ async fn forward(
     if route.http2 {
         parts.version = http::Version::HTTP_2;
     }
-    let upstream_req =
-        hyper::Request::from_parts(parts, if upgrade { Body::empty() } else { body });
+    let body = match route.max_body_bytes {
+        _ if upgrade => Body::empty(),
+        Some(max) => Body::new(http_body_util::Limited::new(body, max)),
+        None => body,
+    };
+    let upstream_req = hyper::Request::from_parts(parts, body);
 
     let started = Instant::now();
     let t = route.timeouts;
@@ -247,6 +377,12 @@ async fn forward(
                 return Err((
                     StatusCode::GATEWAY_TIMEOUT,
                     "the application did not answer in time".into(),
+                ))
+            }
+            Ok(Err(e)) if body_too_large(&e) => {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is larger than this route accepts".into(),
                 ))
             }
             Ok(Err(e)) => {
@@ -268,6 +404,7 @@ async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let idle = t.idle;
         tokio::spawn(async move {
+            let _permit = permit;
             let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
                 return;
             };
@@ -281,8 +418,8 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     let idle = t.idle;
     let deadline = t.total.map(|d| started + d);
-    let stream = futures_util::stream::unfold(Some(body), move |body| async move {
-        let mut body = body?;
+    let stream = futures_util::stream::unfold(Some((body, permit)), move |state| async move {
+        let (mut body, permit) = state?;
         let wait = deadline.map_or(idle, |d| {
             idle.min(d.saturating_duration_since(Instant::now()))
         });
@@ -292,7 +429,7 @@ async fn forward(
                 Ok(None) => None,
                 Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
                 Ok(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => Some((Ok(data), Some(body))),
+                    Ok(data) => Some((Ok(data), Some((body, permit)))),
                     Err(_) => continue,
                 },
             };
@@ -301,6 +438,40 @@ async fn forward(
     // Fused: a layer that polls once more after the end (a compressor flushing) gets `None`.
     let stream = futures_util::StreamExt::fuse(stream);
     Ok(Response::from_parts(parts, Body::from_stream(stream)))
+}
+
+/// One element of RFC 7239's `Forwarded` header: `for`, `host` and `proto`, quoted where the
+/// grammar needs it (IPv6 addresses, ports).
+fn forwarded_element(
+    peer: Option<std::net::IpAddr>,
+    host: Option<&HeaderValue>,
+    proto: &str,
+) -> String {
+    let mut e = String::new();
+    match peer {
+        Some(std::net::IpAddr::V6(ip)) => e.push_str(&format!("for=\"[{ip}]\"")),
+        Some(ip) => e.push_str(&format!("for={ip}")),
+        None => e.push_str("for=unknown"),
+    }
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        if !h.contains(['"', '\\']) {
+            e.push_str(&format!(";host=\"{h}\""));
+        }
+    }
+    e.push_str(&format!(";proto={proto}"));
+    e
+}
+
+/// Whether sending the body failed because it passed the route's size limit.
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Copies both ways until both sides close, or until neither side sent anything for `idle`

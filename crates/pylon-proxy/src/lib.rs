@@ -6,6 +6,7 @@
 //! locks. Nothing on the request path waits on a store.
 
 mod app;
+mod app_cache;
 mod auth;
 mod aws;
 mod breaker;
@@ -15,6 +16,7 @@ mod context;
 mod conversation;
 mod count;
 mod credential;
+mod edge_cache;
 mod error;
 mod gateway;
 mod head_errors;
@@ -27,6 +29,7 @@ mod ofrep;
 mod pipeline;
 mod price;
 mod probe;
+mod proxy_protocol;
 mod respond;
 mod rollout;
 mod route;

@@ -356,29 +356,10 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let permit = slots.clone().try_acquire_owned().ok();
         let app = app.clone();
-        let draining = gw.clone();
-        let service = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            req.extensions_mut().insert(Secure(secure));
-            let mut app = app.clone();
-            let http1 = req.version() < http::Version::HTTP_2;
-            let gw = draining.clone();
-            async move {
-                use tower::Service;
-                let mut resp = app.call(req.map(axum::body::Body::new)).await?;
-                // Draining: each keep-alive connection is closed after its next answer, by the
-                // server, so a client never sends into a connection being closed under it.
-                if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
         let builder = builder.clone();
         let tls = tls.clone();
         let handshake = edge.header_read_timeout;
+        let proxy_protocol = edge.proxy_protocol;
         let watcher = graceful.watcher();
         let gw = gw.clone();
         tokio::spawn(async move {
@@ -391,13 +372,52 @@ async fn accept_loop(
                 one.timer(TokioTimer::new())
                     .header_read_timeout(Some(handshake))
                     .keep_alive(false);
-                if tls.is_none() {
+                if tls.is_none() && !proxy_protocol {
                     let _ = one
                         .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(shed))
                         .await;
                 }
                 return;
             };
+            // Behind a TCP load balancer the header names the client; within the same deadline
+            // as a request head, or the connection is closed.
+            let (peer, tcp) = if proxy_protocol {
+                match tokio::time::timeout(handshake, crate::proxy_protocol::accept(tcp)).await {
+                    Ok(Ok((client, io))) => (client.unwrap_or(peer), io),
+                    Ok(Err(e)) => {
+                        gw.metrics.proxy_protocol_errors.inc();
+                        tracing::debug!(target: "pylon::server", %peer, error = %e, "connection closed");
+                        return;
+                    }
+                    Err(_) => {
+                        gw.metrics.proxy_protocol_errors.inc();
+                        return;
+                    }
+                }
+            } else {
+                (peer, crate::proxy_protocol::Prefixed::none(tcp))
+            };
+            let draining = gw.clone();
+            let service =
+                tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req.extensions_mut().insert(Secure(secure));
+                    let mut app = app.clone();
+                    let http1 = req.version() < http::Version::HTTP_2;
+                    let gw = draining.clone();
+                    async move {
+                        use tower::Service;
+                        let mut resp = app.call(req.map(axum::body::Body::new)).await?;
+                        // Draining: each keep-alive connection is closed after its next answer, by
+                        // the server, so a client never sends into a connection being closed under it.
+                        if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                            resp.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
             let service = TowerToHyperService::new(service);
             match tls {
                 None => {

@@ -248,6 +248,18 @@ pub(crate) struct AppRoute {
     pub client: crate::worker::PerWorker<crate::client::HttpsClient<axum::body::Body>>,
     /// Compress the application's answers when worth it.
     pub compress: bool,
+    /// Client networks allowed (empty: all) and refused, checked against the client's IP.
+    pub allow: Vec<(std::net::IpAddr, u8)>,
+    pub deny: Vec<(std::net::IpAddr, u8)>,
+    pub max_body_bytes: Option<usize>,
+    /// The route's own cap on requests in progress.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    pub preserve_host: bool,
+    pub forwarded: bool,
+    /// Added to answers that lack them, after `hide_headers` are removed.
+    pub response_headers: Vec<(HeaderName, http::HeaderValue)>,
+    pub hide_headers: Vec<HeaderName>,
+    pub cache: Option<Arc<crate::edge_cache::EdgeCache>>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -528,6 +540,40 @@ impl Snapshot {
                 http2: r.http2,
                 rpm: r.rpm.filter(|n| *n > 0),
                 compress: r.compress,
+                allow: r
+                    .allow
+                    .iter()
+                    .filter_map(|c| pylon_config::parse_cidr(c.get_ref()))
+                    .collect(),
+                deny: r
+                    .deny
+                    .iter()
+                    .filter_map(|c| pylon_config::parse_cidr(c.get_ref()))
+                    .collect(),
+                max_body_bytes: r.max_body_bytes,
+                slots: r
+                    .max_connections
+                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+                preserve_host: r.preserve_host,
+                forwarded: r.forwarded,
+                response_headers: r
+                    .response_headers
+                    .iter()
+                    .filter_map(|(n, v)| {
+                        Some((HeaderName::from_bytes(n.as_bytes()).ok()?, v.parse().ok()?))
+                    })
+                    .collect(),
+                hide_headers: r
+                    .hide_headers
+                    .iter()
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                    .collect(),
+                cache: r.cache.as_ref().map(|c| {
+                    Arc::new(crate::edge_cache::EdgeCache::new(
+                        c.max_bytes,
+                        c.max_entry_bytes,
+                    ))
+                }),
                 timeouts,
                 client: crate::client::build(
                     &crate::client::Options {

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     /// Connections and requests refused by load shedding, by what was full.
     pub shed: IntCounterVec,
+    /// Connections closed because their PROXY protocol header was missing or malformed.
+    pub proxy_protocol_errors: IntCounter,
+    /// App-route edge cache lookups by route and result (`hit`, `revalidated`, `miss`,
+    /// `stored`, `bypass`, `too_large`, `evicted`).
+    pub edge_cache: IntCounterVec,
     /// Things a bound made Pylon drop or cut short, by what (`sse_event`, `response_body`,
     /// `semantic_context`, `stalled_client`, …).
     pub bounded_drops: IntCounterVec,
@@ -392,6 +397,17 @@ impl Metrics {
                 "pylon_shed_total",
                 "Connections and requests refused because a server limit was reached.",
                 &["what"],
+            )?,
+            proxy_protocol_errors: single_counter(
+                r,
+                "pylon_proxy_protocol_errors_total",
+                "Connections closed because their PROXY protocol header was missing or malformed.",
+            )?,
+            edge_cache: counter(
+                r,
+                "pylon_edge_cache_total",
+                "App-route edge cache lookups and stores, by route and result.",
+                &["route", "result"],
             )?,
             bounded_drops: counter(
                 r,

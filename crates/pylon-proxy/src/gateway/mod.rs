@@ -33,6 +33,8 @@ pub(crate) struct Edge {
     pub http2_max_streams: u32,
     /// Data-plane worker threads (resolved: at least one).
     pub workers: usize,
+    /// Connections start with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
 }
 
 /// The gateway: the current snapshot plus process-wide state.
@@ -164,6 +166,7 @@ impl Gateway {
                 max_connections: config.server.max_connections.max(1),
                 max_requests: config.server.max_requests.max(1),
                 http2_max_streams: config.server.http2_max_streams.max(1),
+                proxy_protocol: config.server.proxy_protocol,
                 workers: crate::worker::count(config.server.workers),
             },
             active: std::sync::atomic::AtomicUsize::new(0),
@@ -506,5 +509,6 @@ impl Gateway {
         if let Some(c) = &self.cache {
             c.advance(by);
         }
+        crate::app_cache::advance(&self.snapshot().routes, by);
     }
 }

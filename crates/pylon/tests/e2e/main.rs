@@ -13,6 +13,7 @@ mod compat;
 mod compression;
 mod dashboard;
 mod edge;
+mod edge_routes;
 mod faults;
 mod flags;
 mod formats;
