@@ -455,3 +455,19 @@ token_file = "/x"
         assert!(errs.iter().any(|e| e.contains(what)), "{what}: {errs:?}");
     }
 }
+
+#[test]
+fn route_policy_mistakes_are_named_with_their_line() {
+    let errs = check(
+        "[[routes]]\nprefix = \"/app/\"\nupstream = \"http://127.0.0.1:3000\"\nallow = [\"10.0.0.0/33\"]\nmax_connections = 0\nresponse_headers = { \"bad name\" = \"x\" }\ncache = { max_bytes = 10, max_entry_bytes = 20 }\n",
+    )
+    .unwrap_err();
+    let all = errs.join("\n");
+    assert!(
+        all.contains("pylon.toml:4:10: route `/app/` allow: `10.0.0.0/33` is not an IP address or CIDR"),
+        "{all}"
+    );
+    assert!(all.contains("max_connections and max_body_bytes must be above 0"), "{all}");
+    assert!(all.contains("`bad name` is not a valid header name"), "{all}");
+    assert!(all.contains("max_entry_bytes must be between 1 and max_bytes"), "{all}");
+}
