@@ -92,6 +92,10 @@ pub struct Tls {
     /// Also listen here in plain HTTP and redirect every request to HTTPS.
     #[serde(default)]
     pub redirect_http: Option<SocketAddr>,
+    /// A DER OCSP response for the certificate, stapled to handshakes and re-read with it (keep
+    /// it fresh with `openssl ocsp … -respout` from cron, then SIGHUP).
+    #[serde(default)]
+    pub ocsp_file: Option<PathBuf>,
 }
 
 fn default_max_messages() -> usize {

@@ -464,10 +464,21 @@ fn route_policy_mistakes_are_named_with_their_line() {
     .unwrap_err();
     let all = errs.join("\n");
     assert!(
-        all.contains("pylon.toml:4:10: route `/app/` allow: `10.0.0.0/33` is not an IP address or CIDR"),
+        all.contains(
+            "pylon.toml:4:10: route `/app/` allow: `10.0.0.0/33` is not an IP address or CIDR"
+        ),
         "{all}"
     );
-    assert!(all.contains("max_connections and max_body_bytes must be above 0"), "{all}");
-    assert!(all.contains("`bad name` is not a valid header name"), "{all}");
-    assert!(all.contains("max_entry_bytes must be between 1 and max_bytes"), "{all}");
+    assert!(
+        all.contains("max_connections and max_body_bytes must be above 0"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`bad name` is not a valid header name"),
+        "{all}"
+    );
+    assert!(
+        all.contains("max_entry_bytes must be between 1 and max_bytes"),
+        "{all}"
+    );
 }

@@ -1,5 +1,7 @@
-//! TLS termination: rustls with TLS 1.2 and 1.3 only, ALPN for HTTP/2 and HTTP/1.1, and a
-//! certificate that can be swapped while serving (SIGHUP).
+//! TLS termination: rustls with TLS 1.2 and 1.3 only (AEAD suites with forward secrecy, in the
+//! server's order of preference), ALPN for HTTP/2 and HTTP/1.1, session resumption by ticket
+//! and by id, an optional stapled OCSP response, and a certificate that can be swapped while
+//! serving (SIGHUP).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,8 @@ pub enum TlsError {
     Cert { path: String, reason: String },
     #[error("cannot read the private key {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error("cannot read the OCSP response {path}: {reason}")]
+    Ocsp { path: String, reason: String },
     #[error("the certificate and key do not form a usable TLS configuration: {0}")]
     Config(String),
 }
@@ -26,9 +30,14 @@ pub struct Tls {
     pub(crate) config: RustlsConfig,
     cert: PathBuf,
     key: PathBuf,
+    ocsp: Option<PathBuf>,
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_config(
+    cert: &Path,
+    key: &Path,
+    ocsp: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| TlsError::Cert {
@@ -45,25 +54,37 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError>
         path: key.display().to_string(),
         reason: e.to_string(),
     })?;
+    // A DER OCSP response for the leaf, refreshed by whoever fetches it (as nginx's
+    // `ssl_stapling_file`); empty when there is none.
+    let ocsp = match ocsp {
+        None => Vec::new(),
+        Some(path) => std::fs::read(path).map_err(|e| TlsError::Ocsp {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert_with_ocsp(certs, key, ocsp)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server picks from its own list (strongest first), not the client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
 impl Tls {
-    /// Loads the certificate chain and key.
-    pub fn load(cert: &Path, key: &Path) -> Result<Tls, TlsError> {
-        let config = RustlsConfig::from_config(server_config(cert, key)?);
+    /// Loads the certificate chain and key, and the OCSP response to staple if there is one.
+    pub fn load(cert: &Path, key: &Path, ocsp: Option<&Path>) -> Result<Tls, TlsError> {
+        let config = RustlsConfig::from_config(server_config(cert, key, ocsp)?);
         Ok(Tls {
             config,
             cert: cert.to_owned(),
             key: key.to_owned(),
+            ocsp: ocsp.map(Path::to_owned),
         })
     }
 
@@ -71,7 +92,7 @@ impl Tls {
     /// On error the current certificate stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         self.config
-            .reload_from_config(server_config(&self.cert, &self.key)?);
+            .reload_from_config(server_config(&self.cert, &self.key, self.ocsp.as_deref())?);
         Ok(())
     }
 }

@@ -128,7 +128,8 @@ pub(crate) async fn run_gateway(
     };
     let tls = match &config.server.tls {
         Some(t) => {
-            let tls = pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file)?;
+            let tls =
+                pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file, t.ocsp_file.as_deref())?;
             control.set_tls(tls.clone());
             if let Some(redirect) = t.redirect_http {
                 let plain = inherited.listener(process::REDIRECT, redirect).await?;

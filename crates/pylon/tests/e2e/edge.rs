@@ -487,7 +487,8 @@ async fn x_forwarded_proto_is_https_behind_pylons_tls() {
     let (gw, control) = pylon_control::bootstrap(&config, pylon_control::Env::default())
         .await
         .unwrap();
-    let tls = pylon_proxy::tls::Tls::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+    let tls =
+        pylon_proxy::tls::Tls::load(&dir.join("cert.pem"), &dir.join("key.pem"), None).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::mem::forget(
