@@ -482,3 +482,20 @@ fn route_policy_mistakes_are_named_with_their_line() {
         "{all}"
     );
 }
+
+#[test]
+fn the_readmes_nginx_replacement_is_a_valid_config() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("### Replacing nginx")
+        .nth(1)
+        .expect("README has a Replacing nginx section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|t| t.split("```").next())
+        .expect("a toml block");
+    let c = check(toml).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.routes.len(), 6);
+    assert!(c.routes.iter().any(|r| !r.allow.is_empty()));
+}
