@@ -65,6 +65,19 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Makes each request of a load run.
+pub type MakeRequest = Arc<dyn Fn() -> hyper::Request<Full<Bytes>> + Send + Sync>;
+
+/// One request from `make`, body read to the end; the latency in microseconds, or `None` on
+/// failure (a status other than 2xx or 304, or an error).
+pub async fn send(client: &HttpClient, make: &MakeRequest) -> Option<u64> {
+    let started = Instant::now();
+    let resp = client.request(make()).await.ok()?;
+    let ok = resp.status().is_success() || resp.status() == hyper::StatusCode::NOT_MODIFIED;
+    let _ = resp.into_body().collect().await.ok()?;
+    ok.then(|| started.elapsed().as_micros() as u64)
+}
+
 /// `concurrency` workers sending back to back for `duration`.
 pub async fn closed_loop(
     client: &HttpClient,
@@ -73,17 +86,35 @@ pub async fn closed_loop(
     concurrency: usize,
     duration: Duration,
 ) -> Outcome {
+    let to = url.clone();
+    let make: MakeRequest = Arc::new(move || {
+        let mut req = hyper::Request::post(&to.url).header("content-type", "application/json");
+        if let Some(token) = &to.bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        req.body(Full::new(body.clone()))
+            .unwrap_or_else(|_| hyper::Request::new(Full::new(Bytes::new())))
+    });
+    closed_loop_of(client, make, concurrency, duration).await
+}
+
+/// `concurrency` workers sending `make`'s requests back to back for `duration`.
+pub async fn closed_loop_of(
+    client: &HttpClient,
+    make: MakeRequest,
+    concurrency: usize,
+    duration: Duration,
+) -> Outcome {
     let shared = Arc::new(Mutex::new((hist(), 0u64, 0u64)));
     let end = Instant::now() + duration;
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url, body, shared) =
-                (client.clone(), url.clone(), body.clone(), shared.clone());
+            let (client, make, shared) = (client.clone(), make.clone(), shared.clone());
             tokio::spawn(async move {
                 let (mut h, mut ok, mut err) = (hist(), 0, 0);
                 while Instant::now() < end {
-                    match one(&client, &url, &body).await {
+                    match send(&client, &make).await {
                         Some(us) => {
                             let _ = h.record(us);
                             ok += 1;

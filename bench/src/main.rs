@@ -8,6 +8,7 @@ mod alerts;
 mod cache;
 mod cost;
 mod delivery;
+mod edge;
 mod load;
 mod procs;
 mod recovery;
@@ -78,6 +79,9 @@ struct Args {
     /// Run only the cost-per-request figures (CPU, RSS and added latency vs nginx; large bodies).
     #[arg(long)]
     only_cost: bool,
+    /// Run only the edge figures (app-route compression CPU and edge-cache hits vs nginx).
+    #[arg(long)]
+    only_edge: bool,
     /// Distinct answers cached for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     cache_entries: usize,
@@ -240,6 +244,9 @@ async fn main() -> anyhow::Result<()> {
     if args.only_alerts {
         alerts::figures(u32::try_from(args.rounds.max(20)).unwrap_or(20));
         return alerts::cpu(&spawn_pylon, args.seconds, args.rounds).await;
+    }
+    if args.only_edge {
+        return edge::figures(&spawn_pylon, &out, args.seconds).await;
     }
     if args.only_delivery {
         return delivery::figures(&spawn_pylon, &out, args.seconds, args.rounds).await;

@@ -46,7 +46,7 @@ pub use cache::VectorIndex;
 pub use error::{BuildError, ProxyError};
 pub use gateway::{Arm, ArmState, BackupState, Check, Gateway, LoadedFlags};
 pub use limits::spend_key;
-pub use server::{metrics_router, router, serve_redirect, Workers};
+pub use server::{metrics_router, router, serve_redirect, Workers, COMPRESSION_LEVEL};
 pub use snapshot::Snapshot;
 pub use usage::{RequestEvent, SemanticAudit, UsageTotal};
 pub use worker::count as worker_count;
