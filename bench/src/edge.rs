@@ -1,6 +1,6 @@
 //! Edge figures (`--only-edge`), side by side with nginx in one run: CPU per proxied app
 //! request for a 100 KiB JSON answer with compression off, gzip and brotli (nginx: gzip at the
-//! same level; Debian's nginx has no brotli), and the latency of an edge-cache hit for a 10 KiB
+//! same level; Debian's nginx has neither brotli nor zstd), and the latency of an edge-cache hit for a 10 KiB
 //! static asset (nginx: `proxy_cache`).
 
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use crate::procs::{cpu_seconds, wait_ready, Proc};
 async fn origin() -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let items: Vec<String> = (0..1100)
+    let items: Vec<String> = (0..1520)
         .map(|i| {
             format!(
                 r#"{{"id":{i},"name":"item {i}","tags":["alpha","beta"],"price":{}.5}}"#,
@@ -147,13 +147,19 @@ pub async fn figures(
     )
     .await?;
     let d = Duration::from_secs(seconds);
-    let cases: [(&str, &str, Option<&'static str>, usize); 4] = [
+    let cases: [(&str, &str, Option<&'static str>, usize); 5] = [
         ("100 KiB JSON, uncompressed", "/plain/data.json", None, 8),
         ("100 KiB JSON, gzip", "/gz/data.json", Some("gzip"), 8),
         (
             "100 KiB JSON, brotli (Pylon only)",
             "/gz/data.json",
             Some("br"),
+            8,
+        ),
+        (
+            "100 KiB JSON, zstd (Pylon only)",
+            "/gz/data.json",
+            Some("zstd"),
             8,
         ),
         ("10 KiB asset, edge-cache hit", "/static/site.css", None, 1),
@@ -171,7 +177,7 @@ pub async fn figures(
             ("pylon", pylon_port, pylon.pid()),
             ("nginx", nginx_port, ngx.pid()),
         ] {
-            if via == "nginx" && encoding == Some("br") {
+            if via == "nginx" && matches!(encoding, Some("br" | "zstd")) {
                 continue;
             }
             let url = format!("http://127.0.0.1:{port}{path}");
