@@ -311,12 +311,8 @@ response_headers = { "x-frame-options" = "DENY", "x-content-type-options" = "nos
     assert!(r.headers().get("cache-control").is_none());
 }
 
-#[tokio::test]
-async fn forwarded_and_preserve_host() {
-    let (app, _) = start_app().await;
-    let (gw, _) = gateway(
-        app,
-        r#"
+/// One route that keeps the client's Host and sends `Forwarded`, one that does neither.
+const FORWARDING: &str = r#"
 [[routes]]
 prefix = "/kept/"
 upstream = "http://{app}"
@@ -326,35 +322,36 @@ forwarded = true
 [[routes]]
 prefix = "/plain/"
 upstream = "http://{app}"
-"#,
-        "",
+"#;
+
+/// The echo app's view of a GET with these headers.
+async fn echoed(url: String, headers: &[(&str, &str)]) -> Value {
+    let mut r = client().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn forwarded_and_preserve_host() {
+    let (app, _) = start_app().await;
+    let (gw, _) = gateway(app, FORWARDING, "").await;
+    let kept = echoed(
+        gw.url("/kept/x"),
+        &[
+            ("host", "shop.example:8443"),
+            ("forwarded", "for=198.51.100.17"),
+        ],
     )
     .await;
-    let kept: Value = client()
-        .get(gw.url("/kept/x"))
-        .header("host", "shop.example:8443")
-        .header("forwarded", "for=198.51.100.17")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(kept["host"], "shop.example:8443", "the client's Host");
     assert_eq!(kept["xfh"], "shop.example:8443");
     assert_eq!(
         kept["forwarded"],
         "for=198.51.100.17, for=127.0.0.1;host=\"shop.example:8443\";proto=http"
     );
-    let plain: Value = client()
-        .get(gw.url("/plain/x"))
-        .header("host", "shop.example")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plain = echoed(gw.url("/plain/x"), &[("host", "shop.example")]).await;
     assert_eq!(plain["host"], app.to_string(), "the upstream's own address");
     assert_eq!(plain["xfh"], "shop.example");
     assert_eq!(plain["forwarded"], Value::Null);
@@ -363,18 +360,7 @@ upstream = "http://{app}"
 #[tokio::test]
 async fn forwarded_headers_from_an_http2_client() {
     let (app, _) = start_app().await;
-    let (gw, _) = gateway(
-        app,
-        r#"
-[[routes]]
-prefix = "/kept/"
-upstream = "http://{app}"
-preserve_host = true
-forwarded = true
-"#,
-        "",
-    )
-    .await;
+    let (gw, _) = gateway(app, FORWARDING, "").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
