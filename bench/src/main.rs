@@ -97,6 +97,10 @@ struct Args {
     /// Pylon's `[server] workers` (left out by default, so older builds run too).
     #[arg(long)]
     workers: Option<usize>,
+    /// TOML sections added to every Pylon's config (e.g. `[request_log]\nenabled = false` to
+    /// see what a feature costs).
+    #[arg(long, default_value = "")]
+    extra_config: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -208,7 +212,13 @@ async fn main() -> anyhow::Result<()> {
         let cfg = out.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
-            pylon_config(port, mock_port, &data, extra, args.workers),
+            pylon_config(
+                port,
+                mock_port,
+                &data,
+                &format!("{}\n{extra}", args.extra_config),
+                args.workers,
+            ),
         )?;
         let p = Proc::spawn(
             Command::new(&pylon_bin)
