@@ -252,8 +252,9 @@ pub(crate) struct AppRoute {
     pub allow: Vec<(std::net::IpAddr, u8)>,
     pub deny: Vec<(std::net::IpAddr, u8)>,
     pub max_body_bytes: Option<usize>,
-    /// The route's own cap on requests in progress.
+    /// The route's own cap on requests in progress, and its configured size.
     pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    pub max_connections: Option<usize>,
     pub preserve_host: bool,
     pub forwarded: bool,
     /// Added to answers that lack them, after `hide_headers` are removed.
@@ -422,6 +423,8 @@ impl Snapshot {
 
     fn build_over(config: &Config, before: Option<Before<'_>>) -> Result<Snapshot, BuildError> {
         let policy = breaker_policy(&config.resilience);
+        // App routes keep their cache and cap across any reload that leaves them alone.
+        let previous_routes = before.map(|(b, _)| b.routes.clone());
         let before = before.filter(|(b, _)| breaker_policy(&b.resilience) == policy);
         let workers = crate::worker::count(config.server.workers);
         let mut providers = HashMap::new();
@@ -533,6 +536,10 @@ impl Snapshot {
             else {
                 continue;
             };
+            let previous = previous_routes.as_deref().and_then(|rs| {
+                rs.iter()
+                    .find(|o| o.prefix == *r.prefix.get_ref() && o.upstream == upstream)
+            });
             routes.push(AppRoute {
                 prefix: r.prefix.get_ref().clone(),
                 upstream,
@@ -551,9 +558,15 @@ impl Snapshot {
                     .filter_map(|c| pylon_config::parse_cidr(c.get_ref()))
                     .collect(),
                 max_body_bytes: r.max_body_bytes,
-                slots: r
-                    .max_connections
-                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+                // Requests in flight hold the old semaphore's permits: a new one would let the
+                // cap be exceeded until they end.
+                slots: match previous {
+                    Some(o) if o.max_connections == r.max_connections => o.slots.clone(),
+                    _ => r
+                        .max_connections
+                        .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+                },
+                max_connections: r.max_connections,
                 preserve_host: r.preserve_host,
                 forwarded: r.forwarded,
                 response_headers: r
@@ -568,12 +581,16 @@ impl Snapshot {
                     .iter()
                     .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                     .collect(),
-                cache: r.cache.as_ref().map(|c| {
-                    Arc::new(crate::edge_cache::EdgeCache::new(
-                        c.max_bytes,
-                        c.max_entry_bytes,
-                    ))
-                }),
+                cache: r
+                    .cache
+                    .as_ref()
+                    .map(|c| match previous.and_then(|o| o.cache.as_ref()) {
+                        Some(kept) if kept.sized(c.max_bytes, c.max_entry_bytes) => kept.clone(),
+                        _ => Arc::new(crate::edge_cache::EdgeCache::new(
+                            c.max_bytes,
+                            c.max_entry_bytes,
+                        )),
+                    }),
                 timeouts,
                 client: crate::client::build(
                     &crate::client::Options {

@@ -58,6 +58,7 @@ pub(crate) struct EdgeCache {
     hasher: std::collections::hash_map::RandomState,
     /// Largest answer kept, in bytes.
     pub max_entry_bytes: u64,
+    max_bytes: u64,
     /// Added to the wall clock; tests move it forward to expire entries.
     clock_offset_ms: AtomicI64,
     /// URLs pushed out by the byte bound since [`EdgeCache::take_evictions`] last asked.
@@ -84,9 +85,15 @@ impl EdgeCache {
                 .build(),
             hasher: std::collections::hash_map::RandomState::new(),
             max_entry_bytes,
+            max_bytes,
             clock_offset_ms: AtomicI64::new(0),
             evictions,
         }
+    }
+
+    /// Whether this cache has these bounds (a reload keeps it only then).
+    pub fn sized(&self, max_bytes: u64, max_entry_bytes: u64) -> bool {
+        self.max_bytes == max_bytes && self.max_entry_bytes == max_entry_bytes
     }
 
     /// Evictions by size since the last call (reported as a metric by the caller).

@@ -224,3 +224,48 @@ async fn a_watched_config_file_is_reloaded_when_it_changes_and_a_bad_one_is_refu
         "still serving the last good config"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_routes_edge_cache() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mock = MockServer::start().await;
+    let hits = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            (
+                [("cache-control", "public, max-age=600")],
+                "body { margin: 0 }",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let text = |model: &str| {
+        base_config(
+            &mock,
+            &format!(
+                "[[routes]]\nprefix = \"/static/\"\nupstream = \"http://{origin}\"\ncache = {{ max_bytes = 1048576 }}\n\n[[models]]\nname = \"{model}\"\ntargets = [{{ provider = \"m\", model = \"mock\" }}]\n"
+            ),
+        )
+    };
+    let gw = Serving::start("reload-edge", &text("one"));
+    let fetch = || async {
+        let r = client().get(gw.url("/static/a.css")).send().await.unwrap();
+        r.headers()["x-pylon-cache"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(fetch().await, "miss");
+    assert_eq!(fetch().await, "hit");
+    // A change elsewhere in the file rebuilds the snapshot; the route's cache stays.
+    rewrite(&gw.config, &text("two"), &gw.data);
+    let (status, body) = gw.admin(Method::POST, "/admin/v1/config/reload").await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    assert_eq!(fetch().await, "hit");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
