@@ -307,6 +307,11 @@ pub const SERIES: &[(&str, &str, &[&str])] = &[
         "dependencies failing their check: store, redis, disk, probe:<provider>",
         &["dependency"],
     ),
+    (
+        "tls_days_left",
+        "days until the served TLS certificate expires (no value without TLS)",
+        &[],
+    ),
 ];
 
 /// The alerting sections' problems, at their places in the file.

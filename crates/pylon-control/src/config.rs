@@ -153,8 +153,9 @@ impl Control {
         a.loaded_at = now_ms();
     }
 
-    /// Lets reloads re-read the TLS certificate too.
+    /// Lets reloads re-read the TLS certificate too; its expiry goes to health and metrics.
     pub fn set_tls(&self, tls: pylon_proxy::tls::Tls) {
+        self.gateway.report_tls(tls.not_after());
         let _ = self.tls.set(tls);
     }
 
@@ -222,7 +223,9 @@ impl Control {
             }
         }
         if let Some(tls) = self.tls.get() {
-            match tls.reload() {
+            let reloaded = tls.reload();
+            self.gateway.report_tls(tls.not_after());
+            match reloaded {
                 Ok(()) => reloads.with_label_values(&["tls", "ok"]).inc(),
                 Err(e) => {
                     reloads.with_label_values(&["tls", "error"]).inc();

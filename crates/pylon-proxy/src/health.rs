@@ -15,6 +15,10 @@ use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use crate::breaker::Breaker;
+
+/// A certificate this close to expiry makes the health report warn (certbot renews at 30 days
+/// left, ACME clients at a third of the lifetime: two weeks means renewal is failing).
+const TLS_WARN: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
 use crate::gateway::Check;
 use crate::gateway::Gateway;
 
@@ -208,6 +212,27 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
             v["output"] = json!("no backup yet");
         }
         checks.insert("backup:age".into(), json!([v]));
+    }
+    if let Some(not_after) = read(&gw.deps.tls_not_after).flatten() {
+        let left = not_after.duration_since(SystemTime::now());
+        let days = left.as_ref().map_or(0, |d| d.as_secs() / 86_400);
+        let s = match left {
+            Err(_) => "fail",
+            Ok(d) if d < TLS_WARN => "warn",
+            Ok(_) => "pass",
+        };
+        status = worst(status, s);
+        let mut v = json!({
+            "componentType": "system",
+            "observedValue": days,
+            "observedUnit": "days until the certificate expires",
+            "status": s,
+            "time": now_text,
+        });
+        if s != "pass" {
+            v["output"] = json!("renew the certificate and reload (SIGHUP)");
+        }
+        checks.insert("tls:certificate".into(), json!([v]));
     }
     let rss = gw.deps.rss.load(Ordering::Relaxed);
     if rss > 0 {

@@ -4,7 +4,9 @@
 //! serving (SIGHUP).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::ServerConfig;
@@ -31,6 +33,15 @@ pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     ocsp: Option<PathBuf>,
+    /// The leaf certificate's `notAfter` (unix seconds) as last loaded; 0 when unreadable.
+    not_after: Arc<AtomicI64>,
+}
+
+/// The `notAfter` of the first certificate in a PEM chain, in unix seconds.
+fn leaf_not_after(cert: &Path) -> Option<i64> {
+    let der = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 fn server_config(
@@ -85,7 +96,14 @@ impl Tls {
             cert: cert.to_owned(),
             key: key.to_owned(),
             ocsp: ocsp.map(Path::to_owned),
+            not_after: Arc::new(AtomicI64::new(leaf_not_after(cert).unwrap_or(0))),
         })
+    }
+
+    /// When the certificate in use expires.
+    pub fn not_after(&self) -> Option<SystemTime> {
+        let secs = u64::try_from(self.not_after.load(Ordering::Relaxed)).ok()?;
+        (secs > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     }
 
     /// Re-reads the files; new connections use the new certificate, open ones are untouched.
@@ -93,6 +111,8 @@ impl Tls {
     pub fn reload(&self) -> Result<(), TlsError> {
         self.config
             .reload_from_config(server_config(&self.cert, &self.key, self.ocsp.as_deref())?);
+        self.not_after
+            .store(leaf_not_after(&self.cert).unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 }

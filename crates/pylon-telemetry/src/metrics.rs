@@ -58,6 +58,8 @@ pub struct Metrics {
     pub shed: IntCounterVec,
     /// Connections closed because their PROXY protocol header was missing or malformed.
     pub proxy_protocol_errors: IntCounter,
+    /// When the served TLS certificate expires (unix seconds; 0: no TLS or unreadable).
+    pub tls_not_after: IntGauge,
     /// App-route edge cache lookups by route and result (`hit`, `revalidated`, `miss`,
     /// `stored`, `bypass`, `too_large`, `evicted`).
     pub edge_cache: IntCounterVec,
@@ -397,6 +399,11 @@ impl Metrics {
                 "pylon_shed_total",
                 "Connections and requests refused because a server limit was reached.",
                 &["what"],
+            )?,
+            tls_not_after: single_gauge(
+                r,
+                "pylon_tls_certificate_not_after_seconds",
+                "When the served TLS certificate expires, in unix seconds (0 without TLS).",
             )?,
             proxy_protocol_errors: single_counter(
                 r,

@@ -235,11 +235,12 @@ const BREAKERS: &str = "pylon_circuit_breaker_state";
 const LOG_DROPPED: &str = "pylon_request_log_dropped_total";
 const CACHE_SAVED: &str = "pylon_cache_cost_saved_usd_total";
 const DEPENDENCIES: &str = "pylon_dependency_up";
+const TLS_NOT_AFTER: &str = "pylon_tls_certificate_not_after_seconds";
 const DELIVERIES: &str = "pylon_alert_deliveries_total";
 const TEAM_REQUESTS: &str = "pylon_team_requests_total";
 const TEAM_TOKENS: &str = "pylon_team_tokens_total";
 const TEAM_COST: &str = "pylon_team_cost_usd_total";
-const USED: [&str; 16] = [
+const USED: [&str; 17] = [
     TEAM_REQUESTS,
     TEAM_TOKENS,
     TEAM_COST,
@@ -256,6 +257,7 @@ const USED: [&str; 16] = [
     CACHE_SAVED,
     DEPENDENCIES,
     DELIVERIES,
+    TLS_NOT_AFTER,
 ];
 
 /// A series' value over the interval between two samples.
@@ -501,6 +503,7 @@ pub fn family(series: &str, team: bool) -> Option<&'static str> {
         "request_log_dropped" => LOG_DROPPED,
         "receiver_failures" => DELIVERIES,
         "dependency_down" => DEPENDENCIES,
+        "tls_days_left" => TLS_NOT_AFTER,
         _ => return None,
     })
 }
@@ -562,6 +565,13 @@ pub fn read(
         "request_log_dropped" => growth(prev, cur, LOG_DROPPED, want, &[]) / secs,
         "receiver_failures" => growth(prev, cur, DELIVERIES, want, &[("outcome", "failed")]) / secs,
         "dependency_down" => level(cur, DEPENDENCIES, want, |x| if x < 1.0 { 1.0 } else { 0.0 }),
+        "tls_days_left" => {
+            let not_after = level(cur, TLS_NOT_AFTER, want, |x| x);
+            if not_after <= 0.0 {
+                return None;
+            }
+            (not_after - cur.at_ms as f64 / 1000.0) / 86_400.0
+        }
         _ => return None,
     };
     Some(Reading { value, traffic })
@@ -573,6 +583,19 @@ mod tests {
 
     fn labels(model: &str) -> BTreeMap<String, String> {
         BTreeMap::from([("model".to_owned(), model.to_owned())])
+    }
+
+    /// Days left on the certificate from the expiry gauge; nothing without TLS.
+    #[test]
+    fn tls_days_left_from_the_expiry_gauge() {
+        let m = pylon_telemetry::Metrics::new(false).unwrap();
+        let at_ms = 1_800_000_000_000;
+        let none = Sample::of(&m.gather(), at_ms);
+        assert!(read("tls_days_left", &BTreeMap::new(), &none, &none).is_none());
+        m.tls_not_after.set(1_800_000_000 + 10 * 86_400 + 43_200);
+        let s = Sample::of(&m.gather(), at_ms);
+        let r = read("tls_days_left", &BTreeMap::new(), &s, &s).unwrap();
+        assert_eq!(r.value, 10.5);
     }
 
     /// Rates, ratios and percentiles from a real registry, narrowed by labels.

@@ -50,6 +50,8 @@ pub(crate) struct Dependencies {
     pub probes: Mutex<BTreeMap<String, Check>>,
     /// Scheduled backups: the last good one, and the schedule's period.
     pub backup: Mutex<Option<BackupState>>,
+    /// When the served TLS certificate expires (set at start and on each reload).
+    pub tls_not_after: Mutex<Option<SystemTime>>,
 }
 
 /// What the health report and metrics say about backups.
@@ -91,6 +93,17 @@ impl super::Gateway {
         if let Ok(mut g) = self.deps.backup.lock() {
             *g = Some(state);
         }
+    }
+
+    /// Records when the served certificate expires (health item and metric).
+    pub fn report_tls(&self, not_after: Option<SystemTime>) {
+        if let Ok(mut g) = self.deps.tls_not_after.lock() {
+            *g = not_after;
+        }
+        let secs = not_after
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.metrics.tls_not_after.set(secs);
     }
 
     /// Records the data dir's disk use (share used, bytes free) and the process's resident memory.

@@ -522,3 +522,84 @@ async fn x_forwarded_proto_is_https_behind_pylons_tls() {
         );
     }
 }
+
+/// Writes a self-signed P-256 certificate for localhost valid for `days` into `dir`.
+fn short_lived_cert(dir: &std::path::Path, days: u32) {
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .args(["-days", &days.to_string(), "-subj", "/CN=localhost"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_a_health_item_and_a_metric_renewed_by_reload() {
+    let dir = temp_dir("tls-expiry");
+    short_lived_cert(&dir, 3);
+    let (gw, control) = Gateway::with_admin("[auth]\nmode = \"none\"\n", None).await;
+    let tls =
+        pylon_proxy::tls::Tls::load(&dir.join("cert.pem"), &dir.join("key.pem"), None).unwrap();
+    control.set_tls(tls);
+    let item = |h: &Value| h["checks"]["tls:certificate"][0].clone();
+    let health: Value = client()
+        .get(gw.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item(&health)["status"], "warn", "{health}");
+    assert_eq!(item(&health)["observedValue"], 2);
+    assert_eq!(health["status"], "warn");
+    let metrics = client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let not_after: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pylon_tls_certificate_not_after_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (now + 2 * 86_400..=now + 3 * 86_400 + 60).contains(&not_after),
+        "{not_after}"
+    );
+
+    // Renewed on disk, then a reload (SIGHUP's path) serves it and the warning clears.
+    short_lived_cert(&dir, 90);
+    let _ = control.reload_config().await;
+    let health: Value = client()
+        .get(gw.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item(&health)["status"], "pass", "{health}");
+    assert_eq!(item(&health)["observedValue"], 89);
+}
