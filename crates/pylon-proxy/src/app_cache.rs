@@ -30,6 +30,8 @@ pub(crate) struct Lookup<'a> {
     prefix: &'a str,
     key: u64,
     policy: RequestPolicy,
+    /// A `HEAD`: answered from a stored `GET` without its body, and never stored.
+    head: bool,
     /// The request's headers: `Vary` is only known from the answer.
     request: HeaderMap,
     metrics: &'a IntCounterVec,
@@ -64,6 +66,7 @@ impl<'a> Lookup<'a> {
             prefix: &route.prefix,
             key,
             policy,
+            head: req.method() == http::Method::HEAD,
             request: req.headers().clone(),
             metrics,
         })
@@ -89,7 +92,12 @@ impl<'a> Lookup<'a> {
             resp
         } else {
             self.count("hit");
-            let mut resp = Response::new(Body::from(stored.body.clone()));
+            let body = if self.head {
+                Body::empty()
+            } else {
+                Body::from(stored.body.clone())
+            };
+            let mut resp = Response::new(body);
             *resp.status_mut() = stored.status;
             *resp.headers_mut() = stored.headers.clone();
             resp
@@ -102,6 +110,10 @@ impl<'a> Lookup<'a> {
 
     /// Keeps the application's answer when it may be kept and is small enough, and returns it.
     pub async fn keep(self, resp: Response) -> Response {
+        if self.head {
+            self.count("miss");
+            return marked(resp, "miss");
+        }
         let Some(fresh) = policy::freshness(resp.status(), resp.headers()) else {
             self.count("miss");
             return marked(resp, "miss");

@@ -16,14 +16,16 @@ pub(crate) enum RequestPolicy {
     Use,
     /// Skip the lookup (the client asked for a fresh answer) but keep a cacheable answer.
     Refresh,
-    /// Neither: not a `GET`, credentials, or `no-store`.
+    /// Neither: not a `GET` or `HEAD`, credentials, or `no-store`.
     Bypass,
 }
 
 /// How the cache treats this request.
 pub(crate) fn request_policy(method: &Method, headers: &HeaderMap) -> RequestPolicy {
-    // Answers to requests with credentials are the caller's own.
-    if method != Method::GET || headers.contains_key(header::AUTHORIZATION) {
+    // Answers to requests with credentials are the caller's own. `HEAD` is answered from a
+    // stored `GET` (never stored itself: it has no body).
+    let readable = method == Method::GET || method == Method::HEAD;
+    if !readable || headers.contains_key(header::AUTHORIZATION) {
         return RequestPolicy::Bypass;
     }
     let directives = directives(headers, header::CACHE_CONTROL);
@@ -242,6 +244,10 @@ mod tests {
         assert_eq!(
             request_policy(&Method::POST, &headers(&[])),
             RequestPolicy::Bypass
+        );
+        assert_eq!(
+            request_policy(&Method::HEAD, &headers(&[])),
+            RequestPolicy::Use
         );
         assert_eq!(
             request_policy(&get, &headers(&[("authorization", "Bearer x")])),

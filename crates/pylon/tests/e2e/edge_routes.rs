@@ -25,6 +25,8 @@ struct App {
     release: Arc<tokio::sync::Notify>,
     /// Once set, `/hold` answers at once.
     open: Arc<std::sync::atomic::AtomicBool>,
+    /// `/hold` requests waiting for the release.
+    waiting: Arc<AtomicU64>,
 }
 
 async fn start_app() -> (SocketAddr, App) {
@@ -95,6 +97,7 @@ async fn start_app() -> (SocketAddr, App) {
         // Registered before the flag is read, so a release in between is not missed.
         released.as_mut().enable();
         if !app.open.load(Ordering::SeqCst) {
+            app.waiting.fetch_add(1, Ordering::SeqCst);
             released.await;
         }
         "released"
@@ -236,19 +239,20 @@ upstream = "http://{app}"
     let held: Vec<_> = (0..2)
         .map(|_| tokio::spawn(client().get(gw.url("/hold")).send()))
         .collect();
-    // Both held requests are in progress once the app has them; poll for it, no sleeps.
-    let mut shed = None;
-    for _ in 0..500 {
-        let r = client().get(gw.url("/hold")).send();
-        match tokio::time::timeout(Duration::from_millis(200), r).await {
-            Ok(Ok(r)) if r.status() == 503 => {
-                shed = Some(r);
-                break;
-            }
-            _ => tokio::task::yield_now().await,
+    // Both held requests are in progress once the app has them both.
+    for _ in 0..1000 {
+        if state.waiting.load(Ordering::SeqCst) == 2 {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let shed = shed.expect("a third request is shed");
+    assert_eq!(
+        state.waiting.load(Ordering::SeqCst),
+        2,
+        "both held requests reached the app"
+    );
+    let shed = client().get(gw.url("/hold")).send().await.unwrap();
+    assert_eq!(shed.status(), 503, "a third request is shed");
     assert_eq!(shed.headers()["retry-after"], "1");
     assert_eq!(
         client()
@@ -265,13 +269,28 @@ upstream = "http://{app}"
     for h in held {
         assert_eq!(h.await.unwrap().unwrap().status(), 200);
     }
-    // Their slots are free again once their answers ended.
-    for _ in 0..2 {
-        assert_eq!(
-            client().get(gw.url("/hold")).send().await.unwrap().status(),
-            200
-        );
+    // Their slots come free once their answers have ended: wait for that, then both are usable.
+    let mut freed = false;
+    for _ in 0..500 {
+        if client().get(gw.url("/hold")).send().await.unwrap().status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(freed, "a slot came free");
+    let both = futures_util::future::join(
+        client().get(gw.url("/hold")).send(),
+        client().get(gw.url("/hold")).send(),
+    )
+    .await;
+    assert_eq!(
+        (
+            both.0.unwrap().status().as_u16(),
+            both.1.unwrap().status().as_u16()
+        ),
+        (200, 200)
+    );
 }
 
 #[tokio::test]
@@ -417,6 +436,13 @@ cache = { max_bytes = 1048576 }
     assert_eq!(nm.status(), 304);
     assert_eq!(nm.headers()["etag"], "\"v1\"");
     assert!(nm.text().await.unwrap().is_empty());
+    assert_eq!(state.hits.load(Ordering::SeqCst), 1);
+
+    // HEAD is answered from the stored GET, without a body.
+    let head = client().head(gw.url("/static/a.css")).send().await.unwrap();
+    assert_eq!(head.headers()["x-pylon-cache"], "hit");
+    assert_eq!(head.headers()["content-length"], body.len().to_string());
+    assert!(head.bytes().await.unwrap().is_empty());
     assert_eq!(state.hits.load(Ordering::SeqCst), 1);
 
     // Vary: one entry per language.
