@@ -555,14 +555,11 @@ async fn certificate_expiry_is_a_health_item_and_a_metric_renewed_by_reload() {
         pylon_proxy::tls::Tls::load(&dir.join("cert.pem"), &dir.join("key.pem"), None).unwrap();
     control.set_tls(tls);
     let item = |h: &Value| h["checks"]["tls:certificate"][0].clone();
-    let health: Value = client()
-        .get(gw.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health_of = || async {
+        let r = client().get(gw.url("/health")).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let health = health_of().await;
     assert_eq!(item(&health)["status"], "warn", "{health}");
     assert_eq!(item(&health)["observedValue"], 2);
     assert_eq!(health["status"], "warn");
@@ -592,14 +589,7 @@ async fn certificate_expiry_is_a_health_item_and_a_metric_renewed_by_reload() {
     // Renewed on disk, then a reload (SIGHUP's path) serves it and the warning clears.
     short_lived_cert(&dir, 90);
     let _ = control.reload_config().await;
-    let health: Value = client()
-        .get(gw.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health_of().await;
     assert_eq!(item(&health)["status"], "pass", "{health}");
     assert_eq!(item(&health)["observedValue"], 89);
 }
