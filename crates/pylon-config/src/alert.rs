@@ -312,6 +312,11 @@ pub const SERIES: &[(&str, &str, &[&str])] = &[
         "days until the served TLS certificate expires (no value without TLS)",
         &[],
     ),
+    (
+        "tls_renewal_failures",
+        "consecutive failed ACME certificate orders (0 once one succeeds)",
+        &[],
+    ),
 ];
 
 /// The alerting sections' problems, at their places in the file.

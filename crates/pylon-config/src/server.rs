@@ -81,21 +81,83 @@ fn default_http2_max_streams() -> u32 {
     256
 }
 
-/// `[server.tls]`: certificate files, re-read on SIGHUP.
+/// `[server.tls]`: certificate files (re-read on SIGHUP), or certificates obtained and renewed
+/// over ACME.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-    /// Also listen here in plain HTTP and redirect every request to HTTPS.
+    /// PEM certificate chain (not with `acme`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; not with `acme`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Also listen here in plain HTTP and redirect every request to HTTPS (ACME's HTTP-01
+    /// challenges are answered here).
     #[serde(default)]
     pub redirect_http: Option<SocketAddr>,
     /// A DER OCSP response for the certificate, stapled to handshakes and re-read with it (keep
     /// it fresh with `openssl ocsp … -respout` from cron, then SIGHUP).
     #[serde(default)]
     pub ocsp_file: Option<PathBuf>,
+    /// Obtain and renew the certificate from an ACME CA (RFC 8555, e.g. Let's Encrypt).
+    #[serde(default)]
+    pub acme: Option<Acme>,
+}
+
+/// `acme = { … }`: automatic certificates. The certificate and its encrypted private key live
+/// in the store, so every instance sharing it serves the same certificate and one of them (the
+/// lease holder) renews it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// The CA's directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// Contact address for the account (expiry warnings from the CA).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Names the certificate covers; the first one names it.
+    pub domains: toml::Spanned<Vec<String>>,
+    /// How the CA checks control of each name: `http-01` (on `redirect_http`, which must be
+    /// reachable on port 80) or `tls-alpn-01` (on `listen`, port 443).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// PEM roots to trust for the directory's HTTPS (a private or test CA); default: the
+    /// public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Renew when this little time is left; default a third of the certificate's lifetime
+    /// (30 days of a 90-day certificate).
+    #[serde(default, with = "humantime_serde")]
+    pub renew_before: Option<Duration>,
+    /// How often each instance compares its certificate with the store's and decides whether
+    /// to renew.
+    #[serde(default = "default_acme_check", with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+fn default_acme_check() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The ACME challenge Pylon answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    /// The name in pylon.toml and in RFC 8555.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
 }
 
 fn default_max_messages() -> usize {

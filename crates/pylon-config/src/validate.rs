@@ -301,6 +301,9 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
     if config.server.max_body_bytes == 0 {
         problems.push((0, "server.max_body_bytes must be greater than 0".to_owned()));
     }
+    if let Some(tls) = &config.server.tls {
+        tls_problems(tls, &mut problems);
+    }
     rollouts(config, &providers, &models, &mut problems);
     crate::alert::check(config, &mut problems);
     if config.flags.poll < std::time::Duration::from_millis(100) {
@@ -316,6 +319,70 @@ pub(crate) fn check(config: &Config) -> Vec<(usize, String)> {
         ));
     }
     problems
+}
+
+/// `[server.tls]`: certificate files or ACME, not both; ACME names that a CA can validate.
+fn tls_problems(tls: &crate::Tls, problems: &mut Vec<(usize, String)>) {
+    let files = tls.cert_file.is_some() || tls.key_file.is_some();
+    let Some(acme) = &tls.acme else {
+        if tls.cert_file.is_none() || tls.key_file.is_none() {
+            problems.push((
+                0,
+                "[server.tls] needs cert_file and key_file, or acme = { directory, domains } to obtain a certificate"
+                    .to_owned(),
+            ));
+        }
+        return;
+    };
+    let at = acme.domains.span().start;
+    let mut bad = |msg: String| problems.push((at, format!("[server.tls] acme: {msg}")));
+    if files || tls.ocsp_file.is_some() {
+        bad("cert_file, key_file and ocsp_file come from ACME here; remove them (or remove acme)".into());
+    }
+    if !acme.directory.starts_with("https://") {
+        bad(format!(
+            "directory `{}` must be an https:// URL (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory)",
+            acme.directory
+        ));
+    }
+    if acme.email.as_deref().is_some_and(|e| !e.contains('@') || e.contains(char::is_whitespace)) {
+        bad("email must be an address such as ops@example.com".into());
+    }
+    if acme.domains.get_ref().is_empty() {
+        bad("domains is empty: list the names the certificate must cover".into());
+    }
+    for d in acme.domains.get_ref() {
+        if let Err(why) = dns_name(d) {
+            bad(format!("domain `{d}` {why}"));
+        }
+    }
+    if acme.challenge == crate::AcmeChallenge::Http01 && tls.redirect_http.is_none() {
+        bad("http-01 is answered on the plain-HTTP listener: set redirect_http = \"0.0.0.0:80\" (or use challenge = \"tls-alpn-01\")".into());
+    }
+    if acme.check_interval < std::time::Duration::from_secs(1) {
+        bad("check_interval must be at least 1s".into());
+    }
+}
+
+/// Whether `name` is a DNS name an ACME CA can validate by HTTP-01 or TLS-ALPN-01.
+fn dns_name(name: &str) -> Result<(), &'static str> {
+    if name.starts_with("*.") {
+        return Err("is a wildcard, which needs the dns-01 challenge (not supported)");
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err("is an IP address; certificates are for DNS names");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err("is not a DNS name (letters, digits and hyphens in dot-separated labels)");
+    }
+    Ok(())
 }
 
 /// `[[rollouts]]`: each names one existing subject, a candidate of the subject's kind, steps

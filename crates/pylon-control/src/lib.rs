@@ -1,6 +1,7 @@
 //! The control plane: the admin API under `/admin/v1/`, its OpenAPI document and docs page, and
 //! keeping the data plane's key index in step with the store.
 
+pub mod acme;
 mod admin;
 pub mod alerts;
 pub mod backups;

@@ -234,6 +234,29 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         }
         checks.insert("tls:certificate".into(), json!([v]));
     }
+    if let Some(a) = read(&gw.deps.acme).flatten() {
+        let s = match (a.serving, a.failures) {
+            (false, _) => "fail",
+            (true, 0) => "pass",
+            (true, _) => "warn",
+        };
+        status = worst(status, s);
+        let mut v = json!({
+            "componentType": "component",
+            "observedValue": a.failures,
+            "observedUnit": "consecutive failed orders",
+            "status": s,
+            "time": now_text,
+        });
+        let renews = a.renew_at.map(|t| httpdate::fmt_http_date(t));
+        v["output"] = json!(match (&a.error, a.serving) {
+            (Some(e), true) => format!("renewal failed ({e}); the current certificate is served until it expires, retrying with backoff"),
+            (Some(e), false) => format!("no certificate yet: {e}"),
+            (None, false) => "no certificate yet: the order is in progress".to_owned(),
+            (None, true) => format!("renews {}", renews.unwrap_or_default()),
+        });
+        checks.insert("tls:acme".into(), json!([v]));
+    }
     let rss = gw.deps.rss.load(Ordering::Relaxed);
     if rss > 0 {
         checks.insert(

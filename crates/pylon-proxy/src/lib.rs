@@ -44,7 +44,7 @@ mod worker;
 pub use auth::{hash_key, KeyIndex};
 pub use cache::VectorIndex;
 pub use error::{BuildError, ProxyError};
-pub use gateway::{Arm, ArmState, BackupState, Check, Gateway, LoadedFlags};
+pub use gateway::{AcmeState, Arm, ArmState, BackupState, Check, Gateway, LoadedFlags};
 pub use limits::spend_key;
 pub use server::{metrics_router, router, serve_redirect, Workers, COMPRESSION_LEVEL};
 pub use snapshot::Snapshot;

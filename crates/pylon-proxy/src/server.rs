@@ -433,9 +433,8 @@ async fn accept_loop(
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get_inner());
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(handshake, acceptor.accept(tcp)).await
+                    let Ok(Some(stream)) =
+                        tokio::time::timeout(handshake, tls_handshake(&tls, tcp)).await
                     else {
                         return;
                     };
@@ -458,6 +457,37 @@ async fn accept_loop(
     Ok(())
 }
 
+/// Completes a TLS handshake; `None` when it fails or was a TLS-ALPN-01 validation (answered
+/// with the challenge certificate, then closed).
+async fn tls_handshake<IO>(
+    tls: &crate::tls::Tls,
+    io: IO,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(challenges) = tls.alpn_challenges() else {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get_inner());
+        return acceptor.accept(io).await.ok();
+    };
+    // Read the ClientHello first: a CA validating this name offers only `acme-tls/1`.
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+        .await
+        .ok()?;
+    let hello = start.client_hello();
+    let validation = hello.alpn().is_some_and(|mut protocols| {
+        protocols.any(|p| p == crate::tls::challenges::ACME_TLS_ALPN)
+    });
+    if validation {
+        let domain = hello.server_name()?.to_owned();
+        let config = challenges.alpn01(&domain).await?;
+        let mut stream = start.into_stream(config).await.ok()?;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return None;
+    }
+    start.into_stream(tls.config.get_inner()).await.ok()
+}
+
 /// How long, once accepting stopped, keep-alive connections get to close after an answer
 /// before idle ones are closed by the server.
 const LAME_DUCK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -469,12 +499,32 @@ pub(crate) fn overloaded() -> Response {
 }
 
 /// A plain-HTTP listener that sends every request to the same host and path over HTTPS.
+/// ACME HTTP-01 challenges are answered here rather than redirected.
 pub async fn serve_redirect(
     listener: TcpListener,
     https_port: u16,
+    challenges: Option<Arc<crate::tls::challenges::Challenges>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().fallback(move |headers: http::HeaderMap, uri: Uri| async move {
+    let mut app = Router::new();
+    if let Some(challenges) = challenges {
+        app = app.route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                move |axum::extract::Path(token): axum::extract::Path<String>| async move {
+                    match challenges.http01(&token).await {
+                        Some(answer) => (
+                            [(header::CONTENT_TYPE, "application/octet-stream")],
+                            answer,
+                        )
+                            .into_response(),
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                },
+            ),
+        );
+    }
+    let app = app.fallback(move |headers: http::HeaderMap, uri: Uri| async move {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())

@@ -10,6 +10,7 @@ mod model;
 mod queries;
 mod requests;
 mod rollouts;
+mod tls;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -23,6 +24,7 @@ pub use flags::{FlagChange, FlagRow};
 pub use model::*;
 pub use requests::{Bucket, Dim, ErrorGroup, HourlyTotal, RequestFilter, RequestRow, UsageBucket};
 pub use rollouts::{RolloutDefinition, RolloutRow, VerdictRow};
+pub use tls::{account_label, certificate_label, CertificateRow};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]

@@ -195,6 +195,7 @@ async fn suite(store: Store) {
     semantic_audit(&store).await;
     rollouts(&store).await;
     flags(&store).await;
+    acme(&store).await;
     alerts(&store).await;
 }
 
@@ -304,6 +305,49 @@ async fn flags(store: &Store) {
         ["delete", "update", "create"]
     );
     assert_eq!(store.flags_version().await.unwrap(), (3, 30));
+}
+
+/// Certificates and accounts upsert by name; a challenge answers until it expires or is
+/// withdrawn, and publishing one sweeps the expired.
+async fn acme(store: &Store) {
+    assert_eq!(store.certificate("a.test").await.unwrap(), None);
+    let sealed = |label: String, at| Credential {
+        provider: label,
+        ciphertext: "c".into(),
+        nonce: "n".into(),
+        master_key_id: "k".into(),
+        updated_at: at,
+    };
+    let mut c = CertificateRow {
+        name: "a.test".into(),
+        chain_pem: "PEM1".into(),
+        key: sealed(certificate_label("a.test"), 5),
+        not_after: 100,
+        updated_at: 5,
+    };
+    store.put_certificate(&c).await.unwrap();
+    c.chain_pem = "PEM2".into();
+    c.key = sealed(certificate_label("a.test"), 6);
+    c.updated_at = 6;
+    store.put_certificate(&c).await.unwrap();
+    assert_eq!(store.certificate("a.test").await.unwrap(), Some(c.clone()));
+    assert_eq!(store.certificates().await.unwrap(), vec![c]);
+    let dir = "https://ca.test/dir";
+    store
+        .put_acme_account(dir, &sealed(account_label(dir), 7))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.acme_account(dir).await.unwrap(),
+        Some(sealed(account_label(dir), 7))
+    );
+    assert_eq!(store.acme_accounts().await.unwrap().len(), 1);
+    store.put_acme_challenge("http:t1", "t1.x", 1000, 0).await.unwrap();
+    assert_eq!(store.acme_challenge("http:t1", 999).await.unwrap().as_deref(), Some("t1.x"));
+    assert_eq!(store.acme_challenge("http:t1", 1001).await.unwrap(), None);
+    store.put_acme_challenge("http:t2", "t2.x", 3000, 2000).await.unwrap();
+    store.delete_acme_challenge("http:t2").await.unwrap();
+    assert_eq!(store.acme_challenge("http:t2", 2000).await.unwrap(), None);
 }
 
 /// Rollout progress upserts, verdicts come back newest first, and a lease has one holder

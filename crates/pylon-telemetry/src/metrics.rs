@@ -60,6 +60,10 @@ pub struct Metrics {
     pub proxy_protocol_errors: IntCounter,
     /// When the served TLS certificate expires (unix seconds; 0: no TLS or unreadable).
     pub tls_not_after: IntGauge,
+    /// ACME orders by result (`ok`, `error`).
+    pub acme_orders: IntCounterVec,
+    /// Consecutive failed ACME orders (0 once one succeeds).
+    pub acme_failures: IntGauge,
     /// App-route edge cache lookups by route and result (`hit`, `revalidated`, `miss`,
     /// `stored`, `bypass`, `too_large`, `evicted`).
     pub edge_cache: IntCounterVec,
@@ -404,6 +408,17 @@ impl Metrics {
                 r,
                 "pylon_tls_certificate_not_after_seconds",
                 "When the served TLS certificate expires, in unix seconds (0 without TLS).",
+            )?,
+            acme_orders: counter(
+                r,
+                "pylon_acme_orders_total",
+                "ACME certificate orders placed by this instance, by result.",
+                &["result"],
+            )?,
+            acme_failures: single_gauge(
+                r,
+                "pylon_acme_renewal_failures",
+                "Consecutive failed ACME orders (0 once one succeeds).",
             )?,
             proxy_protocol_errors: single_counter(
                 r,

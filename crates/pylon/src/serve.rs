@@ -128,8 +128,15 @@ pub(crate) async fn run_gateway(
     };
     let tls = match &config.server.tls {
         Some(t) => {
-            let tls =
-                pylon_proxy::tls::Tls::load(&t.cert_file, &t.key_file, t.ocsp_file.as_deref())?;
+            let tls = match (&t.acme, &t.cert_file, &t.key_file) {
+                (Some(acme), _, _) => pylon_proxy::tls::Tls::acme(
+                    acme.challenge == pylon_config::AcmeChallenge::TlsAlpn01,
+                )?,
+                (None, Some(cert), Some(key)) => {
+                    pylon_proxy::tls::Tls::load(cert, key, t.ocsp_file.as_deref())?
+                }
+                _ => anyhow::bail!("[server.tls] needs cert_file and key_file, or acme"),
+            };
             control.set_tls(tls.clone());
             if let Some(redirect) = t.redirect_http {
                 let plain = inherited.listener(process::REDIRECT, redirect).await?;
@@ -138,6 +145,7 @@ pub(crate) async fn run_gateway(
                 tokio::spawn(pylon_proxy::serve_redirect(
                     plain,
                     addr.port(),
+                    tls.challenges().cloned(),
                     stopped(rx.clone()),
                 ));
             }
@@ -146,8 +154,14 @@ pub(crate) async fn run_gateway(
         None => None,
     };
     let mut workers =
-        pylon_proxy::Workers::start(listener.into_std()?, tls, gw.clone(), main_extra)
+        pylon_proxy::Workers::start(listener.into_std()?, tls.clone(), gw.clone(), main_extra)
             .context("cannot start the data-plane workers")?;
+    // Once the listeners answer challenges: serve the stored certificate, order one if none.
+    if let (Some(tls), Some(acme)) = (tls, config.server.tls.as_ref().and_then(|t| t.acme.clone())) {
+        control.start_acme(tls, acme).await.context(
+            "[server.tls] acme keeps the certificate's private key in the store, encrypted",
+        )?;
+    }
     tracing::info!(
         %addr,
         providers = config.providers.len(),

@@ -236,11 +236,12 @@ const LOG_DROPPED: &str = "pylon_request_log_dropped_total";
 const CACHE_SAVED: &str = "pylon_cache_cost_saved_usd_total";
 const DEPENDENCIES: &str = "pylon_dependency_up";
 const TLS_NOT_AFTER: &str = "pylon_tls_certificate_not_after_seconds";
+const ACME_FAILURES: &str = "pylon_acme_renewal_failures";
 const DELIVERIES: &str = "pylon_alert_deliveries_total";
 const TEAM_REQUESTS: &str = "pylon_team_requests_total";
 const TEAM_TOKENS: &str = "pylon_team_tokens_total";
 const TEAM_COST: &str = "pylon_team_cost_usd_total";
-const USED: [&str; 17] = [
+const USED: [&str; 18] = [
     TEAM_REQUESTS,
     TEAM_TOKENS,
     TEAM_COST,
@@ -258,6 +259,7 @@ const USED: [&str; 17] = [
     DEPENDENCIES,
     DELIVERIES,
     TLS_NOT_AFTER,
+    ACME_FAILURES,
 ];
 
 /// A series' value over the interval between two samples.
@@ -504,6 +506,7 @@ pub fn family(series: &str, team: bool) -> Option<&'static str> {
         "receiver_failures" => DELIVERIES,
         "dependency_down" => DEPENDENCIES,
         "tls_days_left" => TLS_NOT_AFTER,
+        "tls_renewal_failures" => ACME_FAILURES,
         _ => return None,
     })
 }
@@ -572,6 +575,7 @@ pub fn read(
             }
             (not_after - cur.at_ms as f64 / 1000.0) / 86_400.0
         }
+        "tls_renewal_failures" => level(cur, ACME_FAILURES, want, |x| x),
         _ => return None,
     };
     Some(Reading { value, traffic })
@@ -596,6 +600,10 @@ mod tests {
         let s = Sample::of(&m.gather(), at_ms);
         let r = read("tls_days_left", &BTreeMap::new(), &s, &s).unwrap();
         assert_eq!(r.value, 10.5);
+        m.acme_failures.set(3);
+        let s = Sample::of(&m.gather(), at_ms);
+        let r = read("tls_renewal_failures", &BTreeMap::new(), &s, &s).unwrap();
+        assert_eq!(r.value, 3.0);
     }
 
     /// Rates, ratios and percentiles from a real registry, narrowed by labels.

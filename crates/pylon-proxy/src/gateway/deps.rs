@@ -52,6 +52,21 @@ pub(crate) struct Dependencies {
     pub backup: Mutex<Option<BackupState>>,
     /// When the served TLS certificate expires (set at start and on each reload).
     pub tls_not_after: Mutex<Option<SystemTime>>,
+    /// The ACME client's state, when certificates come from ACME.
+    pub acme: Mutex<Option<AcmeState>>,
+}
+
+/// What the health report says about automatic certificates.
+#[derive(Debug, Clone, Default)]
+pub struct AcmeState {
+    /// Whether a certificate is being served.
+    pub serving: bool,
+    /// When the served certificate will be renewed.
+    pub renew_at: Option<SystemTime>,
+    /// Consecutive failed orders.
+    pub failures: u32,
+    /// Why the last order failed, if it did.
+    pub error: Option<String>,
 }
 
 /// What the health report and metrics say about backups.
@@ -91,6 +106,14 @@ impl super::Gateway {
     /// Records the state of scheduled backups (read by `/health` and `/metrics`).
     pub fn report_backup(&self, state: BackupState) {
         if let Ok(mut g) = self.deps.backup.lock() {
+            *g = Some(state);
+        }
+    }
+
+    /// Records the ACME client's state (health item and metric).
+    pub fn report_acme(&self, state: AcmeState) {
+        self.metrics.acme_failures.set(i64::from(state.failures));
+        if let Ok(mut g) = self.deps.acme.lock() {
             *g = Some(state);
         }
     }

@@ -20,7 +20,7 @@ use crate::usage::Sink;
 
 pub use arms::{Arm, ArmState};
 pub(crate) use deps::Dependencies;
-pub use deps::{BackupState, Check};
+pub use deps::{AcmeState, BackupState, Check};
 pub use flags::LoadedFlags;
 
 /// Limits of the listener itself (what nginx's timeouts and connection caps gave).

@@ -24,8 +24,8 @@ mod archive;
 pub use archive::verify;
 use archive::{pack, read_batches, Batch};
 
-/// Tables in restore order (parents before the rows that reference them). Leases and the
-/// rollout judge's unread windows are per-process and short-lived: not backed up.
+/// Tables in restore order (parents before the rows that reference them). Leases, ACME
+/// challenges in flight and the rollout judge's unread windows are short-lived: not backed up.
 pub const TABLES: &[&str] = &[
     "teams",
     "users",
@@ -46,6 +46,8 @@ pub const TABLES: &[&str] = &[
     "alert_silences",
     "alert_rules",
     "alert_detectors",
+    "tls_certificates",
+    "acme_accounts",
 ];
 
 /// The archive format this code writes and reads.
@@ -465,7 +467,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             AND name NOT IN ('_sqlx_migrations', 'leases', 'rollout_windows') ORDER BY name",
+             AND name NOT IN ('_sqlx_migrations', 'leases', 'rollout_windows', 'acme_challenges') ORDER BY name",
         )
         .fetch_all(&store.pool)
         .await
