@@ -337,7 +337,10 @@ fn tls_problems(tls: &crate::Tls, problems: &mut Vec<(usize, String)>) {
     let at = acme.domains.span().start;
     let mut bad = |msg: String| problems.push((at, format!("[server.tls] acme: {msg}")));
     if files || tls.ocsp_file.is_some() {
-        bad("cert_file, key_file and ocsp_file come from ACME here; remove them (or remove acme)".into());
+        bad(
+            "cert_file, key_file and ocsp_file come from ACME here; remove them (or remove acme)"
+                .into(),
+        );
     }
     if !acme.directory.starts_with("https://") {
         bad(format!(
@@ -345,7 +348,11 @@ fn tls_problems(tls: &crate::Tls, problems: &mut Vec<(usize, String)>) {
             acme.directory
         ));
     }
-    if acme.email.as_deref().is_some_and(|e| !e.contains('@') || e.contains(char::is_whitespace)) {
+    if acme
+        .email
+        .as_deref()
+        .is_some_and(|e| !e.contains('@') || e.contains(char::is_whitespace))
+    {
         bad("email must be an address such as ops@example.com".into());
     }
     if acme.domains.get_ref().is_empty() {

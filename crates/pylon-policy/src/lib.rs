@@ -5,6 +5,6 @@ pub mod alert;
 pub mod bucket;
 pub mod flags;
 pub mod guard;
-pub mod renewal;
 mod lexicon;
+pub mod renewal;
 pub mod rollout;

@@ -38,9 +38,7 @@ pub fn due(served: Option<Served>, renew_before: Option<Duration>, now: i64) -> 
 /// How long to wait after `failures` consecutive failed orders (`failures` ≥ 1).
 pub fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    FIRST_BACKOFF
-        .saturating_mul(1u32 << exp)
-        .min(MAX_BACKOFF)
+    FIRST_BACKOFF.saturating_mul(1u32 << exp).min(MAX_BACKOFF)
 }
 
 /// How long until the renewer next looks: soon after failures (backing off), shortly while

@@ -248,7 +248,7 @@ pub(crate) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
             "status": s,
             "time": now_text,
         });
-        let renews = a.renew_at.map(|t| httpdate::fmt_http_date(t));
+        let renews = a.renew_at.map(httpdate::fmt_http_date);
         v["output"] = json!(match (&a.error, a.serving) {
             (Some(e), true) => format!("renewal failed ({e}); the current certificate is served until it expires, retrying with backoff"),
             (Some(e), false) => format!("no certificate yet: {e}"),

@@ -475,9 +475,9 @@ where
         .await
         .ok()?;
     let hello = start.client_hello();
-    let validation = hello.alpn().is_some_and(|mut protocols| {
-        protocols.any(|p| p == crate::tls::challenges::ACME_TLS_ALPN)
-    });
+    let validation = hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == crate::tls::challenges::ACME_TLS_ALPN));
     if validation {
         let domain = hello.server_name()?.to_owned();
         let config = challenges.alpn01(&domain).await?;
@@ -513,11 +513,10 @@ pub async fn serve_redirect(
             axum::routing::get(
                 move |axum::extract::Path(token): axum::extract::Path<String>| async move {
                     match challenges.http01(&token).await {
-                        Some(answer) => (
-                            [(header::CONTENT_TYPE, "application/octet-stream")],
-                            answer,
-                        )
-                            .into_response(),
+                        Some(answer) => {
+                            ([(header::CONTENT_TYPE, "application/octet-stream")], answer)
+                                .into_response()
+                        }
                         None => StatusCode::NOT_FOUND.into_response(),
                     }
                 },

@@ -342,10 +342,23 @@ async fn acme(store: &Store) {
         Some(sealed(account_label(dir), 7))
     );
     assert_eq!(store.acme_accounts().await.unwrap().len(), 1);
-    store.put_acme_challenge("http:t1", "t1.x", 1000, 0).await.unwrap();
-    assert_eq!(store.acme_challenge("http:t1", 999).await.unwrap().as_deref(), Some("t1.x"));
+    store
+        .put_acme_challenge("http:t1", "t1.x", 1000, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .acme_challenge("http:t1", 999)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("t1.x")
+    );
     assert_eq!(store.acme_challenge("http:t1", 1001).await.unwrap(), None);
-    store.put_acme_challenge("http:t2", "t2.x", 3000, 2000).await.unwrap();
+    store
+        .put_acme_challenge("http:t2", "t2.x", 3000, 2000)
+        .await
+        .unwrap();
     store.delete_acme_challenge("http:t2").await.unwrap();
     assert_eq!(store.acme_challenge("http:t2", 2000).await.unwrap(), None);
 }

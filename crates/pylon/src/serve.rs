@@ -157,7 +157,8 @@ pub(crate) async fn run_gateway(
         pylon_proxy::Workers::start(listener.into_std()?, tls.clone(), gw.clone(), main_extra)
             .context("cannot start the data-plane workers")?;
     // Once the listeners answer challenges: serve the stored certificate, order one if none.
-    if let (Some(tls), Some(acme)) = (tls, config.server.tls.as_ref().and_then(|t| t.acme.clone())) {
+    if let (Some(tls), Some(acme)) = (tls, config.server.tls.as_ref().and_then(|t| t.acme.clone()))
+    {
         control.start_acme(tls, acme).await.context(
             "[server.tls] acme keeps the certificate's private key in the store, encrypted",
         )?;

@@ -30,7 +30,10 @@ impl Client {
                     .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 {
-                    return Err(format!("ca_file {} holds no usable certificate", path.display()));
+                    return Err(format!(
+                        "ca_file {} holds no usable certificate",
+                        path.display()
+                    ));
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -72,7 +75,9 @@ impl HttpClient for Client {
                 .send()
                 .await
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-            Ok(BytesResponse::from(http::Response::<reqwest::Body>::from(resp)))
+            Ok(BytesResponse::from(http::Response::<reqwest::Body>::from(
+                resp,
+            )))
         })
     }
 }

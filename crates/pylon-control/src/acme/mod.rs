@@ -63,13 +63,7 @@ impl ChallengeSource for StoreChallenges {
         name: String,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>> {
         let store = self.0.clone();
-        Box::pin(async move {
-            store
-                .acme_challenge(&name, now_ms())
-                .await
-                .ok()
-                .flatten()
-        })
+        Box::pin(async move { store.acme_challenge(&name, now_ms()).await.ok().flatten() })
     }
 }
 
@@ -156,6 +150,9 @@ impl Control {
                     .take_lease(&lease, &instance, now_ms(), LEASE_MS)
                     .await
                 {
+                    Ok(true) if self.renewed_by_peer(&tls, &name, &mut installed).await => {
+                        let _ = self.store.release_lease(&lease, &instance).await;
+                    }
                     Ok(true) => {
                         tracing::info!(target: "pylon::acme", certificate = %name, directory = %acme.directory, challenge = acme.challenge.as_str(), "ordering a certificate");
                         match self.renew(&tls, &acme, &name).await {
@@ -164,18 +161,29 @@ impl Control {
                                 installed = Some(i);
                                 failures = 0;
                                 error = None;
-                                self.gateway.metrics().acme_orders.with_label_values(&["ok"]).inc();
+                                self.gateway
+                                    .metrics()
+                                    .acme_orders
+                                    .with_label_values(&["ok"])
+                                    .inc();
                                 tracing::info!(target: "pylon::acme", certificate = %name, not_after = i.served.not_after, "certificate obtained and stored");
                             }
                             Err(e) => {
                                 failures = failures.saturating_add(1);
                                 error = Some(e.to_string());
-                                self.gateway.metrics().acme_orders.with_label_values(&["error"]).inc();
+                                self.gateway
+                                    .metrics()
+                                    .acme_orders
+                                    .with_label_values(&["error"])
+                                    .inc();
                                 // Keep the lease through the backoff, so the other instances
                                 // do not retry at once against the CA's failure limits.
                                 let hold = i64::try_from(renewal::backoff(failures).as_millis())
                                     .unwrap_or(LEASE_MS);
-                                let _ = self.store.take_lease(&lease, &instance, now_ms(), hold).await;
+                                let _ = self
+                                    .store
+                                    .take_lease(&lease, &instance, now_ms(), hold)
+                                    .await;
                                 tracing::warn!(target: "pylon::acme", certificate = %name, failures, error = %e, "certificate order failed; retrying with backoff");
                             }
                         }
@@ -188,7 +196,8 @@ impl Control {
             }
             self.gateway.report_acme(pylon_proxy::AcmeState {
                 serving: installed.is_some(),
-                renew_at: installed.and_then(|i| at(renewal::renew_at(i.served, acme.renew_before))),
+                renew_at: installed
+                    .and_then(|i| at(renewal::renew_at(i.served, acme.renew_before))),
                 failures,
                 error: error.clone(),
             });
@@ -206,6 +215,29 @@ impl Control {
                 () = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+        }
+    }
+
+    /// Whether another instance stored a newer certificate since this one last looked (it may
+    /// have renewed and released the lease in between); installs it if so.
+    async fn renewed_by_peer(
+        &self,
+        tls: &Tls,
+        name: &str,
+        installed: &mut Option<Installed>,
+    ) -> bool {
+        let Ok(Some(row)) = self.store.certificate(name).await else {
+            return false;
+        };
+        if installed.is_some_and(|i| i.updated_at == row.updated_at) {
+            return false;
+        }
+        match self.install(tls, &row) {
+            Ok(i) => {
+                *installed = Some(i);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -280,7 +312,9 @@ impl Control {
             &serde_json::to_string(&credentials)?,
             now_ms() / 1000,
         )?;
-        self.store.put_acme_account(&acme.directory, &sealed).await?;
+        self.store
+            .put_acme_account(&acme.directory, &sealed)
+            .await?;
         Ok(account)
     }
 
@@ -316,9 +350,9 @@ impl Control {
                     AuthorizationStatus::Valid => continue,
                     other => return Err(AcmeError::Invalid(format!("{domain} ({other:?})"))),
                 }
-                let mut challenge = authz
-                    .challenge(kind.clone())
-                    .ok_or_else(|| AcmeError::NoChallenge(acme.challenge.as_str(), domain.clone()))?;
+                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+                    AcmeError::NoChallenge(acme.challenge.as_str(), domain.clone())
+                })?;
                 let answer = challenge.key_authorization().as_str().to_owned();
                 let published_as = match acme.challenge {
                     AcmeChallenge::Http01 => http01_name(&challenge.token),
@@ -326,7 +360,12 @@ impl Control {
                 };
                 challenges.publish(published_as.clone(), answer.clone());
                 self.store
-                    .put_acme_challenge(&published_as, &answer, now_ms() + CHALLENGE_TTL_MS, now_ms())
+                    .put_acme_challenge(
+                        &published_as,
+                        &answer,
+                        now_ms() + CHALLENGE_TTL_MS,
+                        now_ms(),
+                    )
                     .await?;
                 published.push(published_as);
                 challenge.set_ready().await?;

@@ -141,10 +141,8 @@ fn validation_config(domain: &str, key_authorization: &str) -> Result<Arc<Server
         .key_provider
         .load_private_key(key)
         .map_err(|e| e.to_string())?;
-    let certified = rustls::sign::CertifiedKey::new(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        signing,
-    );
+    let certified =
+        rustls::sign::CertifiedKey::new(vec![CertificateDer::from(cert.der().to_vec())], signing);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?

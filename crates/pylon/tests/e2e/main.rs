@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounting;
+mod acme;
 mod alerts;
 mod alerts_by;
 mod app_routes;
