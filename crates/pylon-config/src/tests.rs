@@ -499,3 +499,40 @@ fn the_readmes_nginx_replacement_is_a_valid_config() {
     assert_eq!(c.routes.len(), 6);
     assert!(c.routes.iter().any(|r| !r.allow.is_empty()));
 }
+
+#[test]
+fn acme_mistakes_are_named_with_their_line() {
+    let errs = check(
+        "[server.tls]\ncert_file = \"c.pem\"\nacme = { directory = \"http://ca.test/dir\", email = \"nobody\",\n  domains = [\"*.example.com\", \"10.0.0.1\", \"ok.example.com\", \"bad_name.example.com\"] }\n",
+    )
+    .unwrap_err();
+    let all = errs.join("\n");
+    for want in [
+        "pylon.toml:4:13: [server.tls] acme: cert_file, key_file and ocsp_file come from ACME here",
+        "directory `http://ca.test/dir` must be an https:// URL",
+        "email must be an address",
+        "domain `*.example.com` is a wildcard, which needs the dns-01 challenge",
+        "domain `10.0.0.1` is an IP address",
+        "domain `bad_name.example.com` is not a DNS name",
+        "http-01 is answered on the plain-HTTP listener: set redirect_http",
+    ] {
+        assert!(all.contains(want), "{want}\n{all}");
+    }
+    assert!(!all.contains("ok.example.com"), "{all}");
+    let errs = check("[server.tls]\nkey_file = \"k.pem\"\n").unwrap_err();
+    assert!(
+        errs.join("\n")
+            .contains("needs cert_file and key_file, or acme"),
+        "{errs:?}"
+    );
+    let c = check(
+        "[server.tls]\nacme = { directory = \"https://acme-v02.api.letsencrypt.org/directory\", domains = [\"api.example.com\"], challenge = \"tls-alpn-01\", renew_before = \"20d\" }\n",
+    )
+    .unwrap();
+    let acme = c.server.tls.unwrap().acme.unwrap();
+    assert_eq!(acme.challenge, crate::AcmeChallenge::TlsAlpn01);
+    assert_eq!(
+        acme.renew_before,
+        Some(std::time::Duration::from_secs(20 * 86_400))
+    );
+}

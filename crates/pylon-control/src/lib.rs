@@ -218,6 +218,7 @@ impl Control {
             self.store.put_credential(&sealed).await?;
             n += 1;
         }
+        n += self.rotate_acme(current).await?;
         Ok(n)
     }
 

@@ -218,6 +218,40 @@ impl Control {
         }
     }
 
+    /// Re-seals ACME accounts and certificate keys not under the `current` master key.
+    pub(crate) async fn rotate_acme(
+        &self,
+        current: &str,
+    ) -> Result<usize, crate::admin::AdminError> {
+        let reseal = |sealed: &pylon_store::Credential| {
+            let plain = self
+                .keyring
+                .open(sealed)
+                .map_err(crate::admin::AdminError::from_secrets)?;
+            self.keyring
+                .seal(&sealed.provider, &plain, now_ms() / 1000)
+                .map_err(crate::admin::AdminError::from_secrets)
+        };
+        let mut n = 0;
+        for (directory, sealed) in self.store.acme_accounts().await? {
+            if sealed.master_key_id != current {
+                self.store
+                    .put_acme_account(&directory, &reseal(&sealed)?)
+                    .await?;
+                n += 1;
+            }
+        }
+        for mut row in self.store.certificates().await? {
+            if row.key.master_key_id != current {
+                // `updated_at` stays: the certificate is the same, nothing to reinstall.
+                row.key = reseal(&row.key)?;
+                self.store.put_certificate(&row).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Whether another instance stored a newer certificate since this one last looked (it may
     /// have renewed and released the lease in between); installs it if so.
     async fn renewed_by_peer(

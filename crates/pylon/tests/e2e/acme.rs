@@ -28,14 +28,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)
@@ -288,15 +280,20 @@ fn series(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-async fn metrics(root: &str, addr: SocketAddr) -> String {
+async fn get(root: &str, addr: SocketAddr, path: &str) -> reqwest::Response {
     https(root, addr, false)
-        .get(format!("https://{DOMAIN}:{}/metrics", addr.port()))
+        .get(format!("https://{DOMAIN}:{}{path}", addr.port()))
         .send()
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap()
+}
+
+async fn metrics(root: &str, addr: SocketAddr) -> String {
+    get(root, addr, "/metrics").await.text().await.unwrap()
+}
+
+async fn health(root: &str, addr: SocketAddr) -> Value {
+    get(root, addr, "/health").await.json().await.unwrap()
 }
 
 /// HTTP-01 on the plain listener; two instances share a PostgreSQL store. The second serves the
@@ -376,14 +373,7 @@ async fn http01_certificate_shared_by_two_instances_and_renewed_under_load() {
     );
     assert_eq!(series(&ma, "pylon_acme_renewal_failures"), 0.0);
     assert!(series(&ma, "pylon_tls_certificate_not_after_seconds") > 0.0);
-    let health: Value = https(&root, addr_b, false)
-        .get(format!("https://{DOMAIN}:{}/health", addr_b.port()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health(&root, addr_b).await;
     assert_eq!(
         health["checks"]["tls:acme"][0]["status"], "pass",
         "{health}"
@@ -403,14 +393,7 @@ async fn tls_alpn01_certificate_on_the_tls_listener() {
         temp_dir("acme-alpn").display()
     ));
     await_certificate(&root, addr, None).await;
-    let health: Value = https(&root, addr, true)
-        .get(format!("https://{DOMAIN}:{port}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = health(&root, addr).await;
     let acme = &health["checks"]["tls:acme"][0];
     assert_eq!(acme["status"], "pass", "{health}");
     assert!(

@@ -28,14 +28,6 @@ impl Drop for Alertmanager {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn alertmanager() -> Alertmanager {
     let dir = temp_dir("alertmanager");
     let config = dir.join("alertmanager.yml");

@@ -262,6 +262,15 @@ pub async fn pg_schema() -> (sqlx::AnyPool, String, String) {
     (admin, base, schema)
 }
 
+/// A port free on 127.0.0.1 a moment ago, for configs that must name theirs before start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `GET` a path without credentials; the body as text.
 pub async fn get_text(gw: &Gateway, path: &str) -> String {
     client()

@@ -4,14 +4,6 @@
 
 use super::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// HAProxy in front: it checks each instance's `/readyz` every 200 ms, as a Kubernetes
 /// Service's endpoints follow readiness, and retries only connections that failed to open.
 struct Haproxy(Child);
