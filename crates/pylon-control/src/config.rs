@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use pylon_config::Loaded;
 use serde::Serialize;
 
+use crate::keys::unix_now_ms as now_ms;
 use crate::Control;
 
 /// Why a reload did not happen.
@@ -136,12 +137,6 @@ fn redact(v: &toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => (*b).into(),
         toml::Value::Datetime(d) => d.to_string().into(),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Control {

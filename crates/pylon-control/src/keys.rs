@@ -74,6 +74,13 @@ pub(crate) fn principal(k: &ApiKey, team: Option<&Team>) -> Option<([u8; 32], Pr
 }
 
 /// Unix seconds now.
+/// Unix time in milliseconds, as the control plane's loops and rows keep it.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

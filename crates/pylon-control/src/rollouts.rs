@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::keys::unix_now_ms as now_ms;
 use pylon_config::{Rollout, RolloutStrategy};
 use pylon_policy::rollout::{
     advance, judge, ArmWindow, Criteria, Event, Histogram, Outcome, Plan, Progress, State, Step,
@@ -198,12 +199,6 @@ pub struct Rollouts {
     changing: tokio::sync::Mutex<()>,
     /// With `[data] redis_url`, instances hand their counts to the judge through Redis.
     redis: Option<pylon_state::RedisState>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn take<K: Clone + Eq + std::hash::Hash, V: Default>(m: &Mutex<HashMap<K, V>>, k: &K) -> V {

@@ -75,10 +75,9 @@ fn certificate_name(acme: &Acme) -> String {
         .map_or_else(String::new, |d| d.to_ascii_lowercase())
 }
 
+/// The store's rows and leases count in signed milliseconds.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(crate::keys::unix_now_ms()).unwrap_or(i64::MAX)
 }
 
 fn at(unix_s: i64) -> Option<SystemTime> {
@@ -105,11 +104,9 @@ impl Control {
         if let Some(c) = tls.challenges() {
             c.set_source(Arc::new(StoreChallenges(self.store.clone())));
         }
-        let name = certificate_name(&acme);
-        let installed = match self.store.certificate(&name).await {
-            Ok(Some(row)) => self.install(&tls, &row).ok(),
-            _ => None,
-        };
+        let mut installed = None;
+        self.pick_up_stored(&tls, &certificate_name(&acme), &mut installed)
+            .await;
         let this = self.clone();
         self.spawn(async move { this.acme_loop(tls, acme, installed).await });
         Ok(())
@@ -124,23 +121,7 @@ impl Control {
         let mut error: Option<String> = None;
         loop {
             // What the store has (ordered here or by another instance) is what to serve.
-            match self.store.certificate(&name).await {
-                Ok(Some(row)) if installed.is_none_or(|i| i.updated_at != row.updated_at) => {
-                    match self.install(&tls, &row) {
-                        Ok(i) => {
-                            installed = Some(i);
-                            tracing::info!(target: "pylon::acme", certificate = %name, not_after = row.not_after, "serving the stored certificate");
-                        }
-                        Err(e) => {
-                            tracing::warn!(target: "pylon::acme", certificate = %name, error = %e, "cannot serve the stored certificate")
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(target: "pylon::acme", error = %e, "cannot read the certificate from the store")
-                }
-            }
+            self.pick_up_stored(&tls, &name, &mut installed).await;
             let now_s = now_ms() / 1000;
             let served = installed.map(|i| i.served);
             let mut waiting_for_peer = false;
@@ -150,7 +131,7 @@ impl Control {
                     .take_lease(&lease, &instance, now_ms(), LEASE_MS)
                     .await
                 {
-                    Ok(true) if self.renewed_by_peer(&tls, &name, &mut installed).await => {
+                    Ok(true) if self.pick_up_stored(&tls, &name, &mut installed).await => {
                         let _ = self.store.release_lease(&lease, &instance).await;
                     }
                     Ok(true) => {
@@ -252,16 +233,21 @@ impl Control {
         Ok(n)
     }
 
-    /// Whether another instance stored a newer certificate since this one last looked (it may
-    /// have renewed and released the lease in between); installs it if so.
-    async fn renewed_by_peer(
+    /// Serves the store's certificate if it is not the one served here (another instance may
+    /// have renewed it, even since this one took the lease); whether it did.
+    async fn pick_up_stored(
         &self,
         tls: &Tls,
         name: &str,
         installed: &mut Option<Installed>,
     ) -> bool {
-        let Ok(Some(row)) = self.store.certificate(name).await else {
-            return false;
+        let row = match self.store.certificate(name).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(target: "pylon::acme", error = %e, "cannot read the certificate from the store");
+                return false;
+            }
         };
         if installed.is_some_and(|i| i.updated_at == row.updated_at) {
             return false;
@@ -269,21 +255,36 @@ impl Control {
         match self.install(tls, &row) {
             Ok(i) => {
                 *installed = Some(i);
+                tracing::info!(target: "pylon::acme", certificate = %name, not_after = row.not_after, "serving the stored certificate");
                 true
             }
-            Err(_) => false,
+            Err(e) => {
+                tracing::warn!(target: "pylon::acme", certificate = %name, error = %e, "cannot serve the stored certificate");
+                false
+            }
         }
     }
 
     /// Serves a stored certificate.
     fn install(&self, tls: &Tls, row: &CertificateRow) -> Result<Installed, AcmeError> {
         let key = self.keyring.open(&row.key)?;
-        tls.install(&row.chain_pem, &key)?;
+        self.serve(tls, &row.chain_pem, &key, row.updated_at)
+    }
+
+    /// Serves a chain and its key (both PEM) stored at `updated_at`.
+    fn serve(
+        &self,
+        tls: &Tls,
+        chain_pem: &str,
+        key_pem: &str,
+        updated_at: i64,
+    ) -> Result<Installed, AcmeError> {
+        let (not_before, not_after) = pylon_proxy::tls::chain_validity(chain_pem)
+            .ok_or_else(|| AcmeError::Invalid("the chain (its leaf is unreadable)".into()))?;
+        tls.install(chain_pem, key_pem)?;
         self.gateway.report_tls(tls.not_after());
-        let (not_before, not_after) = pylon_proxy::tls::chain_validity(&row.chain_pem)
-            .unwrap_or((row.not_after, row.not_after));
         Ok(Installed {
-            updated_at: row.updated_at,
+            updated_at,
             served: Served {
                 not_before,
                 not_after,
@@ -301,17 +302,17 @@ impl Control {
         let sealed = self
             .keyring
             .seal(&certificate_label(name), &key_pem, now_ms() / 1000)?;
-        let (_, not_after) = pylon_proxy::tls::chain_validity(&chain)
-            .ok_or_else(|| AcmeError::Invalid("the issued chain (unreadable)".into()))?;
-        let row = CertificateRow {
-            name: name.to_owned(),
-            chain_pem: chain,
-            key: sealed,
-            not_after,
-            updated_at: now_ms(),
-        };
-        let installed = self.install(tls, &row)?;
-        self.store.put_certificate(&row).await?;
+        let updated_at = now_ms();
+        let installed = self.serve(tls, &chain, &key_pem, updated_at)?;
+        self.store
+            .put_certificate(&CertificateRow {
+                name: name.to_owned(),
+                chain_pem: chain,
+                key: sealed,
+                not_after: installed.served.not_after,
+                updated_at,
+            })
+            .await?;
         Ok(installed)
     }
 

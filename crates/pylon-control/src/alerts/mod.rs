@@ -23,6 +23,7 @@ use pylon_proxy::Gateway;
 use pylon_store::{AlertEvent, AlertRow, SilenceRow, Store, StoreError};
 use serde_json::{json, Value};
 
+use crate::keys::unix_now_ms as now_ms;
 use notify::Notice;
 use series::Sample;
 
@@ -41,12 +42,6 @@ const HANDOVER_TTL: Duration = Duration::from_secs(600);
 const MAX_BACKTEST_POINTS: usize = 200_000;
 /// Delivery attempts per notification (backoff 0.5, 1, 2, 4 s).
 const ATTEMPTS: u32 = 5;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What an alert command could not do.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use pylon_store::{Bucket, Dim};
 use serde_json::{json, Value};
 
 use crate::alerts::series::{self, Sample};
+use crate::keys::unix_now_ms as now_ms;
 use crate::Control;
 
 /// How often the store-backed (executive) figures are read again: with the 1 s push, a number
@@ -43,12 +44,6 @@ impl Executive {
 pub(super) struct Live {
     control: Arc<Control>,
     prev: Option<Sample>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The figures of one series for a set of labels (`null` where there is nothing to say).
