@@ -316,14 +316,19 @@ impl Control {
         Ok(installed)
     }
 
-    /// The account for the directory: the stored one, or a new one, stored sealed.
-    async fn account(&self, acme: &Acme) -> Result<Account, AcmeError> {
+    /// The account for the directory: the stored one (unless `fresh`), or a new one, stored
+    /// sealed.
+    async fn account(&self, acme: &Acme, fresh: bool) -> Result<Account, AcmeError> {
         let client = || -> Result<Box<http::Client>, AcmeError> {
             Ok(Box::new(
                 http::Client::new(acme.ca_file.as_deref()).map_err(AcmeError::Client)?,
             ))
         };
-        if let Some(sealed) = self.store.acme_account(&acme.directory).await? {
+        let stored = match fresh {
+            false => self.store.acme_account(&acme.directory).await?,
+            true => None,
+        };
+        if let Some(sealed) = stored {
             let credentials = serde_json::from_str(&self.keyring.open(&sealed)?)?;
             return Ok(Account::builder_with_http(client()?)
                 .from_credentials(credentials)
@@ -360,7 +365,6 @@ impl Control {
         acme: &Acme,
         challenges: &Challenges,
     ) -> Result<(String, String), AcmeError> {
-        let account = self.account(acme).await?;
         let domains: Vec<String> = acme
             .domains
             .get_ref()
@@ -369,7 +373,19 @@ impl Control {
             .collect();
         let identifiers: Vec<Identifier> =
             domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let new_order = NewOrder::new(&identifiers);
+        let mut order = match self.account(acme, false).await?.new_order(&new_order).await {
+            // The CA lost or deactivated the account (a reset staging CA, a restarted Pebble):
+            // register again rather than fail until someone clears the store.
+            Err(instant_acme::Error::Api(p)) if forgotten_account(&p) => {
+                tracing::warn!(target: "pylon::acme", directory = %acme.directory, problem = %p, "the CA no longer knows the stored account; registering a new one");
+                self.account(acme, true)
+                    .await?
+                    .new_order(&new_order)
+                    .await?
+            }
+            other => other?,
+        };
         let kind = match acme.challenge {
             AcmeChallenge::Http01 => ChallengeType::Http01,
             AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
@@ -440,6 +456,14 @@ impl Control {
         let chain = order.poll_certificate(&retries).await?;
         Ok((chain, key.serialize_pem()))
     }
+}
+
+/// Whether a problem says the CA does not know the account (`accountDoesNotExist`, RFC 8555 §6.7).
+fn forgotten_account(p: &instant_acme::Problem) -> bool {
+    matches!(
+        p.r#type.as_deref(),
+        Some("urn:ietf:params:acme:error:accountDoesNotExist")
+    )
 }
 
 /// The CA's reason an order failed: the order's problem, or the first failed challenge's.

@@ -44,7 +44,9 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// Pebble and its mock DNS on ephemeral ports; validations go to `http_port` (HTTP-01) and
 /// `tls_port` (TLS-ALPN-01) on 127.0.0.1.
 struct Pebble {
-    _processes: Vec<Killed>,
+    processes: Vec<Killed>,
+    config: PathBuf,
+    dns: u16,
     directory: String,
     ca_file: PathBuf,
     management: u16,
@@ -125,10 +127,25 @@ impl Pebble {
             "certificateValidityPeriod": validity_s,
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let mut p = Pebble {
+            processes: Vec::new(),
+            config: dir.join("pebble.json"),
+            dns,
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            ca_file: dir.join("ca.pem"),
+            management,
+        };
+        p.run().await;
+        p
+    }
+
+    /// Starts Pebble (again: it forgets every account and makes a new root) on the same ports.
+    async fn run(&mut self) {
+        self.processes.clear();
         let dns_server = Killed(
             Command::new("pebble-challtestsrv")
                 .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-                .args(["-dns01", &format!("127.0.0.1:{dns}")])
+                .args(["-dns01", &format!("127.0.0.1:{}", self.dns)])
                 .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
                 .args(["-management", &format!("127.0.0.1:{}", free_port())])
                 .stdout(Stdio::null())
@@ -138,23 +155,18 @@ impl Pebble {
         let pebble = Killed(
             Command::new("pebble")
                 .arg("-config")
-                .arg(dir.join("pebble.json"))
-                .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+                .arg(&self.config)
+                .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns)])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("pebble is installed (scripts/setup)"),
         );
-        let p = Pebble {
-            _processes: vec![dns_server, pebble],
-            directory: format!("https://127.0.0.1:{listen}/dir"),
-            ca_file: dir.join("ca.pem"),
-            management,
-        };
-        let client = p.client();
+        self.processes = vec![dns_server, pebble];
+        let client = self.client();
         let up = async {
             while !client
-                .get(&p.directory)
+                .get(&self.directory)
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200)
@@ -165,7 +177,6 @@ impl Pebble {
         tokio::time::timeout(Duration::from_secs(20), up)
             .await
             .expect("pebble answers");
-        p
     }
 
     fn client(&self) -> reqwest::Client {
@@ -403,6 +414,32 @@ async fn tls_alpn01_certificate_on_the_tls_listener() {
     assert_eq!(
         health["checks"]["tls:certificate"][0]["status"], "warn",
         "a one-hour certificate has under 14 days left"
+    );
+}
+
+/// The CA forgets the stored account (Pebble restarted: new state, new root): the next renewal
+/// registers a new account instead of failing until someone clears the store.
+#[tokio::test]
+async fn a_ca_that_forgot_the_account_gets_a_new_one_at_renewal() {
+    let port = free_port();
+    let mut pebble = Pebble::start(free_port(), port, 21).await;
+    let first_root = pebble.root().await;
+    let (_p, addr) = serve(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[server.tls]\n{}\n\n[data]\ndir = \"{}\"\n\n[auth]\nmode = \"none\"\n\n[log]\nformat = \"json\"\n",
+        pebble.acme("tls-alpn-01"),
+        temp_dir("acme-forgot").display()
+    ));
+    await_certificate(&first_root, addr, None).await;
+    pebble.run().await;
+    let root = pebble.root().await;
+    assert_ne!(root, first_root);
+    // Only a certificate from the restarted CA verifies against its new root.
+    await_certificate(&root, addr, None).await;
+    let m = metrics(&root, addr).await;
+    assert_eq!(
+        series(&m, "pylon_acme_orders_total{result=\"error\"}"),
+        0.0,
+        "{m}"
     );
 }
 
