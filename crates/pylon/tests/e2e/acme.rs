@@ -212,12 +212,16 @@ impl Pebble {
 
 /// `pylon serve` on `config`; its address once it listens (a stored certificate is served by then).
 fn serve(config: &str) -> (Killed, SocketAddr) {
+    serve_with(config, &[("PYLON_MASTER_KEY", MASTER_KEY)])
+}
+
+fn serve_with(config: &str, env: &[(&str, &str)]) -> (Killed, SocketAddr) {
     let path = temp_dir("acme-pylon").join("pylon.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
         .args(["serve", "--config"])
         .arg(&path)
-        .env("PYLON_MASTER_KEY", MASTER_KEY)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -440,6 +444,61 @@ async fn a_ca_that_forgot_the_account_gets_a_new_one_at_renewal() {
         series(&m, "pylon_acme_orders_total{result=\"error\"}"),
         0.0,
         "{m}"
+    );
+}
+
+/// `rotate-master` re-seals the certificate's key and the account: after it, an instance with
+/// only the new master key serves the stored certificate from its first handshake.
+#[tokio::test]
+async fn a_master_key_rotation_reseals_the_certificate_and_the_account() {
+    let port = free_port();
+    let pebble = Pebble::start(free_port(), port, 3600).await;
+    let root = pebble.root().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[server.tls]\n{}\n\n[data]\ndir = \"{}\"\n\n[auth]\nmode = \"none\"\n\n[log]\nformat = \"json\"\n",
+        pebble.acme("tls-alpn-01"),
+        temp_dir("acme-rotate").display()
+    );
+    let first = {
+        let (_p, addr) = serve(&config);
+        await_certificate(&root, addr, None).await
+    };
+    const NEW_KEY: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    {
+        let (_p, addr) = serve_with(
+            &config,
+            &[
+                ("PYLON_MASTER_KEY", NEW_KEY),
+                ("PYLON_MASTER_KEY_PREVIOUS", MASTER_KEY),
+                ("PYLON_ADMIN_TOKEN", "admin"),
+            ],
+        );
+        assert_eq!(
+            served(&root, addr).await,
+            Some(first.clone()),
+            "opened with the previous key"
+        );
+        let rotated: Value = https(&root, addr, false)
+            .post(format!(
+                "https://{DOMAIN}:{port}/admin/v1/secrets/rotate-master"
+            ))
+            .bearer_auth("admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            rotated["reencrypted"], 2,
+            "the account and the certificate's key: {rotated}"
+        );
+    }
+    let (_p, addr) = serve_with(&config, &[("PYLON_MASTER_KEY", NEW_KEY)]);
+    assert_eq!(
+        served(&root, addr).await,
+        Some(first),
+        "the same certificate, under the new key alone"
     );
 }
 
