@@ -322,7 +322,7 @@ async fn http01_certificate_shared_by_two_instances_and_renewed_under_load() {
     let (tls_a, tls_b) = (free_port(), free_port());
     let pebble = Pebble::start(http_port, tls_a, 21).await;
     let root = pebble.root().await;
-    let (_admin, base, schema) = pg_schema().await;
+    let (admin, base, schema) = pg_schema().await;
     let store = format!("{base}?options=-c%20search_path%3D{schema}");
     let config = |port: u16, redirect: u16| {
         format!(
@@ -334,11 +334,36 @@ async fn http01_certificate_shared_by_two_instances_and_renewed_under_load() {
     let (_a, addr_a) = serve(&config(tls_a, http_port));
     let first = await_certificate(&root, addr_a, None).await;
     // The second instance's plain listener is elsewhere: the CA only ever reaches the first.
-    let (_b, addr_b) = serve(&config(tls_b, free_port()));
+    let plain_b = free_port();
+    let (_b, addr_b) = serve(&config(tls_b, plain_b));
     assert_eq!(
         served(&root, addr_b).await.as_deref(),
         Some(first.as_slice()),
         "the second instance serves the stored certificate from its first handshake"
+    );
+    // An answer another instance published only in the store is given here too.
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.acme_challenges (name, key_authorization, expires_at) VALUES ('http:tok-123_x', 'tok-123_x.thumbprint', 9999999999999)"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let challenge = |token: &str| {
+        let url = format!("http://127.0.0.1:{plain_b}/.well-known/acme-challenge/{token}");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        challenge("tok-123_x").await,
+        (200, "tok-123_x.thumbprint".into())
+    );
+    assert_eq!(challenge("unknown").await.0, 404);
+    assert_eq!(
+        challenge("bad%20token").await.0,
+        404,
+        "not a base64url token: not looked up"
     );
 
     let ok = Arc::new(AtomicU64::new(0));
