@@ -80,6 +80,8 @@ pub(crate) struct Record {
     pub shadow: bool,
     /// What a semantic cache hit matched.
     pub semantic: Option<Box<crate::usage::SemanticAudit>>,
+    /// The route's in-flight gauge, looked up once.
+    in_flight: pylon_telemetry::prometheus::IntGauge,
 }
 
 impl Record {
@@ -89,7 +91,8 @@ impl Record {
         request_id: String,
         started: Instant,
     ) -> Self {
-        gw.metrics.in_flight.with_label_values(&[route]).inc();
+        let in_flight = gw.metrics.in_flight.with_label_values(&[route]);
+        in_flight.inc();
         gw.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Record {
             gw,
@@ -125,6 +128,7 @@ impl Record {
             arm: None,
             shadow: false,
             semantic: None,
+            in_flight,
         }
     }
 
@@ -224,7 +228,7 @@ impl Record {
         let m = &self.gw.metrics;
         let provider = self.provider.as_deref().unwrap_or("-");
         let model = self.metric_model.as_str();
-        m.in_flight.with_label_values(&[self.route]).dec();
+        self.in_flight.dec();
         m.requests
             .with_label_values(&[self.route, model, provider, status_class(self.status)])
             .inc();
@@ -372,11 +376,7 @@ impl Drop for Record {
             state.observe(arm, error, latency * 1000.0, ttft_ms, cost);
         }
         if self.shadow {
-            self.gw
-                .metrics
-                .in_flight
-                .with_label_values(&[self.route])
-                .dec();
+            self.in_flight.dec();
             return;
         }
         self.observe(usage, cost, total);

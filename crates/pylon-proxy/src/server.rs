@@ -153,6 +153,12 @@ async fn security_headers(
     axum::extract::State(hsts): axum::extract::State<bool>,
     mut resp: Response,
 ) -> Response {
+    add_security_headers(&mut resp, hsts);
+    resp
+}
+
+/// What [`security_headers`] adds, for answers made without the router.
+pub(crate) fn add_security_headers(resp: &mut Response, hsts: bool) {
     let html = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -180,7 +186,6 @@ async fn security_headers(
             ),
         );
     }
-    resp
 }
 
 /// CORS for the configured browser origins only; none configured, no CORS headers at all.
@@ -207,6 +212,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// The request id header, set on every request that lacks one and copied onto its answer.
+pub(crate) const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Request ids as random (version 4) UUIDs from a thread-local PRNG: unique enough for
 /// correlation, and unlike the OS generator it costs no system call per request.
 #[derive(Clone, Copy)]
@@ -214,13 +222,18 @@ struct FastRequestId;
 
 impl MakeRequestId for FastRequestId {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        let bits = (fastrand::u128(..) & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::from_u128(bits)
-            .hyphenated()
-            .encode_lower(&mut buf);
-        http::HeaderValue::from_str(text).ok().map(RequestId::new)
+        new_request_id().map(RequestId::new)
     }
+}
+
+/// A new request id (see [`FastRequestId`]).
+pub(crate) fn new_request_id() -> Option<HeaderValue> {
+    let bits = (fastrand::u128(..) & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::from_u128(bits)
+        .hyphenated()
+        .encode_lower(&mut buf);
+    HeaderValue::from_str(text).ok()
 }
 
 async fn unknown_v1(uri: Uri) -> Response {
@@ -346,6 +359,7 @@ async fn accept_loop(
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let secure = tls.is_some();
+    let direct = gw.cors_origins.is_empty();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -410,12 +424,21 @@ async fn accept_loop(
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
                     req.extensions_mut().insert(Secure(secure));
+                    // The AI endpoints skip the router when no layer of it is specific to them
+                    // (CORS adds its headers to every answer, so with CORS all go through it).
+                    let direct = (direct && req.method() == http::Method::POST)
+                        .then(|| pipeline::api_of(req.uri().path()))
+                        .flatten();
                     let mut app = app.clone();
                     let http1 = req.version() < http::Version::HTTP_2;
                     let gw = draining.clone();
                     async move {
                         use tower::Service;
-                        let mut resp = app.call(req.map(axum::body::Body::new)).await?;
+                        let req = req.map(axum::body::Body::new);
+                        let mut resp = match direct {
+                            Some(api) => pipeline::direct(gw.clone(), req, api, gw.hsts).await,
+                            None => app.call(req).await?,
+                        };
                         // Draining: each keep-alive connection is closed after its next answer, by
                         // the server, so a client never sends into a connection being closed under it.
                         if http1 && gw.draining.load(std::sync::atomic::Ordering::Relaxed) {

@@ -174,6 +174,25 @@ async fn security_headers_everywhere_and_csp_on_html() {
         assert_eq!(resp.headers()["x-frame-options"], "DENY", "{path}");
         assert_eq!(resp.headers()["referrer-policy"], "no-referrer", "{path}");
     }
+    // The AI endpoints are served without the router: its layers' headers must still be there,
+    // on answers and on errors alike.
+    let answered = gw.chat(hello("a-only")).await;
+    let refused = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    assert_eq!(refused.status(), 400);
+    for resp in [&answered, &refused] {
+        let h = resp.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-request-id"].len(), 36, "a generated id: {h:?}");
+    }
     let docs = client().get(gw.url("/docs/")).send().await.unwrap();
     let csp = docs.headers()["content-security-policy"]
         .to_str()
@@ -211,6 +230,19 @@ async fn cors_only_for_allowed_origins() {
     );
     let denied = preflight("https://evil.example.net").await.unwrap();
     assert!(!denied.headers().contains_key("access-control-allow-origin"));
+    // With CORS on, an AI request's answer carries it too (errors included).
+    let posted = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("origin", "https://app.example.com")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        posted.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     let (_a2, _b2, plain) = two_mocks().await;
     let resp = client()
         .get(plain.url("/v1/models"))
