@@ -41,11 +41,21 @@ pub(crate) struct Ctx<'a> {
 
 /// `x-pylon-overhead-ms`: Pylon's own time so far (elapsed minus time waiting on providers).
 pub(crate) fn overhead_header(resp: &mut Response, rec: &Record) {
+    use std::io::Write as _;
     let ms = rec.overhead().as_secs_f64() * 1000.0;
-    if let Ok(v) = HeaderValue::from_str(&format!("{ms:.3}")) {
-        resp.headers_mut().insert("x-pylon-overhead-ms", v);
+    // Formatted on the stack: this runs for every answer.
+    let mut buf = [0u8; 24];
+    let mut w = &mut buf[..];
+    if write!(w, "{ms:.3}").is_ok() {
+        let n = 24 - w.len();
+        if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
+            resp.headers_mut().insert(OVERHEAD, v);
+        }
     }
 }
+
+/// Pylon's own time on a request, in milliseconds.
+const OVERHEAD: HeaderName = HeaderName::from_static("x-pylon-overhead-ms");
 
 /// A non-stream answer: read whole (bounded by the idle and total timeouts), then translated.
 pub(crate) async fn complete(
@@ -246,6 +256,11 @@ fn provider_headers(h: &HeaderMap, limits: bool) -> Vec<(HeaderName, HeaderValue
     out
 }
 
+/// The provider that answered.
+const SERVED_BY: HeaderName = HeaderName::from_static("x-pylon-provider");
+/// The provider's model that answered.
+const SERVED_MODEL: HeaderName = HeaderName::from_static("x-pylon-served-model");
+
 fn response(target: &Target, content_type: &'static str, body: Body) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
@@ -254,11 +269,11 @@ fn response(target: &Target, content_type: &'static str, body: Body) -> Response
     *resp.headers_mut() = http::HeaderMap::with_capacity(16);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
-        h.insert("x-pylon-provider", v);
+    if let Some(v) = &target.served.provider {
+        h.insert(SERVED_BY, v.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&target.model) {
-        h.insert("x-pylon-served-model", v);
+    if let Some(v) = &target.served.model {
+        h.insert(SERVED_MODEL, v.clone());
     }
     resp
 }

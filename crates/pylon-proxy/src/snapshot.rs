@@ -124,6 +124,26 @@ pub(crate) struct Target {
     pub health: Arc<Health>,
     /// Output cap sent when a client sets none and the provider requires one.
     pub max_output_tokens: Option<u32>,
+    /// `x-pylon-provider` and `x-pylon-served-model` for its answers, made once.
+    pub served: Served,
+}
+
+/// The headers naming who served an answer, made when the snapshot is built rather than per
+/// answer.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub provider: Option<http::HeaderValue>,
+    pub model: Option<http::HeaderValue>,
+}
+
+impl Served {
+    /// The headers for `model` at `provider` (left out when a name is no valid header value).
+    pub fn new(provider: &str, model: &str) -> Served {
+        Served {
+            provider: http::HeaderValue::from_str(provider).ok(),
+            model: http::HeaderValue::from_str(model).ok(),
+        }
+    }
 }
 
 /// A model name clients can send.
@@ -315,6 +335,7 @@ fn targets_of(
                 })
                 .map_or_else(|| Arc::new(Health::new(policy)), |o| o.health.clone());
             Some(Target {
+                served: Served::new(&provider.name, &t.model),
                 provider,
                 model: t.model.clone(),
                 label,
@@ -672,6 +693,7 @@ impl Snapshot {
                 weight: 1,
                 health: p.direct_health.clone(),
                 max_output_tokens: None,
+                served: Served::new(&p.name, model),
             }],
             fallbacks: Vec::new(),
             retries: 1,
@@ -727,6 +749,7 @@ pub(crate) mod tests {
                     weight: w,
                     health: Arc::new(Health::new(policy)),
                     max_output_tokens: None,
+                    served: Served::new("p", "x"),
                 })
                 .collect(),
             fallbacks: Vec::new(),
