@@ -33,7 +33,11 @@ pub(crate) struct Settings {
 /// Pending writes.
 #[derive(Default)]
 struct Pending {
-    usage: HashMap<(String, String, String), UsageDelta>,
+    /// Daily usage by day number, key and model: looked up by reference, so an event of a
+    /// group already pending allocates nothing (one event per request reaches this thread).
+    usage: HashMap<i64, HashMap<String, HashMap<String, UsageDelta>>>,
+    /// Groups in `usage`.
+    usage_groups: usize,
     rows: Vec<RequestRow>,
     /// Rollups of requests whose events overflowed the queue (no rows).
     rollups: Vec<HourlyTotal>,
@@ -88,7 +92,7 @@ pub(crate) async fn run(
             }
         }
         for t in gateway.take_usage_overflow() {
-            add_usage(&mut pending, &t);
+            add_usage(&mut pending, Spent::from(&t));
             add_rollup(&mut pending, t);
         }
         if stopping || closed || last_flush.elapsed() >= settings.flush {
@@ -120,53 +124,110 @@ fn add_rollup(p: &mut Pending, t: UsageTotal) {
     }
 }
 
-/// Adds a group of requests to the pending daily usage.
-fn add_usage(p: &mut Pending, t: &UsageTotal) {
-    let day = civil_day(t.at_ms / 1000);
-    let group = (day, t.key_id.clone(), t.model.clone());
-    if p.usage.len() < MAX_PENDING_GROUPS || p.usage.contains_key(&group) {
-        let d = p
-            .usage
-            .entry(group)
-            .or_insert_with_key(|(day, key, model)| UsageDelta {
-                day: day.clone(),
-                key_id: key.clone(),
-                team_id: t.team_id.clone().unwrap_or_default(),
-                model: model.clone(),
-                requests: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-            });
-        d.requests += t.requests as i64;
-        d.input_tokens += t.input_tokens as i64;
-        d.output_tokens += t.output_tokens as i64;
-        d.cost_usd += t.cost_usd;
-    } else {
-        tracing::warn!(target: "pylon::usage", "usage backlog full (store unreachable?): dropping an event");
+/// One request, or a group of them, to add to the daily usage.
+struct Spent<'a> {
+    at_ms: i64,
+    key_id: &'a str,
+    team_id: Option<&'a str>,
+    model: &'a str,
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+}
+
+impl<'a> From<&'a UsageTotal> for Spent<'a> {
+    fn from(t: &'a UsageTotal) -> Self {
+        Spent {
+            at_ms: t.at_ms,
+            key_id: &t.key_id,
+            team_id: t.team_id.as_deref(),
+            model: &t.model,
+            requests: t.requests,
+            input_tokens: t.input_tokens,
+            output_tokens: t.output_tokens,
+            cost_usd: t.cost_usd,
+        }
     }
+}
+
+/// Adds a group of requests to the pending daily usage.
+fn add_usage(p: &mut Pending, t: Spent<'_>) {
+    let day = t.at_ms.div_euclid(86_400_000);
+    let full = p.usage_groups >= MAX_PENDING_GROUPS;
+    let by_model = match p.usage.get_mut(&day).and_then(|k| k.get_mut(t.key_id)) {
+        Some(m) => m,
+        None if full => return drop_usage(),
+        None => p
+            .usage
+            .entry(day)
+            .or_default()
+            .entry(t.key_id.to_owned())
+            .or_default(),
+    };
+    let d = match by_model.get_mut(t.model) {
+        Some(d) => d,
+        None if full => return drop_usage(),
+        None => {
+            p.usage_groups += 1;
+            by_model
+                .entry(t.model.to_owned())
+                .or_insert_with(|| UsageDelta {
+                    day: civil_day(t.at_ms.div_euclid(1000)),
+                    key_id: t.key_id.to_owned(),
+                    team_id: t.team_id.unwrap_or_default().to_owned(),
+                    model: t.model.to_owned(),
+                    requests: 0,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cost_usd: 0.0,
+                })
+        }
+    };
+    d.requests += t.requests as i64;
+    d.input_tokens += t.input_tokens as i64;
+    d.output_tokens += t.output_tokens as i64;
+    d.cost_usd += t.cost_usd;
+}
+
+fn drop_usage() {
+    tracing::warn!(target: "pylon::usage", "usage backlog full (store unreachable?): dropping an event");
 }
 
 fn add(p: &mut Pending, e: RequestEvent, s: &Settings, metrics: &Metrics) {
     let failed = e.status >= 400 || e.outcome == "broken";
-    let total = UsageTotal {
-        at_ms: e.at_ms,
-        key_id: e.key_id.clone(),
-        team_id: e.team_id.clone(),
-        model: e.model.clone(),
-        provider: e.provider.clone(),
-        requests: 1,
-        errors: u64::from(failed),
-        input_tokens: e.input_tokens,
-        output_tokens: e.output_tokens,
-        cost_usd: e.cost_usd,
-        latency_ms_sum: e.latency_ms,
-    };
-    add_usage(p, &total);
+    add_usage(
+        p,
+        Spent {
+            at_ms: e.at_ms,
+            key_id: &e.key_id,
+            team_id: e.team_id.as_deref(),
+            model: &e.model,
+            requests: 1,
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            cost_usd: e.cost_usd,
+        },
+    );
     if p.rows.len() >= s.max_rows {
         // The row goes; the request still counts in the hourly rollups (they come from rows).
         metrics.request_log_dropped.inc();
-        add_rollup(p, total);
+        add_rollup(
+            p,
+            UsageTotal {
+                at_ms: e.at_ms,
+                key_id: e.key_id,
+                team_id: e.team_id,
+                model: e.model,
+                provider: e.provider,
+                requests: 1,
+                errors: u64::from(failed),
+                input_tokens: e.input_tokens,
+                output_tokens: e.output_tokens,
+                cost_usd: e.cost_usd,
+                latency_ms_sum: e.latency_ms,
+            },
+        );
         return;
     }
     p.rows.push(RequestRow {
@@ -222,9 +283,18 @@ pub(crate) async fn timed<T>(
 async fn flush(store: &Store, p: &mut Pending, s: &Settings, metrics: &Metrics) -> bool {
     let mut ok = true;
     if !p.usage.is_empty() {
-        let batch: Vec<UsageDelta> = p.usage.values().cloned().collect();
+        let batch: Vec<UsageDelta> = p
+            .usage
+            .values()
+            .flat_map(HashMap::values)
+            .flat_map(HashMap::values)
+            .cloned()
+            .collect();
         match timed(metrics, "add_usage", store.add_usage(&batch)).await {
-            Ok(()) => p.usage.clear(),
+            Ok(()) => {
+                p.usage.clear();
+                p.usage_groups = 0;
+            }
             // Kept and retried at the next flush; aggregates keep the backlog small.
             Err(e) => {
                 ok = false;
@@ -330,11 +400,55 @@ mod tests {
         add(&mut p, event("b", 502), &settings, &metrics);
         assert_eq!(p.rows.len(), 1);
         assert_eq!(metrics.request_log_dropped.get(), 1);
-        let usage: i64 = p.usage.values().map(|u| u.requests).sum();
+        let usage: i64 = p
+            .usage
+            .values()
+            .flat_map(HashMap::values)
+            .flat_map(HashMap::values)
+            .map(|u| u.requests)
+            .sum();
         assert_eq!(usage, 2, "both requests are billed");
         assert_eq!(p.rollups.len(), 1, "the dropped row's request is rolled up");
         let r = &p.rollups[0];
         assert_eq!((r.requests, r.errors, r.cost_usd), (1, 1, 0.5));
         assert_eq!(r.provider, "p");
+    }
+
+    #[test]
+    fn usage_groups_by_day_key_and_model_and_stops_growing_at_its_bound() {
+        let metrics = Metrics::new(false).unwrap();
+        let settings = Settings {
+            rows: false,
+            flush: Duration::from_secs(1),
+            max_rows: 0,
+        };
+        let mut p = Pending::default();
+        let day = 86_400_000;
+        for (at_ms, key, model) in [
+            (0, "k", "m"),
+            (day - 1, "k", "m"),
+            (day, "k", "m"),
+            (0, "k2", "m"),
+            (0, "k", "m2"),
+        ] {
+            let mut e = event("r", 200);
+            (e.at_ms, e.key_id, e.model) = (at_ms, key.into(), model.into());
+            add(&mut p, e, &settings, &metrics);
+        }
+        assert_eq!(p.usage_groups, 4);
+        let first = &p.usage[&0]["k"]["m"];
+        assert_eq!((first.day.as_str(), first.requests), ("1970-01-01", 2));
+        assert_eq!(p.usage[&1]["k"]["m"].day, "1970-01-02");
+        p.usage_groups = MAX_PENDING_GROUPS;
+        let mut known = event("r", 200);
+        (known.at_ms, known.key_id, known.model) = (0, "k".into(), "m".into());
+        add(&mut p, known, &settings, &metrics);
+        add(&mut p, event("new", 200), &settings, &metrics);
+        assert_eq!(
+            p.usage[&0]["k"]["m"].requests, 3,
+            "a pending group still adds up"
+        );
+        let keys = p.usage.values().flat_map(HashMap::values).count();
+        assert_eq!(keys, 3, "no group is made past the bound");
     }
 }

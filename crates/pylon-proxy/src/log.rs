@@ -160,7 +160,8 @@ impl Record {
             return;
         }
         let keys = std::mem::take(&mut a.release);
-        if !self.gw.limiter.release_now(&keys).await {
+        // Boxed: only Redis-held slots get here, and inline its future would grow the request's.
+        if !Box::pin(self.gw.limiter.release_now(&keys)).await {
             if let Some(a) = self.acct.as_mut() {
                 a.admitted.release = keys;
             }
@@ -229,25 +230,19 @@ impl Record {
         let provider = self.provider.as_deref().unwrap_or("-");
         let model = self.metric_model.as_str();
         self.in_flight.dec();
-        m.requests
-            .with_label_values(&[self.route, model, provider, status_class(self.status)])
-            .inc();
-        m.request_duration
-            .with_label_values(&[self.route, model])
-            .observe(total.as_secs_f64());
-        m.overhead
-            .with_label_values(&[self.route])
+        let series = m.request_series(self.route, model, provider);
+        series.requests(m, self.status).inc();
+        series.duration.observe(total.as_secs_f64());
+        series
+            .overhead
             .observe(total.saturating_sub(self.upstream).as_secs_f64());
         if usage.total_tokens > 0 {
-            m.tokens
-                .with_label_values(&[model, provider, "input"])
-                .inc_by(usage.prompt_tokens);
-            m.tokens
-                .with_label_values(&[model, provider, "output"])
-                .inc_by(usage.completion_tokens);
+            let (input, output) = series.tokens(m);
+            input.inc_by(usage.prompt_tokens);
+            output.inc_by(usage.completion_tokens);
         }
         if cost > 0.0 {
-            m.cost.with_label_values(&[model, provider]).inc_by(cost);
+            series.cost(m).inc_by(cost);
         }
         if let Some(team) = self
             .team_id

@@ -19,6 +19,10 @@ use crate::context::Secure;
 use crate::gateway::Gateway;
 use crate::{app, conversation, count, health, ingress, ofrep, pipeline, ProxyError};
 
+/// What the per-connection service returns for one request.
+type ServiceFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
 /// Marks an app route's answer as one to compress (the route's `compress`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Compress;
@@ -432,7 +436,9 @@ async fn accept_loop(
                     let mut app = app.clone();
                     let http1 = req.version() < http::Version::HTTP_2;
                     let gw = draining.clone();
-                    async move {
+                    // Boxed, so hyper's per-request state holds a pointer: the request's future
+                    // is kilobytes, and hyper moves what the service returns.
+                    let fut: ServiceFuture = Box::pin(async move {
                         use tower::Service;
                         let req = req.map(axum::body::Body::new);
                         let mut resp = match direct {
@@ -445,8 +451,9 @@ async fn accept_loop(
                             resp.headers_mut()
                                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
                         }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
+                        Ok(resp)
+                    });
+                    fut
                 });
             let service = TowerToHyperService::new(service);
             match tls {

@@ -553,10 +553,12 @@ async fn attempt_inner(
         in_flight,
         span,
     };
+    // Boxed: inline, the relay's state (kilobytes) would be part of every attempt's future and
+    // copied with it; a box is one allocation per answer.
     let result = if call.stream {
-        respond::stream(call, target, resp, ctx).await
+        Box::pin(respond::stream(call, target, resp, ctx)).await
     } else {
-        respond::complete(call, target, resp, ctx).await
+        Box::pin(respond::complete(call, target, resp, ctx)).await
     };
     match result {
         Ok(resp) => Ok(resp),

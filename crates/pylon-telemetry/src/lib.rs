@@ -4,11 +4,13 @@
 
 pub mod logs;
 pub mod metrics;
+mod series;
 pub mod trace;
 
 pub use prometheus;
 
 pub use metrics::{status_class, Metrics, MetricsError};
+pub use series::RequestSeries;
 pub use trace::{SpanHandle, TraceError, Tracer};
 
 /// Installs a log filter, or says why it cannot.

@@ -26,6 +26,8 @@ const DEPENDENCY_BUCKETS: &[f64] = &[
 /// Every metric Pylon exports. Handles are cheap to clone and safe to use from any thread.
 pub struct Metrics {
     registry: Registry,
+    /// Request series found once and kept (see [`Metrics::request_series`]).
+    pub(crate) series: crate::series::SeriesCache,
     /// Requests by route, model, provider and status class (`2xx`, `4xx`, `5xx`).
     pub requests: IntCounterVec,
     /// End-to-end request duration by route and model.
@@ -618,6 +620,7 @@ impl Metrics {
                 h
             },
             registry,
+            series: Default::default(),
         };
         let build = gauge(
             &m.registry,
