@@ -7,6 +7,8 @@ use bytes::Bytes;
 
 use crate::load::{self, Endpoint};
 use crate::procs::rss_mib;
+use crate::procs::wait_ready;
+use crate::{Args, SpawnPylon};
 
 /// Measures hits at concurrency 1 and the memory that `entries` distinct answers take.
 pub async fn figures(to: &Endpoint, pid: u32, d: Duration, entries: usize) -> anyhow::Result<()> {
@@ -153,4 +155,32 @@ pub fn guards() {
         "semantic guards: facets of a question {extract:.1} µs (a 2,000-character one {long_us:.0} µs), one candidate check {per_check:.2} µs ({} pairs, {refused} refused)",
         pairs.len()
     );
+}
+
+/// The response cache's figures, through a Pylon with the cache on and the request log off
+/// (so its memory figure is the cache's), then the semantic index on its own.
+pub(crate) async fn run(args: &Args, spawn_pylon: &SpawnPylon<'_>) -> anyhow::Result<()> {
+    let (port, p) = spawn_pylon(
+        "pylon-cache",
+        "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n[request_log]\nenabled = false\n",
+    )?;
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/livez"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let to = Endpoint {
+        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        bearer: None,
+    };
+    figures(
+        &to,
+        p.pid(),
+        Duration::from_secs(args.seconds),
+        args.cache_entries,
+    )
+    .await?;
+    semantic(args.semantic_entries, args.semantic_dims);
+    guards();
+    Ok(())
 }

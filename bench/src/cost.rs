@@ -3,12 +3,15 @@
 //! concurrency 1, and CPU per request for 4 KiB and 64 KiB prompts with a tokens-per-minute
 //! limit on.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::load::{self, Endpoint};
+use crate::procs::{self, wait_ready};
 use crate::procs::{cpu_seconds, rss_mib};
+use crate::{create_key, free_port, Args, SpawnPylon};
 
 /// One proxy under test: its endpoint and the process to measure (`None`: the mock itself).
 #[derive(Clone)]
@@ -128,4 +131,125 @@ pub fn median(xs: &mut [f64]) -> f64 {
     } else {
         (xs[m - 1] + xs[m]) / 2.0
     }
+}
+
+/// CPU per request, RSS under load and added latency with Pylon's defaults next to nginx, then
+/// realistic prompt sizes with a tokens-per-minute limit on.
+pub(crate) async fn figures(
+    args: &Args,
+    out: &Path,
+    spawn_pylon: &SpawnPylon<'_>,
+    mock_port: u16,
+    pylon_port: u16,
+    pylon_pid: u32,
+) -> anyhow::Result<()> {
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let endpoint = |port: u16, bearer: Option<String>| Endpoint {
+        url: url(port),
+        bearer,
+    };
+    let (tpm_port, tpm) = spawn_pylon("pylon-tpm", "[limits]\nip_rpm = 0\n")?;
+    wait_ready(
+        &format!("http://127.0.0.1:{tpm_port}/livez"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let key = create_key(tpm_port).await?;
+    let nginx_port = free_port()?;
+    let nginx = if args.no_nginx {
+        None
+    } else {
+        let n = procs::nginx(out, nginx_port, mock_port)?;
+        wait_ready(
+            &format!("http://127.0.0.1:{nginx_port}/mock/stats"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        Some(n)
+    };
+    let direct = Via {
+        name: "direct",
+        to: endpoint(mock_port, None),
+        pid: None,
+    };
+    let via_nginx = nginx.as_ref().map(|n| Via {
+        name: "nginx",
+        to: endpoint(nginx_port, None),
+        pid: Some(n.pid()),
+    });
+    let defaults = Via {
+        name: "pylon",
+        to: endpoint(pylon_port, None),
+        pid: Some(pylon_pid),
+    };
+    let limited = Via {
+        name: "pylon+tpm",
+        to: endpoint(tpm_port, Some(key)),
+        pid: Some(tpm.pid()),
+    };
+    let d = Duration::from_secs(args.seconds);
+    let tiny = body(5);
+    let mut vias = vec![direct, defaults];
+    vias.extend(via_nginx);
+    // Per (table, proxy): each round's CPU ratio and added p99.
+    type Rounds<'a> = ((&'a str, &'a str), Vec<f64>, Vec<f64>);
+    let mut seen: Vec<Rounds> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        if args.rounds > 1 {
+            println!("\n-- round {round} of {}", args.rounds);
+        }
+        for (title, conc) in [
+            (
+                "60-byte body, 50 connections (request log and metrics on)",
+                50,
+            ),
+            ("60-byte body, concurrency 1", 1),
+        ] {
+            let rows = run(title, &vias, tiny.clone(), conc, d).await;
+            for (proxy, ratio, p99) in compare(&rows) {
+                let i = match seen.iter().position(|s| s.0 == (title, proxy)) {
+                    Some(i) => i,
+                    None => {
+                        seen.push(((title, proxy), Vec::new(), Vec::new()));
+                        seen.len() - 1
+                    }
+                };
+                seen[i].1.extend(ratio);
+                seen[i].2.push(p99);
+            }
+        }
+    }
+    if args.rounds > 1 {
+        println!("\nmedians over {} rounds:", args.rounds);
+        for ((title, proxy), mut ratios, mut p99s) in seen {
+            let (lo, hi) = (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            );
+            println!(
+                "  {title}: {proxy:<6} CPU {:.2}× nginx (range {lo:.2}–{hi:.2}), added p99 {:+.0} µs",
+                median(&mut ratios),
+                median(&mut p99s),
+            );
+        }
+    }
+    vias[1] = limited;
+    for size in [4 * 1024, 64 * 1024] {
+        let title = format!(
+            "{} KiB prompt, 8 connections, key with a tokens-per-minute limit",
+            size / 1024
+        );
+        let rows = run(&title, &vias, body(size), 8, d).await;
+        compare(&rows);
+    }
+    // The request log must keep up with the load it measured, not shed rows to look cheap.
+    for (name, port) in [("pylon", pylon_port), ("pylon+tpm", tpm_port)] {
+        let dropped = procs::metric(
+            &format!("http://127.0.0.1:{port}/metrics"),
+            "pylon_request_log_dropped_total",
+        )
+        .await?;
+        println!("\n{name}: request-log rows dropped during the runs: {dropped}");
+    }
+    Ok(())
 }

@@ -246,10 +246,10 @@ async fn main() -> anyhow::Result<()> {
 
     let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
     if args.only_cache {
-        return cache_figures(&args, &spawn_pylon).await;
+        return cache::run(&args, &spawn_pylon).await;
     }
     if args.only_request_log {
-        return request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
+        return reqlog::figures(&args, &pylon_bin, &spawn_pylon, pylon_port).await;
     }
     if args.only_alerts {
         alerts::figures(u32::try_from(args.rounds.max(20)).unwrap_or(20));
@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
         return delivery::figures(&spawn_pylon, &out, args.seconds, args.rounds).await;
     }
     if args.only_cost {
-        return cost_figures(
+        return cost::figures(
             &args,
             &out,
             &spawn_pylon,
@@ -478,222 +478,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     drop(nginx);
-    request_log(&args, &pylon_bin, &spawn_pylon, pylon_port).await?;
-    cache_figures(&args, &spawn_pylon).await
-}
-
-/// The response cache's figures, through a Pylon with the cache on and the request log off
-/// (so its memory figure is the cache's), then the semantic index on its own.
-async fn cache_figures(args: &Args, spawn_pylon: &SpawnPylon<'_>) -> anyhow::Result<()> {
-    let (port, p) = spawn_pylon(
-        "pylon-cache",
-        "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[cache]\nenabled = true\n[request_log]\nenabled = false\n",
-    )?;
-    wait_ready(
-        &format!("http://127.0.0.1:{port}/livez"),
-        Duration::from_secs(10),
-    )
-    .await?;
-    let to = Endpoint {
-        url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
-        bearer: None,
-    };
-    cache::figures(
-        &to,
-        p.pid(),
-        Duration::from_secs(args.seconds),
-        args.cache_entries,
-    )
-    .await?;
-    cache::semantic(args.semantic_entries, args.semantic_dims);
-    cache::guards();
-    Ok(())
-}
-
-/// CPU per request, RSS under load and added latency with Pylon's defaults next to nginx, then
-/// realistic prompt sizes with a tokens-per-minute limit on.
-async fn cost_figures(
-    args: &Args,
-    out: &Path,
-    spawn_pylon: &SpawnPylon<'_>,
-    mock_port: u16,
-    pylon_port: u16,
-    pylon_pid: u32,
-) -> anyhow::Result<()> {
-    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let endpoint = |port: u16, bearer: Option<String>| Endpoint {
-        url: url(port),
-        bearer,
-    };
-    let (tpm_port, tpm) = spawn_pylon("pylon-tpm", "[limits]\nip_rpm = 0\n")?;
-    wait_ready(
-        &format!("http://127.0.0.1:{tpm_port}/livez"),
-        Duration::from_secs(10),
-    )
-    .await?;
-    let key = create_key(tpm_port).await?;
-    let nginx_port = free_port()?;
-    let nginx = if args.no_nginx {
-        None
-    } else {
-        let n = procs::nginx(out, nginx_port, mock_port)?;
-        wait_ready(
-            &format!("http://127.0.0.1:{nginx_port}/mock/stats"),
-            Duration::from_secs(10),
-        )
-        .await?;
-        Some(n)
-    };
-    let direct = cost::Via {
-        name: "direct",
-        to: endpoint(mock_port, None),
-        pid: None,
-    };
-    let via_nginx = nginx.as_ref().map(|n| cost::Via {
-        name: "nginx",
-        to: endpoint(nginx_port, None),
-        pid: Some(n.pid()),
-    });
-    let defaults = cost::Via {
-        name: "pylon",
-        to: endpoint(pylon_port, None),
-        pid: Some(pylon_pid),
-    };
-    let limited = cost::Via {
-        name: "pylon+tpm",
-        to: endpoint(tpm_port, Some(key)),
-        pid: Some(tpm.pid()),
-    };
-    let d = Duration::from_secs(args.seconds);
-    let tiny = cost::body(5);
-    let mut vias = vec![direct, defaults];
-    vias.extend(via_nginx);
-    // Per (table, proxy): each round's CPU ratio and added p99.
-    type Rounds<'a> = ((&'a str, &'a str), Vec<f64>, Vec<f64>);
-    let mut seen: Vec<Rounds> = Vec::new();
-    for round in 1..=args.rounds.max(1) {
-        if args.rounds > 1 {
-            println!("\n-- round {round} of {}", args.rounds);
-        }
-        for (title, conc) in [
-            (
-                "60-byte body, 50 connections (request log and metrics on)",
-                50,
-            ),
-            ("60-byte body, concurrency 1", 1),
-        ] {
-            let rows = cost::run(title, &vias, tiny.clone(), conc, d).await;
-            for (proxy, ratio, p99) in cost::compare(&rows) {
-                let i = match seen.iter().position(|s| s.0 == (title, proxy)) {
-                    Some(i) => i,
-                    None => {
-                        seen.push(((title, proxy), Vec::new(), Vec::new()));
-                        seen.len() - 1
-                    }
-                };
-                seen[i].1.extend(ratio);
-                seen[i].2.push(p99);
-            }
-        }
-    }
-    if args.rounds > 1 {
-        println!("\nmedians over {} rounds:", args.rounds);
-        for ((title, proxy), mut ratios, mut p99s) in seen {
-            let (lo, hi) = (
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            );
-            println!(
-                "  {title}: {proxy:<6} CPU {:.2}× nginx (range {lo:.2}–{hi:.2}), added p99 {:+.0} µs",
-                cost::median(&mut ratios),
-                cost::median(&mut p99s),
-            );
-        }
-    }
-    vias[1] = limited;
-    for size in [4 * 1024, 64 * 1024] {
-        let title = format!(
-            "{} KiB prompt, 8 connections, key with a tokens-per-minute limit",
-            size / 1024
-        );
-        let rows = cost::run(&title, &vias, cost::body(size), 8, d).await;
-        cost::compare(&rows);
-    }
-    // The request log must keep up with the load it measured, not shed rows to look cheap.
-    for (name, port) in [("pylon", pylon_port), ("pylon+tpm", tpm_port)] {
-        let dropped = procs::metric(
-            &format!("http://127.0.0.1:{port}/metrics"),
-            "pylon_request_log_dropped_total",
-        )
-        .await?;
-        println!("\n{name}: request-log rows dropped during the runs: {dropped}");
-    }
-    Ok(())
+    reqlog::figures(&args, &pylon_bin, &spawn_pylon, pylon_port).await?;
+    cache::run(&args, &spawn_pylon).await
 }
 
 /// Starts a Pylon named `name` with extra config; returns its port and process.
 type SpawnPylon<'a> = dyn Fn(&str, &str) -> anyhow::Result<(u16, Proc)> + 'a;
-
-/// The request log's cost on the request path, and admin queries over a large log.
-async fn request_log(
-    args: &Args,
-    pylon_bin: &Path,
-    spawn_pylon: &SpawnPylon<'_>,
-    pylon_port: u16,
-) -> anyhow::Result<()> {
-    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let (off_port, _off) = spawn_pylon(
-        "pylon-nolog",
-        "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[request_log]\nenabled = false\n",
-    )?;
-    wait_ready(
-        &format!("http://127.0.0.1:{off_port}/livez"),
-        Duration::from_secs(10),
-    )
-    .await?;
-    let on = Endpoint {
-        url: url(pylon_port),
-        bearer: None,
-    };
-    let off = Endpoint {
-        url: url(off_port),
-        bearer: None,
-    };
-    reqlog::on_vs_off(&on, &off, args.log_rate, Duration::from_secs(args.seconds)).await;
-
-    let data = PathBuf::from("bench/out/data-reqlog");
-    let _ = std::fs::remove_dir_all(&data);
-    let took = reqlog::fill(&data, args.log_rows).await?;
-    println!(
-        "\nadmin API over {} logged requests in SQLite (filled in {:.1} s; best of 5):",
-        args.log_rows,
-        took.as_secs_f64()
-    );
-    let port = free_port()?;
-    let cfg = PathBuf::from("bench/out/reqlog.toml");
-    std::fs::write(
-        &cfg,
-        pylon_config(
-            port,
-            9,
-            &data.canonicalize()?,
-            "[request_log]\nmax_rows = 100000000\n",
-            args.workers,
-        ),
-    )?;
-    let _p = Proc::spawn(
-        Command::new(pylon_bin)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("PYLON_ADMIN_TOKEN", "bench-admin"),
-    )?;
-    wait_ready(
-        &format!("http://127.0.0.1:{port}/livez"),
-        Duration::from_secs(30),
-    )
-    .await?;
-    reqlog::query(port).await
-}
 
 async fn put(url: &str, body: &'static str) -> anyhow::Result<()> {
     let req = hyper::Request::put(url)

@@ -1,7 +1,8 @@
 //! Request-log figures: the request path's latency at a fixed rate with the request log on and
 //! off, and how fast the admin API answers over 1,000,000 logged requests in SQLite.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +10,8 @@ use http_body_util::{BodyExt, Full};
 use pylon_store::{RequestRow, Store};
 
 use crate::load::{self, Endpoint};
+use crate::procs::{wait_ready, Proc};
+use crate::{free_port, pylon_config, Args, SpawnPylon};
 
 /// Alternates runs at `rate` through a Pylon with the request log on and one with it off.
 pub async fn on_vs_off(on: &Endpoint, off: &Endpoint, rate: u32, d: Duration) {
@@ -115,4 +118,65 @@ pub async fn query(port: u16) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The request log's cost on the request path, and admin queries over a large log.
+pub(crate) async fn figures(
+    args: &Args,
+    pylon_bin: &Path,
+    spawn_pylon: &SpawnPylon<'_>,
+    pylon_port: u16,
+) -> anyhow::Result<()> {
+    let url = |port: u16| format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let (off_port, _off) = spawn_pylon(
+        "pylon-nolog",
+        "[auth]\nmode = \"none\"\n[limits]\nip_rpm = 0\n[request_log]\nenabled = false\n",
+    )?;
+    wait_ready(
+        &format!("http://127.0.0.1:{off_port}/livez"),
+        Duration::from_secs(10),
+    )
+    .await?;
+    let on = Endpoint {
+        url: url(pylon_port),
+        bearer: None,
+    };
+    let off = Endpoint {
+        url: url(off_port),
+        bearer: None,
+    };
+    on_vs_off(&on, &off, args.log_rate, Duration::from_secs(args.seconds)).await;
+
+    let data = PathBuf::from("bench/out/data-reqlog");
+    let _ = std::fs::remove_dir_all(&data);
+    let took = fill(&data, args.log_rows).await?;
+    println!(
+        "\nadmin API over {} logged requests in SQLite (filled in {:.1} s; best of 5):",
+        args.log_rows,
+        took.as_secs_f64()
+    );
+    let port = free_port()?;
+    let cfg = PathBuf::from("bench/out/reqlog.toml");
+    std::fs::write(
+        &cfg,
+        pylon_config(
+            port,
+            9,
+            &data.canonicalize()?,
+            "[request_log]\nmax_rows = 100000000\n",
+            args.workers,
+        ),
+    )?;
+    let _p = Proc::spawn(
+        Command::new(pylon_bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("PYLON_ADMIN_TOKEN", "bench-admin"),
+    )?;
+    wait_ready(
+        &format!("http://127.0.0.1:{port}/livez"),
+        Duration::from_secs(30),
+    )
+    .await?;
+    query(port).await
 }
