@@ -12,27 +12,24 @@ use std::time::Duration;
 use crate::keys::unix_now_ms as now_ms;
 use pylon_config::{Rollout, RolloutStrategy};
 use pylon_policy::rollout::{
-    advance, judge, ArmWindow, Criteria, Event, Histogram, Outcome, Plan, Progress, State, Step,
-    Strategy, Verdict,
+    advance, judge, ArmWindow, Criteria, Event, Outcome, Plan, Progress, State, Step, Strategy,
+    Verdict,
 };
 use pylon_proxy::Gateway;
 use pylon_store::{RolloutDefinition, RolloutRow, Store, StoreError, VerdictRow};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use admin::parse_definition;
+use handover::Wire;
+
+mod admin;
+mod handover;
 
 /// How often each instance reads progress and hands over its counts.
 const TICK: Duration = Duration::from_millis(500);
 /// How long the judge's lease lasts without renewal: a dead judge is replaced this fast.
 const LEASE_MS: i64 = 5_000;
 const LEASE: &str = "rollout-judge";
-/// Windows one rollout's list in Redis keeps (newest), and how long it outlives its last push.
-const MAX_WINDOWS: usize = 10_000;
-const WINDOWS_TTL: Duration = Duration::from_secs(600);
-
-fn windows_key(rollout: &str) -> String {
-    format!("rollout:{rollout}:windows")
-}
-
 /// Verdicts shown by the API.
 const HISTORY: i64 = 50;
 
@@ -108,46 +105,6 @@ impl Def {
 struct Set {
     rollouts: Vec<Rollout>,
     defs: Vec<Arc<Def>>,
-}
-
-/// Both arms' counts as handed between instances.
-#[derive(Serialize, Deserialize, Default)]
-struct Wire {
-    arms: [WireArm; 2],
-}
-
-#[derive(Serialize, Deserialize, Default)]
-struct WireArm {
-    requests: u64,
-    errors: u64,
-    latency: Vec<(u16, u32)>,
-    ttft: Vec<(u16, u32)>,
-    cost: f64,
-    cost_sq: f64,
-}
-
-impl WireArm {
-    fn of(w: &ArmWindow) -> WireArm {
-        WireArm {
-            requests: w.requests,
-            errors: w.errors,
-            latency: w.latency.sparse(),
-            ttft: w.ttft.sparse(),
-            cost: w.cost,
-            cost_sq: w.cost_sq,
-        }
-    }
-
-    fn window(&self) -> ArmWindow {
-        ArmWindow {
-            requests: self.requests,
-            errors: self.errors,
-            latency: Histogram::from_sparse(&self.latency),
-            ttft: Histogram::from_sparse(&self.ttft),
-            cost: self.cost,
-            cost_sq: self.cost_sq,
-        }
-    }
 }
 
 /// What a command or the judge could not do.
@@ -356,69 +313,6 @@ impl Rollouts {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Set { rollouts, defs });
     }
 
-    /// Makes a rollout from its `[[rollouts]]` entry as JSON, checked like pylon.toml's, shared
-    /// with every instance through the store; it starts at once unless `"start": false`.
-    pub async fn create(&self, body: &Value, actor: &str) -> Result<Value, RolloutError> {
-        let text = toml::to_string(body).map_err(|e| {
-            RolloutError::Invalid(format!(
-                "expected a JSON object like a [[rollouts]] entry ({e})"
-            ))
-        })?;
-        let r = parse_definition(&text).map_err(RolloutError::Invalid)?;
-        let name = r.name.get_ref().clone();
-        if self.def(&name).is_ok() {
-            return Err(RolloutError::Conflict(format!(
-                "a rollout named `{name}` exists: choose another name, or delete it first"
-            )));
-        }
-        let mut config = (*self.base()).clone();
-        config.rollouts.clone_from(&self.set().rollouts);
-        config.rollouts.push(r);
-        let problems = pylon_config::check(&config);
-        if !problems.is_empty() {
-            return Err(RolloutError::Invalid(problems.join("; ")));
-        }
-        let made = self
-            .store
-            .add_rollout_definition(&RolloutDefinition {
-                name: name.clone(),
-                definition: body.to_string(),
-                created_at: now_ms() as i64,
-                created_by: actor.to_owned(),
-            })
-            .await?;
-        if !made {
-            return Err(RolloutError::Conflict(format!(
-                "a rollout named `{name}` was just made elsewhere"
-            )));
-        }
-        self.refresh().await?;
-        self.status(&name).await
-    }
-
-    /// Forgets a rollout made through the admin API that no longer moves traffic (pending,
-    /// rolled back or aborted), with its progress and verdicts.
-    pub async fn delete(&self, name: &str) -> Result<(), RolloutError> {
-        let def = self.def(name)?;
-        if def.made_by.is_none() {
-            return Err(RolloutError::Conflict(format!(
-                "rollout `{name}` is declared in pylon.toml: remove it there"
-            )));
-        }
-        let p = self.progress(name).await?;
-        if !matches!(p.state, State::Pending | State::RolledBack | State::Aborted) {
-            return Err(RolloutError::Conflict(format!(
-                "rollout `{name}` is {}: abort it first (a promoted candidate serves all traffic until its targets become the model's own in pylon.toml)",
-                p.state.as_str()
-            )));
-        }
-        if !self.store.delete_rollout(name).await? {
-            return Err(RolloutError::Unknown(name.to_owned()));
-        }
-        take(&self.pending, &name.to_owned());
-        self.refresh().await
-    }
-
     async fn progress(&self, name: &str) -> Result<Progress, RolloutError> {
         Ok(self
             .store
@@ -479,47 +373,6 @@ impl Rollouts {
             p.stable.merge(&s);
             p.candidate.merge(&c);
         }
-    }
-
-    /// Not the judge: hands this instance's counts to whoever is.
-    async fn hand_over(&self, def: &Def, now: u64) -> Result<(), RolloutError> {
-        let p = take(&self.pending, &def.name);
-        if p.stable.requests + p.candidate.requests == 0 {
-            return Ok(());
-        }
-        let wire = Wire {
-            arms: [WireArm::of(&p.stable), WireArm::of(&p.candidate)],
-        };
-        let data = serde_json::to_string(&wire).unwrap_or_default();
-        if let Some(redis) = &self.redis {
-            match redis
-                .push_list(&windows_key(&def.name), &data, MAX_WINDOWS, WINDOWS_TTL)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(target: "pylon::rollout", error = %e, "Redis unreachable: counts handed over through the store");
-                }
-            }
-        }
-        self.store
-            .push_window(&def.name, &self.instance, now as i64, &data)
-            .await?;
-        Ok(())
-    }
-
-    /// Every window other instances handed over (through Redis and the store).
-    async fn handed_over(&self, name: &str) -> Result<Vec<String>, RolloutError> {
-        let mut all = self.store.take_windows(name).await?;
-        if let Some(redis) = &self.redis {
-            match redis.take_list(&windows_key(name)).await {
-                Ok(v) => all.extend(v),
-                Err(e) => {
-                    tracing::warn!(target: "pylon::rollout", error = %e, "Redis unreachable: this interval is judged without the counts handed over there");
-                }
-            }
-        }
-        Ok(all)
     }
 
     /// The judge's pass over one rollout: start it, let time move it, and judge an interval.
@@ -722,118 +575,10 @@ impl Rollouts {
                 .set(i64::from(s == p.state));
         }
     }
-
-    /// Applies an operator's (or an alert's) command: `start`, `pause`, `resume`, `promote`,
-    /// `abort` or `rollback`.
-    pub async fn command(&self, name: &str, command: &str) -> Result<Value, RolloutError> {
-        let def = self.def(name)?;
-        let (event, command) = match command {
-            "start" => (Event::Start, "start"),
-            "pause" => (Event::Pause, "pause"),
-            "resume" => (Event::Resume, "resume"),
-            "promote" => (Event::Promote, "promote"),
-            "abort" => (Event::Abort, "abort"),
-            "rollback" => (Event::Rollback, "rollback"),
-            _ => return Err(RolloutError::Unknown(format!("{name}/{command}"))),
-        };
-        let _one = self.changing.lock().await;
-        let now = now_ms();
-        let before = self.progress(name).await?;
-        let (after, changed) = advance(&def.plan, &before, event, now);
-        if !changed {
-            return Err(RolloutError::Refused {
-                name: name.to_owned(),
-                state: before.state.as_str(),
-                command,
-            });
-        }
-        let reason = format!("{command} by an operator");
-        self.save(&def, &before, &after, now, Some(&reason)).await?;
-        drop(_one);
-        self.status(name).await
-    }
-
-    /// Every rollout's state, for the list.
-    pub async fn list(&self) -> Result<Vec<Value>, RolloutError> {
-        let mut out = Vec::new();
-        for def in &self.set().defs {
-            let p = self.progress(&def.name).await?;
-            out.push(self.summary(def, &p));
-        }
-        Ok(out)
-    }
-
-    fn summary(&self, def: &Def, p: &Progress) -> Value {
-        json!({
-            "name": def.name,
-            "subject": def.subject,
-            "strategy": def.plan.strategy,
-            "state": p.state.as_str(),
-            "weight": p.serving_weight(&def.plan),
-            "shadow_weight": p.shadow_weight(&def.plan),
-            "step": p.step,
-            "steps": def.plan.steps.iter().map(|s| json!({"weight": s.weight, "hold_ms": s.hold_ms})).collect::<Vec<_>>(),
-            "rollback_window_until": p.window_until_ms,
-            "made_by": def.made_by,
-        })
-    }
-
-    /// One rollout with its live per-arm figures and its verdict history.
-    pub async fn status(&self, name: &str) -> Result<Value, RolloutError> {
-        let def = self.def(name)?;
-        let p = self.progress(name).await?;
-        self.collect(&def);
-        let live = self
-            .pending
-            .lock()
-            .ok()
-            .and_then(|g| g.get(name).cloned())
-            .unwrap_or_default();
-        let verdicts: Vec<Value> = self
-            .store
-            .verdicts(name, HISTORY)
-            .await?
-            .into_iter()
-            .map(|v| {
-                json!({
-                    "at": v.at, "outcome": v.outcome, "state": v.state, "weight": v.weight,
-                    "detail": serde_json::from_str::<Value>(&v.detail).unwrap_or(Value::Null),
-                })
-            })
-            .collect();
-        let mut out = self.summary(&def, &p);
-        out["arms"] =
-            json!({"stable": figures(&live.stable), "candidate": figures(&live.candidate)});
-        out["analysis"] = json!({"interval_ms": def.interval_ms, "criteria": def.criteria});
-        out["verdicts"] = json!(verdicts);
-        Ok(out)
-    }
 }
 
 /// Whether the judge compares the arms in this state (progressing, or in a blue-green
 /// rollback window).
 fn judged(p: &Progress) -> bool {
     p.state == State::Progressing || (p.state == State::Promoted && p.window_until_ms.is_some())
-}
-
-/// An arm's figures for the API (this instance's view of the window being collected).
-fn figures(w: &ArmWindow) -> Value {
-    let n = w.requests.max(1) as f64;
-    json!({
-        "requests": w.requests,
-        "errors": w.errors,
-        "error_rate": w.errors as f64 / n,
-        "latency_p95_ms": w.latency.quantile(0.95),
-        "ttft_p95_ms": w.ttft.quantile(0.95),
-        "cost_per_request_usd": w.cost / n,
-    })
-}
-
-/// One stored or posted `[[rollouts]]` entry (JSON or TOML text).
-fn parse_definition(text: &str) -> Result<Rollout, String> {
-    let text = match serde_json::from_str::<Value>(text) {
-        Ok(v) => toml::to_string(&v).map_err(|e| e.to_string())?,
-        Err(_) => text.to_owned(),
-    };
-    pylon_config::parse_rollout(&text)
 }
