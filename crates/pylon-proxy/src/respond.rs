@@ -101,8 +101,12 @@ pub(crate) async fn complete(
             _ if call.api == Api::Responses => responses::usage_of(&buf),
             _ => openai::usage_of(&buf),
         };
-        if let (Some(k), Ok(v)) = (keep, serde_json::from_slice(&buf)) {
-            k.put(v);
+        // Parsed only for a Responses call that is stored: a tuple pattern would parse every
+        // passthrough answer into a tree and throw it away.
+        if let Some(k) = keep {
+            if let Ok(v) = serde_json::from_slice(&buf) {
+                k.put(v);
+            }
         }
         (Bytes::from(buf), usage)
     } else if call.api == Api::Embeddings {

@@ -291,6 +291,7 @@ impl Workers {
                 .spawn(move || {
                     crate::worker::set_index(i);
                     runtime.block_on(async move {
+                        tokio::spawn(keep_timer_near());
                         let served = match tokio::net::TcpListener::from_std(listener) {
                             Ok(listener) => {
                                 let stopped = async move {
@@ -330,6 +331,19 @@ impl Workers {
     /// Lets the worker threads end once background work they hold has been drained.
     pub fn release(self) {
         let _ = self.release.send(true);
+    }
+}
+
+/// Ticks every second for as long as the worker runs. Tokio wakes its driver (an eventfd write
+/// and one more `epoll_wait`) whenever a timer is registered earlier than the driver's next
+/// planned wake-up; without a near timer that is the connection pool's idle timer, a minute or
+/// more away, so every request's own timeouts (seconds away) paid that at low concurrency. A
+/// tick nearer than any request's timeout keeps the planned wake-up ahead of them.
+async fn keep_timer_near() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

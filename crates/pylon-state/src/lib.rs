@@ -229,7 +229,9 @@ impl Limiter {
             return Ok((Verdict::Allowed(Vec::new()), Origin::Local));
         }
         if let Some(r) = self.redis_usable() {
-            match self.timed("admit", r.admit(a)).await {
+            // Boxed: inline, the Redis round trip's future (over a kilobyte) sat in every
+            // request's future, copied at each move, also where limits are local.
+            match self.timed("admit", Box::pin(r.admit(a))).await {
                 Ok(v) => {
                     self.mark(Ok(()));
                     return Ok((v, Origin::Redis));

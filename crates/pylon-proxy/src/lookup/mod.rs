@@ -53,7 +53,8 @@ pub(crate) async fn phase(
         return Lookup::Bypass;
     };
     let step_start = gw.tracer.is_some().then(std::time::SystemTime::now);
-    let found = lookup(cache, policy, call, request_headers, record).await;
+    // Boxed: the lookup's future (3 KB) inline sat in every request's future, cached or not.
+    let found = Box::pin(lookup(cache, policy, call, request_headers, record)).await;
     record.step("cache", step_start, None);
     if let (Some(r), false) = (record.cache, matches!(found, Lookup::Hit(_))) {
         headers.push((
