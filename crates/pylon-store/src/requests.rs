@@ -60,9 +60,37 @@ const COLUMNS: &str = "at_ms, request_id, key_id, user_id, team_id, route, model
     error_class, error, latency_ms, ttft_ms, input_tokens, output_tokens, cost_usd, cache, attempts, fallback, stream, trace_id, \
     cache_similarity, cache_matched, cache_entry, cache_question";
 const NCOL: usize = 27;
-/// Rows per INSERT statement: well under SQLite's limit of bound parameters, and small enough
-/// that binding one never holds a runtime worker for long (each statement is an await).
-const CHUNK: usize = 64;
+/// Rows per INSERT statement, largest first. Few large statements keep the round trips to the
+/// SQLite thread (each a wake-up of two threads) few; 512 rows stay well under either
+/// backend's limit of bound parameters, and binding them holds a control-plane worker for well
+/// under a millisecond. Every size is kept prepared, so a remainder never re-parses thousands
+/// of parameters.
+const CHUNKS: [usize; 4] = [512, 64, 8, 1];
+
+/// `INSERT INTO requests` with `rows` rows of parameters.
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO requests ({COLUMNS}) VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for c in 0..NCOL {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            // SQLite resolves a named parameter (`$n`) by scanning every name in the
+            // statement: thousands of them made each batch quadratic (a third of the
+            // gateway's CPU under load). Anonymous `?` binds in order.
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    use std::fmt::Write;
+                    let _ = write!(sql, "${}", i * NCOL + c + 1);
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
 
 /// Which requests to list.
 #[derive(Debug, Clone, Default)]
@@ -296,27 +324,19 @@ impl Store {
         }
         let mut tx = self.bulk.begin().await?;
         if rows_too {
-            for chunk in batch.chunks(CHUNK) {
-                let mut sql = format!("INSERT INTO requests ({COLUMNS}) VALUES ");
-                for i in 0..chunk.len() {
-                    sql.push_str(if i == 0 { "(" } else { ", (" });
-                    for c in 0..NCOL {
-                        if c > 0 {
-                            sql.push_str(", ");
-                        }
-                        // SQLite resolves a named parameter (`$n`) by scanning every name in
-                        // the statement: thousands of them made each batch quadratic (a third
-                        // of the gateway's CPU under load). Anonymous `?` binds in order.
-                        match self.backend {
-                            Backend::Sqlite => sql.push('?'),
-                            Backend::Postgres => sql.push_str(&format!("${}", i * NCOL + c + 1)),
-                        }
-                    }
-                    sql.push(')');
-                }
-                // Only the full-size statement is worth keeping prepared; a cached statement
-                // per odd remainder size would hold thousands of parameters each.
-                let mut q = sqlx::query(&sql).persistent(chunk.len() == CHUNK);
+            let mut sql: [Option<String>; CHUNKS.len()] = Default::default();
+            let mut rest = batch;
+            while !rest.is_empty() {
+                // The largest statement size that fits: a batch of n rows takes at most a
+                // few statements of each size, and each size stays prepared.
+                let k = CHUNKS
+                    .iter()
+                    .position(|&n| n <= rest.len())
+                    .unwrap_or(CHUNKS.len() - 1);
+                let (chunk, tail) = rest.split_at(CHUNKS[k].min(rest.len()));
+                rest = tail;
+                let sql = sql[k].get_or_insert_with(|| insert_sql(self.backend, chunk.len()));
+                let mut q = sqlx::query(sql.as_str());
                 for r in chunk {
                     q = bind_row(q, r);
                 }

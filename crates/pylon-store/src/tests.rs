@@ -193,6 +193,7 @@ async fn suite(store: Store) {
     assert!((teams[&t.id] - 1.0).abs() < 1e-9, "{teams:?}");
     request_log(&store).await;
     semantic_audit(&store).await;
+    large_batches(&store).await;
     rollouts(&store).await;
     flags(&store).await;
     acme(&store).await;
@@ -451,6 +452,42 @@ async fn semantic_audit(store: &Store) {
     assert_eq!(store.semantic_hit("sem-hit").await.unwrap(), Some(hit));
     assert_eq!(store.semantic_hit("plain").await.unwrap(), None);
     assert_eq!(store.semantic_hit("nothing").await.unwrap(), None);
+}
+
+/// Batches larger than one INSERT statement, and remainders of every statement size, land whole.
+async fn large_batches(store: &Store) {
+    let day = 86_400_000;
+    let since = 40 * day;
+    let rows: Vec<_> = (0..677)
+        .map(|i| row(since + i, &format!("big{i}"), "big", 200))
+        .collect();
+    // 600 = 512 + 64 + 3 × 8; 77 = 64 + 8 + 5 × 1.
+    let (first, second) = rows.split_at(600);
+    store.record_requests(first, true).await.unwrap();
+    store.record_requests(second, true).await.unwrap();
+    let back = store
+        .requests(&crate::RequestFilter {
+            since_ms: Some(since),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(back.len(), rows.len());
+    let mut ids: Vec<_> = back.iter().map(|r| r.request_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), rows.len(), "no row twice");
+    assert_eq!(
+        back[0], rows[676],
+        "the last row of a remainder round-trips"
+    );
+    assert_eq!(back[676], rows[0]);
+    let total = store
+        .usage_report(&[], crate::Bucket::All, since / 1000, (since + day) / 1000)
+        .await
+        .unwrap();
+    assert_eq!(total[0].requests, 677);
 }
 
 fn row(at_ms: i64, id: &str, key: &str, status: i64) -> crate::RequestRow {
