@@ -3,6 +3,7 @@
 //! concurrency 1, and CPU per request for 4 KiB and 64 KiB prompts with a tokens-per-minute
 //! limit on.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use bytes::Bytes;
 
 use crate::load::{self, Endpoint};
 use crate::procs::{self, wait_ready};
-use crate::procs::{cpu_seconds, rss_mib};
+use crate::procs::{cpu_seconds, rss_mib, thread_cpu_seconds};
 use crate::{create_key, free_port, Args, SpawnPylon};
 
 /// One proxy under test: its endpoint and the process to measure (`None`: the mock itself).
@@ -57,6 +58,7 @@ pub async fn run(
         )
         .await;
         let cpu0 = v.pid.map(cpu_seconds);
+        let threads0 = v.pid.map(thread_cpu_seconds);
         let load = {
             let (client, to, body) = (client.clone(), v.to.clone(), body.clone());
             tokio::spawn(async move { load::closed_loop(&client, &to, body, concurrency, d).await })
@@ -86,9 +88,35 @@ pub async fn run(
             rss.map_or("-".to_owned(), |r| format!("{r:.1}")),
             o.errors
         );
+        if let (Some(pid), Some(before), true) = (v.pid, threads0, v.name.starts_with("pylon")) {
+            print_threads(&before, &thread_cpu_seconds(pid), o.ok.max(1));
+        }
         out.push((v.name, o.p(0.5), o.p(0.99), cpu));
     }
     out
+}
+
+/// Pylon's CPU per request by thread group: the background threads' share is measured far more
+/// precisely this way than as a difference of two noisy totals.
+fn print_threads(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, requests: u64) {
+    let mut parts: Vec<(f64, String)> = after
+        .iter()
+        .map(|(name, s)| {
+            let us = (s - before.get(name).copied().unwrap_or(0.0)) / requests as f64 * 1e6;
+            let label = match name.as_str() {
+                "pylon-worker" => "data plane",
+                "tokio-rt-worker" => "control plane (ledger)",
+                "sqlx-sqlite-wor" => "SQLite",
+                "pylon-log" => "log writer",
+                other => other,
+            };
+            (us, format!("{label} {us:.1}"))
+        })
+        .filter(|(us, _)| *us >= 0.05)
+        .collect();
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let parts: Vec<String> = parts.into_iter().map(|(_, p)| p).collect();
+    println!("  {:<14} by thread, CPU µs/req: {}", "", parts.join(", "));
 }
 
 /// Prints each proxy's figure against the direct and nginx rows of the same table; returns

@@ -47,8 +47,33 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     total / ticks
 }
 
+/// CPU seconds of a process's threads, summed by thread name without its number
+/// (`pylon-worker-0` and `pylon-worker-1` are one entry). A thread that ended is not counted.
+pub fn thread_cpu_seconds(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.filter_map(Result::ok) {
+        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
+            continue;
+        };
+        let name = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .trim_end_matches('-');
+        *out.entry(name.to_owned()).or_default() += stat_ticks(&t.path().join("stat")) / 100.0;
+    }
+    out
+}
+
 fn own_ticks(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_ticks(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// utime + stime in clock ticks from a `stat` file of /proc.
+fn stat_ticks(path: &Path) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
