@@ -1,15 +1,16 @@
-//! The mock's HTTP surface: one handler per wire format, plus its control endpoints.
+//! The mock's HTTP surface: its routes, the OpenAI handlers, the control endpoints, and what
+//! every wire format shares (admission of a request by the behaviour, delayed JSON, SSE).
+//! Anthropic's and Gemini's handlers are in their own modules.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
-use pylon_types::anthropic::{self as an, Block, BlockDelta, MessagesResponse, StreamEvent};
 use serde_json::{json, Value};
 
 use super::script::{embedding, text_of, Script};
@@ -23,10 +24,13 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/responses", post(openai_responses))
         .route("/v1/completions", post(openai_completions))
-        .route("/v1/messages/count_tokens", post(anthropic_count_tokens))
+        .route(
+            "/v1/messages/count_tokens",
+            post(super::anthropic::anthropic_count_tokens),
+        )
         .route("/v1/models", get(models))
-        .route("/v1/messages", post(anthropic_messages))
-        .route("/v1beta/models/{*rest}", post(gemini))
+        .route("/v1/messages", post(super::anthropic::anthropic_messages))
+        .route("/v1beta/models/{*rest}", post(super::gemini::gemini))
         .route("/mock/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/mock/stats", get(stats))
         .route("/mock/reset", post(reset))
@@ -346,39 +350,6 @@ pub(super) async fn openai_completions(
     sse_response(m, b, frames)
 }
 
-/// `POST /v1/messages/count_tokens`: a quarter of the messages' text, at least one.
-async fn anthropic_count_tokens(
-    State(m): State<Arc<Mock>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let b = match admit(
-        &m,
-        Wire::Anthropic,
-        "/v1/messages/count_tokens",
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("malformed JSON");
-    };
-    let Some(messages) = req["messages"].as_array() else {
-        return bad_request("messages: Field required");
-    };
-    let chars: usize = messages.iter().map(|m| text_of(&m["content"]).len()).sum();
-    json_after(
-        &m,
-        &b,
-        json!({"input_tokens": (chars as u64).div_ceil(4).max(1)}),
-    )
-    .await
-}
-
 /// `POST /v1/responses`: the same script, in the Responses API's shapes. It keeps nothing, so
 /// a `previous_response_id` it is sent is unknown to it, as to OpenAI for another's ids.
 pub(super) async fn openai_responses(
@@ -488,254 +459,7 @@ pub(super) async fn openai_embeddings(
     json_after(&m, &b, body).await
 }
 
-async fn anthropic_messages(
-    State(m): State<Arc<Mock>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let b = match admit(&m, Wire::Anthropic, "/v1/messages", &headers, &body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("malformed JSON");
-    };
-    let Some(messages) = req["messages"].as_array() else {
-        return bad_request("messages required");
-    };
-    if req["max_tokens"].as_u64().is_none() {
-        return bad_request("max_tokens: Field required");
-    }
-    let last = messages.last();
-    let last_is_tool_result = last.is_some_and(|m| {
-        m["content"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
-    });
-    let last_user = messages
-        .iter()
-        .rev()
-        .find(|m| m["role"] == "user")
-        .map(|m| text_of(&m["content"]))
-        .unwrap_or_default();
-    let tool = req["tools"][0]["name"]
-        .as_str()
-        .filter(|_| !last_is_tool_result)
-        .map(str::to_owned);
-    let chars = messages
-        .iter()
-        .map(|m| text_of(&m["content"]).len())
-        .sum::<usize>()
-        + text_of(&req["system"]).len();
-    let s = Script::new(
-        req["model"].as_str().unwrap_or("mock"),
-        &last_user,
-        tool,
-        chars,
-        &b,
-    );
-    let (content, stop) = match &s.tool {
-        Some((name, args)) => (
-            vec![Block::ToolUse {
-                id: "toolu_0".into(),
-                name: name.clone(),
-                input: serde_json::from_str(args).unwrap_or_default(),
-            }],
-            "tool_use",
-        ),
-        None => (vec![Block::text(s.text())], "end_turn"),
-    };
-    let message = |content: Vec<Block>, stop: Option<&str>, out: u64| MessagesResponse {
-        id: "msg_mock".into(),
-        kind: "message".into(),
-        role: "assistant".into(),
-        model: s.model.clone(),
-        content,
-        stop_reason: stop.map(str::to_owned),
-        stop_sequence: None,
-        usage: an::Usage {
-            input_tokens: s.input_tokens,
-            output_tokens: out,
-            cache_read_input_tokens: b.cache_read_tokens,
-            ..an::Usage::default()
-        },
-    };
-    if req["stream"].as_bool() != Some(true) {
-        let body =
-            serde_json::to_value(message(content, Some(stop), s.output_tokens)).unwrap_or_default();
-        return json_after(&m, &b, body).await;
-    }
-    let mut events = vec![StreamEvent::MessageStart {
-        message: message(Vec::new(), None, 1),
-    }];
-    match &s.tool {
-        Some((name, args)) => {
-            events.push(StreamEvent::ContentBlockStart {
-                index: 0,
-                content_block: Block::ToolUse {
-                    id: "toolu_0".into(),
-                    name: name.clone(),
-                    input: json!({}),
-                },
-            });
-            for piece in args.as_bytes().chunks(8) {
-                let partial_json = String::from_utf8_lossy(piece).into_owned();
-                events.push(StreamEvent::ContentBlockDelta {
-                    index: 0,
-                    delta: BlockDelta::InputJsonDelta { partial_json },
-                });
-            }
-        }
-        None => {
-            events.push(StreamEvent::ContentBlockStart {
-                index: 0,
-                content_block: Block::text(""),
-            });
-            events.push(StreamEvent::Ping);
-            for p in &s.pieces {
-                events.push(StreamEvent::ContentBlockDelta {
-                    index: 0,
-                    delta: BlockDelta::TextDelta { text: p.clone() },
-                });
-            }
-        }
-    }
-    events.push(StreamEvent::ContentBlockStop { index: 0 });
-    events.push(StreamEvent::MessageDelta {
-        delta: an::MessageDelta {
-            stop_reason: Some(stop.into()),
-            stop_sequence: None,
-        },
-        usage: an::Usage {
-            input_tokens: 0,
-            output_tokens: s.output_tokens,
-            ..an::Usage::default()
-        },
-    });
-    events.push(StreamEvent::MessageStop);
-    let frames = events
-        .iter()
-        .map(|e| {
-            frame(
-                Some(e.name()),
-                &serde_json::to_string(e).unwrap_or_default(),
-            )
-        })
-        .collect();
-    sse_response(m, b, frames)
-}
-
-/// `:batchEmbedContents`: one vector per request, of `outputDimensionality` (default 64).
-async fn gemini_embed(m: &Mock, path: &str, headers: &HeaderMap, body: &Bytes) -> Response {
-    let b = match admit(m, Wire::Gemini, path, headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return bad_request("malformed JSON");
-    };
-    let Some(requests) = req["requests"].as_array() else {
-        return bad_request("requests required");
-    };
-    let embeddings: Vec<Value> = requests
-        .iter()
-        .map(|r| {
-            let dims = r["outputDimensionality"]
-                .as_u64()
-                .unwrap_or(64)
-                .clamp(1, 4096) as usize;
-            json!({"values": embedding(&text_of(&r["content"]["parts"]), dims)})
-        })
-        .collect();
-    json_after(m, &b, json!({"embeddings": embeddings})).await
-}
-
-async fn gemini(
-    State(m): State<Arc<Mock>>,
-    Path(rest): Path<String>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let Some((model, action)) = rest.split_once(':') else {
-        return bad_request("expected models/{model}:{action}");
-    };
-    let stream = match action {
-        "generateContent" => false,
-        "streamGenerateContent" => true,
-        "batchEmbedContents" => return gemini_embed(&m, uri.path(), &headers, &body).await,
-        _ => return bad_request("unknown action"),
-    };
-    let b = match admit(
-        &m,
-        Wire::Gemini,
-        // The path as sent (still percent-encoded), so tests see what the gateway built.
-        uri.path(),
-        &headers,
-        &body,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("malformed JSON");
-    };
-    let Some(contents) = req["contents"].as_array() else {
-        return bad_request("contents required");
-    };
-    let parts_text = |c: &Value| text_of(&c["parts"]);
-    let last_user = contents
-        .iter()
-        .rev()
-        .find(|c| c["role"] == "user" && c["parts"][0]["text"].is_string())
-        .map(parts_text)
-        .unwrap_or_default();
-    let last_is_tool_result = contents
-        .last()
-        .is_some_and(|c| c["parts"][0]["functionResponse"].is_object());
-    let tool = req["tools"][0]["functionDeclarations"][0]["name"]
-        .as_str()
-        .filter(|_| !last_is_tool_result)
-        .map(str::to_owned);
-    let chars = contents.iter().map(|c| parts_text(c).len()).sum();
-    let s = Script::new(model, &last_user, tool, chars, &b);
-    let usage = json!({"promptTokenCount": s.input_tokens, "candidatesTokenCount": s.output_tokens, "totalTokenCount": s.input_tokens + s.output_tokens});
-    let candidate = |parts: Value, finish: Option<&str>| {
-        let mut c = json!({"content": {"role": "model", "parts": parts}, "index": 0});
-        if let Some(f) = finish {
-            c["finishReason"] = json!(f);
-        }
-        c
-    };
-    let tool_parts = s.tool.as_ref().map(|(name, args)| {
-        json!([{"functionCall": {"name": name, "args": serde_json::from_str::<Value>(args).unwrap_or_default()}}])
-    });
-    if !stream {
-        let parts = tool_parts.unwrap_or_else(|| json!([{"text": s.text()}]));
-        // Unique per answer, as Gemini's are (tool-call ids are made from it).
-        let id = format!("mock{}", m.stats().requests);
-        let body = json!({"candidates": [candidate(parts, Some("STOP"))], "usageMetadata": usage, "modelVersion": model, "responseId": id});
-        return json_after(&m, &b, body).await;
-    }
-    let mut events: Vec<Value> = match tool_parts {
-        Some(parts) => vec![json!({"candidates": [candidate(parts, None)]})],
-        None => s
-            .pieces
-            .iter()
-            .map(|p| json!({"candidates": [candidate(json!([{"text": p}]), None)]}))
-            .collect(),
-    };
-    events.push(json!({"candidates": [candidate(json!([{"text": ""}]), Some("STOP"))], "usageMetadata": usage, "modelVersion": model}));
-    let frames = events
-        .iter()
-        .map(|e| Bytes::from(format!("data: {e}\r\n\r\n")))
-        .collect();
-    sse_response(m, b, frames)
-}
-
-fn frame(name: Option<&str>, data: &str) -> Bytes {
+pub(super) fn frame(name: Option<&str>, data: &str) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 32);
     sse::write(&mut out, name, data);
     Bytes::from(out)

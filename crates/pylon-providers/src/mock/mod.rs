@@ -4,7 +4,9 @@
 //! delay between chunks, error status and rate, dropped connections) is steered in-process through
 //! [`Mock::set`] or over HTTP with `PUT /mock/behaviour`; `GET /mock/stats` reports what it saw.
 
+mod anthropic;
 mod cloud;
+mod gemini;
 mod handlers;
 mod script;
 
