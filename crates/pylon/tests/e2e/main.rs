@@ -7,6 +7,7 @@ mod accounting;
 mod acme;
 mod alerts;
 mod alerts_by;
+mod alerts_rules;
 mod app_routes;
 mod cache;
 mod cloud;
