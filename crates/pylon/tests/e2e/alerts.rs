@@ -294,11 +294,7 @@ routes = [ {{ matchers = {{ severity = "critical" }}, receiver = "am", continue 
 async fn a_firing_alert_aborts_a_running_canary() {
     let stable = MockServer::start().await;
     let candidate = MockServer::start().await;
-    candidate.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    candidate.fail_every_request();
     let rules = format!(
         r#"
 [[providers]]
@@ -360,11 +356,7 @@ rollout = {{ name = "chat-v2", action = "abort" }}
 async fn a_silence_and_an_acknowledgement_hold_notifications_until_they_end() {
     let (hook, seen) = webhook_receiver(StatusCode::OK).await;
     let mock = MockServer::start().await;
-    mock.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    mock.fail_every_request();
     let rules = format!(
         r#"
 [[alerts]]
@@ -476,11 +468,7 @@ async fn an_unacknowledged_alert_escalates_step_by_step() {
     let (chat, chat_seen) = webhook_receiver(StatusCode::OK).await;
     let (pager, pager_seen) = webhook_receiver(StatusCode::OK).await;
     let mock = MockServer::start().await;
-    mock.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    mock.fail_every_request();
     let rules = format!(
         r#"
 [[alerts]]

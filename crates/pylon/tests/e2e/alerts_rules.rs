@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use pylon_providers::mock::Behaviour;
 use serde_json::{json, Value};
 
 use crate::alerts::{alert, config, traffic, wait_until, TOKEN};
@@ -85,11 +84,7 @@ async fn a_rule_is_backtested_from_a_csv_and_from_stored_history() {
     )
     .await;
     assert_eq!(status, 400, "{v}");
-    mock.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    mock.fail_every_request();
     for _ in 0..4 {
         gw.chat(hello("chat")).await;
     }
@@ -125,11 +120,7 @@ async fn a_rule_is_backtested_from_a_csv_and_from_stored_history() {
 async fn the_evaluator_sees_every_instances_traffic() {
     let (admin, base, schema) = pg_schema().await;
     let mock = MockServer::start().await;
-    mock.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    mock.fail_every_request();
     let redis =
         std::env::var("PYLON_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let name = format!("down-{}", uuid::Uuid::new_v4().simple());
@@ -288,11 +279,7 @@ async fn a_rule_made_through_the_api_is_checked_evaluated_and_forgotten() {
     assert_eq!(v["made_by"], "admin");
     let (status, _) = admin_post(&gw, TOKEN, path, &rule).await;
     assert_eq!(status, 409);
-    mock.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    mock.fail_every_request();
     let load = traffic(&gw);
     let fired = wait_until(Duration::from_secs(20), || async {
         alert(&gw, "made").await["state"] == "firing"
@@ -318,11 +305,7 @@ async fn a_rule_made_through_the_api_is_checked_evaluated_and_forgotten() {
 async fn a_receiver_that_stays_down_is_reported_through_another() {
     let (hook, seen) = webhook_receiver(StatusCode::OK).await;
     let mock = MockServer::start().await;
-    mock.set(Behaviour {
-        error_status: Some(500),
-        error_rate: 1.0,
-        ..Behaviour::default()
-    });
+    mock.fail_every_request();
     let rules = format!(
         r#"
 [[alerts]]

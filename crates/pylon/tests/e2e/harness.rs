@@ -26,6 +26,15 @@ impl MockServer {
         self.mock.set(b);
     }
 
+    /// Every request answered with a 500: a provider that is down.
+    pub fn fail_every_request(&self) {
+        self.set(Behaviour {
+            error_status: Some(500),
+            error_rate: 1.0,
+            ..Behaviour::default()
+        });
+    }
+
     pub fn stats(&self) -> Stats {
         self.mock.stats()
     }
