@@ -1,6 +1,6 @@
 //! Alerts: each rule's current alert and the history of what happened to it.
 
-use crate::{get, Store, StoreError};
+use crate::{get, nullable_f64, Store, StoreError};
 
 /// A rule's current alert.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +96,7 @@ impl Store {
 
     pub async fn put_alert(&self, a: &AlertRow) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO alerts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            "INSERT INTO alerts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULLIF($6, 'NaN'), $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (name) DO UPDATE SET state = excluded.state, severity = excluded.severity, \
              labels = excluded.labels, annotations = excluded.annotations, value = excluded.value, \
              active_since = excluded.active_since, firing_since = excluded.firing_since, \
@@ -108,7 +108,7 @@ impl Store {
         .bind(&a.severity)
         .bind(&a.labels)
         .bind(&a.annotations)
-        .bind(a.value)
+        .bind(nullable_f64(a.value))
         .bind(a.active_since)
         .bind(a.firing_since)
         .bind(a.resolved_at)

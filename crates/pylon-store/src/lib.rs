@@ -153,6 +153,15 @@ fn conflict(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
     }
 }
 
+/// A nullable float as a bound parameter: NaN stands for NULL, and the SQL reads it back through
+/// `NULLIF(param, 'NaN')` (SQLite stores a bound NaN as NULL by itself). sqlx 0.8's `Any`
+/// driver binds a `None` f64 as a PostgreSQL `float4` NULL (its Real/Double mapping is swapped),
+/// and a statement prepared with that type then rejects the eight bytes of a later `Some`: a
+/// key without a budget made every later key with one fail on that connection.
+fn nullable_f64(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NAN)
+}
+
 fn get<T>(row: &AnyRow, col: &str) -> Result<T, StoreError>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,

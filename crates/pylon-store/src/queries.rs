@@ -3,8 +3,8 @@
 use sqlx::any::AnyRow;
 
 use crate::{
-    conflict, get, ApiKey, Budget, Credential, GroupBy, Limits, Store, StoreError, Team,
-    UsageDelta, UsageRow, User,
+    conflict, get, nullable_f64, ApiKey, Budget, Credential, GroupBy, Limits, Store, StoreError,
+    Team, UsageDelta, UsageRow, User,
 };
 
 fn budget_of(row: &AnyRow) -> Result<Option<Budget>, StoreError> {
@@ -82,7 +82,7 @@ fn insert_key_query(k: &ApiKey) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::
         .bind(k.limits.rpm)
         .bind(k.limits.tpm)
         .bind(k.limits.max_concurrent)
-        .bind(k.budget.map(|b| b.amount_usd))
+        .bind(nullable_f64(k.budget.map(|b| b.amount_usd)))
         .bind(k.budget.map(|b| b.period.as_str()))
         .bind(k.metadata.to_string())
         .bind(k.expires_at)
@@ -94,7 +94,7 @@ fn insert_key_query(k: &ApiKey) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::
 
 const INSERT_KEY: &str = "INSERT INTO api_keys (id, hash, prefix, name, team_id, user_id, allowed_models, rpm, tpm, max_concurrent, \
      budget_usd, budget_period, metadata, expires_at, revoked_at, replaced_by, created_at, scopes) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULLIF($11, 'NaN'), $12, $13, $14, $15, $16, $17, $18)";
 
 const KEY_COLUMNS: &str =
     "id, hash, prefix, name, team_id, user_id, allowed_models, rpm, tpm, max_concurrent, \
@@ -105,13 +105,13 @@ impl Store {
     pub async fn create_team(&self, t: &Team) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO teams (id, name, rpm, tpm, budget_usd, budget_period, metadata, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, NULLIF($5, 'NaN'), $6, $7, $8)",
         )
         .bind(&t.id)
         .bind(&t.name)
         .bind(t.limits.rpm)
         .bind(t.limits.tpm)
-        .bind(t.budget.map(|b| b.amount_usd))
+        .bind(nullable_f64(t.budget.map(|b| b.amount_usd)))
         .bind(t.budget.map(|b| b.period.as_str()))
         .bind(t.metadata.to_string())
         .bind(t.created_at)

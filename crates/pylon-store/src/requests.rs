@@ -8,7 +8,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::Any;
 
-use crate::{get, Backend, Store, StoreError};
+use crate::{get, nullable_f64, Backend, Store, StoreError};
 
 /// One request as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -69,12 +69,21 @@ const CHUNKS: [usize; 4] = [512, 64, 8, 1];
 
 /// `INSERT INTO requests` with `rows` rows of parameters.
 fn insert_sql(backend: Backend, rows: usize) -> String {
+    use std::fmt::Write;
+    // The nullable floats arrive as NaN for NULL (see `nullable_f64`).
+    let nullable: Vec<bool> = COLUMNS
+        .split(',')
+        .map(|c| matches!(c.trim(), "ttft_ms" | "cache_similarity"))
+        .collect();
     let mut sql = format!("INSERT INTO requests ({COLUMNS}) VALUES ");
     for i in 0..rows {
         sql.push_str(if i == 0 { "(" } else { ", (" });
-        for c in 0..NCOL {
+        for (c, &nullable) in nullable.iter().enumerate() {
             if c > 0 {
                 sql.push_str(", ");
+            }
+            if nullable {
+                sql.push_str("NULLIF(");
             }
             // SQLite resolves a named parameter (`$n`) by scanning every name in the
             // statement: thousands of them made each batch quadratic (a third of the
@@ -82,9 +91,11 @@ fn insert_sql(backend: Backend, rows: usize) -> String {
             match backend {
                 Backend::Sqlite => sql.push('?'),
                 Backend::Postgres => {
-                    use std::fmt::Write;
                     let _ = write!(sql, "${}", i * NCOL + c + 1);
                 }
+            }
+            if nullable {
+                sql.push_str(", 'NaN')");
             }
         }
         sql.push(')');
@@ -242,7 +253,7 @@ fn bind_row<'q>(
         .bind(r.error_class.as_deref())
         .bind(r.error.as_deref())
         .bind(r.latency_ms)
-        .bind(r.ttft_ms)
+        .bind(nullable_f64(r.ttft_ms))
         .bind(r.input_tokens)
         .bind(r.output_tokens)
         .bind(r.cost_usd)
@@ -251,7 +262,7 @@ fn bind_row<'q>(
         .bind(r.fallback.as_deref())
         .bind(i64::from(r.stream))
         .bind(r.trace_id.as_deref())
-        .bind(r.cache_similarity)
+        .bind(nullable_f64(r.cache_similarity))
         .bind(r.cache_matched.as_deref())
         .bind(r.cache_entry.as_deref())
         .bind(r.cache_question.as_deref())

@@ -618,6 +618,100 @@ async fn request_log(store: &Store) {
     assert_eq!(rolled[0].requests, 10, "rollups outlive pruned rows");
 }
 
+/// Every nullable float column takes a NULL and then a value through the same prepared
+/// statement. Calls run one after another, so each cycles through the pool's idle connections and
+/// every one of them prepares its statements with the NULL first (the order that broke on
+/// PostgreSQL when sqlx bound a NULL f64 as `float4`).
+async fn nullable_floats(store: Store) {
+    let alert = |name: String, value| AlertRow {
+        name,
+        state: "firing".into(),
+        severity: "warning".into(),
+        labels: "{}".into(),
+        annotations: "{}".into(),
+        value,
+        active_since: None,
+        firing_since: None,
+        resolved_at: None,
+        acked_by: None,
+        acked_until: None,
+        updated_at: 1,
+    };
+    let budget = Budget {
+        amount_usd: 2.5,
+        period: Period::Daily,
+    };
+    for round in 0..2 {
+        let with = round == 1;
+        for i in 0..6 {
+            let name = format!("nf-{round}-{i}");
+            let mut t = team(&name);
+            t.budget = with.then_some(budget);
+            store.create_team(&t).await.unwrap();
+            assert_eq!(store.team(&t.id).await.unwrap().budget, t.budget);
+            let mut k = key(&name, None, &name);
+            k.budget = with.then_some(budget);
+            store.insert_key(&k).await.unwrap();
+            assert_eq!(store.key(&k.id).await.unwrap().budget, k.budget);
+            let a = alert(name.clone(), with.then_some(0.5));
+            store.put_alert(&a).await.unwrap();
+            assert_eq!(store.alert(&name).await.unwrap(), Some(a));
+            let mut r = row(i, &name, "nf", 200);
+            r.ttft_ms = with.then_some(7.5);
+            r.cache_similarity = with.then_some(0.93);
+            store.record_requests(&[r.clone()], true).await.unwrap();
+            let back = store
+                .requests(&crate::RequestFilter {
+                    key_id: Some("nf".into()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(back.iter().find(|b| b.request_id == name), Some(&r));
+        }
+    }
+    // A restore inserts a large table in same-shaped statements: NULLs in the first, values in
+    // the next (1,111 request rows per statement).
+    let bulk: Vec<_> = (0..2_400)
+        .map(|i| {
+            let mut r = row(1_000 + i, &format!("nf-bulk{i}"), "nf-bulk", 200);
+            r.ttft_ms = (i >= 1_200).then_some(1.5);
+            r
+        })
+        .collect();
+    store.record_requests(&bulk, true).await.unwrap();
+    let file = std::env::temp_dir().join(format!("pylon-nf-{}.tar.gz", uuid::Uuid::new_v4()));
+    store.backup(&file).await.unwrap();
+    store.restore(&file, true).await.unwrap();
+    let _ = std::fs::remove_file(&file);
+    let back = store
+        .requests(&crate::RequestFilter {
+            key_id: Some("nf-bulk".into()),
+            limit: 5_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 2_400);
+    assert_eq!(
+        back.iter().filter(|r| r.ttft_ms == Some(1.5)).count(),
+        1_200
+    );
+}
+
+#[tokio::test]
+async fn sqlite_nullable_floats() {
+    let dir = std::env::temp_dir().join(format!("pylon-store-{}", uuid::Uuid::new_v4()));
+    nullable_floats(Store::open_sqlite(&dir).await.unwrap()).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn postgres_nullable_floats() {
+    with_postgres(nullable_floats).await;
+}
+
 #[tokio::test]
 async fn sqlite_suite() {
     let dir = std::env::temp_dir().join(format!("pylon-store-{}", uuid::Uuid::new_v4()));
@@ -634,6 +728,15 @@ async fn sqlite_suite() {
 /// when it is unreachable.
 #[tokio::test]
 async fn postgres_suite() {
+    with_postgres(|store| async move {
+        assert_eq!(store.backend(), Backend::Postgres);
+        suite(store).await;
+    })
+    .await;
+}
+
+/// Runs `test` on a store in a schema of its own, dropped afterwards.
+async fn with_postgres<F: std::future::Future<Output = ()>>(test: impl FnOnce(Store) -> F) {
     let base = std::env::var("PYLON_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
@@ -646,9 +749,7 @@ async fn postgres_suite() {
         .await
         .unwrap();
     let url = format!("{base}?options=-c%20search_path%3D{schema}");
-    let store = Store::connect(&url).await.unwrap();
-    assert_eq!(store.backend(), Backend::Postgres);
-    suite(store).await;
+    test(Store::connect(&url).await.unwrap()).await;
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await

@@ -419,7 +419,9 @@ async fn insert(
         }
         sql.push(')');
     }
-    let mut q = sqlx::query(&sql);
+    // Not kept prepared: a restore runs each statement shape a few times, and a cached one would
+    // carry the parameter types of its first rows (sqlx types a NULL f64 as `float4`).
+    let mut q = sqlx::query(&sql).persistent(false);
     for row in rows {
         for (i, _, ty) in cols {
             let v = row.get(*i).unwrap_or(&serde_json::Value::Null);
