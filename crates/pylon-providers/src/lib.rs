@@ -8,6 +8,7 @@ pub mod assemble;
 pub mod bedrock;
 pub mod embeddings;
 pub mod gemini;
+mod json;
 pub mod mock;
 pub mod openai;
 #[cfg(test)]

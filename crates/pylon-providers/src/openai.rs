@@ -192,10 +192,13 @@ struct UsageOnly {
     usage: Option<UsageWithDetails>,
 }
 
+/// `usage` with its fields spelled out: `#[serde(flatten)]` buffered every field into a map
+/// first, a third of the cost of reading a response's usage.
 #[derive(Deserialize)]
 struct UsageWithDetails {
-    #[serde(flatten)]
-    usage: Usage,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
 }
@@ -209,9 +212,21 @@ struct PromptDetails {
 /// The `usage` of a response body or stream chunk, if it carries one (with the prompt tokens
 /// read from the provider's cache).
 pub fn usage_of(json: &[u8]) -> Option<Usage> {
-    let u = serde_json::from_slice::<UsageOnly>(json).ok()?.usage?;
+    let u = match crate::json::top_level_value(json, b"usage") {
+        Some(value) => {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            Option::<UsageWithDetails>::deserialize(&mut de).ok()?
+        }
+        None => serde_json::from_slice::<UsageOnly>(json).ok()?.usage,
+    }?;
     let cached = u.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
-    Some(u.usage.with_cache(cached, 0))
+    let usage = Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+        ..Usage::default()
+    };
+    Some(usage.with_cache(cached, 0))
 }
 
 /// The body with `stream_options.include_usage` set, so the provider reports a stream's usage

@@ -47,9 +47,14 @@ pub fn usage_of(body: &[u8]) -> Option<pylon_types::openai::Usage> {
     struct UsageOnly {
         usage: pylon_types::anthropic::Usage,
     }
-    serde_json::from_slice::<UsageOnly>(body)
-        .ok()
-        .map(|u| u.usage.to_openai())
+    let usage = match crate::json::top_level_value(body, b"usage") {
+        Some(value) => {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            serde::Deserialize::deserialize(&mut de).ok()?
+        }
+        None => serde_json::from_slice::<UsageOnly>(body).ok()?.usage,
+    };
+    Some(pylon_types::anthropic::Usage::to_openai(usage))
 }
 
 /// The `anthropic-version` header value Pylon speaks.
