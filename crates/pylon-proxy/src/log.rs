@@ -312,10 +312,10 @@ impl Record {
             ($lvl:ident) => {
                 tracing::$lvl!(
                     target: "pylon::request",
-                    request_id = %self.request_id,
+                    request_id = self.request_id.as_str(),
                     trace_id = trace_id.as_deref(),
                     route = self.route,
-                    model = %self.model,
+                    model = self.model.as_str(),
                     key_id = self.key_id.as_deref(),
                     provider = self.provider.as_deref(),
                     served_model = self.served_model.as_deref(),

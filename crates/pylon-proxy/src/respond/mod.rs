@@ -42,17 +42,24 @@ pub(crate) struct Ctx<'a> {
 
 /// `x-pylon-overhead-ms`: Pylon's own time so far (elapsed minus time waiting on providers).
 pub(crate) fn overhead_header(resp: &mut Response, rec: &Record) {
-    use std::io::Write as _;
-    let ms = rec.overhead().as_secs_f64() * 1000.0;
-    // Formatted on the stack: this runs for every answer.
-    let mut buf = [0u8; 24];
-    let mut w = &mut buf[..];
-    if write!(w, "{ms:.3}").is_ok() {
-        let n = 24 - w.len();
-        if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
-            resp.headers_mut().insert(OVERHEAD, v);
-        }
+    if let Ok(v) = HeaderValue::from_str(&millis(rec.overhead())) {
+        resp.headers_mut().insert(OVERHEAD, v);
     }
+}
+
+/// `d` in milliseconds with three decimals (`12.345`), rounded to the microsecond. Integer
+/// printing: float formatting with a precision cost more than the rest of the response's
+/// headers together.
+fn millis(d: std::time::Duration) -> String {
+    let micros = (d.as_nanos() + 500) / 1_000;
+    let mut out = String::with_capacity(16);
+    out.push_str(itoa::Buffer::new().format(micros / 1_000));
+    out.push('.');
+    let frac = (micros % 1_000) as u16;
+    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
+    out
 }
 
 /// Pylon's own time on a request, in milliseconds.
@@ -426,4 +433,20 @@ pub(crate) async fn stream(
         resp.headers_mut().insert("x-pylon-overhead-ms", v);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn overhead_is_milliseconds_with_three_decimals() {
+        let ms = |nanos: u64| super::millis(Duration::from_nanos(nanos));
+        assert_eq!(ms(0), "0.000");
+        assert_eq!(ms(499), "0.000");
+        assert_eq!(ms(500), "0.001");
+        assert_eq!(ms(12_345_678), "12.346");
+        assert_eq!(ms(7_050_000), "7.050");
+        assert_eq!(ms(1_999_999_600), "2000.000");
+    }
 }
