@@ -522,6 +522,18 @@ fn row(at_ms: i64, id: &str, key: &str, status: i64) -> crate::RequestRow {
     }
 }
 
+/// The newest `limit` logged requests of a key.
+async fn of_key(store: &Store, key: &str, limit: i64) -> Vec<crate::RequestRow> {
+    store
+        .requests(&crate::RequestFilter {
+            key_id: Some(key.into()),
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// The request log: rows, rollups, error groups, keyset pages, retention by age and count.
 async fn request_log(store: &Store) {
     let hour = 3_600_000;
@@ -544,14 +556,7 @@ async fn request_log(store: &Store) {
     assert_eq!(rows.len(), 10);
     assert_eq!(rows[0].request_id, "r9", "newest first");
     assert_eq!(rows[0], batch[9], "every field round-trips");
-    let page = store
-        .requests(&crate::RequestFilter {
-            key_id: Some("a".into()),
-            limit: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let page = of_key(store, "a", 2).await;
     assert_eq!(
         page.iter()
             .map(|r| r.request_id.as_str())
@@ -660,14 +665,7 @@ async fn nullable_floats(store: Store) {
             r.ttft_ms = with.then_some(7.5);
             r.cache_similarity = with.then_some(0.93);
             store.record_requests(&[r.clone()], true).await.unwrap();
-            let back = store
-                .requests(&crate::RequestFilter {
-                    key_id: Some("nf".into()),
-                    limit: 100,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            let back = of_key(&store, "nf", 100).await;
             assert_eq!(back.iter().find(|b| b.request_id == name), Some(&r));
         }
     }
@@ -685,14 +683,7 @@ async fn nullable_floats(store: Store) {
     store.backup(&file).await.unwrap();
     store.restore(&file, true).await.unwrap();
     let _ = std::fs::remove_file(&file);
-    let back = store
-        .requests(&crate::RequestFilter {
-            key_id: Some("nf-bulk".into()),
-            limit: 5_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let back = of_key(&store, "nf-bulk", 5_000).await;
     assert_eq!(back.len(), 2_400);
     assert_eq!(
         back.iter().filter(|r| r.ttft_ms == Some(1.5)).count(),
