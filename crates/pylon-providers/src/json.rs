@@ -14,7 +14,7 @@ pub(crate) fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]
                 let mut end = start;
                 // The closing quote is the first one not escaped.
                 loop {
-                    end = quote_or_escape(json, end)?;
+                    end += memchr::memchr2(b'"', b'\\', json.get(end..)?)?;
                     if json[end] == b'"' {
                         break;
                     }
@@ -37,17 +37,6 @@ pub(crate) fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]
         i += 1;
     }
     None
-}
-
-/// Where the next `"` or `\` at or after `from` is. Most strings are short (keys,
-/// ids, roles), where a plain scan beats `memchr`'s set-up; long ones (content) get `memchr`.
-fn quote_or_escape(json: &[u8], from: usize) -> Option<usize> {
-    let rest = json.get(from..)?;
-    let head = rest.len().min(32);
-    if let Some(at) = rest[..head].iter().position(|&b| b == b'"' || b == b'\\') {
-        return Some(from + at);
-    }
-    memchr::memchr2(b'"', b'\\', &rest[head..]).map(|at| from + head + at)
 }
 
 #[cfg(test)]
@@ -75,7 +64,7 @@ mod tests {
             Some("7}")
         );
         assert_eq!(at(r#"{"c":[1,2],"usage":null}"#, "usage"), Some("null}"));
-        // Strings longer than the short scan, with escapes on either side of its end.
+        // Long strings, with an escaped quote and an escaped backslash in them.
         let long = format!(
             r#"{{"c":"{}\"{}\\","usage":3}}"#,
             "x".repeat(31),
