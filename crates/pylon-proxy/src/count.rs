@@ -111,7 +111,7 @@ async fn forward(
         retry_after: None,
     };
     crate::credential::apply(p, &mut req, &body).map_err(unavailable)?;
-    let resp = tokio::time::timeout(p.timeouts.response, p.client.client().request(req))
+    let resp = tokio::time::timeout(p.timeouts.response, p.client.send(req))
         .await
         .map_err(|_| unavailable("timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;

@@ -105,7 +105,7 @@ pub(crate) async fn refresh(p: &Provider) -> Result<(), String> {
         )
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(p.timeouts.response, p.client.client().request(req))
+    let resp = tokio::time::timeout(p.timeouts.response, p.client.send(req))
         .await
         .map_err(|_| "STS did not answer in time".to_owned())?
         .map_err(|e| format!("STS call failed: {e}"))?;

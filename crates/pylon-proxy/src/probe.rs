@@ -35,7 +35,7 @@ pub(crate) async fn provider(p: &Provider) -> Check {
     if let Err(e) = crate::credential::apply(p, &mut req, &[]) {
         return Check::fail(Duration::ZERO, e);
     }
-    match tokio::time::timeout(p.timeouts.first_byte, p.client.client().request(req)).await {
+    match tokio::time::timeout(p.timeouts.first_byte, p.client.send(req)).await {
         Err(_) => Check::fail(started.elapsed(), "timed out"),
         Ok(Err(e)) => Check::fail(started.elapsed(), format!("connection failed: {e}")),
         Ok(Ok(resp)) => {

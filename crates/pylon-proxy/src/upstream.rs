@@ -493,9 +493,9 @@ async fn attempt_inner(
         .checked_add(whole)
         .unwrap_or(started + Duration::from_secs(86_400));
     let in_flight = target.health.enter();
-    let resp = match tokio::time::timeout(head_wait, p.client.client().request(req)).await {
+    let resp = match tokio::time::timeout(head_wait, p.client.send(req)).await {
         Err(_) => return Err(fail(target, Failure::Timeout("response headers"))),
-        Ok(Err(e)) => return Err(fail(target, Failure::Connect(error_chain(&e)))),
+        Ok(Err(e)) => return Err(fail(target, Failure::Connect(error_chain(&*e)))),
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();

@@ -63,8 +63,7 @@ async fn post(
     let work = async {
         let resp = p
             .client
-            .client()
-            .request(req)
+            .send(req)
             .await
             .map_err(|e| format!("the call failed: {e}"))?;
         if !resp.status().is_success() {

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::client::Body as UpstreamBody;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use pylon_config::ProviderKind;
 use pylon_providers::assemble::Assembler;
 use pylon_providers::stream::{Decoder, Encoder, Framer};
@@ -69,7 +69,7 @@ const OVERHEAD: HeaderName = HeaderName::from_static("x-pylon-overhead-ms");
 pub(crate) async fn complete(
     call: &mut Call,
     target: &Target,
-    resp: hyper::Response<Incoming>,
+    resp: hyper::Response<UpstreamBody>,
     ctx: Ctx<'_>,
 ) -> Result<Response, Failure> {
     let p = &target.provider;
@@ -168,7 +168,7 @@ pub(crate) async fn complete(
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The body's declared length, if it says.
-fn resp_len_hint(body: &Incoming) -> usize {
+fn resp_len_hint(body: &UpstreamBody) -> usize {
     use http_body::Body as _;
     body.size_hint()
         .exact()
@@ -295,7 +295,7 @@ fn response(target: &Target, content_type: &'static str, body: Body) -> Response
 pub(crate) async fn stream(
     call: &mut Call,
     target: &Target,
-    resp: hyper::Response<Incoming>,
+    resp: hyper::Response<UpstreamBody>,
     ctx: Ctx<'_>,
 ) -> Result<Response, Failure> {
     let p = &target.provider;

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::client::Body as UpstreamBody;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use pylon_config::ProviderKind;
 use pylon_providers::assemble::Assembler;
 use pylon_providers::stream::{Decoder, Encoder, Framer};
@@ -70,7 +70,7 @@ pub(super) enum RelayError {
 
 /// Moves whole SSE events from the provider to the client, translating when dialects differ.
 pub(super) struct Relay {
-    pub(super) body: Incoming,
+    pub(super) body: UpstreamBody,
     pub(super) framer: Framer,
     pub(super) codec: Option<(Decoder, Encoder)>,
     pub(super) wire: ProviderKind,

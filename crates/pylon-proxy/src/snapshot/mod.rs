@@ -318,7 +318,8 @@ impl Snapshot {
                 proxy: proxy.as_ref().map(|(u, _)| u.clone()),
                 proxy_auth: proxy.and_then(|(_, a)| a),
             };
-            let connections = if p.http2 { p.connections as usize } else { 1 };
+            let client =
+                crate::client::Pool::new(&base, p.connections as usize, workers, &options)?;
             providers.insert(
                 name.clone(),
                 Arc::new(Provider {
@@ -327,7 +328,7 @@ impl Snapshot {
                     base,
                     auth,
                     timeouts,
-                    client: crate::client::Pool::new(connections, workers, &options)?,
+                    client,
                     direct: p.direct,
                     forward: p
                         .forward_headers
@@ -567,7 +568,7 @@ pub(crate) mod tests {
             base: "http://127.0.0.1:1".into(),
             auth: None,
             timeouts,
-            client: crate::client::Pool::new(1, 1, &crate::client::Options::default()).unwrap(),
+            client: crate::client::Pool::new("", 1, 1, &crate::client::Options::default()).unwrap(),
             direct: false,
             forward: Vec::new(),
             direct_health: Arc::new(Health::new(policy)),

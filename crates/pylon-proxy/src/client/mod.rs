@@ -1,5 +1,8 @@
 //! Outbound HTTP clients: TLS with the public roots plus configured CAs, TCP and HTTP/2
-//! keep-alives, an optional CONNECT proxy, and for HTTP/2 providers several connections.
+//! keep-alives, an optional CONNECT proxy, for HTTP/2 providers several connections, and for
+//! HTTP/1 providers a pool of our own (`h1`).
+
+mod h1;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +24,10 @@ use tokio::net::TcpStream;
 use crate::error::BuildError;
 use crate::worker::PerWorker;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use h1::Body;
+
+/// Any error of a connection or a request on it (the chain says which).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A TCP connection, directly or through an HTTP CONNECT proxy.
 #[derive(Clone)]
@@ -172,31 +178,48 @@ pub(crate) fn proxy_for(
         .map(|i| (i.uri().clone(), i.basic_auth().cloned())))
 }
 
-/// Several clients to one provider for each worker; each HTTP/2 client holds its own
-/// connection, so the streams of many requests spread over `n` connections per worker instead
-/// of queueing on one.
+/// A provider's connections. HTTP/1 calls to its own host go through [`h1::H1`]; HTTP/2 calls
+/// spread over several hyper-util clients per worker, each holding its own connection, so the
+/// streams of many requests use `n` connections per worker instead of queueing on one; calls to
+/// other hosts (an STS endpoint) go through the first of those.
 pub(crate) struct Pool {
     clients: PerWorker<Vec<HttpsClient<http_body_util::Full<bytes::Bytes>>>>,
     next: AtomicUsize,
+    h1: Option<h1::H1>,
 }
 
 impl Pool {
-    pub fn new(n: usize, workers: usize, o: &Options<'_>) -> Result<Pool, BuildError> {
+    /// The connections to the provider at `base`.
+    pub fn new(base: &str, n: usize, workers: usize, o: &Options<'_>) -> Result<Pool, BuildError> {
         let connector = connector(o)?;
+        let h1 = match o.http2 {
+            true => None,
+            false => base
+                .parse::<Uri>()
+                .ok()
+                .and_then(|b| h1::H1::new(&b, connector.clone(), workers)),
+        };
+        let n = if o.http2 { n.max(1) } else { 1 };
         let clients = PerWorker::new(workers, || {
-            (0..n.max(1))
-                .map(|_| client(connector.clone(), o))
-                .collect()
+            (0..n).map(|_| client(connector.clone(), o)).collect()
         });
         Ok(Pool {
             clients,
             next: AtomicUsize::new(0),
+            h1,
         })
     }
 
-    /// The calling worker's client for the next request (round robin).
-    pub fn client(&self) -> &HttpsClient<http_body_util::Full<bytes::Bytes>> {
+    /// Sends `req` (an absolute URI) and returns the answer's head.
+    pub async fn send(
+        &self,
+        req: http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<http::Response<Body>, BoxError> {
+        if let Some(h1) = self.h1.as_ref().filter(|h| h.serves(req.uri())) {
+            return h1.send(req).await;
+        }
         let mine = self.clients.get();
-        &mine[self.next.fetch_add(1, Ordering::Relaxed) % mine.len()]
+        let client = &mine[self.next.fetch_add(1, Ordering::Relaxed) % mine.len()];
+        Ok(client.request(req).await?.map(Body::plain))
     }
 }
