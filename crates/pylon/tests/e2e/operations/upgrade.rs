@@ -48,8 +48,9 @@ async fn three_upgrades_in_a_row_under_load_fail_no_request() {
     }
     let (ok, failed, rps, errors) = load.finish().await;
     eprintln!("3 upgrades under load: {ok} ok, {failed} failed, {rps:.0} requests/s");
+    // No throughput floor: on a loaded CI machine it measures the machine. `flowing` after
+    // each hand-over is what shows that traffic kept moving.
     assert_eq!(failed, 0, "no request failed across 3 upgrades: {errors:?}");
-    assert!(rps > 200.0, "several hundred requests/s: {rps:.0}");
     let logs = gw.logs.lock().unwrap().join("\n");
     assert_eq!(
         logs.matches("the new binary is ready and accepting")
