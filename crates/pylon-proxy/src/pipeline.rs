@@ -158,7 +158,9 @@ async fn prepare(
     let ip = limits::client_ip(parts, &gw.settings().trusted_proxies);
     limits::per_ip(gw, ip).await?;
     let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
-    let mut call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
+    // Boxed at once: the call (1.4 KB) is held across the awaits below, and inline it would
+    // be copied with this future at each move.
+    let mut call = Box::new(ingress::read(gw, snap, api, body, &parts.headers, record).await?);
     conversation::resolve(gw, principal.as_deref(), &mut call).await?;
     let model = route::choose(
         snap,
@@ -174,18 +176,14 @@ async fn prepare(
         ip,
         user: user.as_deref(),
     };
-    let (call, model, shadow) = rollout::assign(gw, snap, &caller, call, model, record)?;
+    let (mut call, model, shadow) = rollout::assign(gw, snap, &caller, call, model, record)?;
     headers.extend(limits::admit_call(gw, principal.as_deref(), &model, &call, record).await?);
-    let cache = match lookup::phase(gw, &model, &call, &parts.headers, record, headers).await {
+    call.cache = match lookup::phase(gw, &model, &call, &parts.headers, record, headers).await {
         Lookup::Hit(resp) => return Ok(Next::Answered(resp)),
         Lookup::Miss(write) => Some(write),
         Lookup::Bypass => None,
     };
-    Ok(Next::Upstream(
-        Box::new(Call { cache, ..call }),
-        model,
-        shadow,
-    ))
+    Ok(Next::Upstream(call, model, shadow))
 }
 
 /// Sends a shadow copy to a rollout's candidate on a tracked task: its answer is read to the

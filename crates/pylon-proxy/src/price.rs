@@ -65,6 +65,9 @@ pub(crate) struct Prices {
     exact: std::collections::HashMap<String, Rates>,
     /// Most specific (longest literal text) first; configured before built-in on ties.
     patterns: Vec<Entry>,
+    /// Configured targets' model names without an exact price, matched against the patterns
+    /// once at load (a scan of every pattern per request cost thousands of instructions).
+    resolved: std::collections::HashMap<String, Option<Rates>>,
 }
 
 impl Prices {
@@ -108,7 +111,20 @@ impl Prices {
         Prices {
             exact,
             patterns: indexed.into_iter().map(|(_, e)| e).collect(),
+            resolved: std::collections::HashMap::new(),
         }
+    }
+
+    /// These prices with the pattern matches of `served` (the configured targets' model
+    /// names) worked out now rather than per request.
+    pub fn resolving<'a>(mut self, served: impl IntoIterator<Item = &'a str>) -> Self {
+        for model in served {
+            if !self.exact.contains_key(model) && !self.resolved.contains_key(model) {
+                let rates = self.matching(model);
+                self.resolved.insert(model.to_owned(), rates);
+            }
+        }
+        self
     }
 
     /// The rates of `model`, if known.
@@ -116,6 +132,14 @@ impl Prices {
         if let Some(r) = self.exact.get(model) {
             return Some(*r);
         }
+        match self.resolved.get(model) {
+            Some(r) => *r,
+            None => self.matching(model),
+        }
+    }
+
+    /// The rates of the most specific pattern `model` matches.
+    fn matching(&self, model: &str) -> Option<Rates> {
         self.patterns
             .iter()
             .find(|(p, _)| glob(p, model))
@@ -138,26 +162,28 @@ impl Prices {
     }
 }
 
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters. No
+/// allocation: a model without an exact price is tried against every pattern per request.
 fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
+    let Some((first, tail)) = pattern.split_once('*') else {
         return pattern == text;
     };
-    let Some(mut rest) = text.strip_prefix(first) else {
+    // Most patterns fail here, on their literal prefix.
+    let Some(rest) = text.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
+    let (middle, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+    let Some(mut rest) = rest.strip_suffix(last) else {
+        return false;
     };
-    for part in middle {
+    // Each middle part taken at its leftmost place leaves the most room for the next.
+    for part in middle.split('*').filter(|p| !p.is_empty()) {
         match rest.find(part) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    true
 }
 
 #[cfg(test)]
@@ -220,6 +246,18 @@ mod tests {
     }
 
     #[test]
+    fn served_names_resolved_at_load_price_as_the_patterns_do() {
+        let configured = [price("gpt-4o", 1.0, 2.0), price("llama*", 0.5, 0.5)];
+        let names = ["gpt-4o-2024-08-06", "llama3.2:3b", "o3-pro", "gpt-4o", "o3"];
+        let scanned = Prices::new(&configured);
+        let resolved = Prices::new(&configured).resolving(names);
+        for name in names.into_iter().chain(["llama-x", "claude-opus-4-1"]) {
+            assert_eq!(resolved.of(name), scanned.of(name), "{name}");
+        }
+        assert_eq!(resolved.resolved.len(), 3, "exact names are not copied");
+    }
+
+    #[test]
     fn glob_matches() {
         assert!(glob("*", ""));
         assert!(glob("a*c", "abc"));
@@ -229,5 +267,14 @@ mod tests {
         assert!(!glob("ab*ba", "aba"));
         assert!(glob("x", "x"));
         assert!(!glob("x", "xy"));
+        assert!(
+            !glob("a*b*b", "ab"),
+            "the middle part may not overlap the suffix"
+        );
+        assert!(glob("a*b*b", "abb"));
+        assert!(glob("*x*", "axb"));
+        assert!(!glob("*x*", "ab"));
+        assert!(glob("gpt-4o-2*", "gpt-4o-2024-08-06"));
+        assert!(!glob("o3-2*", "o3-pro"));
     }
 }

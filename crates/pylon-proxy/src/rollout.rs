@@ -28,7 +28,7 @@ pub(crate) struct Shadow {
 }
 
 /// The call as its arm serves it, the model to serve it with, and a shadow copy to send.
-pub(crate) type Assigned = (Call, Arc<Model>, Option<Box<Shadow>>);
+pub(crate) type Assigned = (Box<Call>, Arc<Model>, Option<Box<Shadow>>);
 
 /// Who the request is, for stickiness.
 pub(crate) struct Caller<'a> {
@@ -93,7 +93,7 @@ pub(crate) fn assign(
     gw: &Gateway,
     snap: &Snapshot,
     caller: &Caller<'_>,
-    call: Call,
+    call: Box<Call>,
     model: Arc<Model>,
     record: &mut Record,
 ) -> Result<Assigned, ProxyError> {
@@ -118,7 +118,7 @@ pub(crate) fn assign(
     let arm = caller.arm(&candidate.spec, weight);
     record.arm = Some((state.clone(), arm));
     if arm == Arm::Candidate {
-        let call = variant(gw, snap, caller, candidate, &call)?.unwrap_or(call);
+        let call = variant(gw, snap, caller, candidate, &call)?.map_or(call, Box::new);
         return Ok((call, candidate.model.clone(), None));
     }
     let copy = if caller.shadowed(&candidate.spec, shadow) {

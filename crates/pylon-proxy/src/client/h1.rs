@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use tower::ServiceExt;
 
 use super::{BoxError, Egress};
 use crate::worker::PerWorker;
+use pylon_telemetry::metrics::IDLE_CONNECTIONS_DROPPED;
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -70,7 +72,7 @@ impl H1 {
             dst,
             host,
             connector,
-            idle: PerWorker::new(workers, Arc::default),
+            idle: PerWorker::new(workers, || Arc::new(Idle::new(MAX_IDLE))),
         })
     }
 
@@ -97,6 +99,17 @@ impl H1 {
                 },
             }
         }
+        // Boxed: the connect and handshake states are kilobytes, and inline they would be part
+        // of every request's future (copied at each move) though most requests reuse one.
+        Box::pin(self.send_on_new(req, idle)).await
+    }
+
+    /// Opens a connection and sends `req` on it.
+    async fn send_on_new(
+        &self,
+        req: Request<Full<Bytes>>,
+        idle: &Arc<Idle>,
+    ) -> Result<Response<Body>, BoxError> {
         let io = self.connector.clone().oneshot(self.dst.clone()).await?;
         let (mut tx, conn) = http1::handshake(io).await?;
         tokio::spawn(async move {
@@ -119,15 +132,24 @@ fn origin_form(uri: &mut Uri) {
     }
 }
 
-/// One worker's idle connections, most recently used last.
-#[derive(Default)]
-pub(crate) struct Idle(Mutex<VecDeque<(Sender, Instant)>>);
+/// One worker's idle connections, most recently used last, at most `cap` of them.
+pub(crate) struct Idle {
+    conns: Mutex<VecDeque<(Sender, Instant)>>,
+    cap: usize,
+}
 
 impl Idle {
+    fn new(cap: usize) -> Idle {
+        Idle {
+            conns: Mutex::default(),
+            cap,
+        }
+    }
+
     /// The most recently used connection that can take a request now.
     fn take(&self) -> Option<Sender> {
         let now = Instant::now();
-        let mut conns = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((tx, since)) = conns.pop_back() {
             // Dropped here: closed by the server, or idle so long the server is likely closing.
             if tx.is_ready() && now.duration_since(since) < IDLE_TIMEOUT {
@@ -139,21 +161,27 @@ impl Idle {
 
     fn put(&self, tx: Sender) {
         let now = Instant::now();
-        let mut conns = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
         // The oldest are at the front: those past the idle timeout, or beyond the bound, close.
         while conns
             .front()
             .is_some_and(|(tx, since)| tx.is_closed() || now.duration_since(*since) >= IDLE_TIMEOUT)
-            || conns.len() >= MAX_IDLE
         {
             conns.pop_front();
+        }
+        if conns.len() >= self.cap {
+            conns.pop_front();
+            IDLE_CONNECTIONS_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
         conns.push_back((tx, now));
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -211,7 +239,7 @@ impl Drop for Body {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -326,6 +354,25 @@ mod tests {
             assert_eq!(p.idle.get().len(), 0, "a busy connection is never pooled");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_bound_are_closed_and_counted() {
+        let (base, accepted) = server(Then::KeepAlive).await;
+        let mut p = pool(&base);
+        p.idle = PerWorker::new(1, || Arc::new(Idle::new(2)));
+        let before = IDLE_CONNECTIONS_DROPPED.load(Ordering::Relaxed);
+        // Three answers held at once take three connections; two fit back in the pool.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(p.send(get(&base)).await.unwrap());
+        }
+        for resp in held {
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(p.idle.get().len(), 2);
+        assert!(IDLE_CONNECTIONS_DROPPED.load(Ordering::Relaxed) > before);
     }
 
     #[tokio::test]

@@ -465,7 +465,12 @@ impl Settings {
                 .iter()
                 .filter_map(|p| pylon_config::parse_cidr(p))
                 .collect(),
-            prices: Prices::new(&config.prices),
+            prices: Prices::new(&config.prices).resolving(
+                config
+                    .models
+                    .iter()
+                    .flat_map(|m| m.targets.get_ref().iter().map(|t| t.model.as_str())),
+            ),
             validation: Validation {
                 max_messages: config.server.max_messages,
                 max_message_bytes: config.server.max_message_bytes,

@@ -1,6 +1,8 @@
 //! Prometheus metrics: one registry per gateway (so tests and embedded gateways never share
 //! counters), names in base units with the `pylon_` prefix, and only bounded label sets.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus::{
     CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -9,6 +11,11 @@ use prometheus::{
 mod features;
 
 pub use features::{RolloutMetrics, SemanticMetrics};
+
+/// Idle upstream connections closed because a pool already held its bound of them, process-wide
+/// (the pools are built with the config, where no registry is at hand); reported as
+/// `pylon_bounded_drops_total{what="upstream_idle_connection"}`.
+pub static IDLE_CONNECTIONS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Latency buckets for whole requests and upstream calls (seconds).
 const REQUEST_BUCKETS: &[f64] = &[
@@ -488,15 +495,25 @@ impl Metrics {
 
     /// Every metric family's current values (the alert evaluator reads its series from these).
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.sync_process_drops();
         self.registry.gather()
+    }
+
+    /// Brings the process-wide drop counters into this registry's `pylon_bounded_drops_total`.
+    fn sync_process_drops(&self) {
+        let process = [
+            ("log_line", &crate::logs::DROPPED_LINES),
+            ("upstream_idle_connection", &IDLE_CONNECTIONS_DROPPED),
+        ];
+        for (what, n) in process {
+            let c = self.bounded_drops.with_label_values(&[what]);
+            c.inc_by(n.load(Ordering::Relaxed).saturating_sub(c.get()));
+        }
     }
 
     /// The text exposition format, for `GET /metrics`.
     pub fn render(&self) -> String {
-        // Log lines are dropped by the process-wide writer, before any gateway exists.
-        let dropped = crate::logs::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed);
-        let lines = self.bounded_drops.with_label_values(&["log_line"]);
-        lines.inc_by(dropped.saturating_sub(lines.get()));
+        self.sync_process_drops();
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec fails only on malformed metrics, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
