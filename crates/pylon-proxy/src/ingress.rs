@@ -129,7 +129,7 @@ pub(crate) async fn read(
     body: Body,
     headers: &HeaderMap,
     record: &mut Record,
-) -> Result<Call, ProxyError> {
+) -> Result<Box<Call>, ProxyError> {
     let body = read_body(
         body,
         headers,
@@ -196,7 +196,7 @@ pub(crate) fn parse(
     headers: &HeaderMap,
     limits: &Validation,
     forwardable: &[http::HeaderName],
-) -> Result<Call, ProxyError> {
+) -> Result<Box<Call>, ProxyError> {
     let mut conversation = None;
     let (model, span, stream, include_usage, user) = match api {
         Api::Chat => {
@@ -289,7 +289,9 @@ pub(crate) fn parse(
             Some((name, value))
         })
         .collect();
-    Ok(Call {
+    // Boxed where it is built: the call (1.4 KB) is held across the request's awaits, and
+    // inline it would be copied with each future that holds it.
+    Ok(Box::new(Call {
         api,
         body,
         model,
@@ -303,7 +305,7 @@ pub(crate) fn parse(
         responses: conversation,
         record: None,
         cache: None,
-    })
+    }))
 }
 
 /// The caller of a model listing: its dialect (Anthropic's when `anthropic-version` is sent)

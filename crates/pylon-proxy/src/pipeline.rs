@@ -158,9 +158,7 @@ async fn prepare(
     let ip = limits::client_ip(parts, &gw.settings().trusted_proxies);
     limits::per_ip(gw, ip).await?;
     let principal = ingress::authenticate(gw, &parts.headers, ip, record).await?;
-    // Boxed at once: the call (1.4 KB) is held across the awaits below, and inline it would
-    // be copied with this future at each move.
-    let mut call = Box::new(ingress::read(gw, snap, api, body, &parts.headers, record).await?);
+    let mut call = ingress::read(gw, snap, api, body, &parts.headers, record).await?;
     conversation::resolve(gw, principal.as_deref(), &mut call).await?;
     let model = route::choose(
         snap,

@@ -118,7 +118,7 @@ pub(crate) fn assign(
     let arm = caller.arm(&candidate.spec, weight);
     record.arm = Some((state.clone(), arm));
     if arm == Arm::Candidate {
-        let call = variant(gw, snap, caller, candidate, &call)?.map_or(call, Box::new);
+        let call = variant(gw, snap, caller, candidate, &call)?.unwrap_or(call);
         return Ok((call, candidate.model.clone(), None));
     }
     let copy = if caller.shadowed(&candidate.spec, shadow) {
@@ -127,7 +127,7 @@ pub(crate) fn assign(
             None => reparse(gw, snap, caller, call.api, call.body.clone())?,
         };
         Some(Box::new(Shadow {
-            call: copy,
+            call: *copy,
             model: candidate.model.clone(),
             state,
         }))
@@ -144,7 +144,7 @@ fn variant(
     caller: &Caller<'_>,
     c: &ModelCandidate,
     call: &Call,
-) -> Result<Option<Call>, ProxyError> {
+) -> Result<Option<Box<Call>>, ProxyError> {
     if !c.rewrites() || matches!(call.api, Api::Embeddings | Api::Completions) {
         return Ok(None);
     }
@@ -166,7 +166,7 @@ fn reparse(
     caller: &Caller<'_>,
     api: Api,
     body: Bytes,
-) -> Result<Call, ProxyError> {
+) -> Result<Box<Call>, ProxyError> {
     ingress::parse(
         api,
         body,
