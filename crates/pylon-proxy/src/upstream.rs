@@ -448,7 +448,10 @@ async fn attempt_inner(
         (true, _) => "text/event-stream",
         (false, _) => "application/json",
     };
-    let mut req = Request::post(p.url(&path, &target.model))
+    let uri = p.uri(&path, &target.model).map_err(|e| {
+        ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
+    })?;
+    let mut req = Request::post(uri)
         .header(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -71,12 +71,44 @@ pub(crate) struct Provider {
     pub aws: Option<Arc<crate::aws::Aws>>,
     /// Serves `/responses` itself (OpenAI, Azure); off: Responses requests are sent as chat.
     pub responses_api: bool,
+    /// The URLs of the paths that do not name a model, parsed once (see [`Provider::uri`]).
+    pub uris: Vec<(&'static str, http::Uri)>,
 }
 
 /// The Azure OpenAI `api-version` used when the config names none.
 const AZURE_API_VERSION: &str = "2024-10-21";
 
+/// Upstream paths whose URL is the same for every model of a provider (except on Azure).
+const FIXED_PATHS: [&str; 5] = [
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/v1/messages",
+];
+
+/// The parsed URLs of `FIXED_PATHS` under `base` for a provider of `kind` (none for Azure, whose
+/// URLs carry the deployment and `api-version`).
+fn fixed_uris(kind: ProviderKind, base: &str) -> Vec<(&'static str, http::Uri)> {
+    if kind == ProviderKind::Azure {
+        return Vec::new();
+    }
+    FIXED_PATHS
+        .iter()
+        .filter_map(|path| Some((*path, format!("{base}{path}").parse().ok()?)))
+        .collect()
+}
+
 impl Provider {
+    /// The parsed URL of `path` for `model`: parsed at load for the fixed paths (formatting and
+    /// parsing the URL was ~2k instructions a request), else from [`Provider::url`].
+    pub fn uri(&self, path: &str, model: &str) -> Result<http::Uri, http::uri::InvalidUri> {
+        match self.uris.iter().find(|(p, _)| *p == path) {
+            Some((_, uri)) => Ok(uri.clone()),
+            None => self.url(path, model).parse(),
+        }
+    }
+
     /// The URL of an OpenAI-style `path` (`/chat/completions`, `/embeddings`…) or a kind's own
     /// path for `model`: Azure's deployment paths and `api-version`, else the base URL + path.
     pub fn url(&self, path: &str, model: &str) -> String {
@@ -320,6 +352,7 @@ impl Snapshot {
             };
             let client =
                 crate::client::Pool::new(&base, p.connections as usize, workers, &options)?;
+            let uris = fixed_uris(p.kind, &base);
             providers.insert(
                 name.clone(),
                 Arc::new(Provider {
@@ -347,6 +380,7 @@ impl Snapshot {
                         .as_ref()
                         .map(|a| Arc::new(crate::aws::Aws::new(a, &|k| std::env::var(k).ok()))),
                     responses_api: p.responses_api,
+                    uris,
                 }),
             );
         }
@@ -578,6 +612,7 @@ pub(crate) mod tests {
             token: arc_swap::ArcSwapOption::empty(),
             aws: None,
             responses_api: true,
+            uris: Vec::new(),
         });
         Model {
             name: "m".into(),
@@ -605,5 +640,21 @@ pub(crate) mod tests {
             drop_unsupported: false,
             cache: None,
         }
+    }
+
+    #[test]
+    fn urls_parsed_at_load_are_the_urls_built_per_request() {
+        let mut m = model_with_weights(&[1]);
+        let p = Arc::get_mut(&mut m.targets[0].provider).unwrap();
+        p.base = "https://api.example.com/v1".into();
+        p.uris = fixed_uris(p.kind, &p.base);
+        assert_eq!(p.uris.len(), FIXED_PATHS.len());
+        for path in FIXED_PATHS.into_iter().chain(["/models/x:generateContent"]) {
+            assert_eq!(
+                p.uri(path, "x").unwrap(),
+                p.url(path, "x").parse::<http::Uri>().unwrap()
+            );
+        }
+        assert!(fixed_uris(ProviderKind::Azure, &p.base).is_empty());
     }
 }
