@@ -163,7 +163,8 @@ impl Prices {
 }
 
 /// Whether `text` matches `pattern`, where `*` stands for any run of characters. No
-/// allocation: a model without an exact price is tried against every pattern per request.
+/// allocation: a name not resolved at load (addressed directly, or a judge's answer model) is
+/// tried against every pattern when it is priced.
 fn glob(pattern: &str, text: &str) -> bool {
     let Some((first, tail)) = pattern.split_once('*') else {
         return pattern == text;

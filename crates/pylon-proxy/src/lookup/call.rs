@@ -51,8 +51,8 @@ async fn post(
     body: Bytes,
     timeout: Duration,
 ) -> Result<Bytes, String> {
-    let mut req =
-        Request::post(p.url(path, model)).header(http::header::CONTENT_TYPE, "application/json");
+    let uri = p.uri(path, model).map_err(|e| e.to_string())?;
+    let mut req = Request::post(uri).header(http::header::CONTENT_TYPE, "application/json");
     if p.kind == ProviderKind::Anthropic {
         req = req.header("anthropic-version", pylon_providers::anthropic::API_VERSION);
     }
