@@ -1,42 +1,47 @@
 //! Reading one field of a JSON object without parsing the rest.
 
 /// The bytes just after `"key":` for a key of the top-level object, found by skipping strings
-/// and counting nesting: a response's usage sits after its whole content, which a full parse
-/// reads and validates only to throw away. `None` when no top-level key is spelled exactly
-/// `key` (a key written with escapes is not recognised: callers fall back to a full parse).
+/// and counting nesting from the end: a response's usage sits after its whole content, which a
+/// full parse (or a scan from the front) reads only to throw away, so only the tail is read.
+/// `None` when no top-level key is spelled exactly `key` (a key written with escapes is not
+/// recognised: callers fall back to a full parse). With a key given twice, the last one.
 pub(crate) fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(&b) = json.get(i) {
-        match b {
+    let mut i = json.len();
+    while i > 0 {
+        i -= 1;
+        match json[i] {
             b'"' => {
-                let start = i + 1;
-                let mut end = start;
-                // The closing quote is the first one not escaped.
+                // Outside a string, the first quote met going back closes one; it opens at the
+                // previous quote that is not escaped.
+                let end = i;
+                let mut start = end;
                 loop {
-                    end += memchr::memchr2(b'"', b'\\', json.get(end..)?)?;
-                    if json[end] == b'"' {
+                    start = memchr::memrchr(b'"', &json[..start])?;
+                    if !escaped(json, start) {
                         break;
                     }
-                    end += 2;
                 }
-                i = end + 1;
-                if depth == 1 && &json[start..end] == key {
-                    let rest = &json[i..];
+                i = start;
+                if depth == 1 && &json[start + 1..end] == key {
+                    let rest = &json[end + 1..];
                     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
                     if rest[colon] == b':' {
                         return Some(&rest[colon + 1..]);
                     }
                 }
-                continue;
             }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b'}' | b']' => depth += 1,
+            b'{' | b'[' => depth = depth.checked_sub(1)?,
             _ => {}
         }
-        i += 1;
     }
     None
+}
+
+/// Whether the byte at `at` is escaped: preceded by an odd run of backslashes.
+fn escaped(json: &[u8], at: usize) -> bool {
+    json[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
 }
 
 #[cfg(test)]
@@ -142,7 +147,9 @@ mod tests {
         ] {
             let _ = at(json, "usage");
         }
-        assert_eq!(at("}{\"usage\":1}", "usage"), None);
+        // Only the tail is read: what comes before the key's object is not checked.
+        assert_eq!(at("}{\"usage\":1}", "usage"), Some("1}"));
+        assert_eq!(at(r#"{"usage":1}}"#, "usage"), None);
         assert_eq!(at(r#""usage":1"#, "usage"), None);
     }
 }

@@ -134,12 +134,21 @@ impl ResponsesCall {
 }
 
 /// Client headers every provider receives; others only where `forward_headers` names them.
-pub(crate) const FORWARDED: [&str; 4] = [
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-    "anthropic-version",
+pub(crate) const FORWARDED: [http::HeaderName; 4] = [
+    crate::server::X_REQUEST_ID,
+    TRACEPARENT,
+    http::HeaderName::from_static("tracestate"),
+    ANTHROPIC_VERSION,
 ];
+
+/// W3C trace context: the client's, or our attempt span's when tracing.
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// Anthropic's API version; its presence also marks a client speaking Anthropic's dialect.
+pub(crate) const ANTHROPIC_VERSION: http::HeaderName =
+    http::HeaderName::from_static("anthropic-version");
+/// A client's request for the provider's rate-limit headers.
+pub(crate) const PROVIDER_HEADERS: http::HeaderName =
+    http::HeaderName::from_static("x-pylon-provider-headers");
 
 /// The scheme a request arrived over, for `X-Forwarded-Proto` on app routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

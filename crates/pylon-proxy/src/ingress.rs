@@ -16,7 +16,7 @@ use pylon_telemetry::trace::Attribute;
 use pylon_types::{Dialect, Principal};
 use serde_json::json;
 
-use crate::context::{Api, Call, ResponsesCall, FORWARDED};
+use crate::context::{Api, Call, ResponsesCall, ANTHROPIC_VERSION, FORWARDED, PROVIDER_HEADERS};
 use crate::gateway::Gateway;
 use crate::limits;
 use crate::log::Record;
@@ -47,7 +47,7 @@ fn check_model_name(name: &str) -> Result<(), ProxyError> {
 /// Opens the request's record (and its server span, when tracing).
 pub(crate) fn open(gw: &Arc<Gateway>, headers: &HeaderMap, api: Api) -> Record {
     let request_id = headers
-        .get("x-request-id")
+        .get(crate::server::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
@@ -280,15 +280,15 @@ pub(crate) fn parse(
         }
     };
     check_model_name(&model)?;
-    let forward = FORWARDED
-        .iter()
-        .map(|name| http::HeaderName::from_static(name))
-        .chain(forwardable.iter().cloned())
-        .filter_map(|name| {
-            let value = headers.get(&name)?.clone();
-            Some((name, value))
-        })
-        .collect();
+    // One pass over the few headers a request has, rather than a hashed lookup per name that
+    // may be forwarded; the first value of each name, as `HeaderMap::get` gives.
+    let mut forward: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
+    for (name, value) in headers {
+        let wanted = FORWARDED.contains(name) || forwardable.contains(name);
+        if wanted && !forward.iter().any(|(n, _)| n == name) {
+            forward.push((name.clone(), value.clone()));
+        }
+    }
     // Boxed where it is built: the call (1.4 KB) is held across the request's awaits, and
     // inline it would be copied with each future that holds it.
     Ok(Box::new(Call {
@@ -298,7 +298,7 @@ pub(crate) fn parse(
         model_span: span,
         stream,
         include_usage,
-        provider_headers: headers.contains_key("x-pylon-provider-headers"),
+        provider_headers: headers.contains_key(PROVIDER_HEADERS),
         forward,
         user,
         canonical: OnceLock::new(),
@@ -314,7 +314,7 @@ fn listing(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<(Dialect, Vec<String>), (Dialect, ProxyError)> {
-    let dialect = if headers.contains_key("anthropic-version") {
+    let dialect = if headers.contains_key(ANTHROPIC_VERSION) {
         Dialect::Anthropic
     } else {
         Dialect::OpenAi

@@ -62,18 +62,18 @@ type Entry = (String, Rates);
 /// a different model that shares a prefix (`o3-pro` is not `o3`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Prices {
-    exact: std::collections::HashMap<String, Rates>,
+    exact: foldhash::HashMap<String, Rates>,
     /// Most specific (longest literal text) first; configured before built-in on ties.
     patterns: Vec<Entry>,
     /// Configured targets' model names without an exact price, matched against the patterns
     /// once at load (a scan of every pattern per request cost thousands of instructions).
-    resolved: std::collections::HashMap<String, Option<Rates>>,
+    resolved: foldhash::HashMap<String, Option<Rates>>,
 }
 
 impl Prices {
     /// Defaults plus the configured prices (which win on equal names).
     pub fn new(configured: &[pylon_config::Price]) -> Self {
-        let mut exact = std::collections::HashMap::new();
+        let mut exact = foldhash::HashMap::default();
         let mut patterns: Vec<Entry> = Vec::new();
         for p in configured {
             let r = Rates::new(
@@ -111,7 +111,7 @@ impl Prices {
         Prices {
             exact,
             patterns: indexed.into_iter().map(|(_, e)| e).collect(),
-            resolved: std::collections::HashMap::new(),
+            resolved: foldhash::HashMap::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use pylon_telemetry::trace::Attribute;
 use pylon_types::ErrorKind;
 
 use crate::breaker::Availability;
-use crate::context::{Api, Call};
+use crate::context::{Api, Call, ANTHROPIC_VERSION, TRACEPARENT};
 use crate::snapshot::{Model, Snapshot, Target};
 
 use crate::context::passthrough;
@@ -451,33 +451,37 @@ async fn attempt_inner(
     let uri = p.uri(&path, &target.model).map_err(|e| {
         ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
     })?;
-    let mut req = Request::post(uri)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
-        .header(header::ACCEPT, HeaderValue::from_static(accept));
+    // Built in place rather than through `Request::builder`, whose every `header` call converts
+    // the name and moves the whole builder; room for the credential and the `Host` header the
+    // pool adds, so the map never grows.
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    *h = http::HeaderMap::with_capacity(8 + call.forward.len());
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::ACCEPT, HeaderValue::from_static(accept));
     let traceparent = span.and_then(pylon_telemetry::SpanHandle::traceparent);
     for (name, value) in &call.forward {
         // Our attempt span becomes the provider's parent when tracing; headers beyond the
         // built-in ones go only to providers configured to receive them.
-        let allowed =
-            crate::context::FORWARDED.contains(&name.as_str()) || p.forward.contains(name);
-        if allowed && (traceparent.is_none() || name != "traceparent") {
-            req = req.header(name, value);
+        let allowed = crate::context::FORWARDED.contains(name) || p.forward.contains(name);
+        if allowed && (traceparent.is_none() || name != TRACEPARENT) {
+            h.append(name, value.clone());
         }
     }
     if let Some(tp) = traceparent {
-        req = req.header("traceparent", tp);
+        h.insert(TRACEPARENT, tp);
     }
-    if p.kind == ProviderKind::Anthropic
-        && !call.forward.iter().any(|(n, _)| n == "anthropic-version")
-    {
-        req = req.header("anthropic-version", anthropic::API_VERSION);
+    if p.kind == ProviderKind::Anthropic && !h.contains_key(ANTHROPIC_VERSION) {
+        h.insert(
+            ANTHROPIC_VERSION,
+            HeaderValue::from_static(anthropic::API_VERSION),
+        );
     }
-    let mut req = req.body(Full::new(body.clone())).map_err(|e| {
-        ProxyError::Unsupported(format!("could not build the upstream request: {e}"))
-    })?;
     // The provider's credential, never the client's (signed over the body for Bedrock).
     if let Err(e) = crate::credential::apply(p, &mut req, &body) {
         return Err(AttemptError::Retry(Failure::NoCredential(e)));

@@ -240,17 +240,25 @@ fn served(rec: &mut Record, target: &Target, ttfb: Duration) {
 /// The provider's own request id, as `x-pylon-upstream-request-id`.
 const UPSTREAM_ID: HeaderName = HeaderName::from_static("x-pylon-upstream-request-id");
 
+/// Anthropic's request id.
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+/// OpenAI's time on the request.
+const PROCESSING_MS: HeaderName = HeaderName::from_static("openai-processing-ms");
+
 /// Provider response headers clients use: its request id (as `x-pylon-upstream-request-id`:
 /// `x-request-id` is Pylon's own) and `openai-processing-ms` always; its rate-limit headers when
 /// the client sent `x-pylon-provider-headers` — Anthropic's under their own names, OpenAI's
 /// `x-ratelimit-*` prefixed `x-pylon-upstream-` (unprefixed, they are the key's limits in Pylon).
 fn provider_headers(h: &HeaderMap, limits: bool) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
-    if let Some(v) = h.get("x-request-id").or_else(|| h.get("request-id")) {
+    if let Some(v) = h
+        .get(crate::server::X_REQUEST_ID)
+        .or_else(|| h.get(REQUEST_ID))
+    {
         out.push((UPSTREAM_ID, v.clone()));
     }
-    if let Some(v) = h.get("openai-processing-ms") {
-        out.push((HeaderName::from_static("openai-processing-ms"), v.clone()));
+    if let Some(v) = h.get(PROCESSING_MS) {
+        out.push((PROCESSING_MS, v.clone()));
     }
     if !limits {
         return out;

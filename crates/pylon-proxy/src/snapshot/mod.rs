@@ -1,7 +1,7 @@
 //! The immutable runtime view of the config that every request reads: providers with their
 //! HTTP clients and credentials, models with their targets' health, app routes.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};

@@ -2,7 +2,7 @@
 //! other targets or prompt version, a flag's variant, an app route's other upstream) built
 //! over the snapshot's providers and models.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use http::HeaderName;
