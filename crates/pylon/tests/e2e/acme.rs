@@ -114,33 +114,40 @@ impl Pebble {
                 "ext",
             ],
         );
-        let (listen, management, dns) = (free_port(), free_port(), free_port());
-        let config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{listen}"),
-            "managementListenAddress": format!("127.0.0.1:{management}"),
-            "certificate": dir.join("wfe.pem"),
-            "privateKey": dir.join("wfe.key"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-            "certificateValidityPeriod": validity_s,
-        }});
-        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-        let mut p = Pebble {
-            processes: Vec::new(),
-            config: dir.join("pebble.json"),
-            dns,
-            directory: format!("https://127.0.0.1:{listen}/dir"),
-            ca_file: dir.join("ca.pem"),
-            management,
-        };
-        p.run().await;
-        p
+        // A port picked here can be taken by another test before Pebble binds it; Pebble then
+        // exits, and it is started again on other ports.
+        for _ in 0..5 {
+            let (listen, management, dns) = (free_port(), free_port(), free_port());
+            let config = serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{listen}"),
+                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "certificate": dir.join("wfe.pem"),
+                "privateKey": dir.join("wfe.key"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": validity_s,
+            }});
+            std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+            let mut p = Pebble {
+                processes: Vec::new(),
+                config: dir.join("pebble.json"),
+                dns,
+                directory: format!("https://127.0.0.1:{listen}/dir"),
+                ca_file: dir.join("ca.pem"),
+                management,
+            };
+            if p.run().await {
+                return p;
+            }
+        }
+        panic!("pebble exited at start five times: its ports kept being taken");
     }
 
-    /// Starts Pebble (again: it forgets every account and makes a new root) on the same ports.
-    async fn run(&mut self) {
+    /// Starts Pebble (again: it forgets every account and makes a new root) on the same ports;
+    /// `false` if it or its DNS server exited before answering (a port was taken).
+    async fn run(&mut self) -> bool {
         self.processes.clear();
         let dns_server = Killed(
             Command::new("pebble-challtestsrv")
@@ -164,19 +171,30 @@ impl Pebble {
         );
         self.processes = vec![dns_server, pebble];
         let client = self.client();
+        let directory = self.directory.clone();
+        let processes = &mut self.processes;
         let up = async {
-            while !client
-                .get(&self.directory)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
+            loop {
+                if client
+                    .get(&directory)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    return true;
+                }
+                if processes
+                    .iter_mut()
+                    .any(|p| p.0.try_wait().is_ok_and(|s| s.is_some()))
+                {
+                    return false;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
         tokio::time::timeout(Duration::from_secs(20), up)
             .await
-            .expect("pebble answers");
+            .expect("pebble answers")
     }
 
     fn client(&self) -> reqwest::Client {
@@ -459,7 +477,7 @@ async fn a_ca_that_forgot_the_account_gets_a_new_one_at_renewal() {
         temp_dir("acme-forgot").display()
     ));
     await_certificate(&first_root, addr, None).await;
-    pebble.run().await;
+    assert!(pebble.run().await, "pebble restarts on its ports");
     let root = pebble.root().await;
     assert_ne!(root, first_root);
     // Only a certificate from the restarted CA verifies against its new root.
