@@ -445,6 +445,23 @@ mod tests {
         assert_eq!(at(951_782_401, 0), "2000-02-29T00:00:01.000000Z");
     }
 
+    #[test]
+    fn each_byte_to_escape_is_found_at_every_position_of_a_word() {
+        // Safe neighbours on both sides of each class boundary, and UTF-8 high bytes.
+        let safe = [b' ', b'!', b'#', b'[', b']', 0x7f, 0xc3, 0xff];
+        assert!(!word_needs_escape(u64::from_le_bytes(safe)));
+        for b in (0u8..0x20).chain([b'"', b'\\']) {
+            for at in 0..8 {
+                let mut word = safe;
+                word[at] = b;
+                assert!(
+                    word_needs_escape(u64::from_le_bytes(word)),
+                    "{b:#x} at {at}"
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
         /// The word test agrees with the byte table on every word.
         #[test]
