@@ -337,13 +337,29 @@ rollout = {{ name = "chat-v2", action = "abort" }}
         admin_get(&gw, TOKEN, "/admin/v1/alerts/history").await,
         admin_get(&gw, TOKEN, "/admin/v1/alerts").await
     );
-    let history = admin_get(&gw, TOKEN, "/admin/v1/alerts/history?alert=chat-errors").await;
+    // The evaluator writes the action to the history just after the rollout command returns.
+    let history = || admin_get(&gw, TOKEN, "/admin/v1/alerts/history?alert=chat-errors");
+    let recorded = wait_until(Duration::from_secs(10), || async {
+        history()
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "rollout")
+    })
+    .await;
+    assert!(
+        recorded,
+        "the action is in the history: {:#}",
+        history().await
+    );
+    let history = history().await;
     let acted = history
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["kind"] == "rollout")
-        .expect("the action is in the history");
+        .unwrap();
     assert_eq!(acted["detail"]["state"], "aborted");
     // Every caller is on the stable again.
     assert_eq!(
