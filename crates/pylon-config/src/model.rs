@@ -119,6 +119,25 @@ pub struct Data {
     /// `redis://…` to share rate limits, concurrency and spend counters between instances.
     #[serde(default)]
     pub redis_url: Option<Secret>,
+    /// CPU priority of the SQLite connection that writes the request log and usage in batches
+    /// (no effect with `store_url`: PostgreSQL writes in its own processes).
+    #[serde(default)]
+    pub writer_priority: WriterPriority,
+}
+
+/// `[data] writer_priority`: how the SQLite batch writer shares the CPU with requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriterPriority {
+    /// The same priority as requests.
+    #[default]
+    Normal,
+    /// Linux `SCHED_IDLE`: a batch never holds a core a request is waiting for (it cut the
+    /// p99.9 at concurrency 1 in half), but while requests or other programs keep every core
+    /// busy the writer barely runs: request-log rows past the queue's bound are dropped and
+    /// counted, and a crash then loses more than the `flush` window (usage is kept in memory,
+    /// summed per key and model, and written when the CPU frees up).
+    Idle,
 }
 
 fn default_dir() -> PathBuf {
@@ -131,6 +150,7 @@ impl Default for Data {
             dir: default_dir(),
             store_url: None,
             redis_url: None,
+            writer_priority: WriterPriority::default(),
         }
     }
 }

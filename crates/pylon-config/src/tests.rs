@@ -87,6 +87,17 @@ fn unknown_key_is_reported_with_position() {
 }
 
 #[test]
+fn writer_priority_is_normal_unless_idle_is_asked_for() {
+    let dflt = check("[data]\ndir = \"d\"\n").unwrap();
+    assert_eq!(dflt.data.writer_priority, WriterPriority::Normal);
+    let idle = check("[data]\nwriter_priority = \"idle\"\n").unwrap();
+    assert_eq!(idle.data.writer_priority, WriterPriority::Idle);
+    let errs = check("[data]\ndir = \"d\"\nwriter_priority = \"low\"\n").unwrap_err();
+    assert!(errs[0].starts_with("pylon.toml:3:"), "{errs:?}");
+    assert!(errs[0].contains("idle"), "{errs:?}");
+}
+
+#[test]
 fn bad_duration_is_reported() {
     let errs = check("[server]\nshutdown_grace = \"30 parsecs\"\n").unwrap_err();
     assert!(errs[0].starts_with("pylon.toml:2:"), "{errs:?}");

@@ -369,10 +369,12 @@ pub async fn bootstrap(
 ) -> Result<(Arc<Gateway>, Arc<Control>), StartError> {
     let master_key = secret(config.secrets.master_key_file.as_deref(), env.master_key)?;
     let keyring = secrets::Keyring::new(master_key.as_deref(), env.master_key_previous.as_deref())?;
-    let store = match &config.data.store_url {
-        Some(url) => Store::connect(url.expose()).await?,
-        None => Store::open_sqlite(&config.data.dir).await?,
-    };
+    let idle_writer = config.data.writer_priority == pylon_config::WriterPriority::Idle;
+    let url = config.data.store_url.as_ref().map(|u| u.expose());
+    let store = Store::open(url, &config.data.dir, idle_writer).await?;
+    if idle_writer && store.backend() == pylon_store::Backend::Sqlite && !store.writer_idle() {
+        tracing::warn!(target: "pylon::control", "the SQLite batch writer could not be set to the idle CPU policy; it runs at normal priority");
+    }
     let token = secret(config.admin.token_file.as_deref(), env.admin_token)?;
     let gateway = Gateway::new(config)?;
     // Before the first request: Azure token files, AWS credentials from a web identity.

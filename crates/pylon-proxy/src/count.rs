@@ -19,6 +19,7 @@ use pylon_types::Dialect;
 use serde_json::json;
 
 use crate::breaker::Availability;
+use crate::context::ANTHROPIC_VERSION;
 use crate::gateway::Gateway;
 use crate::snapshot::Target;
 use crate::{ingress, ProxyError};
@@ -95,10 +96,10 @@ async fn forward(
     let mut req = http::Request::post(format!("{}/v1/messages/count_tokens", p.base))
         .header(header::CONTENT_TYPE, "application/json");
     let version = headers
-        .get("anthropic-version")
+        .get(ANTHROPIC_VERSION)
         .cloned()
         .unwrap_or(HeaderValue::from_static(anthropic::API_VERSION));
-    req = req.header("anthropic-version", version);
+    req = req.header(ANTHROPIC_VERSION, version);
     if let Some(beta) = headers.get("anthropic-beta") {
         req = req.header("anthropic-beta", beta.clone());
     }

@@ -7,6 +7,7 @@ use http::Request;
 use http_body_util::Full;
 use pylon_config::ProviderKind;
 
+use crate::context::ANTHROPIC_VERSION;
 use crate::gateway::Check;
 use crate::snapshot::Provider;
 
@@ -26,7 +27,7 @@ pub(crate) async fn provider(p: &Provider) -> Check {
     };
     let mut req = Request::get(p.url(path, ""));
     if p.kind == ProviderKind::Anthropic {
-        req = req.header("anthropic-version", pylon_providers::anthropic::API_VERSION);
+        req = req.header(ANTHROPIC_VERSION, pylon_providers::anthropic::API_VERSION);
     }
     let started = Instant::now();
     let Ok(mut req) = req.body(Full::new(Bytes::new())) else {

@@ -47,6 +47,9 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// The thread that opens the store could not run.
+    #[error("cannot open the store: {0}")]
+    Open(String),
 }
 
 /// Which database a store talks to.
@@ -65,23 +68,82 @@ pub struct Store {
     /// same promise as the `flush` interval); on PostgreSQL the same pool.
     bulk: AnyPool,
     backend: Backend,
+    writer_idle: bool,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Opens `options` from a thread at the idle CPU policy: SQLite's connection thread, started
+/// from it, inherits the policy. The pool's tasks run on the caller's runtime. Whether the
+/// policy could be set is returned with the pool (a sandbox may refuse it; the pool is the
+/// same either way).
+#[cfg(target_os = "linux")]
+async fn connect_idle(options: AnyPoolOptions, url: &str) -> Result<(AnyPool, bool), StoreError> {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let url = url.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pylon-store-open".into())
+        .spawn(move || {
+            let idle = set_thread_priority_and_policy(
+                thread_native_id(),
+                thread_priority::ThreadPriority::Min,
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+            )
+            .is_ok();
+            let _ = tx.send(runtime.block_on(options.connect(&url)).map(|p| (p, idle)));
+        })
+        .map_err(|e| {
+            StoreError::Open(format!("could not start a thread to open the store: {e}"))
+        })?;
+    let opened = rx
+        .await
+        .map_err(|_| StoreError::Open("the thread opening the store ended early".into()))?;
+    Ok(opened?)
+}
+
+/// Elsewhere the writer keeps the usual policy.
+#[cfg(not(target_os = "linux"))]
+async fn connect_idle(options: AnyPoolOptions, url: &str) -> Result<(AnyPool, bool), StoreError> {
+    Ok((options.connect(url).await?, false))
+}
+
 impl Store {
     /// Opens (creating if needed) `pylon.db` in the data directory, in WAL mode.
     pub async fn open_sqlite(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let url = format!("sqlite://{}?mode=rwc", dir.join("pylon.db").display());
-        Store::connect(&url).await
+        Store::open(None, dir, false).await
     }
 
     /// Connects to `sqlite://…` or `postgres://…` and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, false).await
+    }
+
+    /// The store `pylon serve` uses: PostgreSQL at `url`, else SQLite under `dir`, its batch
+    /// writer at the idle CPU policy when `idle_writer` (see [`Store::writer_idle`]).
+    pub async fn open(
+        url: Option<&str>,
+        dir: &Path,
+        idle_writer: bool,
+    ) -> Result<Store, StoreError> {
+        match url {
+            Some(url) => Store::connect_with(url, idle_writer).await,
+            None => {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let url = format!("sqlite://{}?mode=rwc", dir.join("pylon.db").display());
+                Store::connect_with(&url, idle_writer).await
+            }
+        }
+    }
+
+    async fn connect_with(url: &str, idle_writer: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres") {
             Backend::Postgres
@@ -95,6 +157,9 @@ impl Store {
                 AnyPoolOptions::new()
                     .acquire_timeout(Duration::from_secs(5))
                     .max_connections(1)
+                    // The connection keeps the thread (and the CPU policy) it was opened with.
+                    .idle_timeout(None)
+                    .max_lifetime(None)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
@@ -118,15 +183,24 @@ impl Store {
         }
         let pool = options.connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        let bulk = match bulk {
-            Some(options) => options.connect(url).await?,
-            None => pool.clone(),
+        let (bulk, writer_idle) = match bulk {
+            Some(options) if idle_writer => connect_idle(options, url).await?,
+            Some(options) => (options.connect(url).await?, false),
+            None => (pool.clone(), false),
         };
         Ok(Store {
             pool,
             bulk,
             backend,
+            writer_idle,
         })
+    }
+
+    /// Whether the SQLite connection writing the ledger's batches runs at the idle CPU policy
+    /// (Linux `SCHED_IDLE`): a batch then never takes a core from a request, at the price of
+    /// falling behind when requests or other programs keep every core busy.
+    pub fn writer_idle(&self) -> bool {
+        self.writer_idle
     }
 
     /// Which database this is.

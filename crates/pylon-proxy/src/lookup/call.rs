@@ -12,6 +12,7 @@ use pylon_types::openai::{ChatRequest, ChatResponse};
 use serde_json::Value;
 
 use crate::cache::judge::{verdict, Decision, Judge};
+use crate::context::ANTHROPIC_VERSION;
 use crate::gateway::Gateway;
 use crate::snapshot::{Provider, Target};
 
@@ -54,7 +55,7 @@ async fn post(
     let uri = p.uri(path, model).map_err(|e| e.to_string())?;
     let mut req = Request::post(uri).header(http::header::CONTENT_TYPE, "application/json");
     if p.kind == ProviderKind::Anthropic {
-        req = req.header("anthropic-version", pylon_providers::anthropic::API_VERSION);
+        req = req.header(ANTHROPIC_VERSION, pylon_providers::anthropic::API_VERSION);
     }
     let mut req = req
         .body(Full::new(body.clone()))

@@ -340,3 +340,54 @@ async fn readyz_follows_the_store() {
         .await
         .unwrap();
 }
+
+/// The scheduling policy (`/proc/…/stat` field 41) of each SQLite connection thread of `pid`.
+#[cfg(target_os = "linux")]
+fn sqlite_thread_policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("sqlx-sqlite") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the name's closing parenthesis start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        policies.push(after.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    policies
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_sqlite_batch_writer_runs_at_the_idle_policy_only_when_configured() {
+    const SCHED_IDLE: u32 = 5;
+    let mock = MockServer::start().await;
+    for (priority, idle) in [("", 0), ("writer_priority = \"idle\"\n", 1)] {
+        let config = base_config(&mock, &temp_dir("writer"), "[auth]\nmode = \"none\"\n").replacen(
+            "[data]\n",
+            &format!("[data]\n{priority}"),
+            1,
+        );
+        let (child, addr, _logs) = serve(&config, &[]);
+        let _guard = KillOnDrop(child.id());
+        let resp = client()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .json(&hello("gpt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let policies = sqlite_thread_policies(child.id());
+        assert!(
+            policies.len() >= 2,
+            "the pool's and the writer's threads: {policies:?}"
+        );
+        assert_eq!(
+            policies.iter().filter(|p| **p == SCHED_IDLE).count(),
+            idle,
+            "{priority:?}: {policies:?}"
+        );
+    }
+}
