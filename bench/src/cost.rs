@@ -31,19 +31,28 @@ pub fn body(bytes: usize) -> Bytes {
     ))
 }
 
-/// Runs `concurrency` closed-loop workers against each proxy; prints req/s, p50/p99, CPU per
-/// request and the RSS seen while the load ran.
+/// One proxy's figures in one table.
+pub struct Row {
+    pub via: &'static str,
+    /// Latency quantiles in µs: p50, p99, p99.9.
+    pub p: [f64; 3],
+    /// CPU µs per request of the proxy process (`None` for the direct row).
+    pub cpu: Option<f64>,
+}
+
+/// Runs `concurrency` closed-loop workers against each proxy; prints req/s, p50/p99/p99.9, CPU
+/// per request and the RSS seen while the load ran.
 pub async fn run(
     title: &str,
     vias: &[Via],
     body: Bytes,
     concurrency: usize,
     d: Duration,
-) -> Vec<(&'static str, f64, f64, Option<f64>)> {
+) -> Vec<Row> {
     println!("\n{title}:");
     println!(
-        "  {:<14} {:>9} {:>9} {:>9} {:>12} {:>10} {:>7}",
-        "via", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "RSS MiB", "errors"
+        "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>12} {:>10} {:>7}",
+        "via", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/req", "RSS MiB", "errors"
     );
     let mut out = Vec::new();
     for v in vias {
@@ -61,7 +70,12 @@ pub async fn run(
         let threads0 = v.pid.map(thread_cpu_seconds);
         let load = {
             let (client, to, body) = (client.clone(), v.to.clone(), body.clone());
-            tokio::spawn(async move { load::closed_loop(&client, &to, body, concurrency, d).await })
+            tokio::spawn(async move {
+                match concurrency {
+                    1 => load::sequential(&to, body, d).await,
+                    n => load::closed_loop(&client, &to, body, n, d).await,
+                }
+            })
         };
         // RSS sampled while the load runs; its peak is the figure.
         let mut rss: Option<f64> = None;
@@ -79,11 +93,12 @@ pub async fn run(
             .zip(cpu0)
             .map(|(pid, before)| (cpu_seconds(pid) - before) / o.ok.max(1) as f64 * 1e6);
         println!(
-            "  {:<14} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>10} {:>7}",
+            "  {:<14} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>12} {:>10} {:>7}",
             v.name,
             o.rps(),
             o.p(0.5),
             o.p(0.99),
+            o.p(0.999),
             cpu.map_or("-".to_owned(), |c| format!("{c:.1}")),
             rss.map_or("-".to_owned(), |r| format!("{r:.1}")),
             o.errors
@@ -91,7 +106,11 @@ pub async fn run(
         if let (Some(pid), Some(before), true) = (v.pid, threads0, v.name.starts_with("pylon")) {
             print_threads(&before, &thread_cpu_seconds(pid), o.ok.max(1));
         }
-        out.push((v.name, o.p(0.5), o.p(0.99), cpu));
+        out.push(Row {
+            via: v.name,
+            p: [o.p(0.5), o.p(0.99), o.p(0.999)],
+            cpu,
+        });
     }
     out
 }
@@ -120,29 +139,29 @@ fn print_threads(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, 
 }
 
 /// Prints each proxy's figure against the direct and nginx rows of the same table; returns
-/// (proxy, CPU per request as a multiple of nginx's, added p99 in µs) for each proxy row.
-pub fn compare(
-    rows: &[(&'static str, f64, f64, Option<f64>)],
-) -> Vec<(&'static str, Option<f64>, f64)> {
-    let get = |name: &str| rows.iter().find(|r| r.0 == name);
+/// (proxy, CPU per request as a multiple of nginx's, added p99 and p99.9 in µs) for each proxy
+/// row.
+pub fn compare(rows: &[Row]) -> Vec<(&'static str, Option<f64>, [f64; 2])> {
+    let get = |name: &str| rows.iter().find(|r| r.via == name);
     let (Some(direct), Some(nginx)) = (get("direct"), get("nginx")) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for r in rows.iter().filter(|r| r.0 != "direct") {
-        let ratio = match (r.3, nginx.3) {
+    for r in rows.iter().filter(|r| r.via != "direct") {
+        let ratio = match (r.cpu, nginx.cpu) {
             (Some(p), Some(n)) if n > 0.0 => Some(p / n),
             _ => None,
         };
-        let added_p99 = r.2 - direct.2;
+        let added = [r.p[1] - direct.p[1], r.p[2] - direct.p[2]];
         println!(
-            "  {:<14} added p50 {:+7.0} µs, p99 {:+7.0} µs   {}",
-            r.0,
-            r.1 - direct.1,
-            added_p99,
+            "  {:<14} added p50 {:+7.0} µs, p99 {:+7.0} µs, p99.9 {:+7.0} µs   {}",
+            r.via,
+            r.p[0] - direct.p[0],
+            added[0],
+            added[1],
             ratio.map_or(String::new(), |x| format!("{x:.2}× nginx CPU"))
         );
-        out.push((r.0, ratio, added_p99));
+        out.push((r.via, ratio, added));
     }
     out
 }
@@ -219,8 +238,8 @@ pub(crate) async fn figures(
     let tiny = body(5);
     let mut vias = vec![direct, defaults];
     vias.extend(via_nginx);
-    // Per (table, proxy): each round's CPU ratio and added p99.
-    type Rounds<'a> = ((&'a str, &'a str), Vec<f64>, Vec<f64>);
+    // Per (table, proxy): each round's CPU ratio, added p99 and added p99.9.
+    type Rounds<'a> = ((&'a str, &'a str), Vec<f64>, Vec<f64>, Vec<f64>);
     let mut seen: Vec<Rounds> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         if args.rounds > 1 {
@@ -234,30 +253,32 @@ pub(crate) async fn figures(
             ("60-byte body, concurrency 1", 1),
         ] {
             let rows = run(title, &vias, tiny.clone(), conc, d).await;
-            for (proxy, ratio, p99) in compare(&rows) {
+            for (proxy, ratio, [p99, p999]) in compare(&rows) {
                 let i = match seen.iter().position(|s| s.0 == (title, proxy)) {
                     Some(i) => i,
                     None => {
-                        seen.push(((title, proxy), Vec::new(), Vec::new()));
+                        seen.push(((title, proxy), Vec::new(), Vec::new(), Vec::new()));
                         seen.len() - 1
                     }
                 };
                 seen[i].1.extend(ratio);
                 seen[i].2.push(p99);
+                seen[i].3.push(p999);
             }
         }
     }
     if args.rounds > 1 {
         println!("\nmedians over {} rounds:", args.rounds);
-        for ((title, proxy), mut ratios, mut p99s) in seen {
+        for ((title, proxy), mut ratios, mut p99s, mut p999s) in seen {
             let (lo, hi) = (
                 ratios.iter().copied().fold(f64::INFINITY, f64::min),
                 ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             );
             println!(
-                "  {title}: {proxy:<6} CPU {:.2}× nginx (range {lo:.2}–{hi:.2}), added p99 {:+.0} µs",
+                "  {title}: {proxy:<6} CPU {:.2}× nginx (range {lo:.2}–{hi:.2}), added p99 {:+.0} µs, p99.9 {:+.0} µs",
                 median(&mut ratios),
                 median(&mut p99s),
+                median(&mut p999s),
             );
         }
     }

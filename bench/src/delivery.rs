@@ -143,7 +143,7 @@ pub async fn cpu_ratio(
             Duration::from_secs(seconds),
         )
         .await;
-        let cpu = |name: &str| rows.iter().find(|r| r.0 == name).and_then(|r| r.3);
+        let cpu = |name: &str| rows.iter().find(|r| r.via == name).and_then(|r| r.cpu);
         if let (Some(x), Some(y)) = (cpu(a.0), cpu(b.0)) {
             ratios.push(y / x);
         }

@@ -142,6 +142,134 @@ pub async fn closed_loop_of(
     }
 }
 
+/// One connection, one request at a time, from a thread of its own with blocking socket calls:
+/// at concurrency 1 the async client's own scheduling (its connection task on another worker
+/// thread, wake-ups between them) added tens of µs of jitter to every hop's tail.
+pub async fn sequential(to: &Endpoint, body: Bytes, duration: Duration) -> Outcome {
+    let to = to.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        let mut h = hist();
+        let (mut ok, mut errors) = (0u64, 0u64);
+        let started = Instant::now();
+        let Some(mut conn) = Sequential::connect(&to, &body) else {
+            return Outcome {
+                ok,
+                errors: 1,
+                elapsed: started.elapsed(),
+                hist: h,
+            };
+        };
+        let end = started + duration;
+        while Instant::now() < end {
+            let t = Instant::now();
+            match conn.exchange() {
+                Some(true) => {
+                    let _ = h.record(t.elapsed().as_micros() as u64);
+                    ok += 1;
+                }
+                Some(false) => errors += 1,
+                None => {
+                    errors += 1;
+                    match Sequential::connect(&to, &body) {
+                        Some(c) => conn = c,
+                        None => break,
+                    }
+                }
+            }
+        }
+        Outcome {
+            ok,
+            errors,
+            elapsed: started.elapsed(),
+            hist: h,
+        }
+    });
+    run.await.unwrap_or_else(|_| Outcome {
+        ok: 0,
+        errors: 1,
+        elapsed: duration,
+        hist: hist(),
+    })
+}
+
+/// A keep-alive HTTP/1.1 connection sending one prepared POST again and again.
+struct Sequential {
+    stream: std::net::TcpStream,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Sequential {
+    fn connect(to: &Endpoint, body: &[u8]) -> Option<Sequential> {
+        let uri: hyper::Uri = to.url.parse().ok()?;
+        let authority = uri.authority()?.as_str().to_owned();
+        let stream = std::net::TcpStream::connect(&authority).ok()?;
+        stream.set_nodelay(true).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            uri.path(),
+            body.len()
+        );
+        if let Some(token) = &to.bearer {
+            request.push_str(&format!("authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut request = request.into_bytes();
+        request.extend_from_slice(body);
+        Some(Sequential {
+            stream,
+            request,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends the request and reads the whole answer: `Some(true)` for a 2xx, `Some(false)` for
+    /// another status, `None` if the connection failed.
+    fn exchange(&mut self) -> Option<bool> {
+        use std::io::Write;
+        self.stream.write_all(&self.request).ok()?;
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill()?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).ok()?.to_ascii_lowercase();
+        let ok = head.get(9..10) == Some("2");
+        let length = head.lines().find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        match length {
+            Some(n) => {
+                while self.buf.len() < head_end + n {
+                    self.fill()?;
+                }
+            }
+            // Chunked: read until the last chunk's empty line.
+            None => {
+                while !self.buf[head_end..].ends_with(b"0\r\n\r\n") {
+                    self.fill()?;
+                }
+            }
+        }
+        Some(ok)
+    }
+
+    fn fill(&mut self) -> Option<()> {
+        use std::io::Read;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).ok()?;
+        (n > 0).then(|| self.buf.extend_from_slice(&chunk[..n]))
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Requests started at a fixed rate regardless of answers (open loop); latency counts from the
 /// scheduled start, so a stall is not hidden (no coordinated omission).
 pub async fn fixed_rate(
