@@ -163,11 +163,21 @@ pub async fn sequential(to: &Endpoint, body: Bytes, duration: Duration) -> Outco
         while Instant::now() < end {
             let t = Instant::now();
             match conn.exchange() {
-                Some(true) => {
-                    let _ = h.record(t.elapsed().as_micros() as u64);
-                    ok += 1;
+                Some(answer) => {
+                    if answer.ok {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                        ok += 1;
+                    } else {
+                        errors += 1;
+                    }
+                    // nginx closes a keep-alive connection after `keepalive_requests` answers.
+                    if answer.close {
+                        match Sequential::connect(&to, &body) {
+                            Some(c) => conn = c,
+                            None => break,
+                        }
+                    }
                 }
-                Some(false) => errors += 1,
                 None => {
                     errors += 1;
                     match Sequential::connect(&to, &body) {
@@ -192,6 +202,14 @@ pub async fn sequential(to: &Endpoint, body: Bytes, duration: Duration) -> Outco
     })
 }
 
+/// How one exchange ended.
+struct Answer {
+    /// A 2xx status.
+    ok: bool,
+    /// The server closes the connection after this answer.
+    close: bool,
+}
+
 /// A keep-alive HTTP/1.1 connection sending one prepared POST again and again.
 struct Sequential {
     stream: std::net::TcpStream,
@@ -205,7 +223,9 @@ impl Sequential {
         let authority = uri.authority()?.as_str().to_owned();
         let stream = std::net::TcpStream::connect(&authority).ok()?;
         stream.set_nodelay(true).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok()?;
         let mut request = format!(
             "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             uri.path(),
@@ -224,9 +244,8 @@ impl Sequential {
         })
     }
 
-    /// Sends the request and reads the whole answer: `Some(true)` for a 2xx, `Some(false)` for
-    /// another status, `None` if the connection failed.
-    fn exchange(&mut self) -> Option<bool> {
+    /// Sends the request and reads the whole answer; `None` if the connection failed.
+    fn exchange(&mut self) -> Option<Answer> {
         use std::io::Write;
         self.stream.write_all(&self.request).ok()?;
         self.buf.clear();
@@ -236,8 +255,13 @@ impl Sequential {
             }
             self.fill()?;
         };
-        let head = std::str::from_utf8(&self.buf[..head_end]).ok()?.to_ascii_lowercase();
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .ok()?
+            .to_ascii_lowercase();
         let ok = head.get(9..10) == Some("2");
+        let close = head
+            .lines()
+            .any(|l| l.starts_with("connection:") && l.contains("close"));
         let length = head.lines().find_map(|l| {
             l.strip_prefix("content-length:")
                 .and_then(|v| v.trim().parse::<usize>().ok())
@@ -255,7 +279,7 @@ impl Sequential {
                 }
             }
         }
-        Some(ok)
+        Some(Answer { ok, close })
     }
 
     fn fill(&mut self) -> Option<()> {
