@@ -341,22 +341,27 @@ async fn readyz_follows_the_store() {
         .unwrap();
 }
 
-/// The scheduling policy (`/proc/…/stat` field 41) of each SQLite connection thread of `pid`.
+/// Each thread of `pid`: its name and scheduling policy (`/proc/…/stat` field 41).
 #[cfg(target_os = "linux")]
-fn sqlite_thread_policies(pid: u32) -> Vec<u32> {
-    let mut policies = Vec::new();
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let path = task.unwrap().path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !comm.starts_with("sqlx-sqlite") {
-            continue;
-        }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
         // Fields after the name's closing parenthesis start at field 3.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        policies.push(after.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+        let Some(close) = stat.rfind(')') else {
+            continue; // the thread ended between the listing and the read
+        };
+        let policy = stat[close + 2..]
+            .split(' ')
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.push((comm.trim().to_owned(), policy));
     }
-    policies
+    threads
 }
 
 #[cfg(target_os = "linux")]
@@ -365,11 +370,13 @@ async fn the_sqlite_batch_writer_runs_at_the_idle_policy_only_when_configured() 
     const SCHED_IDLE: u32 = 5;
     let mock = MockServer::start().await;
     for (priority, idle) in [("", 0), ("writer_priority = \"idle\"\n", 1)] {
-        let config = base_config(&mock, &temp_dir("writer"), "[auth]\nmode = \"none\"\n").replacen(
-            "[data]\n",
-            &format!("[data]\n{priority}"),
-            1,
-        );
+        let data = temp_dir("writer");
+        let config = base_config(
+            &mock,
+            &data,
+            "[auth]\nmode = \"none\"\n\n[request_log]\nflush = \"100ms\"\n",
+        )
+        .replacen("[data]\n", &format!("[data]\n{priority}"), 1);
         let (child, addr, _logs) = serve(&config, &[]);
         let _guard = KillOnDrop(child.id());
         let resp = client()
@@ -379,15 +386,34 @@ async fn the_sqlite_batch_writer_runs_at_the_idle_policy_only_when_configured() 
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let policies = sqlite_thread_policies(child.id());
+        let threads = thread_policies(child.id());
+        let sqlite = threads.iter().filter(|t| t.0.starts_with("sqlx-sqlite"));
         assert!(
-            policies.len() >= 2,
-            "the pool's and the writer's threads: {policies:?}"
+            sqlite.count() >= 2,
+            "the pool's and the writer's threads: {threads:?}"
         );
-        assert_eq!(
-            policies.iter().filter(|p| **p == SCHED_IDLE).count(),
-            idle,
-            "{priority:?}: {policies:?}"
+        // Exactly the writer's SQLite thread: no runtime or blocking thread inherited it.
+        let idle_threads: Vec<_> = threads.iter().filter(|t| t.1 == SCHED_IDLE).collect();
+        assert_eq!(idle_threads.len(), idle, "{priority:?}: {threads:?}");
+        assert!(
+            idle_threads.iter().all(|t| t.0.starts_with("sqlx-sqlite")),
+            "{threads:?}"
         );
+        // And it writes: the request's row reaches the database.
+        sqlx::any::install_default_drivers();
+        let db = sqlx::AnyPool::connect(&format!("sqlite://{}", data.join("pylon.db").display()))
+            .await
+            .unwrap();
+        let written = crate::alerts::wait_until(Duration::from_secs(10), || {
+            let db = db.clone();
+            async move {
+                sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM requests")
+                    .fetch_one(&db)
+                    .await
+                    .is_ok_and(|n| n.0 == 1)
+            }
+        })
+        .await;
+        assert!(written, "{priority:?}: the request-log row was written");
     }
 }
