@@ -162,7 +162,8 @@ pub async fn sequential(to: &Endpoint, body: Bytes, duration: Duration) -> Outco
         let end = started + duration;
         while Instant::now() < end {
             let t = Instant::now();
-            match conn.exchange() {
+            // nginx closes a keep-alive connection after `keepalive_requests` answers.
+            let reconnect = match conn.exchange() {
                 Some(answer) => {
                     if answer.ok {
                         let _ = h.record(t.elapsed().as_micros() as u64);
@@ -170,20 +171,17 @@ pub async fn sequential(to: &Endpoint, body: Bytes, duration: Duration) -> Outco
                     } else {
                         errors += 1;
                     }
-                    // nginx closes a keep-alive connection after `keepalive_requests` answers.
-                    if answer.close {
-                        match Sequential::connect(&to, &body) {
-                            Some(c) => conn = c,
-                            None => break,
-                        }
-                    }
+                    answer.close
                 }
                 None => {
                     errors += 1;
-                    match Sequential::connect(&to, &body) {
-                        Some(c) => conn = c,
-                        None => break,
-                    }
+                    true
+                }
+            };
+            if reconnect {
+                match Sequential::connect(&to, &body) {
+                    Some(c) => conn = c,
+                    None => break,
                 }
             }
         }
